@@ -1,0 +1,121 @@
+//! The file-system seam. Recovery, readers and the portable write path go through these
+//! traits, so the simulated crash disk (`sim`) can stand in for the real one (`sync`).
+
+pub mod sim;
+pub mod sync;
+
+use std::ffi::OsString;
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Other,
+}
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only.
+    Read,
+    /// Read and write an existing file; `direct` asks for O_DIRECT where the file system allows.
+    Write { direct: bool },
+    /// Create a file that must not exist yet, for reading and writing.
+    CreateNew { direct: bool },
+}
+
+/// A read-only view of a whole file: a memory map on a real disk, a copy on the simulated one.
+pub enum Mapping {
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
+    Empty,
+}
+
+impl Deref for Mapping {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mapping::Mmap(m) => m,
+            Mapping::Owned(v) => v,
+            Mapping::Empty => &[],
+        }
+    }
+}
+
+/// An open file.
+pub trait FsFile: Send + Sync {
+    /// Reads at `off`; returns the bytes read (0 at end of file). Handles opened for
+    /// writing may use O_DIRECT and refuse unaligned reads: read through `OpenMode::Read`.
+    fn pread(&self, off: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes `bufs` back to back at `off`; returns the bytes written (possibly short).
+    fn pwritev(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize>;
+    /// Makes completed writes durable.
+    fn fdatasync(&self) -> io::Result<()>;
+    /// Current size.
+    fn len(&self) -> io::Result<u64>;
+    /// Maps (or copies) the whole file read-only.
+    fn map(&self) -> io::Result<Mapping>;
+    /// True when writes bypass the page cache (O_DIRECT).
+    fn is_direct(&self) -> bool {
+        false
+    }
+}
+
+/// An exclusive lock on a directory's lock file; dropping it releases the lock.
+pub trait FsLock: Send + Sync {}
+
+/// The operations the engine needs from a file system.
+pub trait Fs: Send + Sync + 'static {
+    /// Creates one directory (its parent must exist).
+    fn mkdir(&self, path: &Path) -> io::Result<()>;
+    /// What `path` names, or `None` if nothing.
+    fn kind(&self, path: &Path) -> io::Result<Option<EntryKind>>;
+    /// Names in a directory (without `.` and `..`).
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
+    /// Opens a file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>>;
+    /// Renames within a directory.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn unlink(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, unlinks) durable.
+    fn fsync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if missing) without waiting;
+    /// `ErrorKind::WouldBlock` if another holder has it.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn FsLock>>;
+}
+
+/// Reads exactly `buf.len()` bytes at `off`, or fails with `UnexpectedEof`.
+pub fn read_exact_at(f: &dyn FsFile, mut off: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match f.pread(off, buf) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
+            Ok(n) => {
+                off += n as u64;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bufs` at `off`. A short write is an error: on a log's write path it
+/// poisons the log rather than being retried as if the first part were safe.
+pub fn write_all_at(f: &dyn FsFile, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+    let want: usize = bufs.iter().map(|b| b.len()).sum();
+    let n = f.pwritev(off, bufs)?;
+    if n != want {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {n} of {want} bytes at offset {off}"),
+        ));
+    }
+    Ok(())
+}

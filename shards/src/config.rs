@@ -1,0 +1,324 @@
+//! Configuration of a log (`AofConfig`) and of the shard threads (`AofManagerConfig`),
+//! and the identifiers records and segments are named by.
+
+use crate::error::{AofError, AofResult};
+use crate::format;
+use std::path::PathBuf;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// Smallest segment `normalized()` allows.
+pub const MIN_SEGMENT_BYTES: u64 = 64 * KIB;
+/// Largest segment `normalized()` allows (record offsets are 32-bit).
+pub const MAX_SEGMENT_BYTES: u64 = GIB;
+
+/// Identifies a record: segment index in the high 32 bits, byte offset of its frame in
+/// the segment in the low 32. Ids sort in append order; they are not dense.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordId(u64);
+
+impl RecordId {
+    /// Builds an id from its parts.
+    pub const fn from_parts(segment_index: u32, segment_offset: u32) -> RecordId {
+        RecordId(((segment_index as u64) << 32) | segment_offset as u64)
+    }
+    /// Rebuilds an id from `as_u64`.
+    pub const fn from_u64(raw: u64) -> RecordId {
+        RecordId(raw)
+    }
+    /// The index of the segment holding the record.
+    pub const fn segment_index(&self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    /// The byte offset of the record's frame in its segment.
+    pub const fn segment_offset(&self) -> u32 {
+        self.0 as u32
+    }
+    /// The raw 64-bit value.
+    pub const fn as_u64(&self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RecordId({}:{})",
+            self.segment_index(),
+            self.segment_offset()
+        )
+    }
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.segment_index(), self.segment_offset())
+    }
+}
+
+/// Identifies a segment of a log. Ids are dense from 0 and never reused.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SegmentId(u64);
+
+impl SegmentId {
+    /// Wraps a segment index.
+    pub const fn new(id: u64) -> SegmentId {
+        SegmentId(id)
+    }
+    /// The raw index.
+    pub const fn as_u64(&self) -> u64 {
+        self.0
+    }
+    /// The id after this one.
+    pub const fn next(&self) -> SegmentId {
+        SegmentId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// When appended data is written and synced. Every trigger syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushConfig {
+    /// Start a write and `fdatasync` once this many bytes are unflushed (default 8 MiB).
+    pub flush_watermark_bytes: u64,
+    /// Write and sync data that has been unflushed this long, with no further calls
+    /// (default 5 ms; 0 disables the timer).
+    pub flush_interval_ms: u64,
+    /// Appended-but-not-yet-synced bytes above which appends wait (default 64 MiB). A
+    /// record is always admitted when nothing is unflushed.
+    pub max_unflushed_bytes: u64,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        FlushConfig {
+            flush_watermark_bytes: 8 * MIB,
+            flush_interval_ms: 5,
+            max_unflushed_bytes: 64 * MIB,
+        }
+    }
+}
+
+/// Compression of sealed segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Segments are stored as written.
+    #[default]
+    None,
+    /// Accepted, but not applied yet: segments are stored uncompressed and a warning is
+    /// logged once per process. Compression at seal is planned (see README).
+    Zstd,
+}
+
+/// Which sealed segments are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RetentionPolicy {
+    /// Every segment is kept (the only policy implemented so far).
+    #[default]
+    KeepAll,
+}
+
+/// Configuration of one log. Build it from `Default` and assign fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AofConfig {
+    /// Directory of the log: `LOCK` and `segments/` live in it. Created if missing.
+    /// Default: `aof2-data`, relative to the working directory.
+    pub root_dir: PathBuf,
+    /// Smallest segment file (default 1 MiB).
+    pub segment_min_bytes: u64,
+    /// Size of each segment file; the log rolls to a new segment when the next record
+    /// does not fit (default 16 MiB).
+    pub segment_target_bytes: u64,
+    /// Largest segment file: a record too large for a target-sized segment gets a
+    /// segment of its own up to this size; larger records are refused (default 256 MiB).
+    pub segment_max_bytes: u64,
+    /// Flush triggers and back-pressure.
+    pub flush: FlushConfig,
+    /// Compression of sealed segments.
+    pub compression: Compression,
+    /// Which sealed segments are kept.
+    pub retention: RetentionPolicy,
+}
+
+impl Default for AofConfig {
+    fn default() -> Self {
+        AofConfig {
+            root_dir: PathBuf::from("aof2-data"),
+            segment_min_bytes: MIB,
+            segment_target_bytes: 16 * MIB,
+            segment_max_bytes: 256 * MIB,
+            flush: FlushConfig::default(),
+            compression: Compression::None,
+            retention: RetentionPolicy::KeepAll,
+        }
+    }
+}
+
+fn pow2_clamp(v: u64, lo: u64, hi: u64) -> u64 {
+    v.clamp(lo, hi).next_power_of_two().min(hi)
+}
+
+impl AofConfig {
+    /// Clamps sizes into their allowed ranges (64 KiB to 1 GiB, min <= target <= max),
+    /// rounds them up to powers of two, and bounds the flush settings. Never fails.
+    pub fn normalized(mut self) -> Self {
+        let min = pow2_clamp(self.segment_min_bytes, MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+        let max = pow2_clamp(self.segment_max_bytes, min, MAX_SEGMENT_BYTES);
+        let target = pow2_clamp(self.segment_target_bytes, min, max);
+        self.segment_min_bytes = min;
+        self.segment_max_bytes = max;
+        self.segment_target_bytes = target;
+        let f = &mut self.flush;
+        f.max_unflushed_bytes = f.max_unflushed_bytes.clamp(64 * KIB, 64 * GIB);
+        f.flush_watermark_bytes = f
+            .flush_watermark_bytes
+            .clamp(4 * KIB, f.max_unflushed_bytes);
+        f.flush_interval_ms = f.flush_interval_ms.min(3_600_000);
+        self
+    }
+
+    /// Rejects configurations whose values contradict each other (rather than guessing).
+    pub fn validate(&self) -> AofResult<()> {
+        let bad = |m: String| Err(AofError::InvalidConfig(m));
+        if self.root_dir.as_os_str().is_empty() {
+            return bad("root_dir is empty".into());
+        }
+        for (name, v) in [
+            ("segment_min_bytes", self.segment_min_bytes),
+            ("segment_target_bytes", self.segment_target_bytes),
+            ("segment_max_bytes", self.segment_max_bytes),
+            ("flush.max_unflushed_bytes", self.flush.max_unflushed_bytes),
+            (
+                "flush.flush_watermark_bytes",
+                self.flush.flush_watermark_bytes,
+            ),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} is 0"));
+            }
+        }
+        if self.segment_min_bytes > self.segment_max_bytes {
+            return bad(format!(
+                "segment_min_bytes ({}) is larger than segment_max_bytes ({})",
+                self.segment_min_bytes, self.segment_max_bytes
+            ));
+        }
+        if self.segment_target_bytes < self.segment_min_bytes
+            || self.segment_target_bytes > self.segment_max_bytes
+        {
+            return bad(format!(
+                "segment_target_bytes ({}) is outside [segment_min_bytes ({}), segment_max_bytes ({})]",
+                self.segment_target_bytes, self.segment_min_bytes, self.segment_max_bytes
+            ));
+        }
+        if self.flush.flush_watermark_bytes > self.flush.max_unflushed_bytes {
+            return bad(format!(
+                "flush.flush_watermark_bytes ({}) is larger than flush.max_unflushed_bytes ({}): \
+                 appends would block before a flush starts",
+                self.flush.flush_watermark_bytes, self.flush.max_unflushed_bytes
+            ));
+        }
+        if self.flush.flush_interval_ms > 3_600_000 {
+            return bad(format!(
+                "flush.flush_interval_ms ({}) is over an hour",
+                self.flush.flush_interval_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest payload a segment can hold under this (normalized) configuration.
+    pub fn max_record_bytes(&self) -> usize {
+        let usable = format::data_capacity(self.segment_max_bytes) as usize - format::HEADER_LEN;
+        usable - format::FRAME_HEADER_LEN - (usable % format::FRAME_ALIGN)
+    }
+}
+
+/// Configuration of the shard threads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AofManagerConfig {
+    /// Number of shard threads; 0 (the default) starts one per CPU in the process's
+    /// affinity set (`sched_getaffinity`).
+    pub shards: usize,
+    /// Pin each shard thread to one CPU of the affinity set (default true). A pin that
+    /// fails is logged as a warning and the thread runs unpinned.
+    pub pin_shards: bool,
+}
+
+impl Default for AofManagerConfig {
+    fn default() -> Self {
+        AofManagerConfig {
+            shards: 0,
+            pin_shards: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_id_packs_segment_and_offset() {
+        let r = RecordId::from_parts(7, 4096);
+        assert_eq!((r.segment_index(), r.segment_offset()), (7, 4096));
+        assert_eq!(RecordId::from_u64(r.as_u64()), r);
+        assert!(RecordId::from_parts(1, 0) > RecordId::from_parts(0, u32::MAX));
+        assert_eq!(r.to_string(), "7:4096");
+    }
+
+    #[test]
+    fn normalized_rounds_to_powers_of_two_and_orders_sizes() {
+        let mut c = AofConfig::default();
+        c.segment_min_bytes = 3000;
+        c.segment_target_bytes = 5 * MIB;
+        c.segment_max_bytes = 100 * GIB;
+        c.flush.flush_watermark_bytes = 1 << 40;
+        let n = c.normalized();
+        assert_eq!(n.segment_min_bytes, MIN_SEGMENT_BYTES);
+        assert_eq!(n.segment_target_bytes, 8 * MIB);
+        assert_eq!(n.segment_max_bytes, MAX_SEGMENT_BYTES);
+        assert!(n.flush.flush_watermark_bytes <= n.flush.max_unflushed_bytes);
+        assert_eq!(n.clone().normalized(), n);
+    }
+
+    #[test]
+    fn validate_names_the_contradiction() {
+        let mut c = AofConfig::default();
+        c.segment_min_bytes = 64 * MIB;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("segment_min_bytes"), "{e}");
+        let mut c = AofConfig::default();
+        c.root_dir = PathBuf::new();
+        assert!(c.validate().unwrap_err().to_string().contains("root_dir"));
+        let mut c = AofConfig::default();
+        c.flush.flush_watermark_bytes = c.flush.max_unflushed_bytes + 1;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("flush_watermark_bytes"));
+        assert!(AofConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn max_record_fits_in_max_segment() {
+        let c = AofConfig::default().normalized();
+        let frame = format::frame_size(c.max_record_bytes()) as u64;
+        assert!(format::HEADER_LEN as u64 + frame <= format::data_capacity(c.segment_max_bytes));
+        let frame = format::frame_size(c.max_record_bytes() + 8) as u64;
+        assert!(format::HEADER_LEN as u64 + frame > format::data_capacity(c.segment_max_bytes));
+    }
+}

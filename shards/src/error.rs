@@ -1,0 +1,115 @@
+//! The one error type of the engine and its public API.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used throughout the API.
+pub type AofResult<T> = Result<T, AofError>;
+
+/// What kind of capacity a `WouldBlock` ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WouldBlockKind {
+    /// `max_unflushed_bytes` is reached: the append would have to wait for a sync.
+    Admission,
+    /// The caller asked not to wait for a flush.
+    Flush,
+}
+
+/// Every error the engine reports. Messages name the path, segment, offset or value involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AofError {
+    /// An operating-system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The configuration cannot be used as given.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// Bytes on disk are not what the engine wrote; nothing was changed on disk.
+    #[error("corruption in segment {segment} at offset {offset} of {path}: {reason}")]
+    Corruption {
+        path: PathBuf,
+        segment: u64,
+        offset: u64,
+        reason: String,
+    },
+
+    /// A segment was written by a newer format version than this build reads.
+    #[error("{path} has format version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u16,
+        supported: u16,
+    },
+
+    /// A file in the segment directory that the engine did not create.
+    #[error("unexpected file {path} in the segment directory (not written by aof2); move it away")]
+    ForeignFile { path: PathBuf },
+
+    /// Another `Aof`, in this process or another, has the directory open for writing.
+    #[error("{path} is locked by another writer (one writer per root_dir)")]
+    Locked { path: PathBuf },
+
+    /// A record larger than the largest segment allows.
+    #[error("record of {len} bytes is larger than the {max} bytes a segment can hold (segment_max_bytes)")]
+    RecordTooLarge { len: usize, max: usize },
+
+    /// The id does not name a record this log has handed out (past the tail, or another log's).
+    #[error("record {rid} not found: {reason}")]
+    RecordNotFound { rid: String, reason: String },
+
+    /// The segment does not exist in this log (or holds nothing readable yet).
+    #[error("segment {segment} not found in {path}")]
+    SegmentNotFound { path: PathBuf, segment: u64 },
+
+    /// A `try_` call would have had to wait.
+    #[error("would block ({0:?})")]
+    WouldBlock(WouldBlockKind),
+
+    /// An earlier write or sync failed; the log accepts nothing more until it is reopened.
+    #[error("log {path} is poisoned by an earlier I/O failure ({cause}); reopen it to recover")]
+    Poisoned { path: PathBuf, cause: String },
+
+    /// The log or its manager was shut down.
+    #[error("log {path} is closed")]
+    Closed { path: PathBuf },
+
+    /// A blocking call was made on a shard thread, where waiting would deadlock.
+    #[error("blocking call `{call}` made on shard thread {shard}; use the async variant")]
+    WouldDeadlock { call: &'static str, shard: usize },
+
+    /// The manager could not start.
+    #[error("cannot start the AOF manager: {0}")]
+    Startup(String),
+}
+
+impl AofError {
+    /// Wraps an `io::Error` with the operation and path it concerns.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> AofError {
+        AofError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A copy for handing to every waiter of a poisoned log.
+    pub(crate) fn poisoned(path: &std::path::Path, cause: &AofError) -> AofError {
+        AofError::Poisoned {
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        }
+    }
+
+    /// True for `WouldBlock` errors.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, AofError::WouldBlock(_))
+    }
+}

@@ -1,0 +1,101 @@
+//! Where a log's files live and how they are named.
+//!
+//! ```text
+//! <root_dir>/LOCK                       flock()ed by the one writer
+//! <root_dir>/segments/<id:020>.seg      a segment (blank-headed when prepared, unused)
+//! <root_dir>/segments/<id:020>.seg.tmp  a segment being prepared (removed at open)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file in the root directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// Name of the segment directory in the root directory.
+pub const SEGMENT_DIR: &str = "segments";
+
+/// File name of segment `id`.
+pub fn segment_file_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+/// File name of segment `id` while it is being prepared.
+pub fn temp_file_name(id: u64) -> String {
+    format!("{id:020}.seg.tmp")
+}
+
+/// What a name in the segment directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentName {
+    Segment(u64),
+    Temp(u64),
+}
+
+/// Parses a name the engine itself creates; `None` for anything else.
+pub fn parse_name(name: &str) -> Option<SegmentName> {
+    let (digits, temp) = if let Some(d) = name.strip_suffix(".seg.tmp") {
+        (d, true)
+    } else if let Some(d) = name.strip_suffix(".seg") {
+        (d, false)
+    } else {
+        return None;
+    };
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: u64 = digits.parse().ok()?;
+    if id > u32::MAX as u64 {
+        return None;
+    }
+    Some(if temp {
+        SegmentName::Temp(id)
+    } else {
+        SegmentName::Segment(id)
+    })
+}
+
+/// Paths of one log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPaths {
+    pub root: PathBuf,
+    pub segments: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl LogPaths {
+    pub fn new(root: &Path) -> LogPaths {
+        LogPaths {
+            root: root.to_path_buf(),
+            segments: root.join(SEGMENT_DIR),
+            lock: root.join(LOCK_FILE),
+        }
+    }
+    pub fn segment(&self, id: u64) -> PathBuf {
+        self.segments.join(segment_file_name(id))
+    }
+    pub fn temp(&self, id: u64) -> PathBuf {
+        self.segments.join(temp_file_name(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_foreign_names_are_rejected() {
+        assert_eq!(
+            parse_name(&segment_file_name(42)),
+            Some(SegmentName::Segment(42))
+        );
+        assert_eq!(parse_name(&temp_file_name(42)), Some(SegmentName::Temp(42)));
+        for bad in [
+            "42.seg",
+            "notes.txt",
+            "00000000000000000042.seg.bak",
+            "0000000000000000004x.seg",
+            "99999999999999999999.seg",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+}

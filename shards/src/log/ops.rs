@@ -1,0 +1,118 @@
+//! The I/O operations the log core asks a backend to perform.
+
+use crate::buffer::{zero_chunk, AlignedBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Bytes for one piece of a write.
+pub enum IoData {
+    /// A finished range of a log buffer (below the append end: no appender touches it).
+    Buf {
+        buf: Arc<AlignedBuf>,
+        off: usize,
+        len: usize,
+    },
+    /// A block owned by the operation: a bounce copy of the partial last block, a
+    /// header or a footer.
+    Owned(AlignedBuf),
+    /// Zeros from the shared preparation chunk.
+    Zeros(usize),
+}
+
+impl IoData {
+    /// The bytes to write.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: the log core hands out only ranges below the append end it
+            // snapshotted under the log lock; appenders never write there again.
+            IoData::Buf { buf, off, len } => unsafe { buf.slice(*off, *len) },
+            // SAFETY: the operation owns this block exclusively.
+            IoData::Owned(b) => unsafe { b.slice(0, b.len()) },
+            // SAFETY: the zero chunk is never written after initialisation.
+            IoData::Zeros(n) => unsafe { zero_chunk().slice(0, *n) },
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            IoData::Buf { len, .. } => *len,
+            IoData::Owned(b) => b.len(),
+            IoData::Zeros(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One operation. Files are named by segment id; the backend keeps the handles.
+pub enum OpKind {
+    /// Create `path` (must not exist) and keep it open as segment `seg`.
+    Create {
+        seg: u64,
+        path: PathBuf,
+    },
+    /// Open the existing `path` as segment `seg`.
+    Open {
+        seg: u64,
+        path: PathBuf,
+    },
+    /// Write `data` back to back at `offset` of segment `seg`.
+    Write {
+        seg: u64,
+        offset: u64,
+        data: Vec<IoData>,
+    },
+    /// `fdatasync` segment `seg`.
+    Sync {
+        seg: u64,
+    },
+    /// Close segment `seg`'s handle.
+    Close {
+        seg: u64,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Unlink {
+        path: PathBuf,
+    },
+    /// `fsync` a directory so creates, renames and unlinks in it are durable.
+    SyncDir {
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for OpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpKind::Create { seg, .. } => write!(f, "Create({seg})"),
+            OpKind::Open { seg, .. } => write!(f, "Open({seg})"),
+            OpKind::Write { seg, offset, data } => {
+                let n: usize = data.iter().map(|d| d.len()).sum();
+                write!(f, "Write({seg} @{offset} +{n})")
+            }
+            OpKind::Sync { seg } => write!(f, "Sync({seg})"),
+            OpKind::Close { seg } => write!(f, "Close({seg})"),
+            OpKind::Rename { to, .. } => write!(f, "Rename(-> {})", to.display()),
+            OpKind::Unlink { path } => write!(f, "Unlink({})", path.display()),
+            OpKind::SyncDir { .. } => write!(f, "SyncDir"),
+        }
+    }
+}
+
+/// An operation with the id its completion is reported under.
+#[derive(Debug)]
+pub struct Op {
+    pub id: u64,
+    pub kind: OpKind,
+}
+
+/// Operations run in order; once one fails, the rest are cancelled (reported as
+/// failed without running), as an io_uring link chain would do.
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub ops: Vec<Op>,
+}

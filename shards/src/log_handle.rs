@@ -1,0 +1,366 @@
+//! The thread-safe handle of one log: appends, flushes, seals, readers, metrics.
+//! Blocking methods park the caller; `*_async` methods return futures any executor can
+//! poll (the engine has no runtime of its own).
+
+use crate::backend::{Fs, FsLock};
+use crate::clock::Clock;
+use crate::config::{AofConfig, Compression, RecordId, SegmentId};
+use crate::driver::Driver;
+use crate::error::{AofError, AofResult, WouldBlockKind};
+use crate::layout::LogPaths;
+use crate::log::{pos, CoreMetrics, LogCore};
+use crate::manager::ShardSet;
+use crate::reader::SegmentReader;
+use crate::recovery;
+use crate::shard::{current_shard, CloseRequest, Registration, ShardCtl};
+use crate::signal::DurableSignal;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+
+/// State shared by a log's handle and its shard.
+pub struct LogShared {
+    pub key: u64,
+    pub core: Mutex<LogCore>,
+    pub signal: Arc<DurableSignal>,
+    queued: AtomicBool,
+    shard: Arc<ShardCtl>,
+}
+
+impl LogShared {
+    pub fn lock_core(&self) -> MutexGuard<'_, LogCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues the log on its shard unless it is queued already.
+    pub fn wake_shard(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.shard.ready(self.key);
+        }
+    }
+
+    /// Called by the shard just before it polls the log.
+    pub fn clear_queued(&self) {
+        self.queued.store(false, Ordering::Release);
+    }
+}
+
+/// Counters and gauges of one log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMetrics {
+    pub core: CoreMetrics,
+    /// Bytes appended but not yet covered by a completed sync.
+    pub unflushed_bytes: u64,
+    /// Appends that had to wait for back-pressure.
+    pub backpressure_waits: u64,
+}
+
+/// A log placed on a shard. Dropping it flushes what was appended, closes its files
+/// and releases the directory lock before returning.
+pub struct LogHandle {
+    shared: Arc<LogShared>,
+    fs: Arc<dyn Fs>,
+    paths: LogPaths,
+    lock: Option<Box<dyn FsLock>>,
+    backpressure_waits: AtomicU64,
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+impl LogHandle {
+    /// Opens (creating or recovering) the log described by `cfg` and places it on a shard.
+    pub fn open(set: &ShardSet, cfg: AofConfig) -> AofResult<LogHandle> {
+        Self::open_with(set, cfg, set.fs(), Clock::System, random_u64())
+    }
+
+    /// As `open`, on a given file system and clock (tests).
+    pub fn open_with(
+        set: &ShardSet,
+        cfg: AofConfig,
+        fs: Arc<dyn Fs>,
+        clock: Clock,
+        nonce: u64,
+    ) -> AofResult<LogHandle> {
+        cfg.validate()?;
+        let cfg = cfg.normalized();
+        if cfg.compression == Compression::Zstd {
+            static ONCE: Once = Once::new();
+            ONCE.call_once(|| {
+                log::warn!(
+                    "aof2: Compression::Zstd is accepted but not applied yet: segments are stored uncompressed"
+                )
+            });
+        }
+        let shard = set.place()?;
+        let paths = LogPaths::new(&cfg.root_dir);
+        let opened = recovery::open_log(&*fs, &paths, &cfg, &clock)?;
+        let core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
+        let durable = core.durable_pos();
+        let shared = Arc::new(LogShared {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            core: Mutex::new(core),
+            signal: Arc::new(DurableSignal::new(durable)),
+            queued: AtomicBool::new(true),
+            shard: shard.clone(),
+        });
+        shard.add(Registration {
+            shared: shared.clone(),
+            driver: Driver::new(fs.clone(), true),
+        });
+        Ok(LogHandle {
+            shared,
+            fs,
+            paths,
+            lock: Some(opened.lock),
+            backpressure_waits: AtomicU64::new(0),
+        })
+    }
+
+    fn no_blocking_here(call: &'static str) -> AofResult<()> {
+        match current_shard() {
+            Some(shard) => Err(AofError::WouldDeadlock { call, shard }),
+            None => Ok(()),
+        }
+    }
+
+    /// One append attempt; on `WouldBlock` it has asked for a flush so waiting helps.
+    fn try_once(&self, payload: &[u8]) -> AofResult<RecordId> {
+        let mut core = self.shared.lock_core();
+        match core.append(payload) {
+            Ok(a) => {
+                drop(core);
+                if a.wake_shard {
+                    self.shared.wake_shard();
+                }
+                Ok(a.rid)
+            }
+            Err(e) => {
+                let wake = e.is_would_block() && core.request_flush_all();
+                drop(core);
+                if wake {
+                    self.shared.wake_shard();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends a record, waiting while `max_unflushed_bytes` is reached.
+    pub fn append(&self, payload: &[u8]) -> AofResult<RecordId> {
+        loop {
+            let seen = self.shared.signal.version();
+            match self.try_once(payload) {
+                Err(AofError::WouldBlock(WouldBlockKind::Admission)) => {
+                    Self::no_blocking_here("append_record")?;
+                    self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.signal.wait_change(seen, None);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Appends a record, or fails with `WouldBlock(Admission)` instead of waiting.
+    pub fn try_append(&self, payload: &[u8]) -> AofResult<RecordId> {
+        self.try_once(payload)
+    }
+
+    /// Appends a record, waiting asynchronously while `max_unflushed_bytes` is reached.
+    pub async fn append_async(&self, payload: &[u8]) -> AofResult<RecordId> {
+        loop {
+            let seen = self.shared.signal.version();
+            match self.try_once(payload) {
+                Err(AofError::WouldBlock(WouldBlockKind::Admission)) => {
+                    self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.signal.changed(seen).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Asks for `rid` to be synced; `Ok(true)` if it already is.
+    fn request(&self, rid: RecordId) -> AofResult<bool> {
+        if rid.as_u64() < self.shared.signal.durable() {
+            return Ok(true);
+        }
+        let mut core = self.shared.lock_core();
+        core.check_rid(rid)?;
+        if rid.as_u64() < core.durable_pos() {
+            return Ok(true);
+        }
+        if let Some(e) = core.poison() {
+            return Err(e);
+        }
+        let wake = core.request_flush(rid.as_u64() + 1);
+        drop(core);
+        if wake {
+            self.shared.wake_shard();
+        }
+        Ok(false)
+    }
+
+    /// `Some(result)` once waiting on `target` is over.
+    fn settled(&self, target: u64) -> Option<AofResult<()>> {
+        if target <= self.shared.signal.durable() {
+            return Some(Ok(()));
+        }
+        if self.shared.signal.ended() {
+            let core = self.shared.lock_core();
+            if target <= core.durable_pos() {
+                return Some(Ok(()));
+            }
+            return Some(Err(core.check_open().err().unwrap_or(AofError::Closed {
+                path: self.paths.root.clone(),
+            })));
+        }
+        None
+    }
+
+    /// Returns once every record up to and including `rid` is covered by a completed
+    /// `fdatasync`.
+    pub fn flush_until(&self, rid: RecordId) -> AofResult<()> {
+        if self.request(rid)? {
+            return Ok(());
+        }
+        Self::no_blocking_here("flush_until")?;
+        self.wait_sync(rid.as_u64() + 1)
+    }
+
+    fn wait_sync(&self, target: u64) -> AofResult<()> {
+        loop {
+            let seen = self.shared.signal.version();
+            if let Some(r) = self.settled(target) {
+                return r;
+            }
+            self.shared.signal.wait_change(seen, None);
+        }
+    }
+
+    /// Async `flush_until`.
+    pub async fn flush_until_async(&self, rid: RecordId) -> AofResult<()> {
+        if self.request(rid)? {
+            return Ok(());
+        }
+        let target = rid.as_u64() + 1;
+        loop {
+            let seen = self.shared.signal.version();
+            if let Some(r) = self.settled(target) {
+                return r;
+            }
+            self.shared.signal.changed(seen).await;
+        }
+    }
+
+    /// Syncs everything appended so far.
+    pub fn flush(&self) -> AofResult<()> {
+        let target = {
+            let mut core = self.shared.lock_core();
+            core.check_open()?;
+            let end = core.end_pos();
+            if core.request_flush_all() {
+                drop(core);
+                self.shared.wake_shard();
+            }
+            end
+        };
+        Self::no_blocking_here("flush")?;
+        self.wait_sync(target)
+    }
+
+    /// Seals the active segment if it holds records and waits until its footer is
+    /// durable; the next append starts a new segment. `None` if there was nothing to seal.
+    pub fn seal_active(&self) -> AofResult<Option<SegmentId>> {
+        let (id, wake) = self.shared.lock_core().seal_active()?;
+        if wake {
+            self.shared.wake_shard();
+        }
+        let Some(id) = id else { return Ok(None) };
+        Self::no_blocking_here("seal_active")?;
+        self.wait_sync(pos(id + 1, 0))?;
+        Ok(Some(SegmentId::new(id)))
+    }
+
+    /// Opens a reader over segment `id`: sealed segments are memory-mapped; an unsealed
+    /// one is read with `pread` up to its durable end at the time of the call.
+    pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {
+        let core = self.shared.lock_core();
+        let idx = id.as_u64();
+        if let Ok(i) = core
+            .sealed_segments()
+            .binary_search_by_key(&idx, |s| s.header.segment_id)
+        {
+            let s = core.sealed_segments()[i];
+            drop(core);
+            return SegmentReader::sealed(&*self.fs, self.paths.segment(idx), s);
+        }
+        if let Some((header, seed, durable_end)) = core.unsealed_view(idx) {
+            drop(core);
+            return SegmentReader::unsealed(
+                &*self.fs,
+                self.paths.segment(idx),
+                header,
+                seed,
+                durable_end,
+            );
+        }
+        Err(AofError::SegmentNotFound {
+            path: self.paths.root.clone(),
+            segment: idx,
+        })
+    }
+
+    /// The id of the last record covered by a completed sync, if any this session.
+    pub fn durable_position(&self) -> u64 {
+        self.shared.signal.durable()
+    }
+
+    /// Counters and gauges.
+    pub fn metrics(&self) -> LogMetrics {
+        let core = self.shared.lock_core();
+        LogMetrics {
+            core: core.metrics(),
+            unflushed_bytes: core.unflushed_bytes(),
+            backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The log's directory.
+    pub fn root_dir(&self) -> &std::path::Path {
+        &self.paths.root
+    }
+
+    /// The configuration in effect (normalized).
+    pub fn config(&self) -> AofConfig {
+        self.shared.lock_core().config().clone()
+    }
+
+    /// Closes the log: flushes, closes files, releases the lock. Idempotent.
+    pub fn close(&mut self) {
+        if self.lock.is_none() {
+            return;
+        }
+        let (ack, done) = std::sync::mpsc::channel();
+        self.shared.shard.close(CloseRequest {
+            key: self.shared.key,
+            ack,
+            lock: self.lock.take(),
+        });
+        // On a shard thread we cannot wait; the shard releases the lock once drained.
+        if current_shard().is_none() {
+            let _ = done.recv();
+        }
+    }
+}
+
+impl Drop for LogHandle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,108 @@
+//! The set of shard threads behind an `AofManager`.
+
+use crate::backend::sync::SyncFs;
+use crate::backend::Fs;
+use crate::clock::Clock;
+use crate::config::AofManagerConfig;
+use crate::error::{AofError, AofResult};
+use crate::shard::{Shard, ShardCtl};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// Running shard threads and the file system their logs live on.
+pub struct ShardSet {
+    shards: Mutex<Vec<Shard>>,
+    ctls: Vec<Arc<ShardCtl>>,
+    fs: Arc<dyn Fs>,
+    cpus: Vec<Option<usize>>,
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), in order.
+pub fn affinity_cpus() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect(),
+    }
+}
+
+impl ShardSet {
+    /// Starts the shard threads on the real file system.
+    pub fn start(cfg: &AofManagerConfig) -> AofResult<ShardSet> {
+        Self::start_with(cfg, Arc::new(SyncFs))
+    }
+
+    /// Starts the shard threads on a given file system.
+    pub fn start_with(cfg: &AofManagerConfig, fs: Arc<dyn Fs>) -> AofResult<ShardSet> {
+        let cpus = affinity_cpus();
+        let n = if cfg.shards == 0 {
+            cpus.len()
+        } else {
+            cfg.shards
+        };
+        let mut shards = Vec::with_capacity(n);
+        let mut pinned = Vec::with_capacity(n);
+        for i in 0..n {
+            let cpu = cfg.pin_shards.then(|| cpus[i % cpus.len()]);
+            let s = Shard::start(i, cpu, Clock::System)
+                .map_err(|e| AofError::Startup(format!("cannot start shard thread {i}: {e}")))?;
+            shards.push(s);
+            pinned.push(cpu);
+        }
+        let ctls = shards.iter().map(|s| s.ctl.clone()).collect();
+        log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}");
+        Ok(ShardSet {
+            shards: Mutex::new(shards),
+            ctls,
+            fs,
+            cpus: pinned,
+        })
+    }
+
+    /// The file system logs are opened on.
+    pub fn fs(&self) -> Arc<dyn Fs> {
+        self.fs.clone()
+    }
+
+    /// Number of shard threads.
+    pub fn shard_count(&self) -> usize {
+        self.ctls.len()
+    }
+
+    /// The CPU each shard is pinned to (`None`: unpinned).
+    pub fn shard_cpus(&self) -> &[Option<usize>] {
+        &self.cpus
+    }
+
+    /// The shard with the fewest logs.
+    pub fn place(&self) -> AofResult<Arc<ShardCtl>> {
+        if self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return Err(AofError::Startup("the AOF manager has shut down".into()));
+        }
+        let c = self
+            .ctls
+            .iter()
+            .min_by_key(|c| c.logs.load(Ordering::Relaxed))
+            .expect("at least one shard");
+        Ok(c.clone())
+    }
+
+    /// Flushes and closes every log, then stops the threads. Idempotent.
+    pub fn shutdown(&self) {
+        let shards = std::mem::take(&mut *self.shards.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(shards);
+    }
+}
+
+impl Drop for ShardSet {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,361 @@
+//! Opening a log directory: take the writer lock, classify every file, verify what is
+//! not sealed, seal the last segment at its last valid frame, and hand the log core a
+//! consistent starting state. No manifest: segment headers and footers say it all.
+//!
+//! What may be found after a crash, given the write order the log core keeps (header
+//! synced before frames; frames synced before the footer; footer synced before anything
+//! of the next segment):
+//! - `*.seg.tmp`: a preparation that did not finish. Removed.
+//! - A blank-headed `*.seg` after the last used segment: prepared, never written.
+//!   Adopted when it continues the id sequence at the target size, removed otherwise.
+//! - The last used segment unsealed, ending in a torn write or not. Its valid frames
+//!   are kept, it is sealed at the last one, and appends continue in a new segment.
+//!
+//! Anything else (an unsealed segment before the last, a damaged header or footer, a
+//! gap in the ids, a frame that fails its checksum although a later frame proves it was
+//! synced, a file the engine does not name) is an error naming the path and offset,
+//! and nothing is changed on disk.
+
+use crate::backend::{EntryKind, Fs, FsLock, OpenMode};
+use crate::buffer::AlignedBuf;
+use crate::clock::Clock;
+use crate::config::AofConfig;
+use crate::error::{AofError, AofResult};
+use crate::format::{
+    self, FormatError, HeaderState, ScanStop, SegmentFooter, SegmentHeader, BLOCK, FOOTER_LEN,
+    FOOTER_REGION,
+};
+use crate::layout::{parse_name, LogPaths, SegmentName};
+use crate::log::{Recovered, SealedSegment};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// An opened log directory: the lock and the state to continue from.
+pub struct Opened {
+    pub recovered: Recovered,
+    pub lock: Box<dyn FsLock>,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AofError + 'a {
+    move |e| AofError::io(op, path, e)
+}
+
+fn corruption(path: &Path, segment: u64, offset: u64, reason: impl Into<String>) -> AofError {
+    AofError::Corruption {
+        path: path.to_path_buf(),
+        segment,
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Creates `dir` and any missing parents, making each new entry durable.
+fn mkdir_durable(fs: &dyn Fs, dir: &Path) -> AofResult<()> {
+    match fs.kind(dir).map_err(io_err("stat", dir))? {
+        Some(EntryKind::Dir) => return Ok(()),
+        Some(_) => {
+            return Err(AofError::InvalidConfig(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )))
+        }
+        None => {}
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    mkdir_durable(fs, parent)?;
+    match fs.mkdir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(AofError::io("create directory", dir, e)),
+    }
+    fs.fsync_dir(parent)
+        .map_err(io_err("fsync directory", parent))
+}
+
+/// Opens (creating if needed) the log at `paths`, recovering it.
+pub fn open_log(
+    fs: &dyn Fs,
+    paths: &LogPaths,
+    cfg: &AofConfig,
+    clock: &Clock,
+) -> AofResult<Opened> {
+    mkdir_durable(fs, &paths.root)?;
+    let lock = match fs.lock_exclusive(&paths.lock) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Err(AofError::Locked {
+                path: paths.root.clone(),
+            })
+        }
+        Err(e) => return Err(AofError::io("lock", &paths.lock, e)),
+    };
+    mkdir_durable(fs, &paths.segments)?;
+    let recovered = recover(fs, paths, cfg, clock)?;
+    Ok(Opened { recovered, lock })
+}
+
+struct Used {
+    id: u64,
+    path: PathBuf,
+    header: SegmentHeader,
+    seed: u32,
+    footer: Option<SegmentFooter>,
+}
+
+fn recover(fs: &dyn Fs, paths: &LogPaths, cfg: &AofConfig, clock: &Clock) -> AofResult<Recovered> {
+    let dir = &paths.segments;
+    let mut names = fs.list_dir(dir).map_err(io_err("list", dir))?;
+    names.sort();
+    let mut temps = Vec::new();
+    let mut segments = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        let parsed = name.to_str().and_then(parse_name);
+        match (parsed, fs.kind(&path).map_err(io_err("stat", &path))?) {
+            (Some(SegmentName::Temp(_)), Some(EntryKind::File)) => temps.push(path),
+            (Some(SegmentName::Segment(id)), Some(EntryKind::File)) => segments.push((id, path)),
+            _ => return Err(AofError::ForeignFile { path }),
+        }
+    }
+    segments.sort();
+
+    let mut used: Vec<Used> = Vec::new();
+    let mut blank: Vec<(u64, PathBuf, u64)> = Vec::new();
+    for (id, path) in segments {
+        let file = fs
+            .open(&path, OpenMode::Read)
+            .map_err(io_err("open", &path))?;
+        let size = file.len().map_err(io_err("stat", &path))?;
+        let mut head = [0u8; format::HEADER_LEN];
+        let n = file.pread(0, &mut head).map_err(io_err("read", &path))?;
+        let state = match SegmentHeader::decode(&head[..n]) {
+            Ok(s) => s,
+            Err(FormatError::UnsupportedVersion(v)) => {
+                return Err(AofError::UnsupportedVersion {
+                    path,
+                    found: v,
+                    supported: format::FORMAT_VERSION,
+                })
+            }
+            Err(FormatError::BadMagic) => {
+                return Err(corruption(
+                    &path,
+                    id,
+                    0,
+                    "not an aof2 segment (bad magic in the header)",
+                ))
+            }
+            Err(e) => return Err(corruption(&path, id, 0, format!("segment header: {e}"))),
+        };
+        match state {
+            HeaderState::Blank => blank.push((id, path, size)),
+            HeaderState::Valid(header, seed) => {
+                if header.segment_id != id {
+                    return Err(corruption(
+                        &path,
+                        id,
+                        0,
+                        format!("header names segment {}", header.segment_id),
+                    ));
+                }
+                if header.file_size != size {
+                    return Err(corruption(
+                        &path,
+                        id,
+                        0,
+                        format!(
+                            "header says {} bytes, the file has {size}",
+                            header.file_size
+                        ),
+                    ));
+                }
+                if let Some((bid, bpath, _)) = blank.first() {
+                    return Err(corruption(
+                        bpath,
+                        *bid,
+                        0,
+                        format!("blank header before used segment {id}: its header was lost"),
+                    ));
+                }
+                if let Some(prev) = used.last() {
+                    if prev.id + 1 != id {
+                        return Err(corruption(
+                            &paths.segment(prev.id + 1),
+                            prev.id + 1,
+                            0,
+                            format!(
+                                "segment {} is missing between {} and {id}",
+                                prev.id + 1,
+                                prev.id
+                            ),
+                        ));
+                    }
+                }
+                let mut tail = [0u8; FOOTER_LEN];
+                let at = size - FOOTER_REGION;
+                backend_read(&*file, at, &mut tail, &path)?;
+                let footer = match SegmentFooter::decode(&tail, seed, size) {
+                    Ok(f) => f,
+                    Err(e) => return Err(corruption(&path, id, at, format!("seal footer: {e}"))),
+                };
+                if let Some(f) = footer {
+                    if f.segment_id != id {
+                        return Err(corruption(
+                            &path,
+                            id,
+                            at,
+                            format!("footer names segment {}", f.segment_id),
+                        ));
+                    }
+                }
+                used.push(Used {
+                    id,
+                    path,
+                    header,
+                    seed,
+                    footer,
+                });
+            }
+        }
+    }
+
+    // Only the last used segment may be unsealed: nothing of a segment is written
+    // before the previous one's footer is durable.
+    for u in used.iter().rev().skip(1) {
+        if u.footer.is_none() {
+            return Err(corruption(
+                &u.path,
+                u.id,
+                u.header.file_size - FOOTER_REGION,
+                "segment is not sealed but a later segment exists: its seal footer was lost",
+            ));
+        }
+    }
+
+    let mut last_ts = 0u64;
+    let mut dir_changed = false;
+    if let Some(u) = used.last_mut() {
+        if u.footer.is_none() {
+            let footer = seal_unsealed(fs, u, clock)?;
+            u.footer = Some(footer);
+        }
+    }
+    let mut sealed = Vec::with_capacity(used.len());
+    let mut records_total = 0;
+    for u in &used {
+        let footer = u.footer.expect("every used segment is sealed now");
+        records_total = u.header.base_record_index + footer.record_count;
+        last_ts = last_ts.max(footer.sealed_at_ns);
+        sealed.push(SealedSegment {
+            header: u.header,
+            seed: u.seed,
+            footer,
+        });
+    }
+    let next_segment = used.last().map(|u| u.id + 1).unwrap_or(0);
+
+    // Blank files continuing the id sequence at the target size are ready to use.
+    let mut prepared = Vec::new();
+    for (id, path, size) in blank {
+        let expected = next_segment + prepared.len() as u64;
+        if id == expected && size == cfg.segment_target_bytes {
+            prepared.push((id, size));
+        } else {
+            log::info!("aof2: removing unused prepared segment {}", path.display());
+            fs.unlink(&path).map_err(io_err("remove", &path))?;
+            dir_changed = true;
+        }
+    }
+    for t in temps {
+        log::info!(
+            "aof2: removing unfinished segment preparation {}",
+            t.display()
+        );
+        fs.unlink(&t).map_err(io_err("remove", &t))?;
+        dir_changed = true;
+    }
+    if dir_changed {
+        fs.fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    }
+    Ok(Recovered {
+        next_segment,
+        records_total,
+        sealed,
+        prepared,
+        last_timestamp_ns: last_ts,
+    })
+}
+
+fn backend_read(
+    file: &dyn crate::backend::FsFile,
+    at: u64,
+    buf: &mut [u8],
+    path: &Path,
+) -> AofResult<()> {
+    crate::backend::read_exact_at(file, at, buf).map_err(io_err("read", path))
+}
+
+/// Verifies the frames of the last, unsealed segment and seals it at its last valid
+/// frame. A torn tail (bytes of writes no sync covered) is left in place past the
+/// footer's `data_end`; damage to synced frames is an error.
+fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFooter> {
+    let file = fs
+        .open(&u.path, OpenMode::Read)
+        .map_err(io_err("open", &u.path))?;
+    let image = file.map().map_err(io_err("map", &u.path))?;
+    let capacity = format::data_capacity(u.header.file_size);
+    let scan = format::scan_frames(u.seed, &image, capacity);
+    if let ScanStop::Invalid { offset, reason } = &scan.stop {
+        if let Some(proof) =
+            format::find_frame_proving_corruption(u.seed, &image, *offset, capacity)
+        {
+            return Err(corruption(
+                &u.path,
+                u.id,
+                *offset,
+                format!(
+                    "{reason}; the frame at offset {proof} was appended after this offset was durable, \
+                     so synced data is damaged (not a torn write). Nothing was changed on disk"
+                ),
+            ));
+        }
+        log::warn!(
+            "aof2: segment {} ends in a torn write at offset {offset} ({reason}): records from there \
+             were never acknowledged; sealing at the last valid frame",
+            u.path.display()
+        );
+    }
+    drop(image);
+    let footer = SegmentFooter {
+        segment_id: u.id,
+        record_count: scan.record_count,
+        data_end: scan.data_end,
+        last_frame_crc: scan.last_crc,
+        last_record_offset: scan.last_record_offset,
+        sealed_at_ns: clock.realtime_ns().max(scan.last_timestamp_ns),
+        index_offset: 0,
+        index_len: 0,
+        index_crc: 0,
+    };
+    let block = AlignedBuf::zeroed(BLOCK);
+    // SAFETY: a fresh block, ours alone.
+    unsafe { block.write(0, &footer.encode(u.seed)) };
+    let w = fs
+        .open(&u.path, OpenMode::Write { direct: true })
+        .map_err(io_err("open", &u.path))?;
+    // SAFETY: ours alone, as above.
+    let bytes = unsafe { block.slice(0, BLOCK) };
+    crate::backend::write_all_at(&*w, u.header.file_size - FOOTER_REGION, &[bytes])
+        .map_err(io_err("write seal footer", &u.path))?;
+    w.fdatasync().map_err(io_err("fdatasync", &u.path))?;
+    log::info!(
+        "aof2: sealed {} at offset {} with {} records",
+        u.path.display(),
+        scan.data_end,
+        scan.record_count
+    );
+    Ok(footer)
+}

@@ -1,0 +1,224 @@
+//! Waking threads and tasks when a log's durable position moves.
+//!
+//! Every change is published under one mutex, and every waiter checks its condition
+//! under that same mutex before it sleeps or registers its waker, so a wake-up can
+//! never fall between the check and the wait. Waiters compare a version counter rather
+//! than the log state itself, so they never need the log lock while holding this one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+struct Waiters {
+    version: u64,
+    wakers: Vec<(u64, Waker)>,
+    next_key: u64,
+}
+
+/// The durable position of a log and the waiters on it.
+pub struct DurableSignal {
+    /// Records with ids below this are durable (a copy of the core's, for lock-free checks).
+    durable: AtomicU64,
+    /// The log failed or was closed: waiters stop waiting.
+    ended: AtomicBool,
+    inner: Mutex<Waiters>,
+    cv: Condvar,
+}
+
+impl DurableSignal {
+    pub fn new(durable: u64) -> DurableSignal {
+        DurableSignal {
+            durable: AtomicU64::new(durable),
+            ended: AtomicBool::new(false),
+            inner: Mutex::new(Waiters {
+                version: 0,
+                wakers: Vec::new(),
+                next_key: 0,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The durable position as last published.
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// True once the log was poisoned or closed.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The current version; pass it to `wait_change` after checking a condition.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Publishes a new durable position (and whether the log ended) and wakes everyone.
+    pub fn publish(&self, durable: u64, ended: bool) {
+        let wakers = {
+            let mut g = self.lock();
+            self.durable.fetch_max(durable, Ordering::AcqRel);
+            if ended {
+                self.ended.store(true, Ordering::Release);
+            }
+            g.version += 1;
+            std::mem::take(&mut g.wakers)
+        };
+        self.cv.notify_all();
+        for (_, w) in wakers {
+            w.wake();
+        }
+    }
+
+    /// Blocks until the version differs from `seen`; false if `timeout` passed first.
+    pub fn wait_change(&self, seen: u64, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.lock();
+        while g.version == seen {
+            g = match deadline {
+                None => self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    self.cv
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// A future that completes once the version differs from `seen`. Dropping it
+    /// removes its waker: nothing is left behind.
+    pub fn changed(self: &Arc<Self>, seen: u64) -> Changed {
+        Changed {
+            signal: self.clone(),
+            seen,
+            key: None,
+        }
+    }
+}
+
+/// See [`DurableSignal::changed`].
+pub struct Changed {
+    signal: Arc<DurableSignal>,
+    seen: u64,
+    key: Option<u64>,
+}
+
+impl Future for Changed {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut g = this.signal.lock();
+        if g.version != this.seen {
+            if let Some(k) = this.key.take() {
+                g.wakers.retain(|(key, _)| *key != k);
+            }
+            return Poll::Ready(());
+        }
+        match this.key {
+            Some(k) => match g.wakers.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1.clone_from(cx.waker()),
+                None => g.wakers.push((k, cx.waker().clone())),
+            },
+            None => {
+                let k = g.next_key;
+                g.next_key += 1;
+                g.wakers.push((k, cx.waker().clone()));
+                this.key = Some(k);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Changed {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.signal.lock().wakers.retain(|(key, _)| *key != k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_publish_between_check_and_wait_is_not_lost() {
+        let s = Arc::new(DurableSignal::new(0));
+        let v = s.version();
+        s.publish(10, false); // lands before the wait starts
+        assert!(s.wait_change(v, Some(Duration::from_secs(10)))); // returns at once
+        assert_eq!(s.durable(), 10);
+    }
+
+    #[test]
+    fn futures_wake_and_clean_up_on_drop() {
+        let s = Arc::new(DurableSignal::new(0));
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut f = Box::pin(s.changed(s.version()));
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(s.lock().wakers.len(), 1);
+        drop(f);
+        assert_eq!(s.lock().wakers.len(), 0, "a dropped future leaves no waker");
+        let mut f = Box::pin(s.changed(s.version()));
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        s.publish(5, false);
+        assert!(flag.0.load(Ordering::SeqCst));
+        assert!(f.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn many_threads_never_miss_a_wake_up() {
+        let s = Arc::new(DurableSignal::new(0));
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for target in 1..=2000u64 {
+                        loop {
+                            let v = s.version();
+                            if s.durable() >= target {
+                                break;
+                            }
+                            assert!(
+                                s.wait_change(v, Some(Duration::from_secs(10))),
+                                "missed wake-up"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for d in 1..=2000u64 {
+            s.publish(d, false);
+        }
+        for w in waiters {
+            w.join().unwrap();
+        }
+    }
+}

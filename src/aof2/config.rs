@@ -1,0 +1,7 @@
+//! Configuration and identifiers: [`AofConfig`], [`FlushConfig`], [`Compression`],
+//! [`RetentionPolicy`], [`AofManagerConfig`], [`RecordId`], [`SegmentId`].
+
+pub use aof2_shards::config::{
+    AofConfig, AofManagerConfig, Compression, FlushConfig, RecordId, RetentionPolicy, SegmentId,
+    MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+};

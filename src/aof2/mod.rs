@@ -1,0 +1,149 @@
+//! AOF2: an append-only log for latency-sensitive Linux services.
+//!
+//! An [`AofManager`] starts one shard thread per CPU; each [`Aof`] (one log, one
+//! directory) lives on a shard, which does all of its disk I/O with group commit.
+//! Appends copy into memory and return a [`RecordId`]; [`Aof::flush_until`] returns
+//! once a completed `fdatasync` covers the record. See README.md for the durability
+//! contract, error semantics and on-disk format.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod reader;
+
+pub use config::{AofConfig, AofManagerConfig, RecordId, SegmentId};
+pub use error::{AofError, AofResult};
+pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample};
+
+use aof2_shards::log_handle::LogHandle;
+use aof2_shards::manager::ShardSet;
+use reader::SegmentReader;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Owns the shard threads. Dropping it flushes and closes every log still open and
+/// stops the threads; later calls on those logs fail with [`AofError::Closed`].
+pub struct AofManager {
+    set: Arc<ShardSet>,
+}
+
+/// A cheap, cloneable reference to a manager, used to place logs on its shards.
+#[derive(Clone)]
+pub struct AofManagerHandle {
+    set: Arc<ShardSet>,
+}
+
+impl AofManager {
+    /// Starts the shard threads (one per CPU in the process's affinity set by default).
+    pub fn with_config(cfg: AofManagerConfig) -> AofResult<AofManager> {
+        Ok(AofManager {
+            set: Arc::new(ShardSet::start(&cfg)?),
+        })
+    }
+
+    /// A handle for [`Aof::new`].
+    pub fn handle(&self) -> AofManagerHandle {
+        AofManagerHandle {
+            set: self.set.clone(),
+        }
+    }
+
+    /// Number of shard threads.
+    pub fn shard_count(&self) -> usize {
+        self.set.shard_count()
+    }
+
+    /// The CPU each shard thread is pinned to (`None`: not pinned).
+    pub fn shard_cpus(&self) -> Vec<Option<usize>> {
+        self.set.shard_cpus().to_vec()
+    }
+}
+
+impl Drop for AofManager {
+    fn drop(&mut self) {
+        self.set.shutdown();
+    }
+}
+
+/// One log. Every method takes `&self`; share it across threads with `Arc`.
+///
+/// Dropping it syncs everything appended, closes its files and releases the
+/// directory lock before returning (an open segment stays unsealed; the next open
+/// verifies and seals it).
+pub struct Aof {
+    log: LogHandle,
+    _set: Arc<ShardSet>,
+}
+
+impl Aof {
+    /// Opens the log in `cfg.root_dir` (creating it, or recovering what is there) and
+    /// places it on the least loaded shard. `cfg` is validated, then normalized.
+    pub fn new(handle: AofManagerHandle, cfg: AofConfig) -> AofResult<Aof> {
+        let log = LogHandle::open(&handle.set, cfg)?;
+        Ok(Aof {
+            log,
+            _set: handle.set,
+        })
+    }
+
+    /// Appends a record and returns its id. The record is in memory, not yet durable:
+    /// call [`Aof::flush_until`] for that. Blocks while `max_unflushed_bytes` is reached.
+    pub fn append_record(&self, payload: &[u8]) -> AofResult<RecordId> {
+        self.log.append(payload)
+    }
+
+    /// Like [`Aof::append_record`], but waits for back-pressure without blocking the
+    /// thread. Works on any executor, including a current-thread Tokio runtime.
+    pub async fn append_record_async(&self, payload: &[u8]) -> AofResult<RecordId> {
+        self.log.append_async(payload).await
+    }
+
+    /// Like [`Aof::append_record`], but fails with `AofError::WouldBlock` instead of
+    /// waiting for back-pressure.
+    pub fn try_append_record(&self, payload: &[u8]) -> AofResult<RecordId> {
+        self.log.try_append(payload)
+    }
+
+    /// Returns once every record up to and including `rid` is durable (covered by a
+    /// completed `fdatasync`). An id past the tail is an error, never a hang.
+    pub fn flush_until(&self, rid: RecordId) -> AofResult<()> {
+        self.log.flush_until(rid)
+    }
+
+    /// Async [`Aof::flush_until`]; dropping the future leaves nothing behind.
+    pub async fn flush_until_async(&self, rid: RecordId) -> AofResult<()> {
+        self.log.flush_until_async(rid).await
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn flush(&self) -> AofResult<()> {
+        self.log.flush()
+    }
+
+    /// Seals the active segment (if it holds records) and returns its id once its
+    /// footer is durable; the next append starts a new segment.
+    pub fn seal_active(&self) -> AofResult<Option<SegmentId>> {
+        self.log.seal_active()
+    }
+
+    /// Opens a reader over a segment: sealed segments are memory-mapped, the active one
+    /// is read up to its durable end.
+    pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {
+        self.log.open_reader(id)
+    }
+
+    /// Flush and append counters of this log.
+    pub fn flush_metrics(&self) -> FlushMetricsSnapshot {
+        self.log.metrics().into()
+    }
+
+    /// The log's directory.
+    pub fn root_dir(&self) -> &Path {
+        self.log.root_dir()
+    }
+
+    /// The configuration in effect (normalized).
+    pub fn config(&self) -> AofConfig {
+        self.log.config()
+    }
+}
