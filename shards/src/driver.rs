@@ -47,6 +47,7 @@ impl Driver {
     }
 
     fn run(&mut self, kind: &OpKind) -> io::Result<()> {
+        log::trace!("aof2: {kind:?}");
         match kind {
             OpKind::Create { seg, path } => {
                 let f = self.fs.open(
@@ -84,7 +85,6 @@ impl Driver {
                 Ok(())
             }
             OpKind::Rename { from, to } => self.fs.rename(from, to),
-            OpKind::Unlink { path } => self.fs.unlink(path),
             OpKind::SyncDir { path } => self.fs.fsync_dir(path),
         }
     }

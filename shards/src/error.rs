@@ -11,6 +11,8 @@ pub type AofResult<T> = Result<T, AofError>;
 pub enum WouldBlockKind {
     /// `max_unflushed_bytes` is reached: the append would have to wait for a sync.
     Admission,
+    /// The record needs a new segment whose file is still being prepared.
+    Rollover,
     /// The caller asked not to wait for a flush.
     Flush,
 }

@@ -486,11 +486,102 @@ pub struct ScanResult {
     pub stop: ScanStop,
 }
 
+/// One frame of a segment image, as yielded by [`Frames`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub offset: u64,
+    pub header: FrameHeader,
+    pub payload: &'a [u8],
+}
+
+/// Iterates the frame chain of a segment image from `HEADER_LEN` to `limit`, checking
+/// every checksum and chain link. Ends at `limit` or a blank header; yields one `Err`
+/// (with the offset) at the first invalid frame, then ends.
+pub struct Frames<'a> {
+    seed: u32,
+    image: &'a [u8],
+    limit: usize,
+    off: usize,
+    prev: u32,
+    stop: Option<ScanStop>,
+}
+
+/// See [`Frames`]. `image` is the file from offset 0; bytes past its end count as absent.
+pub fn frames(seed: u32, image: &[u8], limit: u64) -> Frames<'_> {
+    Frames {
+        seed,
+        image,
+        limit: (limit as usize).min(image.len()),
+        off: HEADER_LEN,
+        prev: seed,
+        stop: None,
+    }
+}
+
+impl<'a> Frames<'a> {
+    /// Why iteration ended (`None` while it has not).
+    pub fn stop(&self) -> Option<&ScanStop> {
+        self.stop.as_ref()
+    }
+    /// End of the last valid frame so far.
+    pub fn position(&self) -> u64 {
+        self.off as u64
+    }
+    /// `crc` of the last valid frame so far (the seed before the first).
+    pub fn last_crc(&self) -> u32 {
+        self.prev
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<FrameRef<'a>, (u64, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.stop.is_some() {
+            return None;
+        }
+        if self.off >= self.limit {
+            self.stop = Some(ScanStop::Limit);
+            return None;
+        }
+        let off = self.off;
+        let invalid = |this: &mut Self, reason: String| {
+            this.stop = Some(ScanStop::Invalid {
+                offset: off as u64,
+                reason: reason.clone(),
+            });
+            Some(Err((off as u64, reason)))
+        };
+        match decode_frame(self.seed, &self.image[off..self.limit]) {
+            FrameDecode::Blank => {
+                self.stop = Some(ScanStop::Blank);
+                None
+            }
+            FrameDecode::Invalid(e) => invalid(self, e.to_string()),
+            FrameDecode::Frame(h) if h.prev_crc != self.prev => invalid(
+                self,
+                format!(
+                    "chain broken: prev_crc {:#010x}, previous frame {:#010x}",
+                    h.prev_crc, self.prev
+                ),
+            ),
+            FrameDecode::Frame(h) => {
+                self.prev = h.crc;
+                self.off += h.size();
+                let p = off + FRAME_HEADER_LEN;
+                Some(Ok(FrameRef {
+                    offset: off as u64,
+                    header: h,
+                    payload: &self.image[p..p + h.len as usize],
+                }))
+            }
+        }
+    }
+}
+
 /// Walks the frame chain of a segment image from `HEADER_LEN` up to `limit` (the footer's
-/// `data_end`, or the data capacity of an unsealed segment). `image` is the file from
-/// offset 0; bytes past its length count as absent.
+/// `data_end`, or the data capacity of an unsealed segment) and summarises the valid prefix.
 pub fn scan_frames(seed: u32, image: &[u8], limit: u64) -> ScanResult {
-    let limit = (limit as usize).min(image.len());
     let mut r = ScanResult {
         data_end: HEADER_LEN as u64,
         record_count: 0,
@@ -499,42 +590,18 @@ pub fn scan_frames(seed: u32, image: &[u8], limit: u64) -> ScanResult {
         last_timestamp_ns: 0,
         stop: ScanStop::Limit,
     };
-    let mut off = HEADER_LEN;
-    while off < limit {
-        match decode_frame(seed, &image[off..limit]) {
-            FrameDecode::Blank => {
-                r.stop = ScanStop::Blank;
-                return r;
-            }
-            FrameDecode::Invalid(e) => {
-                r.stop = ScanStop::Invalid {
-                    offset: off as u64,
-                    reason: e.to_string(),
-                };
-                return r;
-            }
-            FrameDecode::Frame(h) => {
-                if h.prev_crc != r.last_crc {
-                    r.stop = ScanStop::Invalid {
-                        offset: off as u64,
-                        reason: format!(
-                            "chain broken: prev_crc {:#010x}, previous frame {:#010x}",
-                            h.prev_crc, r.last_crc
-                        ),
-                    };
-                    return r;
-                }
-                if h.kind == FrameKind::Record {
-                    r.record_count += 1;
-                    r.last_record_offset = off as u32;
-                    r.last_timestamp_ns = h.timestamp_ns;
-                }
-                r.last_crc = h.crc;
-                off += h.size();
-                r.data_end = off as u64;
-            }
+    let mut it = frames(seed, image, limit);
+    for f in it.by_ref() {
+        let Ok(f) = f else { break };
+        if f.header.kind == FrameKind::Record {
+            r.record_count += 1;
+            r.last_record_offset = f.offset as u32;
+            r.last_timestamp_ns = f.header.timestamp_ns;
         }
     }
+    r.data_end = it.position();
+    r.last_crc = it.last_crc();
+    r.stop = it.stop().cloned().unwrap_or(ScanStop::Limit);
     r
 }
 

@@ -99,7 +99,7 @@ impl LogHandle {
         }
         let shard = set.place()?;
         let paths = LogPaths::new(&cfg.root_dir);
-        let opened = recovery::open_log(&*fs, &paths, &cfg, &clock)?;
+        let opened = recovery::open_log(&*fs, &paths, &clock)?;
         let core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
         let durable = core.durable_pos();
         let shared = Arc::new(LogShared {
@@ -113,13 +113,36 @@ impl LogHandle {
             shared: shared.clone(),
             driver: Driver::new(fs.clone(), true),
         });
-        Ok(LogHandle {
+        let log = LogHandle {
             shared,
             fs,
             paths,
             lock: Some(opened.lock),
             backpressure_waits: AtomicU64::new(0),
-        })
+        };
+        log.wait_ready()?;
+        Ok(log)
+    }
+
+    /// Waits until a prepared segment is ready, so the first append does not wait for
+    /// a file to be zero-written. Errors if preparing it failed.
+    fn wait_ready(&self) -> AofResult<()> {
+        if current_shard().is_some() {
+            return Ok(());
+        }
+        loop {
+            let seen = self.shared.signal.version();
+            {
+                let core = self.shared.lock_core();
+                if let Some(e) = core.poison() {
+                    return Err(e);
+                }
+                if core.has_prepared_segment() {
+                    return Ok(());
+                }
+            }
+            self.shared.signal.wait_change(seen, None);
+        }
     }
 
     fn no_blocking_here(call: &'static str) -> AofResult<()> {
@@ -141,9 +164,13 @@ impl LogHandle {
                 Ok(a.rid)
             }
             Err(e) => {
-                let wake = e.is_would_block() && core.request_flush_all();
+                let blocked = e.is_would_block();
+                if matches!(e, AofError::WouldBlock(WouldBlockKind::Admission)) {
+                    core.request_flush_all();
+                }
                 drop(core);
-                if wake {
+                if blocked {
+                    // Waiting helps only if the shard syncs (admission) or prepares (rollover).
                     self.shared.wake_shard();
                 }
                 Err(e)
@@ -156,7 +183,7 @@ impl LogHandle {
         loop {
             let seen = self.shared.signal.version();
             match self.try_once(payload) {
-                Err(AofError::WouldBlock(WouldBlockKind::Admission)) => {
+                Err(AofError::WouldBlock(WouldBlockKind::Admission | WouldBlockKind::Rollover)) => {
                     Self::no_blocking_here("append_record")?;
                     self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
                     self.shared.signal.wait_change(seen, None);
@@ -166,7 +193,8 @@ impl LogHandle {
         }
     }
 
-    /// Appends a record, or fails with `WouldBlock(Admission)` instead of waiting.
+    /// Appends a record, or fails with `WouldBlock` instead of waiting (`Admission`:
+    /// back-pressure; `Rollover`: the next segment's file is still being prepared).
     pub fn try_append(&self, payload: &[u8]) -> AofResult<RecordId> {
         self.try_once(payload)
     }
@@ -176,7 +204,7 @@ impl LogHandle {
         loop {
             let seen = self.shared.signal.version();
             match self.try_once(payload) {
-                Err(AofError::WouldBlock(WouldBlockKind::Admission)) => {
+                Err(AofError::WouldBlock(WouldBlockKind::Admission | WouldBlockKind::Rollover)) => {
                     self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
                     self.shared.signal.changed(seen).await;
                 }

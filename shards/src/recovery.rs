@@ -6,8 +6,11 @@
 //! synced before frames; frames synced before the footer; footer synced before anything
 //! of the next segment):
 //! - `*.seg.tmp`: a preparation that did not finish. Removed.
-//! - A blank-headed `*.seg` after the last used segment: prepared, never written.
-//!   Adopted when it continues the id sequence at the target size, removed otherwise.
+//! - A blank-headed `*.seg` after the last used segment: prepared, never written. An
+//!   append may still have been handed an id in it (in memory) before the crash, so it
+//!   is renamed past every id on disk and reused there; it is never deleted, so the
+//!   highest id on disk never goes down. Ids can therefore skip; records cannot
+//!   (`base_record_index` chains the segments).
 //! - The last used segment unsealed, ending in a torn write or not. Its valid frames
 //!   are kept, it is sealed at the last one, and appends continue in a new segment.
 //!
@@ -19,7 +22,6 @@
 use crate::backend::{EntryKind, Fs, FsLock, OpenMode};
 use crate::buffer::AlignedBuf;
 use crate::clock::Clock;
-use crate::config::AofConfig;
 use crate::error::{AofError, AofResult};
 use crate::format::{
     self, FormatError, HeaderState, ScanStop, SegmentFooter, SegmentHeader, BLOCK, FOOTER_LEN,
@@ -76,12 +78,7 @@ fn mkdir_durable(fs: &dyn Fs, dir: &Path) -> AofResult<()> {
 }
 
 /// Opens (creating if needed) the log at `paths`, recovering it.
-pub fn open_log(
-    fs: &dyn Fs,
-    paths: &LogPaths,
-    cfg: &AofConfig,
-    clock: &Clock,
-) -> AofResult<Opened> {
+pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Opened> {
     mkdir_durable(fs, &paths.root)?;
     let lock = match fs.lock_exclusive(&paths.lock) {
         Ok(l) => l,
@@ -93,7 +90,7 @@ pub fn open_log(
         Err(e) => return Err(AofError::io("lock", &paths.lock, e)),
     };
     mkdir_durable(fs, &paths.segments)?;
-    let recovered = recover(fs, paths, cfg, clock)?;
+    let recovered = recover(fs, paths, clock)?;
     Ok(Opened { recovered, lock })
 }
 
@@ -105,7 +102,7 @@ struct Used {
     footer: Option<SegmentFooter>,
 }
 
-fn recover(fs: &dyn Fs, paths: &LogPaths, cfg: &AofConfig, clock: &Clock) -> AofResult<Recovered> {
+fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered> {
     let dir = &paths.segments;
     let mut names = fs.list_dir(dir).map_err(io_err("list", dir))?;
     names.sort();
@@ -128,7 +125,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, cfg: &AofConfig, clock: &Clock) -> Aof
         let file = fs
             .open(&path, OpenMode::Read)
             .map_err(io_err("open", &path))?;
-        let size = file.len().map_err(io_err("stat", &path))?;
+        let size = file.size().map_err(io_err("stat", &path))?;
         let mut head = [0u8; format::HEADER_LEN];
         let n = file.pread(0, &mut head).map_err(io_err("read", &path))?;
         let state = match SegmentHeader::decode(&head[..n]) {
@@ -179,20 +176,6 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, cfg: &AofConfig, clock: &Clock) -> Aof
                         0,
                         format!("blank header before used segment {id}: its header was lost"),
                     ));
-                }
-                if let Some(prev) = used.last() {
-                    if prev.id + 1 != id {
-                        return Err(corruption(
-                            &paths.segment(prev.id + 1),
-                            prev.id + 1,
-                            0,
-                            format!(
-                                "segment {} is missing between {} and {id}",
-                                prev.id + 1,
-                                prev.id
-                            ),
-                        ));
-                    }
                 }
                 let mut tail = [0u8; FOOTER_LEN];
                 let at = size - FOOTER_REGION;
@@ -247,6 +230,20 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, cfg: &AofConfig, clock: &Clock) -> Aof
     let mut records_total = 0;
     for u in &used {
         let footer = u.footer.expect("every used segment is sealed now");
+        // Ids may skip (a crash leaves blank files that are moved past), records may
+        // not: each segment starts where the previous ended, which catches a lost file.
+        if u.header.base_record_index != records_total {
+            return Err(corruption(
+                &u.path,
+                u.id,
+                0,
+                format!(
+                    "segment starts at record {} but the segments before it hold {records_total}: \
+                     records are missing (a segment file lost?)",
+                    u.header.base_record_index
+                ),
+            ));
+        }
         records_total = u.header.base_record_index + footer.record_count;
         last_ts = last_ts.max(footer.sealed_at_ns);
         sealed.push(SealedSegment {
@@ -255,19 +252,34 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, cfg: &AofConfig, clock: &Clock) -> Aof
             footer,
         });
     }
-    let next_segment = used.last().map(|u| u.id + 1).unwrap_or(0);
-
-    // Blank files continuing the id sequence at the target size are ready to use.
+    // Continue past every id on disk, blank files included: an append may have been
+    // handed an id in a prepared file before the crash (in memory only), and ids are
+    // never handed out twice. So the highest id on disk must never go down: blank
+    // files are renamed past it (every prefix of those renames keeps it) and reused,
+    // never deleted.
+    let max_on_disk = used
+        .iter()
+        .map(|u| u.id)
+        .chain(blank.iter().map(|b| b.0))
+        .max();
+    let next_segment = max_on_disk.map_or(0, |m| m + 1);
     let mut prepared = Vec::new();
     for (id, path, size) in blank {
-        let expected = next_segment + prepared.len() as u64;
-        if id == expected && size == cfg.segment_target_bytes {
-            prepared.push((id, size));
-        } else {
-            log::info!("aof2: removing unused prepared segment {}", path.display());
-            fs.unlink(&path).map_err(io_err("remove", &path))?;
-            dir_changed = true;
+        if !(format::MIN_SEGMENT_FILE..=format::MAX_SEGMENT_FILE).contains(&size)
+            || size % BLOCK as u64 != 0
+        {
+            return Err(corruption(
+                &path,
+                id,
+                0,
+                format!("blank segment of {size} bytes: not a size aof2 prepares"),
+            ));
         }
+        let new_id = next_segment + prepared.len() as u64;
+        fs.rename(&path, &paths.segment(new_id))
+            .map_err(io_err("rename", &path))?;
+        prepared.push((new_id, size));
+        dir_changed = true;
     }
     for t in temps {
         log::info!(

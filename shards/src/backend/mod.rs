@@ -56,8 +56,8 @@ pub trait FsFile: Send + Sync {
     fn pwritev(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize>;
     /// Makes completed writes durable.
     fn fdatasync(&self) -> io::Result<()>;
-    /// Current size.
-    fn len(&self) -> io::Result<u64>;
+    /// Current size in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Maps (or copies) the whole file read-only.
     fn map(&self) -> io::Result<Mapping>;
     /// True when writes bypass the page cache (O_DIRECT).

@@ -188,6 +188,10 @@ impl SimFs {
         }
         // Files: per sector, one of the versions it went through.
         for inode in st.inodes.values_mut() {
+            if inode.pending.is_empty() {
+                inode.current.clone_from(&inode.durable);
+                continue;
+            }
             let mut img = inode.durable.clone();
             let mut touched: BTreeMap<usize, ()> = BTreeMap::new();
             for (off, data) in &inode.pending {
@@ -218,9 +222,8 @@ impl SimFs {
                 let mut end = inode.durable.len().max(lo);
                 for (o, d) in &writes[..k] {
                     let (a, b) = (*o as usize, *o as usize + d.len());
-                    for i in a.max(lo)..b.min(hi) {
-                        sector[i - lo] = d[i - a];
-                    }
+                    let (x, y) = (a.max(lo), b.min(hi));
+                    sector[x - lo..y - lo].copy_from_slice(&d[x - a..y - a]);
                     end = end.max(b.min(hi));
                 }
                 if img.len() < end {
@@ -364,7 +367,7 @@ impl FsFile for SimFile {
         })
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|s| Ok(s.inodes[&self.inode].current.len() as u64))
     }
 

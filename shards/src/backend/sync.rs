@@ -143,12 +143,12 @@ impl FsFile for SyncFile {
         self.file.sync_data()
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
     fn map(&self) -> io::Result<Mapping> {
-        if self.len()? == 0 {
+        if self.size()? == 0 {
             return Ok(Mapping::Empty);
         }
         // SAFETY: the engine maps only files it no longer writes (sealed segments) or
@@ -268,6 +268,6 @@ mod tests {
         let mut got = [0u8; 10];
         r.pread(0, &mut got).unwrap();
         assert_eq!(got, [1u8; 10]);
-        assert_eq!(r.len().unwrap(), (BLOCK * 3) as u64);
+        assert_eq!(r.size().unwrap(), (BLOCK * 3) as u64);
     }
 }

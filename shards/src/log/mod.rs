@@ -85,7 +85,6 @@ struct Seg {
     last_record_offset: u32,
     /// No more appends go here; seal once everything in it is durable.
     rolled: bool,
-    file_ready: bool,
     header_durable: bool,
     /// Bytes [0, written_end) are on disk (not necessarily synced).
     written_end: u64,
@@ -164,8 +163,6 @@ enum Effect {
         seg: u64,
         size: u64,
     },
-    /// A prepared file of the wrong size was removed.
-    Discarded,
 }
 
 struct InFlight {
@@ -227,6 +224,8 @@ pub struct LogCore {
     sealed: Vec<SealedSegment>,
     prepared: VecDeque<(u64, u64)>,
     adopt: VecDeque<(u64, u64)>,
+    /// (id, size) of the segment a blocked append waits for.
+    want: Option<(u64, u64)>,
     prep: Option<Prep>,
     data_io: Option<InFlight>,
     prep_io: Option<InFlight>,
@@ -266,6 +265,7 @@ impl LogCore {
             sealed: rec.sealed,
             prepared: VecDeque::new(),
             adopt: rec.prepared.into(),
+            want: None,
             prep: None,
             data_io: None,
             prep_io: None,
@@ -280,8 +280,9 @@ impl LogCore {
 
     // ------------------------------------------------------------------ append side
 
-    /// Appends a record. `Err(WouldBlock(Admission))` when over `max_unflushed_bytes`
-    /// (the caller waits for the durable position to move and retries).
+    /// Appends a record. `Err(WouldBlock(Admission))` when over `max_unflushed_bytes`,
+    /// `Err(WouldBlock(Rollover))` when the record needs a new segment whose file is
+    /// not prepared yet: the caller wakes the shard, waits for progress and retries.
     pub fn append(&mut self, payload: &[u8]) -> AofResult<Appended> {
         self.check_open()?;
         if payload.len() > self.max_record {
@@ -301,11 +302,23 @@ impl LogCore {
             Some(s) => s.rolled || s.appended_end + frame > s.capacity,
         };
         if needs_new {
-            if let Some(s) = self.segs.back_mut() {
-                s.rolled = true;
+            // An id is handed out only in a segment whose file is durably prepared, so
+            // recovery, which continues past every file on disk, never reuses one.
+            let size = self.segment_size_for(frame);
+            match self.prepared.front() {
+                Some(&(id, psize)) if id == self.next_segment && psize == size => {
+                    self.prepared.pop_front();
+                    if let Some(s) = self.segs.back_mut() {
+                        s.rolled = true;
+                    }
+                    self.open_segment(size);
+                    wake = true;
+                }
+                _ => {
+                    self.want = Some((self.next_segment, size));
+                    return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
+                }
             }
-            self.open_segment(frame);
-            wake = true;
         }
         let ts = self.clock.realtime_ns().max(self.last_ts);
         self.last_ts = ts;
@@ -361,15 +374,20 @@ impl LogCore {
         })
     }
 
-    /// Starts a new segment sized for a first frame of `frame` bytes.
-    fn open_segment(&mut self, frame: u64) {
+    /// File size of a new segment whose first frame is `frame` bytes: the target, or
+    /// larger for a record that does not fit in it.
+    fn segment_size_for(&self, frame: u64) -> u64 {
         let target = self.cfg.segment_target_bytes;
         let need = HEADER_LEN as u64 + frame + FOOTER_REGION;
-        let file_size = if need <= target {
+        if need <= target {
             target
         } else {
             (need.div_ceil(BLOCK as u64) * BLOCK as u64).max(self.cfg.segment_min_bytes)
-        };
+        }
+    }
+
+    /// Starts segment `next_segment` in a prepared file of `file_size` bytes.
+    fn open_segment(&mut self, file_size: u64) {
         let id = self.next_segment;
         self.next_segment += 1;
         let header = SegmentHeader {
@@ -395,7 +413,6 @@ impl LogCore {
             record_count: 0,
             last_record_offset: format::NO_RECORD,
             rolled: false,
-            file_ready: false,
             header_durable: false,
             written_end: 0,
             durable_end: HEADER_LEN as u64,
@@ -481,6 +498,13 @@ impl LogCore {
     /// Every record whose id is below this is durable.
     pub fn durable_pos(&self) -> u64 {
         self.durable
+    }
+
+    /// True when a prepared file is ready for the next segment.
+    pub fn has_prepared_segment(&self) -> bool {
+        self.prepared
+            .front()
+            .is_some_and(|&(id, _)| id == self.next_segment)
     }
 
     /// Bytes appended but not yet covered by a completed sync.
@@ -629,7 +653,7 @@ impl LogCore {
             0
         };
         let wants_behind = behind > s.written_end;
-        if !(wants_sync || wants_seal || wants_behind) || !s.file_ready {
+        if !(wants_sync || wants_seal || wants_behind) {
             return None;
         }
         let seg = s.id;
@@ -743,46 +767,32 @@ impl LogCore {
             }];
             return Some(self.chain(kinds, Effect::Adopted { seg, size }, true));
         }
-        // Hand prepared files to segments that need one.
-        let mut wanted = None;
-        for i in 0..self.segs.len() {
-            if self.segs[i].file_ready {
-                continue;
-            }
-            let (id, size) = (self.segs[i].id, self.segs[i].header.file_size);
+        // A blocked append waits for a file of a given size under the next id.
+        let mut next = None;
+        if let Some((id, size)) = self.want {
             match self.prepared.front().copied() {
-                Some((pid, psize)) if pid == id && psize == size => {
-                    self.prepared.pop_front();
-                    self.segs[i].file_ready = true;
-                }
+                Some((pid, psize)) if pid == id && psize == size => self.want = None,
                 Some((pid, _)) if pid == id => {
-                    // Prepared at the target size, but this segment holds a larger
-                    // record: the file never held data, so it is replaced.
+                    // Prepared at another size than the record needs. A new file is
+                    // prepared and renamed over this one: the id never leaves the
+                    // disk, so recovery keeps continuing past it.
                     self.prepared.pop_front();
-                    let kinds = vec![
-                        OpKind::Close { seg: pid },
-                        OpKind::Unlink {
-                            path: self.paths.segment(pid),
-                        },
-                    ];
-                    return Some(self.chain(kinds, Effect::Discarded, true));
+                    next = Some((id, size));
                 }
-                _ => {
-                    wanted = Some((id, size));
-                    break;
-                }
+                _ => next = Some((id, size)),
             }
+        } else if self.prepared.is_empty() && !self.closing {
+            // Keep one file ready beyond those in use.
+            next = Some((self.next_segment, self.cfg.segment_target_bytes));
         }
         if self.prep.is_none() {
-            let next = match wanted {
-                Some(w) => Some(w),
-                // Keep one file ready beyond those in use (not when closing).
-                None if self.prepared.is_empty() && !self.closing => {
-                    Some((self.next_segment, self.cfg.segment_target_bytes))
-                }
-                None => None,
-            };
             if let Some((id, size)) = next {
+                log::trace!(
+                    "aof2: preparing segment {id} ({size} bytes); want {:?}, prepared {:?}, next {}",
+                    self.want,
+                    self.prepared,
+                    self.next_segment
+                );
                 self.prep = Some(Prep {
                     id,
                     size,
@@ -850,7 +860,7 @@ impl LogCore {
                 }
                 Effect::Sealed { seg, .. } => ("sealing", *seg),
                 Effect::Adopted { seg, .. } => ("opening prepared", *seg),
-                Effect::Prep | Effect::Discarded => ("preparing", prep_seg),
+                Effect::Prep => ("preparing", prep_seg),
             };
             let path = self.paths.segment(seg);
             log::error!(
@@ -938,18 +948,20 @@ impl LogCore {
                     PrepStep::SyncDir => {
                         let (id, size) = (p.id, p.size);
                         self.prep = None;
-                        self.prepared.push_back((id, size));
+                        // Kept in id order: a replacement for the front id goes first.
+                        let at = self.prepared.partition_point(|&(p, _)| p < id);
+                        self.prepared.insert(at, (id, size));
                         self.metrics.segments_prepared += 1;
-                        return Progress::default();
+                        // An append may be waiting for this file.
+                        return Progress { wake_waiters: true };
                     }
                 };
                 Progress::default()
             }
             Effect::Adopted { seg, size } => {
                 self.prepared.push_back((seg, size));
-                Progress::default()
+                Progress { wake_waiters: true }
             }
-            Effect::Discarded => Progress::default(),
         }
     }
 
@@ -988,3 +1000,6 @@ fn generation(nonce: u64, id: u64) -> u32 {
     x ^= x >> 33;
     x as u32
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,15 +49,9 @@ impl IoData {
 /// One operation. Files are named by segment id; the backend keeps the handles.
 pub enum OpKind {
     /// Create `path` (must not exist) and keep it open as segment `seg`.
-    Create {
-        seg: u64,
-        path: PathBuf,
-    },
+    Create { seg: u64, path: PathBuf },
     /// Open the existing `path` as segment `seg`.
-    Open {
-        seg: u64,
-        path: PathBuf,
-    },
+    Open { seg: u64, path: PathBuf },
     /// Write `data` back to back at `offset` of segment `seg`.
     Write {
         seg: u64,
@@ -65,24 +59,13 @@ pub enum OpKind {
         data: Vec<IoData>,
     },
     /// `fdatasync` segment `seg`.
-    Sync {
-        seg: u64,
-    },
+    Sync { seg: u64 },
     /// Close segment `seg`'s handle.
-    Close {
-        seg: u64,
-    },
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-    },
-    Unlink {
-        path: PathBuf,
-    },
+    Close { seg: u64 },
+    /// Rename within the segment directory (replacing `to` if it exists).
+    Rename { from: PathBuf, to: PathBuf },
     /// `fsync` a directory so creates, renames and unlinks in it are durable.
-    SyncDir {
-        path: PathBuf,
-    },
+    SyncDir { path: PathBuf },
 }
 
 impl std::fmt::Debug for OpKind {
@@ -97,7 +80,6 @@ impl std::fmt::Debug for OpKind {
             OpKind::Sync { seg } => write!(f, "Sync({seg})"),
             OpKind::Close { seg } => write!(f, "Close({seg})"),
             OpKind::Rename { to, .. } => write!(f, "Rename(-> {})", to.display()),
-            OpKind::Unlink { path } => write!(f, "Unlink({})", path.display()),
             OpKind::SyncDir { .. } => write!(f, "SyncDir"),
         }
     }

@@ -1,0 +1,386 @@
+//! The log core driven by a fake executor: no disk, exact control of completions.
+
+use super::ops::{Chain, OpKind};
+use super::*;
+use crate::format::{HeaderState, ScanStop, SegmentFooter, SegmentHeader};
+use std::collections::HashMap;
+use std::path::Path;
+
+const KIB: u64 = 1024;
+
+fn cfg(f: impl FnOnce(&mut AofConfig)) -> AofConfig {
+    let mut c = AofConfig::default();
+    c.root_dir = "/fake".into();
+    c.segment_min_bytes = 64 * KIB;
+    c.segment_target_bytes = 64 * KIB;
+    c.segment_max_bytes = 1024 * KIB;
+    c.flush.flush_interval_ms = 0;
+    c.flush.flush_watermark_bytes = 1 << 30;
+    c.flush.max_unflushed_bytes = 1 << 30;
+    f(&mut c);
+    c.normalized()
+}
+
+fn core(c: AofConfig) -> LogCore {
+    let paths = LogPaths::new(Path::new("/fake"));
+    LogCore::new(
+        c,
+        paths,
+        Clock::Manual(Arc::new(std::sync::atomic::AtomicU64::new(1_000))),
+        7,
+        Recovered::default(),
+    )
+}
+
+/// Executes operations against in-memory files and records what ran.
+#[derive(Default)]
+struct Fake {
+    files: HashMap<u64, Vec<u8>>,
+    ops: Vec<String>,
+    fail_syncs: bool,
+}
+
+impl Fake {
+    fn exec(&mut self, kind: &OpKind) -> io::Result<()> {
+        self.ops.push(format!("{kind:?}"));
+        match kind {
+            OpKind::Create { seg, .. } => {
+                self.files.insert(*seg, Vec::new());
+            }
+            OpKind::Write { seg, offset, data } => {
+                let f = self.files.get_mut(seg).expect("file exists");
+                let mut at = *offset as usize;
+                for d in data {
+                    let b = d.bytes();
+                    if f.len() < at + b.len() {
+                        f.resize(at + b.len(), 0);
+                    }
+                    f[at..at + b.len()].copy_from_slice(b);
+                    at += b.len();
+                }
+            }
+            OpKind::Sync { .. } if self.fail_syncs => {
+                return Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn run_chain(&mut self, core: &mut LogCore, chain: Chain) {
+        let mut failed = false;
+        let mut results = Vec::new();
+        for op in chain.ops {
+            let r = if failed {
+                Err(io::Error::from_raw_os_error(libc::ECANCELED))
+            } else {
+                self.exec(&op.kind)
+            };
+            failed |= r.is_err();
+            results.push((op.id, r));
+        }
+        for (id, r) in results {
+            core.complete(id, r);
+        }
+    }
+
+    /// Runs everything the core asks for until it is idle.
+    fn drain(&mut self, core: &mut LogCore, now: u64) {
+        loop {
+            let chains = core.poll(now);
+            if chains.is_empty() {
+                return;
+            }
+            for c in chains {
+                self.run_chain(core, c);
+            }
+        }
+    }
+
+    fn index_of(&self, op: &str) -> usize {
+        self.ops
+            .iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("{op} never ran: {:?}", self.ops))
+    }
+}
+
+/// Appends, running the executor while a roll waits for its prepared file.
+fn append(c: &mut LogCore, fake: &mut Fake, payload: &[u8]) -> RecordId {
+    loop {
+        match c.append(payload) {
+            Ok(a) => return a.rid,
+            Err(AofError::WouldBlock(WouldBlockKind::Rollover)) => fake.drain(c, 0),
+            Err(e) => panic!("append failed: {e}"),
+        }
+    }
+}
+
+fn is_durable(core: &LogCore, rid: RecordId) -> bool {
+    rid.as_u64() < core.durable_pos()
+}
+
+#[test]
+fn a_record_is_durable_only_after_the_sync_covering_it() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0); // prepares segment 0
+    let rid = append(&mut c, &mut fake, b"hello");
+    fake.drain(&mut c, 0);
+    assert!(!is_durable(&c, rid), "nothing asked for a sync");
+    assert!(c.request_flush(rid.as_u64() + 1));
+    // First the segment header alone, then the data chain: write, then sync.
+    let header = c.poll(0).pop().unwrap();
+    fake.run_chain(&mut c, header);
+    let chain = c.poll(0).pop().unwrap();
+    let ids: Vec<u64> = chain.ops.iter().map(|o| o.id).collect();
+    assert!(matches!(chain.ops[0].kind, OpKind::Write { .. }));
+    assert!(matches!(chain.ops[1].kind, OpKind::Sync { .. }));
+    c.complete(ids[0], Ok(()));
+    assert!(!is_durable(&c, rid), "written is not durable");
+    assert!(c.poll(0).is_empty(), "one data chain in flight at a time");
+    c.complete(ids[1], Ok(()));
+    assert!(is_durable(&c, rid));
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0);
+    let rid = append(&mut c, &mut fake, b"x");
+    fake.fail_syncs = true;
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(!is_durable(&c, rid));
+    let e = c.append(b"y").unwrap_err();
+    assert!(matches!(e, AofError::Poisoned { .. }), "{e}");
+    assert!(e.to_string().contains("/fake"), "{e}");
+    assert!(c.poll(0).is_empty(), "a poisoned log issues no more I/O");
+    fake.fail_syncs = false;
+    assert!(!c.request_flush_all() || c.poll(0).is_empty());
+    assert!(
+        !is_durable(&c, rid),
+        "nothing is reported durable after a failure"
+    );
+}
+
+#[test]
+fn rolling_seals_the_old_segment_before_writing_the_new_one() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    let mut rids = Vec::new();
+    for i in 0..100u8 {
+        rids.push(append(&mut c, &mut fake, &[i; 1000]));
+    }
+    assert!(
+        rids.last().unwrap().segment_index() >= 1,
+        "64 KiB segments rolled"
+    );
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(rids.iter().all(|r| is_durable(&c, *r)));
+    let footer0 = format!("Write(0 @{} +4096)", 64 * KIB - 4096);
+    let seal0 = fake.index_of(&footer0);
+    let header1 = fake.index_of("Write(1 @0 +4096)");
+    let data0_sync = fake.ops[..seal0]
+        .iter()
+        .rposition(|o| o == "Sync(0)")
+        .expect("data of 0 synced first");
+    assert!(data0_sync < seal0 && seal0 < header1, "{:?}", fake.ops);
+    assert_eq!(
+        fake.ops[seal0 + 1],
+        "Sync(0)",
+        "footer synced before moving on"
+    );
+    // The sealed image verifies: footer checksum and every frame.
+    let img = &fake.files[&0];
+    let HeaderState::Valid(h, seed) = SegmentHeader::decode(img).unwrap() else {
+        panic!("blank header")
+    };
+    let f = SegmentFooter::decode(&img[(h.file_size - 4096) as usize..], seed, h.file_size)
+        .unwrap()
+        .unwrap();
+    let scan = crate::format::scan_frames(seed, img, f.data_end);
+    assert_eq!(scan.stop, ScanStop::Limit);
+    assert_eq!(scan.record_count, f.record_count);
+    assert_eq!(scan.last_crc, f.last_frame_crc);
+    let in_seg0 = rids.iter().filter(|r| r.segment_index() == 0).count() as u64;
+    assert_eq!(f.record_count, in_seg0);
+}
+
+#[test]
+fn the_partial_last_block_is_rewritten_with_an_identical_prefix() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    let mut images = Vec::new();
+    let mut ends = Vec::new();
+    for i in 0..6u8 {
+        append(&mut c, &mut fake, &[i + 1; 300]);
+        c.request_flush_all();
+        fake.drain(&mut c, 0);
+        images.push(fake.files[&0].clone());
+        ends.push((c.durable_pos() & 0xffff_ffff) as usize);
+    }
+    for w in 1..images.len() {
+        let end = ends[w - 1];
+        assert_eq!(
+            images[w][..end],
+            images[w - 1][..end],
+            "round {w} changed acknowledged bytes"
+        );
+        assert!(
+            images[w - 1][end..4096].iter().all(|&b| b == 0),
+            "padding of the bounce block is zero"
+        );
+    }
+    // Every round rewrote block 0, never past what it needed.
+    assert!(
+        fake.ops
+            .iter()
+            .filter(|o| o.starts_with("Write(0 @0 +4096)"))
+            .count()
+            >= 6
+    );
+}
+
+#[test]
+fn back_pressure_admits_one_record_when_nothing_is_unflushed() {
+    let mut c = core(cfg(|c| {
+        c.flush.max_unflushed_bytes = 64 * KIB;
+        c.flush.flush_watermark_bytes = 64 * KIB;
+    }));
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0); // segment 0 prepared at the 64 KiB target
+    let big = vec![7u8; 100 * KIB as usize];
+    // The prepared 64 KiB file is too small: the append waits while it is replaced.
+    assert!(matches!(
+        c.append(&big),
+        Err(AofError::WouldBlock(WouldBlockKind::Rollover))
+    ));
+    let rid = append(&mut c, &mut fake, &big);
+    let e = c.append(b"next").unwrap_err();
+    assert!(matches!(e, AofError::WouldBlock(WouldBlockKind::Admission)));
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(is_durable(&c, rid));
+    c.append(b"next").expect("admitted after the sync");
+    // The large record got a segment of its own: a larger file was prepared under the
+    // same id and renamed over the 64 KiB one (the id never left the disk).
+    assert_eq!(
+        fake.ops
+            .iter()
+            .filter(|o| o.starts_with("Create(0)"))
+            .count(),
+        2,
+        "{:?}",
+        fake.ops
+    );
+    assert!(fake.files[&0].len() as u64 > 100 * KIB);
+}
+
+#[test]
+fn an_oversize_record_is_refused_and_the_log_keeps_working() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    let max = c.config().max_record_bytes();
+    let e = c.append(&vec![0u8; max + 1]).unwrap_err();
+    assert!(
+        matches!(e, AofError::RecordTooLarge { len, .. } if len == max + 1),
+        "{e}"
+    );
+    let rid = append(&mut c, &mut fake, &vec![1u8; max]);
+    let small = append(&mut c, &mut fake, b"after");
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(is_durable(&c, rid) && is_durable(&c, small));
+}
+
+#[test]
+fn the_watermark_starts_a_sync_without_a_request() {
+    let mut c = core(cfg(|c| c.flush.flush_watermark_bytes = 4 * KIB));
+    let mut fake = Fake::default();
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(append(&mut c, &mut fake, &[3u8; 1000]));
+    }
+    fake.drain(&mut c, 0);
+    assert_eq!(c.metrics().flushes_watermark, 1);
+    assert!(
+        c.durable_pos() > pos(0, 4 * KIB),
+        "the watermark flush covered 4 KiB"
+    );
+    let _ = last;
+}
+
+#[test]
+fn the_interval_timer_flushes_once_and_disarms() {
+    let mut c = core(cfg(|c| c.flush.flush_interval_ms = 5));
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0);
+    assert_eq!(c.deadline(), None, "no timer while nothing is unflushed");
+    let rid = append(&mut c, &mut fake, b"tick");
+    fake.drain(&mut c, 1_000_000);
+    assert_eq!(c.deadline(), Some(6_000_000));
+    assert!(!is_durable(&c, rid));
+    fake.drain(&mut c, 6_000_000);
+    assert!(
+        is_durable(&c, rid),
+        "the interval flush synced with no further calls"
+    );
+    assert_eq!(c.deadline(), None, "disarmed once nothing is unflushed");
+    assert_eq!(c.metrics().flushes_interval, 1);
+}
+
+#[test]
+fn seal_active_seals_and_the_next_append_opens_a_new_segment() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    assert_eq!(
+        c.seal_active().unwrap().0,
+        None,
+        "nothing to seal in an empty log"
+    );
+    append(&mut c, &mut fake, b"one");
+    let (id, _) = c.seal_active().unwrap();
+    assert_eq!(id, Some(0));
+    fake.drain(&mut c, 0);
+    assert!(c.durable_pos() >= pos(1, 0), "segment 0 sealed");
+    assert_eq!(c.sealed_segments().len(), 1);
+    assert_eq!(c.seal_active().unwrap().0, None);
+    let rid = append(&mut c, &mut fake, b"two");
+    assert_eq!(rid.segment_index(), 1);
+}
+
+#[test]
+fn ids_past_the_tail_are_refused() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    let rid = append(&mut c, &mut fake, b"a");
+    c.check_rid(rid).unwrap();
+    assert!(
+        c.check_rid(RecordId::from_parts(0, 10)).is_err(),
+        "inside the header"
+    );
+    assert!(
+        c.check_rid(RecordId::from_parts(0, 4000)).is_err(),
+        "past the tail"
+    );
+    assert!(
+        c.check_rid(RecordId::from_parts(5, 64)).is_err(),
+        "a later segment"
+    );
+}
+
+#[test]
+fn closing_drains_everything_appended() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    let rid = append(&mut c, &mut fake, b"last words");
+    c.begin_close();
+    assert!(!c.is_drained());
+    fake.drain(&mut c, 0);
+    assert!(c.is_drained());
+    assert!(is_durable(&c, rid));
+    assert!(matches!(c.append(b"x"), Err(AofError::Closed { .. })));
+}
