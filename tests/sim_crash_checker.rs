@@ -281,24 +281,36 @@ impl World {
         let si = self.sessions.len() - 1;
         let seq = self.sessions[si].records.len();
         let p = payload(&mut self.rng, si, seq, writer);
-        let r = o.core.lock().unwrap().append(&p);
-        match r {
-            Ok(a) => {
-                if let Some(m) = self.max_rid {
-                    if a.rid <= m {
-                        self.fail(format!("id {} handed out again (max so far {m})", a.rid));
+        // A blocked append is retried until it goes through: waiting must make progress.
+        for attempt in 0.. {
+            let r = o.core.lock().unwrap().append(&p);
+            match r {
+                Ok(a) => {
+                    if let Some(m) = self.max_rid {
+                        if a.rid <= m {
+                            self.fail(format!("id {} handed out again (max so far {m})", a.rid));
+                        }
                     }
+                    self.max_rid = Some(a.rid);
+                    self.say(|| format!("append w{writer} {} bytes -> {}", p.len(), a.rid));
+                    self.sessions[si].records.push((a.rid, p));
+                    return;
                 }
-                self.max_rid = Some(a.rid);
-                self.say(|| format!("append w{writer} {} bytes -> {}", p.len(), a.rid));
-                self.sessions[si].records.push((a.rid, p));
+                Err(AofError::WouldBlock(kind)) => {
+                    if attempt == 1000 {
+                        self.fail(format!(
+                            "append blocked ({kind:?}) and made no progress in 1000 pumps"
+                        ));
+                    }
+                    o.core.lock().unwrap().request_flush_all();
+                    // Few steps at a time, so a retry can land between any completion
+                    // and the next poll (as another thread's would).
+                    let n = 1 + self.rng.below(3) as usize;
+                    self.pump(o, n);
+                }
+                Err(AofError::RecordTooLarge { .. }) => return,
+                Err(e) => self.fail(format!("append failed: {e}")),
             }
-            Err(AofError::WouldBlock(_)) => {
-                o.core.lock().unwrap().request_flush_all();
-                self.pump(o, 64);
-            }
-            Err(AofError::RecordTooLarge { .. }) => {}
-            Err(e) => self.fail(format!("append failed: {e}")),
         }
     }
 

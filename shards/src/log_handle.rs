@@ -215,6 +215,10 @@ impl LogHandle {
 
     /// Asks for `rid` to be synced; `Ok(true)` if it already is.
     fn request(&self, rid: RecordId) -> AofResult<bool> {
+        if (rid.segment_offset() as usize) < crate::format::HEADER_LEN {
+            // Never a record: checked before the fast path below would call it durable.
+            return self.shared.lock_core().check_rid(rid).map(|_| true);
+        }
         if rid.as_u64() < self.shared.signal.durable() {
             return Ok(true);
         }

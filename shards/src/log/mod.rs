@@ -308,6 +308,7 @@ impl LogCore {
             match self.prepared.front() {
                 Some(&(id, psize)) if id == self.next_segment && psize == size => {
                     self.prepared.pop_front();
+                    self.want = None;
                     if let Some(s) = self.segs.back_mut() {
                         s.rolled = true;
                     }
@@ -769,6 +770,13 @@ impl LogCore {
         }
         // A blocked append waits for a file of a given size under the next id.
         let mut next = None;
+        if self.want.is_some_and(|(id, _)| id != self.next_segment) {
+            self.want = None; // satisfied since (the appender took a file)
+        }
+        debug_assert!(self
+            .prepared
+            .front()
+            .is_none_or(|&(id, _)| id >= self.next_segment));
         if let Some((id, size)) = self.want {
             match self.prepared.front().copied() {
                 Some((pid, psize)) if pid == id && psize == size => self.want = None,

@@ -1,0 +1,95 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use bop_rs::aof2::config::AofConfig;
+use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct StderrLogger;
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        eprintln!(
+            "[{:?}] {} {}",
+            std::thread::current().name(),
+            r.level(),
+            r.args()
+        );
+    }
+    fn flush(&self) {}
+}
+
+/// `AOF2_TEST_LOG=trace|debug|info` prints the engine's log to stderr.
+pub fn init_log() {
+    let level = match std::env::var("AOF2_TEST_LOG").as_deref() {
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("info") => log::LevelFilter::Info,
+        _ => return,
+    };
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// A manager with its default shard count.
+pub fn manager() -> AofManager {
+    init_log();
+    AofManager::with_config(AofManagerConfig::default()).expect("manager starts")
+}
+
+/// A config with small segments (fast to prepare, so tests roll often).
+pub fn small_cfg(root: &Path) -> AofConfig {
+    let mut c = AofConfig::default();
+    c.root_dir = root.to_path_buf();
+    c.segment_min_bytes = 64 * 1024;
+    c.segment_target_bytes = 64 * 1024;
+    c.segment_max_bytes = 1024 * 1024;
+    c
+}
+
+pub fn open(m: &AofManager, cfg: AofConfig) -> Aof {
+    Aof::new(m.handle(), cfg).expect("log opens")
+}
+
+/// Deterministic payload for (tag, seq): a readable prefix and filler of varying length.
+pub fn payload(tag: u64, seq: u64) -> Vec<u8> {
+    let mut p = format!("t{tag}-s{seq}-").into_bytes();
+    let len = ((tag.wrapping_mul(31) ^ seq.wrapping_mul(2_654_435_761)) % 3000) as usize;
+    p.extend((0..len).map(|i| (i as u64 ^ seq ^ tag) as u8));
+    p
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish in `limit`.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?} (stall or deadlock)"),
+    }
+}
+
+/// A command that re-runs this test binary for one test, as a child process.
+pub fn child(test: &str) -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut c = Command::new(exe);
+    c.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
