@@ -87,7 +87,7 @@ pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Opene
                 path: paths.root.clone(),
             })
         }
-        Err(e) => return Err(AofError::io("lock", &paths.lock, e)),
+        Err(e) => return Err(AofError::io("create lock file", &paths.lock, e)),
     };
     mkdir_durable(fs, &paths.segments)?;
     let recovered = recover(fs, paths, clock)?;
