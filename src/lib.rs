@@ -1,1 +1,6 @@
+//! bop-rs: the AOF2 append-only log. The public API is [`aof2`].
+
 pub mod aof2;
+
+#[doc(hidden)]
+pub mod bench;

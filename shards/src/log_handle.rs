@@ -183,9 +183,12 @@ impl LogHandle {
         loop {
             let seen = self.shared.signal.version();
             match self.try_once(payload) {
-                Err(AofError::WouldBlock(WouldBlockKind::Admission | WouldBlockKind::Rollover)) => {
+                Err(AofError::WouldBlock(
+                    kind @ (WouldBlockKind::Admission | WouldBlockKind::Rollover),
+                )) => {
                     Self::no_blocking_here("append_record")?;
                     self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("aof2: append waits ({kind:?})");
                     self.shared.signal.wait_change(seen, None);
                 }
                 r => return r,
