@@ -291,6 +291,23 @@ impl World {
                             self.fail(format!("id {} handed out again (max so far {m})", a.rid));
                         }
                     }
+                    // After a clean close, segment ids stay dense.
+                    let prev = self
+                        .sessions
+                        .len()
+                        .checked_sub(2)
+                        .map(|i| &self.sessions[i]);
+                    if let (Some(p), true) = (prev, self.sessions[si].records.is_empty()) {
+                        if let (true, Some(last)) = (p.closed, p.records.last()) {
+                            let want = last.0.segment_index() + 1;
+                            if a.rid.segment_index() != want {
+                                self.fail(format!(
+                                    "after a clean close the next segment is {want}, got {}",
+                                    a.rid
+                                ));
+                            }
+                        }
+                    }
                     self.max_rid = Some(a.rid);
                     self.say(|| format!("append w{writer} {} bytes -> {}", p.len(), a.rid));
                     self.sessions[si].records.push((a.rid, p));

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! <root_dir>/LOCK                       flock()ed by the one writer
-//! <root_dir>/segments/<id:020>.seg      a segment (blank-headed when prepared, unused)
-//! <root_dir>/segments/<id:020>.seg.tmp  a segment being prepared (removed at open)
+//! <root_dir>/segments/<id:020>.seg        a segment (blank-headed when prepared, unused)
+//! <root_dir>/segments/<id:020>.seg.tmp    a segment being prepared (removed at open)
+//! <root_dir>/segments/<id:020>.seg.ready  a prepared segment a clean close proved unused
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,19 +24,28 @@ pub fn temp_file_name(id: u64) -> String {
     format!("{id:020}.seg.tmp")
 }
 
+/// File name of prepared segment `id` after a clean close (no id in it handed out).
+pub fn ready_file_name(id: u64) -> String {
+    format!("{id:020}.seg.ready")
+}
+
 /// What a name in the segment directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentName {
     Segment(u64),
     Temp(u64),
+    Ready(u64),
 }
 
 /// Parses a name the engine itself creates; `None` for anything else.
 pub fn parse_name(name: &str) -> Option<SegmentName> {
-    let (digits, temp) = if let Some(d) = name.strip_suffix(".seg.tmp") {
-        (d, true)
+    type Make = fn(u64) -> SegmentName;
+    let (digits, make): (&str, Make) = if let Some(d) = name.strip_suffix(".seg.tmp") {
+        (d, SegmentName::Temp)
+    } else if let Some(d) = name.strip_suffix(".seg.ready") {
+        (d, SegmentName::Ready)
     } else if let Some(d) = name.strip_suffix(".seg") {
-        (d, false)
+        (d, SegmentName::Segment)
     } else {
         return None;
     };
@@ -46,11 +56,7 @@ pub fn parse_name(name: &str) -> Option<SegmentName> {
     if id > u32::MAX as u64 {
         return None;
     }
-    Some(if temp {
-        SegmentName::Temp(id)
-    } else {
-        SegmentName::Segment(id)
-    })
+    Some(make(id))
 }
 
 /// Paths of one log.
@@ -75,6 +81,9 @@ impl LogPaths {
     pub fn temp(&self, id: u64) -> PathBuf {
         self.segments.join(temp_file_name(id))
     }
+    pub fn ready(&self, id: u64) -> PathBuf {
+        self.segments.join(ready_file_name(id))
+    }
 }
 
 #[cfg(test)]
@@ -88,6 +97,10 @@ mod tests {
             Some(SegmentName::Segment(42))
         );
         assert_eq!(parse_name(&temp_file_name(42)), Some(SegmentName::Temp(42)));
+        assert_eq!(
+            parse_name(&ready_file_name(42)),
+            Some(SegmentName::Ready(42))
+        );
         for bad in [
             "42.seg",
             "notes.txt",

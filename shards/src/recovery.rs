@@ -9,8 +9,10 @@
 //! - A blank-headed `*.seg` after the last used segment: prepared, never written. An
 //!   append may still have been handed an id in it (in memory) before the crash, so it
 //!   is renamed past every id on disk and reused there; it is never deleted, so the
-//!   highest id on disk never goes down. Ids can therefore skip; records cannot
-//!   (`base_record_index` chains the segments).
+//!   highest id on disk never goes down. Ids can therefore skip after a crash; records
+//!   cannot (`base_record_index` chains the segments).
+//! - `*.seg.ready`: a prepared file a clean close proved unused. Reused under its own
+//!   id, so after clean closes ids stay dense.
 //! - The last used segment unsealed, ending in a torn write or not. Its valid frames
 //!   are kept, it is sealed at the last one, and appends continue in a new segment.
 //!
@@ -107,12 +109,14 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     let mut names = fs.list_dir(dir).map_err(io_err("list", dir))?;
     names.sort();
     let mut temps = Vec::new();
+    let mut readies = Vec::new();
     let mut segments = Vec::new();
     for name in names {
         let path = dir.join(&name);
         let parsed = name.to_str().and_then(parse_name);
         match (parsed, fs.kind(&path).map_err(io_err("stat", &path))?) {
             (Some(SegmentName::Temp(_)), Some(EntryKind::File)) => temps.push(path),
+            (Some(SegmentName::Ready(id)), Some(EntryKind::File)) => readies.push((id, path)),
             (Some(SegmentName::Segment(id)), Some(EntryKind::File)) => segments.push((id, path)),
             _ => return Err(AofError::ForeignFile { path }),
         }
@@ -257,17 +261,48 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     // never handed out twice. So the highest id on disk must never go down: blank
     // files are renamed past it (every prefix of those renames keeps it) and reused,
     // never deleted.
+    // A `.ready` file is different: a clean close renamed it after everything was
+    // durable, proving no append entered it, so it keeps its id and ids stay dense.
     let max_on_disk = used
         .iter()
         .map(|u| u.id)
         .chain(blank.iter().map(|b| b.0))
         .max();
-    let next_segment = max_on_disk.map_or(0, |m| m + 1);
+    // A `.ready` file vouches only for its own id: ids below it may have been handed
+    // out (in a session that crashed before the one that closed cleanly), so never
+    // continue below the first one.
+    readies.sort();
+    let floor = max_on_disk.map_or(0, |m| m + 1);
+    let next_segment = readies.first().map_or(floor, |r| floor.max(r.0));
     let mut prepared = Vec::new();
-    for (id, path, size) in blank {
-        if !(format::MIN_SEGMENT_FILE..=format::MAX_SEGMENT_FILE).contains(&size)
-            || size % BLOCK as u64 != 0
-        {
+    let mut forward = Vec::new();
+    for (id, path) in readies {
+        let file = fs
+            .open(&path, OpenMode::Read)
+            .map_err(io_err("open", &path))?;
+        let size = file.size().map_err(io_err("stat", &path))?;
+        let mut head = [0u8; format::HEADER_LEN];
+        backend_read(&*file, 0, &mut head, &path)?;
+        if head.iter().any(|&b| b != 0) {
+            return Err(corruption(
+                &path,
+                id,
+                0,
+                "a prepared segment marked ready is not blank",
+            ));
+        }
+        if id == next_segment + prepared.len() as u64 && valid_prepared_size(size) {
+            fs.rename(&path, &paths.segment(id))
+                .map_err(io_err("rename", &path))?;
+            prepared.push((id, size));
+            dir_changed = true;
+        } else {
+            forward.push((id, path, size));
+        }
+    }
+    forward.extend(blank);
+    for (id, path, size) in forward {
+        if !valid_prepared_size(size) {
             return Err(corruption(
                 &path,
                 id,
@@ -299,6 +334,12 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         prepared,
         last_timestamp_ns: last_ts,
     })
+}
+
+/// A size the engine prepares segment files at.
+fn valid_prepared_size(size: u64) -> bool {
+    (format::MIN_SEGMENT_FILE..=format::MAX_SEGMENT_FILE).contains(&size)
+        && size % BLOCK as u64 == 0
 }
 
 fn backend_read(

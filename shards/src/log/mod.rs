@@ -158,6 +158,8 @@ enum Effect {
     },
     /// A preparation step finished.
     Prep,
+    /// Closing: unused prepared files were renamed `.ready`.
+    MarkedReady,
     /// An adopted prepared file was opened.
     Adopted {
         seg: u64,
@@ -233,6 +235,8 @@ pub struct LogCore {
     pool: Vec<AlignedBuf>,
     poisoned: Option<AofError>,
     closing: bool,
+    /// Closing, and the unused prepared files were renamed `.ready` (durably).
+    marked_ready: bool,
     metrics: CoreMetrics,
 }
 
@@ -273,6 +277,7 @@ impl LogCore {
             pool: Vec::new(),
             poisoned: None,
             closing: false,
+            marked_ready: false,
             metrics: CoreMetrics::default(),
             cfg,
         }
@@ -543,8 +548,12 @@ impl LogCore {
         self.closing
             && self.data_io.is_none()
             && self.prep_io.is_none()
-            && (self.poisoned.is_some()
-                || (self.durable >= self.end_pos() && !self.segs.iter().any(|s| s.rolled)))
+            && (self.poisoned.is_some() || (self.data_drained() && self.marked_ready))
+    }
+
+    /// Everything appended is durable and every roll is sealed.
+    fn data_drained(&self) -> bool {
+        self.durable >= self.end_pos() && !self.segs.iter().any(|s| s.rolled)
     }
 
     pub fn metrics(&self) -> CoreMetrics {
@@ -758,7 +767,9 @@ impl LogCore {
         if self.prep_io.is_some() {
             return None;
         }
-        let seg_dir = self.paths.segments.clone();
+        if self.closing {
+            return self.poll_close();
+        }
         // Files adopted by recovery are opened first, in order.
         if let Some(&(seg, size)) = self.adopt.front() {
             self.adopt.pop_front();
@@ -809,6 +820,11 @@ impl LogCore {
             }
         }
         let p = self.prep?;
+        Some(self.prep_step(p))
+    }
+
+    /// The chain for the next step of preparation `p`.
+    fn prep_step(&mut self, p: Prep) -> Chain {
         let kind = match p.step {
             PrepStep::Create => OpKind::Create {
                 seg: p.id,
@@ -827,9 +843,56 @@ impl LogCore {
                 from: self.paths.temp(p.id),
                 to: self.paths.segment(p.id),
             },
-            PrepStep::SyncDir => OpKind::SyncDir { path: seg_dir },
+            PrepStep::SyncDir => OpKind::SyncDir {
+                path: self.paths.segments.clone(),
+            },
         };
-        Some(self.chain(vec![kind], Effect::Prep, true))
+        self.chain(vec![kind], Effect::Prep, true)
+    }
+
+    /// Closing: a preparation still writing its `.tmp` file is abandoned (the file is
+    /// removed at the next open); one past that finishes. Once all data is durable, the
+    /// prepared files no append entered are renamed `.ready`, so the next open reuses
+    /// their ids and ids stay dense. (After a crash, blank `.seg` files cannot be
+    /// trusted that way and are moved past.)
+    fn poll_close(&mut self) -> Option<Chain> {
+        if let Some(p) = self.prep {
+            match p.step {
+                PrepStep::Create => self.prep = None,
+                PrepStep::Zero(_) => {
+                    self.prep = None;
+                    return Some(self.chain(vec![OpKind::Close { seg: p.id }], Effect::Prep, true));
+                }
+                PrepStep::Sync | PrepStep::Rename | PrepStep::SyncDir => {
+                    return Some(self.prep_step(p))
+                }
+            }
+        }
+        if self.marked_ready || !self.data_drained() {
+            return None;
+        }
+        let mut kinds = Vec::new();
+        for (seg, _) in std::mem::take(&mut self.prepared) {
+            kinds.push(OpKind::Close { seg });
+            kinds.push(OpKind::Rename {
+                from: self.paths.segment(seg),
+                to: self.paths.ready(seg),
+            });
+        }
+        for (seg, _) in std::mem::take(&mut self.adopt) {
+            kinds.push(OpKind::Rename {
+                from: self.paths.segment(seg),
+                to: self.paths.ready(seg),
+            });
+        }
+        if kinds.is_empty() {
+            self.marked_ready = true;
+            return None;
+        }
+        kinds.push(OpKind::SyncDir {
+            path: self.paths.segments.clone(),
+        });
+        Some(self.chain(kinds, Effect::MarkedReady, true))
     }
 
     /// Reports the outcome of operation `id`.
@@ -868,7 +931,7 @@ impl LogCore {
                 }
                 Effect::Sealed { seg, .. } => ("sealing", *seg),
                 Effect::Adopted { seg, .. } => ("opening prepared", *seg),
-                Effect::Prep => ("preparing", prep_seg),
+                Effect::Prep | Effect::MarkedReady => ("preparing", prep_seg),
             };
             let path = self.paths.segment(seg);
             log::error!(
@@ -939,8 +1002,15 @@ impl LogCore {
                 self.metrics.segments_sealed += 1;
                 Progress { wake_waiters: true }
             }
+            Effect::MarkedReady => {
+                self.marked_ready = true;
+                Progress { wake_waiters: true }
+            }
             Effect::Prep => {
-                let p = self.prep.as_mut().expect("preparation in progress");
+                // None: the preparation was abandoned at close (its handle just closed).
+                let Some(p) = self.prep.as_mut() else {
+                    return Progress::default();
+                };
                 p.step = match p.step {
                     PrepStep::Create => PrepStep::Zero(0),
                     PrepStep::Zero(off) => {
