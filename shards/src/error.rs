@@ -24,8 +24,11 @@ pub enum AofError {
     /// An operating-system call failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// What was being done ("fdatasync", "create lock file", ...).
         op: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -37,39 +40,67 @@ pub enum AofError {
     /// Bytes on disk are not what the engine wrote; nothing was changed on disk.
     #[error("corruption in segment {segment} at offset {offset} of {path}: {reason}")]
     Corruption {
+        /// The segment file.
         path: PathBuf,
+        /// The segment id.
         segment: u64,
+        /// Byte offset of the damaged structure in the file.
         offset: u64,
+        /// What is wrong with it.
         reason: String,
     },
 
     /// A segment was written by a newer format version than this build reads.
     #[error("{path} has format version {found}; this build reads version {supported}")]
     UnsupportedVersion {
+        /// The segment file.
         path: PathBuf,
+        /// The version it was written with.
         found: u16,
+        /// The newest version this build reads.
         supported: u16,
     },
 
     /// A file in the segment directory that the engine did not create.
     #[error("unexpected file {path} in the segment directory (not written by aof2); move it away")]
-    ForeignFile { path: PathBuf },
+    ForeignFile {
+        /// The file.
+        path: PathBuf,
+    },
 
     /// Another `Aof`, in this process or another, has the directory open for writing.
     #[error("{path} is locked by another writer (one writer per root_dir)")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The log's directory.
+        path: PathBuf,
+    },
 
     /// A record larger than the largest segment allows.
     #[error("record of {len} bytes is larger than the {max} bytes a segment can hold (segment_max_bytes)")]
-    RecordTooLarge { len: usize, max: usize },
+    RecordTooLarge {
+        /// The record's length.
+        len: usize,
+        /// The largest record the configuration allows.
+        max: usize,
+    },
 
     /// The id does not name a record this log has handed out (past the tail, or another log's).
     #[error("record {rid} not found: {reason}")]
-    RecordNotFound { rid: String, reason: String },
+    RecordNotFound {
+        /// The id, as `segment:offset`.
+        rid: String,
+        /// Why it does not name a record.
+        reason: String,
+    },
 
     /// The segment does not exist in this log (or holds nothing readable yet).
     #[error("segment {segment} not found in {path}")]
-    SegmentNotFound { path: PathBuf, segment: u64 },
+    SegmentNotFound {
+        /// The log's directory.
+        path: PathBuf,
+        /// The segment id asked for.
+        segment: u64,
+    },
 
     /// A `try_` call would have had to wait.
     #[error("would block ({0:?})")]
@@ -77,15 +108,28 @@ pub enum AofError {
 
     /// An earlier write or sync failed; the log accepts nothing more until it is reopened.
     #[error("log {path} is poisoned by an earlier I/O failure ({cause}); reopen it to recover")]
-    Poisoned { path: PathBuf, cause: String },
+    Poisoned {
+        /// The log's directory.
+        path: PathBuf,
+        /// The failure that poisoned it.
+        cause: String,
+    },
 
     /// The log or its manager was shut down.
     #[error("log {path} is closed")]
-    Closed { path: PathBuf },
+    Closed {
+        /// The log's directory.
+        path: PathBuf,
+    },
 
     /// A blocking call was made on a shard thread, where waiting would deadlock.
     #[error("blocking call `{call}` made on shard thread {shard}; use the async variant")]
-    WouldDeadlock { call: &'static str, shard: usize },
+    WouldDeadlock {
+        /// The blocking method called.
+        call: &'static str,
+        /// The shard whose thread it was called on.
+        shard: usize,
+    },
 
     /// The manager could not start.
     #[error("cannot start the AOF manager: {0}")]

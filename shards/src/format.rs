@@ -43,13 +43,23 @@ pub const MAX_SEGMENT_FILE: u64 = 1 << 31;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FormatError {
     /// Fewer bytes than the structure needs.
-    Truncated { needed: usize, have: usize },
+    Truncated {
+        /// Bytes the structure needs.
+        needed: usize,
+        /// Bytes present.
+        have: usize,
+    },
     /// The magic bytes are not ours.
     BadMagic,
     /// Written by a newer (or unknown) format version.
     UnsupportedVersion(u16),
     /// The stored checksum does not match the bytes.
-    BadChecksum { stored: u32, computed: u32 },
+    BadChecksum {
+        /// The checksum in the bytes.
+        stored: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
     /// A field holds a value v1 never writes.
     BadField(&'static str),
 }
@@ -109,11 +119,13 @@ pub const fn data_capacity(file_size: u64) -> u64 {
 /// The segment header, at offset 0 of every used segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The segment's id (also in its file name).
     pub segment_id: u64,
     /// Random per segment; part of the checksum seed of every frame in it.
     pub generation: u32,
     /// Number of records in all earlier segments of the log.
     pub base_record_index: u64,
+    /// When the segment was started (ns since the Unix epoch).
     pub created_at_ns: u64,
     /// Size of the file, footer region included.
     pub file_size: u64,
@@ -225,11 +237,14 @@ pub struct FrameHeader {
     pub crc: u32,
     /// `crc` of the previous frame in the segment; the segment seed for the first one.
     pub prev_crc: u32,
+    /// Record or padding.
     pub kind: FrameKind,
+    /// Payload length.
     pub len: u32,
     /// Every byte of the segment before this offset was durable when the frame was
     /// appended. Recovery uses it to tell a torn tail from corruption of synced data.
     pub synced_before: u32,
+    /// When the record was appended (ns since the Unix epoch).
     pub timestamp_ns: u64,
 }
 
@@ -360,7 +375,9 @@ pub fn decode_frame(seed: u32, b: &[u8]) -> FrameDecode {
 /// Written at `file_size - FOOTER_REGION` when a segment is sealed; immutable afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentFooter {
+    /// The segment's id.
     pub segment_id: u64,
+    /// Record frames in the segment.
     pub record_count: u64,
     /// Frames occupy [HEADER_LEN, data_end).
     pub data_end: u64,
@@ -368,10 +385,13 @@ pub struct SegmentFooter {
     pub last_frame_crc: u32,
     /// Offset of the last record frame, `NO_RECORD` when the segment holds none.
     pub last_record_offset: u32,
+    /// When it was sealed (ns since the Unix epoch).
     pub sealed_at_ns: u64,
-    /// Reserved slot for a sparse index (offset, length, checksum); zero in v1.
+    /// Reserved slot for a sparse index: its offset (zero in v1).
     pub index_offset: u64,
+    /// Reserved: the sparse index's length (zero in v1).
     pub index_len: u32,
+    /// Reserved: the sparse index's checksum (zero in v1).
     pub index_crc: u32,
 }
 
@@ -470,7 +490,12 @@ pub enum ScanStop {
     /// A zero header: nothing was written from here on.
     Blank,
     /// The bytes at `offset` are not a valid frame continuing the chain.
-    Invalid { offset: u64, reason: String },
+    Invalid {
+        /// Where the invalid bytes start.
+        offset: u64,
+        /// What is wrong with them.
+        reason: String,
+    },
 }
 
 /// The valid prefix of a segment's frames.
@@ -478,19 +503,26 @@ pub enum ScanStop {
 pub struct ScanResult {
     /// End of the last valid frame.
     pub data_end: u64,
+    /// Record frames in the valid prefix.
     pub record_count: u64,
     /// `crc` of the last valid frame, or the seed.
     pub last_crc: u32,
+    /// Offset of the last valid record frame (`NO_RECORD` if none).
     pub last_record_offset: u32,
+    /// Timestamp of that record (0 if none).
     pub last_timestamp_ns: u64,
+    /// Why the scan stopped.
     pub stop: ScanStop,
 }
 
 /// One frame of a segment image, as yielded by [`Frames`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameRef<'a> {
+    /// Offset of the frame in the segment.
     pub offset: u64,
+    /// Its fixed fields.
     pub header: FrameHeader,
+    /// Its payload.
     pub payload: &'a [u8],
 }
 

@@ -32,8 +32,11 @@ pub fn ready_file_name(id: u64) -> String {
 /// What a name in the segment directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentName {
+    /// `<id>.seg`: a segment (or a blank prepared file).
     Segment(u64),
+    /// `<id>.seg.tmp`: a preparation that did not finish.
     Temp(u64),
+    /// `<id>.seg.ready`: a prepared file a clean close proved unused.
     Ready(u64),
 }
 
@@ -62,12 +65,16 @@ pub fn parse_name(name: &str) -> Option<SegmentName> {
 /// Paths of one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogPaths {
+    /// `root_dir`.
     pub root: PathBuf,
+    /// `root_dir/segments`.
     pub segments: PathBuf,
+    /// `root_dir/LOCK`.
     pub lock: PathBuf,
 }
 
 impl LogPaths {
+    /// The paths of the log in `root`.
     pub fn new(root: &Path) -> LogPaths {
         LogPaths {
             root: root.to_path_buf(),
@@ -75,12 +82,15 @@ impl LogPaths {
             lock: root.join(LOCK_FILE),
         }
     }
+    /// Segment `id`'s file.
     pub fn segment(&self, id: u64) -> PathBuf {
         self.segments.join(segment_file_name(id))
     }
+    /// Segment `id`'s file while it is prepared.
     pub fn temp(&self, id: u64) -> PathBuf {
         self.segments.join(temp_file_name(id))
     }
+    /// Segment `id`'s file after a clean close proved it unused.
     pub fn ready(&self, id: u64) -> PathBuf {
         self.segments.join(ready_file_name(id))
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The AOF2 engine: on-disk format, log core, recovery, shard threads and I/O
 //! backends. The public API is the `bop_rs::aof2` facade; this crate is its engine.
 //!

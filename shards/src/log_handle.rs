@@ -20,14 +20,18 @@ use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 /// State shared by a log's handle and its shard.
 pub struct LogShared {
+    /// Identifies the log on its shard.
     pub key: u64,
+    /// The state machine (short critical sections only; no I/O under it).
     pub core: Mutex<LogCore>,
+    /// Where the durable position is published to waiters.
     pub signal: Arc<DurableSignal>,
     queued: AtomicBool,
     shard: Arc<ShardCtl>,
 }
 
 impl LogShared {
+    /// Locks the core (a poisoned mutex is taken over: the core stays consistent).
     pub fn lock_core(&self) -> MutexGuard<'_, LogCore> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -48,6 +52,7 @@ impl LogShared {
 /// Counters and gauges of one log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogMetrics {
+    /// The core's counters.
     pub core: CoreMetrics,
     /// Bytes appended but not yet covered by a completed sync.
     pub unflushed_bytes: u64,

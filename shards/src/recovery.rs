@@ -36,7 +36,9 @@ use std::path::{Path, PathBuf};
 
 /// An opened log directory: the lock and the state to continue from.
 pub struct Opened {
+    /// What the log core continues from.
     pub recovered: Recovered,
+    /// The writer lock, held for as long as the log is open.
     pub lock: Box<dyn FsLock>,
 }
 

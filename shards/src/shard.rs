@@ -29,15 +29,20 @@ pub fn current_shard() -> Option<usize> {
 
 /// A log handed to a shard.
 pub struct Registration {
+    /// The log.
     pub shared: Arc<LogShared>,
+    /// Its files and backend.
     pub driver: Driver,
 }
 
 /// A request to flush and forget a log. The directory lock travels with it and is
 /// released only once the log is drained, just before `ack`.
 pub struct CloseRequest {
+    /// The log.
     pub key: u64,
+    /// Signalled once it is closed.
     pub ack: Sender<()>,
+    /// Its writer lock, released just before `ack`.
     pub lock: Option<Box<dyn FsLock>>,
 }
 
@@ -53,6 +58,7 @@ struct Inbox {
 
 /// The part of a shard other threads talk to.
 pub struct ShardCtl {
+    /// The shard's index.
     pub id: usize,
     inbox: Mutex<Inbox>,
     thread: OnceLock<Thread>,
@@ -95,6 +101,7 @@ impl ShardCtl {
 
 /// A running shard thread.
 pub struct Shard {
+    /// How other threads reach it.
     pub ctl: Arc<ShardCtl>,
     thread: Option<JoinHandle<()>>,
 }

@@ -29,6 +29,7 @@ pub struct DurableSignal {
 }
 
 impl DurableSignal {
+    /// A signal starting at durable position `durable`.
     pub fn new(durable: u64) -> DurableSignal {
         DurableSignal {
             durable: AtomicU64::new(durable),

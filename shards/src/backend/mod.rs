@@ -13,8 +13,11 @@ use std::sync::Arc;
 /// What a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A directory.
     Dir,
+    /// A regular file.
     File,
+    /// Anything else (socket, device, ...).
     Other,
 }
 
@@ -24,15 +27,24 @@ pub enum OpenMode {
     /// Read only.
     Read,
     /// Read and write an existing file; `direct` asks for O_DIRECT where the file system allows.
-    Write { direct: bool },
+    Write {
+        /// Ask for O_DIRECT.
+        direct: bool,
+    },
     /// Create a file that must not exist yet, for reading and writing.
-    CreateNew { direct: bool },
+    CreateNew {
+        /// Ask for O_DIRECT.
+        direct: bool,
+    },
 }
 
 /// A read-only view of a whole file: a memory map on a real disk, a copy on the simulated one.
 pub enum Mapping {
+    /// A read-only memory map.
     Mmap(memmap2::Mmap),
+    /// A copy (the simulated disk).
     Owned(Vec<u8>),
+    /// An empty file (which cannot be mapped).
     Empty,
 }
 

@@ -26,9 +26,11 @@ pub const SECTOR: usize = 512;
 pub struct SimRng(u64);
 
 impl SimRng {
+    /// A generator starting from `seed`.
     pub fn new(seed: u64) -> SimRng {
         SimRng(seed)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;

@@ -252,14 +252,9 @@ mod tests {
         let b = crate::buffer::AlignedBuf::zeroed(BLOCK);
         // SAFETY: fresh buffers, no other user.
         unsafe { a.write(0, &[1u8; 10]) };
-        let n = f
-            .pwritev(
-                0,
-                &[unsafe { a.slice(0, BLOCK * 2) }, unsafe {
-                    b.slice(0, BLOCK)
-                }],
-            )
-            .unwrap();
+        // SAFETY: nothing writes the buffers while these slices live.
+        let (sa, sb) = unsafe { (a.slice(0, BLOCK * 2), b.slice(0, BLOCK)) };
+        let n = f.pwritev(0, &[sa, sb]).unwrap();
         assert_eq!(n, BLOCK * 3);
         f.fdatasync().unwrap();
         assert!(f.is_direct(), "ext4 supports O_DIRECT");

@@ -47,8 +47,11 @@ const fn block_floor(x: u64) -> u64 {
 /// What is known about a sealed segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedSegment {
+    /// Its header.
     pub header: SegmentHeader,
+    /// The header's checksum, which seeds every frame and the footer.
     pub seed: u32,
+    /// Its seal footer.
     pub footer: SegmentFooter,
 }
 
@@ -174,8 +177,9 @@ struct InFlight {
     effect: Effect,
 }
 
-/// Counters, read through `Log::metrics`.
+/// Counters kept by the core (see the facade's `FlushMetricsSnapshot` for meanings).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
 pub struct CoreMetrics {
     pub records_appended: u64,
     pub bytes_appended: u64,
@@ -200,6 +204,7 @@ pub struct Progress {
 /// A successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
+    /// The record's id.
     pub rid: RecordId,
     /// The shard has new work (a full buffer, a flush trigger, a roll, a timer to arm).
     pub wake_shard: bool,
@@ -518,6 +523,7 @@ impl LogCore {
         self.total_appended - self.total_durable
     }
 
+    /// `Err(Poisoned)` or `Err(Closed)` when the log takes no more appends.
     pub fn check_open(&self) -> AofResult<()> {
         if let Some(e) = &self.poisoned {
             return Err(AofError::poisoned(&self.paths.root, e));
@@ -556,14 +562,17 @@ impl LogCore {
         self.durable >= self.end_pos() && !self.segs.iter().any(|s| s.rolled)
     }
 
+    /// The counters.
     pub fn metrics(&self) -> CoreMetrics {
         self.metrics
     }
 
+    /// Where the log's files are.
     pub fn paths(&self) -> &LogPaths {
         &self.paths
     }
 
+    /// The (normalized) configuration.
     pub fn config(&self) -> &AofConfig {
         &self.cfg
     }

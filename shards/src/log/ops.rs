@@ -8,8 +8,11 @@ use std::sync::Arc;
 pub enum IoData {
     /// A finished range of a log buffer (below the append end: no appender touches it).
     Buf {
+        /// The buffer.
         buf: Arc<AlignedBuf>,
+        /// Offset of the range in the buffer.
         off: usize,
+        /// Length of the range.
         len: usize,
     },
     /// A block owned by the operation: a bounce copy of the partial last block, a
@@ -33,6 +36,7 @@ impl IoData {
         }
     }
 
+    /// Bytes in this piece.
     pub fn len(&self) -> usize {
         match self {
             IoData::Buf { len, .. } => *len,
@@ -41,6 +45,7 @@ impl IoData {
         }
     }
 
+    /// True for an empty piece.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -49,22 +54,29 @@ impl IoData {
 /// One operation. Files are named by segment id; the backend keeps the handles.
 pub enum OpKind {
     /// Create `path` (must not exist) and keep it open as segment `seg`.
+    #[allow(missing_docs)]
     Create { seg: u64, path: PathBuf },
     /// Open the existing `path` as segment `seg`.
+    #[allow(missing_docs)]
     Open { seg: u64, path: PathBuf },
     /// Write `data` back to back at `offset` of segment `seg`.
+    #[allow(missing_docs)]
     Write {
         seg: u64,
         offset: u64,
         data: Vec<IoData>,
     },
     /// `fdatasync` segment `seg`.
+    #[allow(missing_docs)]
     Sync { seg: u64 },
     /// Close segment `seg`'s handle.
+    #[allow(missing_docs)]
     Close { seg: u64 },
     /// Rename within the segment directory (replacing `to` if it exists).
+    #[allow(missing_docs)]
     Rename { from: PathBuf, to: PathBuf },
     /// `fsync` a directory so creates, renames and unlinks in it are durable.
+    #[allow(missing_docs)]
     SyncDir { path: PathBuf },
 }
 
@@ -88,7 +100,9 @@ impl std::fmt::Debug for OpKind {
 /// An operation with the id its completion is reported under.
 #[derive(Debug)]
 pub struct Op {
+    /// Reported back with the completion.
     pub id: u64,
+    /// What to do.
     pub kind: OpKind,
 }
 
@@ -96,5 +110,6 @@ pub struct Op {
 /// failed without running), as an io_uring link chain would do.
 #[derive(Debug, Default)]
 pub struct Chain {
+    /// The operations, in order.
     pub ops: Vec<Op>,
 }
