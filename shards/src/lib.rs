@@ -21,6 +21,7 @@ pub mod layout;
 pub mod log;
 pub mod log_handle;
 pub mod manager;
+pub mod metrics;
 pub mod reader;
 pub mod recovery;
 pub mod shard;

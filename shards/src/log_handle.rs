@@ -8,8 +8,9 @@ use crate::config::{AofConfig, Compression, RecordId, SegmentId};
 use crate::driver::Driver;
 use crate::error::{AofError, AofResult, WouldBlockKind};
 use crate::layout::LogPaths;
-use crate::log::{pos, CoreMetrics, LogCore};
+use crate::log::{pos, LogCore};
 use crate::manager::ShardSet;
+use crate::metrics::FlushMetricsSnapshot;
 use crate::reader::SegmentReader;
 use crate::recovery;
 use crate::shard::{current_shard, CloseRequest, Registration, ShardCtl};
@@ -47,17 +48,6 @@ impl LogShared {
     pub fn clear_queued(&self) {
         self.queued.store(false, Ordering::Release);
     }
-}
-
-/// Counters and gauges of one log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogMetrics {
-    /// The core's counters.
-    pub core: CoreMetrics,
-    /// Bytes appended but not yet covered by a completed sync.
-    pub unflushed_bytes: u64,
-    /// Appends that had to wait for back-pressure.
-    pub backpressure_waits: u64,
 }
 
 /// A log placed on a shard. Dropping it flushes what was appended, closes its files
@@ -356,18 +346,12 @@ impl LogHandle {
         })
     }
 
-    /// The id of the last record covered by a completed sync, if any this session.
-    pub fn durable_position(&self) -> u64 {
-        self.shared.signal.durable()
-    }
-
     /// Counters and gauges.
-    pub fn metrics(&self) -> LogMetrics {
-        let core = self.shared.lock_core();
-        LogMetrics {
-            core: core.metrics(),
-            unflushed_bytes: core.unflushed_bytes(),
+    pub fn metrics(&self) -> FlushMetricsSnapshot {
+        let m = self.shared.lock_core().metrics();
+        FlushMetricsSnapshot {
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
+            ..m
         }
     }
 

@@ -21,7 +21,7 @@
 //! synced, a file the engine does not name) is an error naming the path and offset,
 //! and nothing is changed on disk.
 
-use crate::backend::{EntryKind, Fs, FsLock, OpenMode};
+use crate::backend::{EntryKind, Fs, FsFile, FsLock, OpenMode};
 use crate::buffer::AlignedBuf;
 use crate::clock::Clock;
 use crate::error::{AofError, AofResult};
@@ -33,6 +33,7 @@ use crate::layout::{parse_name, LogPaths, SegmentName};
 use crate::log::{Recovered, SealedSegment};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// An opened log directory: the lock and the state to continue from.
 pub struct Opened {
@@ -128,13 +129,8 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     let mut used: Vec<Used> = Vec::new();
     let mut blank: Vec<(u64, PathBuf, u64)> = Vec::new();
     for (id, path) in segments {
-        let file = fs
-            .open(&path, OpenMode::Read)
-            .map_err(io_err("open", &path))?;
-        let size = file.size().map_err(io_err("stat", &path))?;
-        let mut head = [0u8; format::HEADER_LEN];
-        let n = file.pread(0, &mut head).map_err(io_err("read", &path))?;
-        let state = match SegmentHeader::decode(&head[..n]) {
+        let (file, size, head) = read_head(fs, &path)?;
+        let state = match SegmentHeader::decode(&head) {
             Ok(s) => s,
             Err(FormatError::UnsupportedVersion(v)) => {
                 return Err(AofError::UnsupportedVersion {
@@ -279,12 +275,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     let mut prepared = Vec::new();
     let mut forward = Vec::new();
     for (id, path) in readies {
-        let file = fs
-            .open(&path, OpenMode::Read)
-            .map_err(io_err("open", &path))?;
-        let size = file.size().map_err(io_err("stat", &path))?;
-        let mut head = [0u8; format::HEADER_LEN];
-        backend_read(&*file, 0, &mut head, &path)?;
+        let (_, size, head) = read_head(fs, &path)?;
         if head.iter().any(|&b| b != 0) {
             return Err(corruption(
                 &path,
@@ -336,6 +327,19 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         prepared,
         last_timestamp_ns: last_ts,
     })
+}
+
+/// Opens a segment file and reads its size and the bytes where its header goes (fewer
+/// if the file is shorter, which header decoding reports).
+fn read_head(fs: &dyn Fs, path: &Path) -> AofResult<(Arc<dyn FsFile>, u64, Vec<u8>)> {
+    let file = fs
+        .open(path, OpenMode::Read)
+        .map_err(io_err("open", path))?;
+    let size = file.size().map_err(io_err("stat", path))?;
+    let mut head = vec![0u8; format::HEADER_LEN];
+    let n = file.pread(0, &mut head).map_err(io_err("read", path))?;
+    head.truncate(n);
+    Ok((file, size, head))
 }
 
 /// A size the engine prepares segment files at.

@@ -1,59 +1,7 @@
 //! Flush and append metrics of one log, and an exporter that turns them into named
 //! samples for any metrics system.
 
-use aof2_shards::log_handle::LogMetrics;
-
-/// Counters (monotonic, `_total`) and gauges of one log at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlushMetricsSnapshot {
-    /// Records appended (this session).
-    pub records_appended: u64,
-    /// Payload bytes appended.
-    pub bytes_appended: u64,
-    /// Data writes issued (segment preparation excluded).
-    pub write_ops: u64,
-    /// Bytes those writes covered (whole blocks, rewrites of the last block included).
-    pub bytes_written: u64,
-    /// `fdatasync` calls completed (data, headers, footers).
-    pub syncs: u64,
-    /// Flushes started by `flush_watermark_bytes`.
-    pub flushes_watermark: u64,
-    /// Flushes started by `flush_interval_ms`.
-    pub flushes_interval: u64,
-    /// Flush requests (`flush_until`, `flush`, back-pressure, close).
-    pub flushes_requested: u64,
-    /// Segments sealed (footer durable).
-    pub segments_sealed: u64,
-    /// Segment files prepared (zero-written, synced, renamed into place).
-    pub segments_prepared: u64,
-    /// Failed writes or syncs (each poisons the log).
-    pub failures: u64,
-    /// Bytes appended but not yet covered by a completed sync.
-    pub backlog_bytes: u64,
-    /// Appends that waited for back-pressure.
-    pub backpressure_waits: u64,
-}
-
-impl From<LogMetrics> for FlushMetricsSnapshot {
-    fn from(m: LogMetrics) -> Self {
-        let c = m.core;
-        FlushMetricsSnapshot {
-            records_appended: c.records_appended,
-            bytes_appended: c.bytes_appended,
-            write_ops: c.write_ops,
-            bytes_written: c.bytes_written,
-            syncs: c.syncs,
-            flushes_watermark: c.flushes_watermark,
-            flushes_interval: c.flushes_interval,
-            flushes_requested: c.flushes_requested,
-            segments_sealed: c.segments_sealed,
-            segments_prepared: c.segments_prepared,
-            failures: c.io_failures,
-            backlog_bytes: m.unflushed_bytes,
-            backpressure_waits: m.backpressure_waits,
-        }
-    }
-}
+pub use aof2_shards::metrics::FlushMetricsSnapshot;
 
 /// One named value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -134,7 +134,7 @@ impl Aof {
 
     /// Flush and append counters of this log.
     pub fn flush_metrics(&self) -> FlushMetricsSnapshot {
-        self.log.metrics().into()
+        self.log.metrics()
     }
 
     /// The log's directory.

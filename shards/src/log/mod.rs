@@ -27,6 +27,7 @@ use crate::format::{
     self, FrameKind, SegmentFooter, SegmentHeader, BLOCK, FOOTER_REGION, HEADER_LEN,
 };
 use crate::layout::LogPaths;
+use crate::metrics::FlushMetricsSnapshot;
 use ops::{Chain, IoData, Op, OpKind};
 use std::collections::VecDeque;
 use std::io;
@@ -177,23 +178,6 @@ struct InFlight {
     effect: Effect,
 }
 
-/// Counters kept by the core (see the facade's `FlushMetricsSnapshot` for meanings).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct CoreMetrics {
-    pub records_appended: u64,
-    pub bytes_appended: u64,
-    pub write_ops: u64,
-    pub bytes_written: u64,
-    pub syncs: u64,
-    pub flushes_watermark: u64,
-    pub flushes_interval: u64,
-    pub flushes_requested: u64,
-    pub segments_sealed: u64,
-    pub segments_prepared: u64,
-    pub io_failures: u64,
-}
-
 /// What the shard should do after a completion.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -242,7 +226,7 @@ pub struct LogCore {
     closing: bool,
     /// Closing, and the unused prepared files were renamed `.ready` (durably).
     marked_ready: bool,
-    metrics: CoreMetrics,
+    metrics: FlushMetricsSnapshot,
 }
 
 impl LogCore {
@@ -283,7 +267,7 @@ impl LogCore {
             poisoned: None,
             closing: false,
             marked_ready: false,
-            metrics: CoreMetrics::default(),
+            metrics: FlushMetricsSnapshot::default(),
             cfg,
         }
     }
@@ -562,9 +546,12 @@ impl LogCore {
         self.durable >= self.end_pos() && !self.segs.iter().any(|s| s.rolled)
     }
 
-    /// The counters.
-    pub fn metrics(&self) -> CoreMetrics {
-        self.metrics
+    /// The counters, with the current backlog (`backpressure_waits` is the handle's).
+    pub fn metrics(&self) -> FlushMetricsSnapshot {
+        FlushMetricsSnapshot {
+            backlog_bytes: self.unflushed_bytes(),
+            ..self.metrics
+        }
     }
 
     /// Where the log's files are.
@@ -930,7 +917,7 @@ impl LogCore {
     }
 
     fn fail(&mut self, effect: &Effect, e: io::Error) -> Progress {
-        self.metrics.io_failures += 1;
+        self.metrics.failures += 1;
         if self.poisoned.is_none() {
             let prep_seg = self.prep.map(|p| p.id).unwrap_or(self.next_segment);
             let (what, seg) = match effect {

@@ -1,0 +1,32 @@
+//! Counters and gauges of one log.
+
+/// Counters (monotonic, `_total`) and gauges of one log at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushMetricsSnapshot {
+    /// Records appended (this session).
+    pub records_appended: u64,
+    /// Payload bytes appended.
+    pub bytes_appended: u64,
+    /// Data writes issued (segment preparation excluded).
+    pub write_ops: u64,
+    /// Bytes those writes covered (whole blocks, rewrites of the last block included).
+    pub bytes_written: u64,
+    /// `fdatasync` calls completed (data, headers, footers).
+    pub syncs: u64,
+    /// Flushes started by `flush_watermark_bytes`.
+    pub flushes_watermark: u64,
+    /// Flushes started by `flush_interval_ms`.
+    pub flushes_interval: u64,
+    /// Flush requests (`flush_until`, `flush`, back-pressure, close).
+    pub flushes_requested: u64,
+    /// Segments sealed (footer durable).
+    pub segments_sealed: u64,
+    /// Segment files prepared (zero-written, synced, renamed into place).
+    pub segments_prepared: u64,
+    /// Failed writes or syncs (each poisons the log).
+    pub failures: u64,
+    /// Bytes appended but not yet covered by a completed sync.
+    pub backlog_bytes: u64,
+    /// Appends that waited (back-pressure or a segment still being prepared).
+    pub backpressure_waits: u64,
+}
