@@ -93,7 +93,10 @@ impl LogHandle {
             });
         }
         let shard = set.place()?;
-        let paths = LogPaths::new(&cfg.root_dir);
+        // Absolute, so a later chdir by the application cannot redirect the log.
+        let root = std::path::absolute(&cfg.root_dir)
+            .map_err(|e| AofError::io("resolve root_dir", &cfg.root_dir, e))?;
+        let paths = LogPaths::new(&root);
         let opened = recovery::open_log(&*fs, &paths, &clock)?;
         let core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
         let durable = core.durable_pos();

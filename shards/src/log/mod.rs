@@ -36,6 +36,18 @@ use std::sync::Arc;
 /// Size of each in-memory log buffer (smaller for small segments).
 pub const BUF_SIZE: usize = 1 << 20;
 
+/// Spare buffers a log keeps for reuse (fresh ones cost page faults).
+const POOL_BUFFERS: usize = 2;
+
+/// A buffer of `size` bytes from the pool, or a new one. Contents are stale: every byte
+/// written to disk from a buffer is written by an appender first.
+fn take_buffer(pool: &mut Vec<AlignedBuf>, size: usize) -> AlignedBuf {
+    match pool.iter().position(|b| b.len() == size) {
+        Some(i) => pool.swap_remove(i),
+        None => AlignedBuf::zeroed(size),
+    }
+}
+
 /// Packs a (segment, offset) position so positions and `RecordId`s compare as integers.
 pub const fn pos(seg: u64, off: u64) -> u64 {
     (seg << 32) | off
@@ -322,10 +334,7 @@ impl LogCore {
         let end = off + frame;
         let first_new_buffer = s.bufs_end;
         while s.bufs_end < end {
-            let buf = match self.pool.pop() {
-                Some(b) if b.len() == s.buf_size => b,
-                _ => AlignedBuf::zeroed(s.buf_size),
-            };
+            let buf = take_buffer(&mut self.pool, s.buf_size);
             s.bufs.push_back((s.bufs_end, Arc::new(buf)));
             s.bufs_end += s.buf_size as u64;
         }
@@ -412,9 +421,9 @@ impl LogCore {
             written_end: 0,
             durable_end: HEADER_LEN as u64,
         };
+        let buf = take_buffer(&mut self.pool, s.buf_size);
         self.segs.push_back(s);
         let s = self.segs.back_mut().expect("just pushed");
-        let buf = AlignedBuf::zeroed(s.buf_size);
         s.bufs.push_back((0, Arc::new(buf)));
         s.bufs_end = s.buf_size as u64;
         // The header is part of block 0, which later writes of the first frames cover.
@@ -987,7 +996,7 @@ impl LogCore {
                         self.pool.push(b);
                     }
                 }
-                self.pool.truncate(4);
+                self.pool.truncate(POOL_BUFFERS);
                 self.sealed.push(SealedSegment {
                     header: s.header,
                     seed: s.seed,
@@ -1048,7 +1057,7 @@ impl LogCore {
             }
             let (_, b) = s.bufs.pop_front().expect("front exists");
             if let Ok(b) = Arc::try_unwrap(b) {
-                if pool.len() < 4 {
+                if pool.len() < POOL_BUFFERS {
                     pool.push(b);
                 }
             }
