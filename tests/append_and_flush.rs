@@ -5,21 +5,10 @@ mod common;
 
 use bop_rs::aof2::config::SegmentId;
 use bop_rs::aof2::error::{AofError, WouldBlockKind};
-use bop_rs::aof2::{Aof, RecordId};
+use bop_rs::aof2::RecordId;
 use common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn read_back(aof: &Aof, rid: RecordId) -> Vec<u8> {
-    let reader = aof
-        .open_reader(SegmentId::new(rid.segment_index() as u64))
-        .expect("reader opens");
-    reader
-        .read_record(rid)
-        .expect("record reads")
-        .payload()
-        .to_vec()
-}
 
 /// Earlier defect 1: automatic rollover stalled for good once two segments filled.
 #[test]

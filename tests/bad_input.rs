@@ -21,13 +21,6 @@ fn segments(root: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn read_back(aof: &Aof, rid: RecordId) -> Vec<u8> {
-    let r = aof
-        .open_reader(SegmentId::new(rid.segment_index() as u64))
-        .unwrap();
-    r.read_record(rid).unwrap().payload().to_vec()
-}
-
 /// Appends `n` records, flushing each, then drops the log (its last segment stays unsealed).
 fn write_log(root: &Path, n: u64) -> Vec<RecordId> {
     let m = manager();

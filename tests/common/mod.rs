@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use bop_rs::aof2::config::AofConfig;
-use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
+use bop_rs::aof2::config::{AofConfig, SegmentId};
+use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, RecordId};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -54,6 +54,18 @@ pub fn small_cfg(root: &Path) -> AofConfig {
 
 pub fn open(m: &AofManager, cfg: AofConfig) -> Aof {
     Aof::new(m.handle(), cfg).expect("log opens")
+}
+
+/// Reads record `rid` back through a reader of its segment.
+pub fn read_back(aof: &Aof, rid: RecordId) -> Vec<u8> {
+    let reader = aof
+        .open_reader(SegmentId::new(rid.segment_index() as u64))
+        .expect("reader opens");
+    reader
+        .read_record(rid)
+        .expect("record reads")
+        .payload()
+        .to_vec()
 }
 
 /// Deterministic payload for (tag, seq): a readable prefix and filler of varying length.
