@@ -441,3 +441,59 @@ fn acknowledged_records_survive_simulated_crashes() {
     );
     assert!(acked > seeds as usize, "the workload acknowledged records");
 }
+
+/// A failed `fdatasync` poisons the log: nothing is reported durable after it, appends
+/// are refused naming the cause, and reopening (which re-verifies from disk) brings
+/// back every record acknowledged before the failure.
+#[test]
+fn a_failed_sync_poisons_the_log_and_a_reopen_recovers() {
+    use aof2_shards::backend::sim::Faults;
+    let mut w = World::new(7, false);
+    w.fs.mkdir(Path::new("/sim")).unwrap();
+    w.fs.fsync_dir(Path::new("/")).unwrap();
+    let mut o = w.open();
+    for _ in 0..20 {
+        w.append(&mut o);
+    }
+    o.core.lock().unwrap().request_flush_all();
+    w.pump(&mut o, 1000);
+    let acked = w.sessions.last().unwrap().acked;
+    assert_eq!(acked, 20, "the first flush covered every record");
+
+    w.fs.set_faults(Faults {
+        fail_sync_after: Some(0),
+        ..Faults::default()
+    });
+    let rid = o
+        .core
+        .lock()
+        .unwrap()
+        .append(b"after the fault")
+        .unwrap()
+        .rid;
+    o.core.lock().unwrap().request_flush_all();
+    for _ in 0..1000 {
+        if !o.driver.step(&o.core, w.now()).did_work {
+            break;
+        }
+    }
+    let core = o.core.lock().unwrap();
+    let poison = core.poison().expect("the failed sync poisoned the log");
+    assert!(poison.to_string().contains("/sim/log"), "{poison}");
+    assert!(
+        rid.as_u64() >= core.durable_pos(),
+        "never reported durable after the failure"
+    );
+    assert!(matches!(core.check_open(), Err(AofError::Poisoned { .. })));
+    drop(core);
+    assert!(matches!(
+        o.core.lock().unwrap().append(b"x"),
+        Err(AofError::Poisoned { .. })
+    ));
+
+    // Reopening verifies from disk; `open` checks every acknowledged record came back.
+    w.fs.set_faults(Faults::default());
+    drop(o);
+    w.fs.crash();
+    w.open();
+}

@@ -58,16 +58,6 @@ impl AlignedBuf {
         };
     }
 
-    /// Zeroes `[off, off + len)`.
-    ///
-    /// # Safety
-    /// As for `write`.
-    pub unsafe fn zero(&self, off: usize, len: usize) {
-        assert!(off + len <= self.len, "zero past buffer end");
-        // SAFETY: in bounds; exclusive access is the caller's promise.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(off), 0, len) };
-    }
-
     /// Borrows `[off, off + len)`.
     ///
     /// # Safety

@@ -89,8 +89,6 @@ struct State {
     epoch: u64,
     rng: SimRng,
     faults: Faults,
-    syncs: u64,
-    writes: u64,
 }
 
 /// The simulated disk. Clones share it.
@@ -144,8 +142,6 @@ impl SimFs {
                 epoch: 0,
                 rng: SimRng::new(seed),
                 faults: Faults::default(),
-                syncs: 0,
-                writes: 0,
             })),
         }
     }
@@ -157,12 +153,6 @@ impl SimFs {
     /// Sets the faults to inject.
     pub fn set_faults(&self, f: Faults) {
         self.lock().faults = f;
-    }
-
-    /// (writes, fdatasyncs) performed so far.
-    pub fn counts(&self) -> (u64, u64) {
-        let s = self.lock();
-        (s.writes, s.syncs)
     }
 
     /// Simulates a power loss: see the module docs for what survives.
@@ -263,22 +253,6 @@ impl SimFs {
             _ => Err(not_found(path)),
         }
     }
-
-    /// Overwrites bytes of a file, durably (tests that damage a disk on purpose).
-    pub fn corrupt(&self, path: &Path, off: usize, bytes: &[u8]) -> io::Result<()> {
-        let mut s = self.lock();
-        let Some(Node::File(i)) = s.current.get(path).copied() else {
-            return Err(not_found(path));
-        };
-        let inode = s.inodes.get_mut(&i).expect("live inode");
-        for buf in [&mut inode.current, &mut inode.durable] {
-            if buf.len() < off + bytes.len() {
-                buf.resize(off + bytes.len(), 0);
-            }
-            buf[off..off + bytes.len()].copy_from_slice(bytes);
-        }
-        Ok(())
-    }
 }
 
 struct SimFile {
@@ -334,7 +308,6 @@ impl FsFile for SimFile {
             if fault(&mut s.faults.fail_write_after) {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            s.writes += 1;
             let data: Vec<u8> = bufs.concat();
             let inode = s.inodes.get_mut(&self.inode).expect("live inode");
             let (a, b) = (off as usize, off as usize + data.len());
@@ -353,7 +326,6 @@ impl FsFile for SimFile {
             if fault(&mut s.faults.fail_sync_after) {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            s.syncs += 1;
             let inode = s.inodes.get_mut(&self.inode).expect("live inode");
             for (off, data) in std::mem::take(&mut inode.pending) {
                 let (a, b) = (off as usize, off as usize + data.len());

@@ -563,11 +563,6 @@ impl LogCore {
         }
     }
 
-    /// Where the log's files are.
-    pub fn paths(&self) -> &LogPaths {
-        &self.paths
-    }
-
     /// The (normalized) configuration.
     pub fn config(&self) -> &AofConfig {
         &self.cfg
