@@ -9,6 +9,9 @@
 //!   [`driver`], which runs the core's operations on it.
 //! - [`shard`] / [`manager`]: pinned threads that own logs; [`log_handle`]: the
 //!   thread-safe handle callers use.
+//! - [`reader`], [`tail`], [`stream`]: reading a segment, following the tail, and
+//!   consuming a whole log in order; [`inspect`]: read-only checks of a log directory
+//!   for the command-line tools.
 
 pub mod backend;
 pub mod buffer;
@@ -26,3 +29,5 @@ pub mod reader;
 pub mod recovery;
 pub mod shard;
 pub mod signal;
+pub mod stream;
+pub mod tail;

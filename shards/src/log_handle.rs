@@ -8,7 +8,7 @@ use crate::config::{AofConfig, Compression, RecordId, SegmentId};
 use crate::driver::Driver;
 use crate::error::{AofError, AofResult, WouldBlockKind};
 use crate::layout::LogPaths;
-use crate::log::{pos, LogCore};
+use crate::log::{pos, Located, LogCore, SegmentInfo};
 use crate::manager::ShardSet;
 use crate::metrics::FlushMetricsSnapshot;
 use crate::reader::SegmentReader;
@@ -56,8 +56,78 @@ pub struct LogHandle {
     shared: Arc<LogShared>,
     fs: Arc<dyn Fs>,
     paths: LogPaths,
-    lock: Option<Box<dyn FsLock>>,
+    lock: Mutex<Option<Box<dyn FsLock>>>,
     backpressure_waits: AtomicU64,
+}
+
+/// The read side of a log, cheap to clone: what followers and streams hold. It keeps
+/// the log's state alive but not its lock; once the log is closed it still reads what
+/// was durable.
+#[derive(Clone)]
+pub struct LogView {
+    shared: Arc<LogShared>,
+    fs: Arc<dyn Fs>,
+    paths: LogPaths,
+}
+
+impl LogView {
+    /// Locks the log core (short critical sections only).
+    pub fn lock_core(&self) -> MutexGuard<'_, LogCore> {
+        self.shared.lock_core()
+    }
+
+    /// The signal published whenever the durable position moves or the log ends.
+    pub fn signal(&self) -> &Arc<DurableSignal> {
+        &self.shared.signal
+    }
+
+    /// The log's directory.
+    pub fn root_dir(&self) -> &std::path::Path {
+        &self.paths.root
+    }
+
+    /// Opens a reader over what `located` describes.
+    pub fn reader(&self, located: Located) -> AofResult<SegmentReader> {
+        match located {
+            Located::Sealed(s) => {
+                let id = s.header.segment_id;
+                SegmentReader::sealed(&*self.fs, self.paths.segment(id), s)
+            }
+            Located::Unsealed {
+                header,
+                seed,
+                durable_end,
+            } => {
+                let id = header.segment_id;
+                SegmentReader::unsealed(
+                    &*self.fs,
+                    self.paths.segment(id),
+                    header,
+                    seed,
+                    durable_end,
+                )
+            }
+        }
+    }
+
+    /// Opens a reader over segment `id`: sealed segments are memory-mapped; an unsealed
+    /// one is read with `pread` up to its durable end at the time of the call.
+    pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {
+        let idx = id.as_u64();
+        let located = self.lock_core().locate(idx);
+        match located {
+            Some(l) if l.segment_id() == idx => self.reader(l),
+            _ => Err(AofError::SegmentNotFound {
+                path: self.paths.root.clone(),
+                segment: idx,
+            }),
+        }
+    }
+
+    /// Every segment readers can see, in id order.
+    pub fn catalog(&self) -> Vec<SegmentInfo> {
+        self.lock_core().catalog()
+    }
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -115,7 +185,7 @@ impl LogHandle {
             shared,
             fs,
             paths,
-            lock: Some(opened.lock),
+            lock: Mutex::new(Some(opened.lock)),
             backpressure_waits: AtomicU64::new(0),
         };
         log.wait_ready()?;
@@ -320,33 +390,18 @@ impl LogHandle {
         Ok(Some(SegmentId::new(id)))
     }
 
-    /// Opens a reader over segment `id`: sealed segments are memory-mapped; an unsealed
-    /// one is read with `pread` up to its durable end at the time of the call.
+    /// Opens a reader over segment `id` (see [`LogView::open_reader`]).
     pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {
-        let core = self.shared.lock_core();
-        let idx = id.as_u64();
-        if let Ok(i) = core
-            .sealed_segments()
-            .binary_search_by_key(&idx, |s| s.header.segment_id)
-        {
-            let s = core.sealed_segments()[i];
-            drop(core);
-            return SegmentReader::sealed(&*self.fs, self.paths.segment(idx), s);
+        self.view().open_reader(id)
+    }
+
+    /// The read side of this log, for followers and streams.
+    pub fn view(&self) -> LogView {
+        LogView {
+            shared: self.shared.clone(),
+            fs: self.fs.clone(),
+            paths: self.paths.clone(),
         }
-        if let Some((header, seed, durable_end)) = core.unsealed_view(idx) {
-            drop(core);
-            return SegmentReader::unsealed(
-                &*self.fs,
-                self.paths.segment(idx),
-                header,
-                seed,
-                durable_end,
-            );
-        }
-        Err(AofError::SegmentNotFound {
-            path: self.paths.root.clone(),
-            segment: idx,
-        })
     }
 
     /// Counters and gauges.
@@ -368,16 +423,17 @@ impl LogHandle {
         self.shared.lock_core().config().clone()
     }
 
-    /// Closes the log: flushes, closes files, releases the lock. Idempotent.
-    pub fn close(&mut self) {
-        if self.lock.is_none() {
+    /// Closes the log: flushes, closes files, releases the lock; followers and streams
+    /// end once they have read what was durable. Idempotent.
+    pub fn close(&self) {
+        let Some(lock) = self.lock.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
-        }
+        };
         let (ack, done) = std::sync::mpsc::channel();
         self.shared.shard.close(CloseRequest {
             key: self.shared.key,
             ack,
-            lock: self.lock.take(),
+            lock: Some(lock),
         });
         // On a shard thread we cannot wait; the shard releases the lock once drained.
         if current_shard().is_none() {

@@ -1,12 +1,17 @@
-//! Reading records of one segment by id. Sealed segments are memory-mapped and
-//! payloads borrow the mapping (no copy); an unsealed segment is read with `pread` up
-//! to the durable end captured when the reader was opened, never mapped. Every read
-//! checks the frame's checksum.
+//! Reading one segment: [`SegmentReader`] reads a record by id (O(1): the id holds the
+//! frame's offset) and [`SegmentCursor`] walks the frames in order. Sealed segments are
+//! memory-mapped and payloads borrow the mapping (no copy); an unsealed segment is read
+//! with `pread` up to the durable end captured when the reader was opened, never
+//! mapped. Every read checks the frame's checksum; a cursor also checks the chain of
+//! checksums from frame to frame, so a dropped, duplicated or stale frame is an error.
 
 use crate::backend::{read_exact_at, Fs, FsFile, Mapping, OpenMode};
 use crate::config::RecordId;
 use crate::error::{AofError, AofResult};
-use crate::format::{self, FrameDecode, FrameKind, SegmentHeader, FRAME_HEADER_LEN, HEADER_LEN};
+use crate::format::{
+    self, FrameDecode, FrameHeader, FrameKind, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN,
+    HEADER_LEN,
+};
 use crate::log::SealedSegment;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,8 @@ pub struct SegmentReader {
     seed: u32,
     /// Frames are readable in [HEADER_LEN, data_end).
     data_end: u64,
+    /// Record count from the seal footer (sealed segments only).
+    record_count: Option<u64>,
     sealed: bool,
     source: Source,
 }
@@ -84,6 +91,7 @@ impl SegmentReader {
             header: s.header,
             seed: s.seed,
             data_end: s.footer.data_end,
+            record_count: Some(s.footer.record_count),
             sealed: true,
             source: Source::Mapped(map),
         })
@@ -105,6 +113,7 @@ impl SegmentReader {
             header,
             seed,
             data_end: durable_end,
+            record_count: None,
             sealed: false,
             source: Source::Pread(file),
         })
@@ -120,9 +129,20 @@ impl SegmentReader {
         self.sealed
     }
 
-    /// End of the readable frames.
+    /// End of the readable frames: the sealed data end, or for an unsealed segment the
+    /// durable end when the reader was opened.
     pub fn data_end(&self) -> u64 {
         self.data_end
+    }
+
+    /// Records in a sealed segment (from its footer); `None` for an unsealed one.
+    pub fn record_count(&self) -> Option<u64> {
+        self.record_count
+    }
+
+    /// The segment's header.
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
     }
 
     /// The segment file.
@@ -141,24 +161,7 @@ impl SegmentReader {
 
     /// Reads the record `rid` (O(1): the id holds the frame's offset).
     pub fn read_record(&self, rid: RecordId) -> AofResult<SegmentRecord<'_>> {
-        let not_found = |reason: String| AofError::RecordNotFound {
-            rid: rid.to_string(),
-            reason,
-        };
-        if rid.segment_index() as u64 != self.header.segment_id {
-            return Err(not_found(format!(
-                "this reader reads segment {}",
-                self.header.segment_id
-            )));
-        }
-        let off = rid.segment_offset() as u64;
-        if off < HEADER_LEN as u64 || off + FRAME_HEADER_LEN as u64 > self.data_end {
-            return Err(not_found(format!(
-                "offset {off} is outside the readable frames [{HEADER_LEN}, {}) of {}",
-                self.data_end,
-                self.path.display()
-            )));
-        }
+        let off = self.check_rid(rid)?;
         let frame: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(m) => Cow::Borrowed(&m[off as usize..self.data_end as usize]),
             Source::Pread(f) => {
@@ -175,11 +178,14 @@ impl SegmentReader {
         };
         let h = match format::decode_frame(self.seed, &frame) {
             FrameDecode::Frame(h) => h,
-            FrameDecode::Blank => return Err(not_found(format!("no frame at offset {off}"))),
+            FrameDecode::Blank => return Err(not_found(rid, format!("no frame at offset {off}"))),
             FrameDecode::Invalid(e) => return Err(self.corrupt(off, e.to_string())),
         };
         if h.kind != FrameKind::Record {
-            return Err(not_found(format!("offset {off} holds a padding frame")));
+            return Err(not_found(
+                rid,
+                format!("offset {off} holds a padding frame"),
+            ));
         }
         let (a, b) = (FRAME_HEADER_LEN, FRAME_HEADER_LEN + h.len as usize);
         let payload = match frame {
@@ -195,5 +201,239 @@ impl SegmentReader {
             timestamp_ns: h.timestamp_ns,
             payload,
         })
+    }
+
+    /// The offset `rid` points at, if it can hold a frame of this segment.
+    fn check_rid(&self, rid: RecordId) -> AofResult<u64> {
+        if rid.segment_index() as u64 != self.header.segment_id {
+            return Err(not_found(
+                rid,
+                format!("this reader reads segment {}", self.header.segment_id),
+            ));
+        }
+        let off = rid.segment_offset() as u64;
+        if off < HEADER_LEN as u64
+            || off + FRAME_HEADER_LEN as u64 > self.data_end
+            || off % FRAME_ALIGN as u64 != 0
+        {
+            return Err(not_found(
+                rid,
+                format!(
+                    "offset {off} is not a frame offset in the readable frames [{HEADER_LEN}, {}) of {}",
+                    self.data_end,
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(off)
+    }
+}
+
+fn not_found(rid: RecordId, reason: String) -> AofError {
+    AofError::RecordNotFound {
+        rid: rid.to_string(),
+        reason,
+    }
+}
+
+/// Bytes read per `pread` when a cursor walks an unsealed segment.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Walks the records of one segment in order (a lending cursor: each record borrows
+/// the cursor until the next call). Sealed segments are read from the mapping with no
+/// copy; an unsealed one through a 1 MiB `pread` window.
+///
+/// Every frame's checksum and its link to the frame before are checked: a frame that
+/// fails is an [`AofError::Corruption`] naming segment, offset and path, and the cursor
+/// stops there (later calls return the same error) rather than skipping it.
+pub struct SegmentCursor {
+    reader: SegmentReader,
+    /// Offset of the next frame.
+    off: u64,
+    /// The `prev_crc` the next frame must carry; `None` right after a seek (the frame
+    /// sought was validated on its own).
+    prev: Option<u32>,
+    window: Vec<u8>,
+    window_start: u64,
+    /// Where and why the chain broke (the cursor stops there).
+    failed: Option<(u64, String)>,
+    /// Published after every frame consumed (a stream resumes from it).
+    progress: Option<Arc<AtomicU64>>,
+}
+
+impl SegmentCursor {
+    /// A cursor at the first record of the reader's segment.
+    pub fn new(reader: SegmentReader) -> SegmentCursor {
+        SegmentCursor {
+            reader,
+            off: HEADER_LEN as u64,
+            prev: None,
+            window: Vec::new(),
+            window_start: 0,
+            failed: None,
+            progress: None,
+        }
+    }
+
+    /// A cursor whose position is published to `progress` (as `RecordId::as_u64` of the
+    /// next frame) after every frame it consumes.
+    pub(crate) fn with_progress(
+        reader: SegmentReader,
+        start: u64,
+        progress: Arc<AtomicU64>,
+    ) -> AofResult<SegmentCursor> {
+        let mut c = SegmentCursor::new(reader);
+        c.progress = Some(progress);
+        if start > HEADER_LEN as u64 {
+            c.seek_offset(start)?;
+        }
+        Ok(c)
+    }
+
+    /// The reader this cursor reads.
+    pub fn reader(&self) -> &SegmentReader {
+        &self.reader
+    }
+
+    /// The id the next record would have (where the cursor stands).
+    pub fn position(&self) -> RecordId {
+        RecordId::from_parts(self.reader.header.segment_id as u32, self.off as u32)
+    }
+
+    /// True once every frame up to the reader's data end was read.
+    pub fn is_finished(&self) -> bool {
+        self.off >= self.reader.data_end
+    }
+
+    /// Positions the cursor so the next record returned is `rid`. Errors (and leaves
+    /// the cursor where it was) if `rid` is not the id of a frame in this segment.
+    pub fn seek(&mut self, rid: RecordId) -> AofResult<()> {
+        let off = self.reader.check_rid(rid)?;
+        self.seek_offset(off).map_err(|e| match e {
+            AofError::Corruption { reason, .. } => not_found(rid, reason),
+            e => e,
+        })
+    }
+
+    /// Positions the cursor just after record `rid`.
+    pub fn seek_after(&mut self, rid: RecordId) -> AofResult<()> {
+        self.seek(rid)?;
+        let (crc, size) = {
+            let (h, _) = self.frame_at(self.off)?;
+            (h.crc, h.size() as u64)
+        };
+        self.advance(size, crc);
+        Ok(())
+    }
+
+    fn seek_offset(&mut self, off: u64) -> AofResult<()> {
+        if off >= self.reader.data_end {
+            self.off = self.reader.data_end;
+            self.prev = None;
+            self.failed = None;
+            return Ok(());
+        }
+        self.frame_at(off)?;
+        self.off = off;
+        self.prev = None;
+        self.failed = None;
+        Ok(())
+    }
+
+    fn advance(&mut self, size: u64, crc: u32) {
+        self.off += size;
+        self.prev = Some(crc);
+        if let Some(p) = &self.progress {
+            p.store(self.position().as_u64(), Ordering::Release);
+        }
+    }
+
+    /// Makes [off, off + len) (clipped to the data end) readable and returns it.
+    fn bytes(&mut self, off: u64, len: usize) -> AofResult<&[u8]> {
+        let end = (off + len as u64).min(self.reader.data_end);
+        match &self.reader.source {
+            Source::Mapped(m) => Ok(&m[off as usize..end as usize]),
+            Source::Pread(f) => {
+                let have = self.window_start + self.window.len() as u64;
+                if off < self.window_start || end > have {
+                    let want = (end - off).max(READ_CHUNK as u64);
+                    let to = (off + want).min(self.reader.data_end);
+                    self.window.resize((to - off) as usize, 0);
+                    read_exact_at(&**f, off, &mut self.window)
+                        .map_err(|e| AofError::io("read", &self.reader.path, e))?;
+                    self.window_start = off;
+                }
+                let a = (off - self.window_start) as usize;
+                Ok(&self.window[a..a + (end - off) as usize])
+            }
+        }
+    }
+
+    /// Decodes and checks the frame at `off`; returns its header and the payload's
+    /// offset.
+    fn frame_at(&mut self, off: u64) -> AofResult<(FrameHeader, u64)> {
+        let seed = self.reader.seed;
+        let head = self.bytes(off, FRAME_HEADER_LEN)?;
+        let size = if head.len() == FRAME_HEADER_LEN {
+            let len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
+            format::frame_size(len as usize)
+        } else {
+            head.len()
+        };
+        let data_end = self.reader.data_end;
+        let b = self.bytes(off, size)?;
+        match format::decode_frame(seed, b) {
+            FrameDecode::Frame(h) => Ok((h, off + FRAME_HEADER_LEN as u64)),
+            FrameDecode::Blank => Err(self.reader.corrupt(
+                off,
+                format!("zeros where a frame should be (frames were written up to {data_end})"),
+            )),
+            FrameDecode::Invalid(e) => Err(self.reader.corrupt(off, e.to_string())),
+        }
+    }
+
+    /// The next record, `Ok(None)` at the end of the readable frames. Padding frames
+    /// are skipped.
+    #[allow(clippy::should_implement_trait)] // a lending cursor cannot be an Iterator
+    pub fn next(&mut self) -> AofResult<Option<SegmentRecord<'_>>> {
+        if let Some((off, reason)) = &self.failed {
+            return Err(self.reader.corrupt(*off, reason.clone()));
+        }
+        loop {
+            if self.off >= self.reader.data_end {
+                return Ok(None);
+            }
+            let off = self.off;
+            let (h, payload_at) = match self.frame_at(off) {
+                Ok(x) => x,
+                Err(e) => {
+                    if let AofError::Corruption { offset, reason, .. } = &e {
+                        self.failed = Some((*offset, reason.clone()));
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(prev) = self.prev {
+                if h.prev_crc != prev {
+                    let reason = format!(
+                        "chain broken: prev_crc {:#010x}, previous frame {prev:#010x}",
+                        h.prev_crc
+                    );
+                    self.failed = Some((off, reason.clone()));
+                    return Err(self.reader.corrupt(off, reason));
+                }
+            }
+            self.advance(h.size() as u64, h.crc);
+            if h.kind != FrameKind::Record {
+                continue;
+            }
+            let rid = RecordId::from_parts(self.reader.header.segment_id as u32, off as u32);
+            let payload = self.bytes(payload_at, h.len as usize)?;
+            return Ok(Some(SegmentRecord {
+                rid,
+                timestamp_ns: h.timestamp_ns,
+                payload: Cow::Borrowed(payload),
+            }));
+        }
     }
 }

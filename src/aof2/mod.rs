@@ -15,9 +15,12 @@ pub use config::{AofConfig, AofManagerConfig, RecordId, SegmentId};
 pub use error::{AofError, AofResult};
 pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample};
 
+/// One segment as [`Aof::catalog_snapshot`] reports it.
+pub use aof2_shards::log::SegmentInfo;
+
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
-use reader::SegmentReader;
+use reader::{SegmentReader, TailFollower, TailState};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -71,7 +74,7 @@ impl Drop for AofManager {
 /// directory lock before returning (an open segment stays unsealed; the next open
 /// verifies and seals it).
 pub struct Aof {
-    log: LogHandle,
+    pub(crate) log: LogHandle,
     _set: Arc<ShardSet>,
 }
 
@@ -130,6 +133,35 @@ impl Aof {
     /// is read up to its durable end.
     pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {
         self.log.open_reader(id)
+    }
+
+    /// Like [`Aof::seal_active`], for users of the earlier implementation: seals the
+    /// active segment so the next append starts a new one.
+    pub fn force_rollover(&self) -> AofResult<Option<SegmentId>> {
+        self.log.seal_active()
+    }
+
+    /// A follower that wakes as the durable tail advances and reports seals and
+    /// activations from now on (many may follow one log; none slows the writer).
+    pub fn tail_follower(&self) -> TailFollower {
+        TailFollower::new(self.log.view())
+    }
+
+    /// The tail now: durable position, active and last sealed segment.
+    pub fn tail_state(&self) -> TailState {
+        aof2_shards::tail::tail_state(&self.log.view())
+    }
+
+    /// Every segment readers can see, in id order, with its state and sizes.
+    pub fn catalog_snapshot(&self) -> Vec<SegmentInfo> {
+        self.log.view().catalog()
+    }
+
+    /// Syncs everything appended, closes the files and releases the directory lock;
+    /// later appends fail with [`AofError::Closed`], and followers and streams end once
+    /// they have read what was durable. Dropping the `Aof` does the same. Idempotent.
+    pub fn close(&self) {
+        self.log.close()
     }
 
     /// Flush and append counters of this log.
