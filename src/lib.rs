@@ -5,3 +5,6 @@ pub mod aof2;
 
 #[doc(hidden)]
 pub mod bench;
+
+#[doc(hidden)]
+pub mod tools;

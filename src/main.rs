@@ -1,6 +1,8 @@
 //! The `aof2` command-line tool.
 
+use bop_rs::aof2::config::RecordId;
 use bop_rs::bench::{self, BenchOptions};
+use bop_rs::tools;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,46 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Print a log's records in order: ID, timestamp (ns), length, payload (escaped).
+    Dump {
+        /// The log directory (the `root_dir` of the log).
+        dir: PathBuf,
+        /// Start at this record (SEGMENT:OFFSET as printed, e.g. 0:64, or the raw u64).
+        #[arg(long, value_parser = tools::parse_record_id)]
+        from: Option<RecordId>,
+        /// Print at most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print payloads as hex instead of escaped text.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Check every frame, footer and header of a log; print the first problem (segment,
+    /// offset, path) and exit non-zero if there is one.
+    Verify {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// Print a log's segments (state, sizes, records) and totals.
+    Stat {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// Print the last records of a log; with -f, keep printing new ones as a writer in
+    /// another process appends them (read-only: the writer's lock is not taken).
+    Tail {
+        /// The log directory.
+        dir: PathBuf,
+        /// Keep following the log until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last records to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        /// How often to look for new records while following (milliseconds).
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
 }
 
 struct StderrLogger;
@@ -79,6 +121,28 @@ fn main() -> ExitCode {
             only,
         })
         .map(|_| ()),
+        Command::Dump {
+            dir,
+            from,
+            limit,
+            hex,
+        } => tools::dump(&dir, from, limit, hex)
+            .map(|_| ())
+            .map_err(Into::into),
+        Command::Verify { dir } => tools::verify(&dir).map(|_| ()).map_err(Into::into),
+        Command::Stat { dir } => tools::stat(&dir).map(|_| ()).map_err(Into::into),
+        Command::Tail {
+            dir,
+            follow,
+            lines,
+            interval_ms,
+        } => tools::tail(
+            &dir,
+            lines,
+            follow,
+            std::time::Duration::from_millis(interval_ms.max(1)),
+        )
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,15 @@ pub enum AofError {
         path: PathBuf,
     },
 
+    /// A directory given to a reading tool does not hold an aof2 log.
+    #[error("{path} is not an aof2 log: {reason}")]
+    NotALog {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+
     /// Another `Aof`, in this process or another, has the directory open for writing.
     #[error("{path} is locked by another writer (one writer per root_dir)")]
     Locked {

@@ -20,6 +20,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod format;
+pub mod inspect;
 pub mod layout;
 pub mod log;
 pub mod log_handle;

@@ -259,6 +259,9 @@ pub struct SegmentCursor {
     failed: Option<(u64, String)>,
     /// Published after every frame consumed (a stream resumes from it).
     progress: Option<Arc<AtomicU64>>,
+    /// Scanning a segment another process may be writing: a zero header ends the
+    /// frames (rather than being an error), and nothing read past it is kept.
+    open_ended: bool,
 }
 
 impl SegmentCursor {
@@ -272,7 +275,18 @@ impl SegmentCursor {
             window_start: 0,
             failed: None,
             progress: None,
+            open_ended: false,
         }
+    }
+
+    /// A cursor over a segment whose written end is not known (read without the
+    /// writer's lock): frames are read until a zero header, and a later call reads
+    /// again from there. A frame that fails its checksum is still an error; the
+    /// caller decides whether it is a write in progress.
+    pub(crate) fn open_ended(reader: SegmentReader) -> SegmentCursor {
+        let mut c = SegmentCursor::new(reader);
+        c.open_ended = true;
+        c
     }
 
     /// A cursor whose position is published to `progress` (as `RecordId::as_u64` of the
@@ -404,8 +418,20 @@ impl SegmentCursor {
                 return Ok(None);
             }
             let off = self.off;
+            if self.open_ended {
+                let head = self.bytes(off, FRAME_HEADER_LEN)?;
+                if head.iter().all(|&b| b == 0) {
+                    // Not written yet: read it afresh next time.
+                    self.window.clear();
+                    return Ok(None);
+                }
+            }
             let (h, payload_at) = match self.frame_at(off) {
                 Ok(x) => x,
+                Err(e) if self.open_ended => {
+                    self.window.clear();
+                    return Err(e);
+                }
                 Err(e) => {
                     if let AofError::Corruption { offset, reason, .. } = &e {
                         self.failed = Some((*offset, reason.clone()));
@@ -419,7 +445,11 @@ impl SegmentCursor {
                         "chain broken: prev_crc {:#010x}, previous frame {prev:#010x}",
                         h.prev_crc
                     );
-                    self.failed = Some((off, reason.clone()));
+                    if self.open_ended {
+                        self.window.clear();
+                    } else {
+                        self.failed = Some((off, reason.clone()));
+                    }
                     return Err(self.reader.corrupt(off, reason));
                 }
             }

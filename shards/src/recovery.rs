@@ -99,16 +99,38 @@ pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Opene
     Ok(Opened { recovered, lock })
 }
 
-struct Used {
-    id: u64,
-    path: PathBuf,
-    header: SegmentHeader,
-    seed: u32,
-    footer: Option<SegmentFooter>,
+/// A segment file with a valid header, as [`survey`] found it.
+#[derive(Debug, Clone)]
+pub struct Used {
+    /// Its id (from the name, matching the header).
+    pub id: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Its header.
+    pub header: SegmentHeader,
+    /// The frame seed (the header's checksum).
+    pub seed: u32,
+    /// Its seal footer, if sealed.
+    pub footer: Option<SegmentFooter>,
 }
 
-fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered> {
-    let dir = &paths.segments;
+/// Every file of a segment directory, classified. Reads only.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Segments with a valid header, in id order.
+    pub used: Vec<Used>,
+    /// `.seg` files with a blank header (prepared, never written): (id, path, size).
+    pub blank: Vec<(u64, PathBuf, u64)>,
+    /// `.seg.ready` files (prepared, proven unused by a clean close): (id, path).
+    pub readies: Vec<(u64, PathBuf)>,
+    /// `.seg.tmp` files (unfinished preparations).
+    pub temps: Vec<PathBuf>,
+}
+
+/// Lists and classifies the segment directory `dir`, reading every header and footer.
+/// Anything the engine would not have written there (a foreign file, a damaged
+/// header or footer, a blank header before a used one) is an error naming the path.
+pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
     let mut names = fs.list_dir(dir).map_err(io_err("list", dir))?;
     names.sort();
     let mut temps = Vec::new();
@@ -207,6 +229,24 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         }
     }
 
+    readies.sort();
+    Ok(Survey {
+        used,
+        blank,
+        readies,
+        temps,
+    })
+}
+
+fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered> {
+    let dir = &paths.segments;
+    let Survey {
+        mut used,
+        blank,
+        readies,
+        temps,
+    } = survey(fs, dir)?;
+
     // Only the last used segment may be unsealed: nothing of a segment is written
     // before the previous one's footer is durable.
     for u in used.iter().rev().skip(1) {
@@ -269,7 +309,6 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     // A `.ready` file vouches only for its own id: ids below it may have been handed
     // out (in a session that crashed before the one that closed cleanly), so never
     // continue below the first one.
-    readies.sort();
     let floor = max_on_disk.map_or(0, |m| m + 1);
     let next_segment = readies.first().map_or(floor, |r| floor.max(r.0));
     let mut prepared = Vec::new();
@@ -358,8 +397,8 @@ fn backend_read(
 }
 
 /// Verifies the frames of the last, unsealed segment and seals it at its last valid
-/// frame. A torn tail (bytes of writes no sync covered) is left in place past the
-/// footer's `data_end`; damage to synced frames is an error.
+/// frame. A torn tail (bytes of writes no sync covered) is zeroed (and synced) first;
+/// damage to synced frames is an error and nothing is changed.
 fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFooter> {
     let file = fs
         .open(&u.path, OpenMode::Read)
@@ -387,7 +426,38 @@ fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFoote
             u.path.display()
         );
     }
+    // Zero the torn tail before sealing: it was never acknowledged, and a sealed
+    // segment holds nothing but zeros past its data end, so `aof2 verify` can check
+    // every byte of it.
+    let tail_end = image[..capacity as usize]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|i| i as u64 + 1)
+        .filter(|&e| e > scan.data_end);
+    let from = scan.data_end & !(BLOCK as u64 - 1);
+    let kept = image[from as usize..scan.data_end as usize].to_vec();
     drop(image);
+    let w = fs
+        .open(&u.path, OpenMode::Write { direct: true })
+        .map_err(io_err("open", &u.path))?;
+    if let Some(end) = tail_end {
+        let end = end.div_ceil(BLOCK as u64) * BLOCK as u64;
+        let mut at = from;
+        while at < end {
+            let len = (end - at).min(crate::buffer::PREP_CHUNK as u64) as usize;
+            let chunk = AlignedBuf::zeroed(len);
+            if at == from {
+                // SAFETY: a fresh buffer, ours alone; `kept` is shorter than a block.
+                unsafe { chunk.write(0, &kept) };
+            }
+            // SAFETY: ours alone, as above.
+            let bytes = unsafe { chunk.slice(0, len) };
+            crate::backend::write_all_at(&*w, at, &[bytes])
+                .map_err(io_err("zero torn tail", &u.path))?;
+            at += len as u64;
+        }
+        w.fdatasync().map_err(io_err("fdatasync", &u.path))?;
+    }
     let footer = SegmentFooter {
         segment_id: u.id,
         record_count: scan.record_count,
@@ -402,9 +472,6 @@ fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFoote
     let block = AlignedBuf::zeroed(BLOCK);
     // SAFETY: a fresh block, ours alone.
     unsafe { block.write(0, &footer.encode(u.seed)) };
-    let w = fs
-        .open(&u.path, OpenMode::Write { direct: true })
-        .map_err(io_err("open", &u.path))?;
     // SAFETY: ours alone, as above.
     let bytes = unsafe { block.slice(0, BLOCK) };
     crate::backend::write_all_at(&*w, u.header.file_size - FOOTER_REGION, &[bytes])

@@ -1,0 +1,329 @@
+//! Read-only inspection of a log directory for the command-line tools (`aof2 stat`,
+//! `verify`, `dump`, `tail`). Nothing here takes the writer's lock or changes a file,
+//! so it can run beside a live writer in another process: an unsealed segment is read
+//! with `pread` (never mapped, since the writer may be rewriting its last block), and
+//! a damaged frame at its end may be a write in progress rather than corruption.
+
+use crate::backend::sync::SyncFs;
+use crate::backend::{EntryKind, Fs, FsFile, OpenMode};
+use crate::error::{AofError, AofResult};
+use crate::format::{
+    self, ScanStop, SegmentFooter, FOOTER_LEN, FOOTER_REGION, HEADER_LEN, NO_RECORD,
+};
+use crate::layout::LogPaths;
+use crate::log::SealedSegment;
+use crate::reader::{SegmentCursor, SegmentReader};
+use crate::recovery::{self, Survey, Used};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What one segment holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentStat {
+    /// Its id.
+    pub id: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Sealed (footer present and valid).
+    pub sealed: bool,
+    /// Size of the file.
+    pub file_size: u64,
+    /// End of its valid frames.
+    pub data_end: u64,
+    /// Records in it (in its valid frames, if unsealed).
+    pub records: u64,
+    /// Records in the segments before it.
+    pub base_record_index: u64,
+    /// When it was created (ns since the Unix epoch).
+    pub created_at_ns: u64,
+    /// When it was sealed.
+    pub sealed_at_ns: Option<u64>,
+    /// For an unsealed segment whose valid frames end in bytes that are not a frame:
+    /// (offset, reason). After a crash this is a torn write that the next open seals
+    /// off; beside a live writer it may be a write in progress.
+    pub torn_tail: Option<(u64, String)>,
+}
+
+/// A log directory opened for reading.
+pub struct LogDir {
+    paths: LogPaths,
+    fs: SyncFs,
+    survey: Survey,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AofError + 'a {
+    move |e| AofError::io(op, path, e)
+}
+
+fn corruption(path: &Path, segment: u64, offset: u64, reason: impl Into<String>) -> AofError {
+    AofError::Corruption {
+        path: path.to_path_buf(),
+        segment,
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn not_a_log(root: &Path, reason: &str) -> AofError {
+    AofError::NotALog {
+        path: root.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads `[0, len)` of `file` into memory.
+fn read_image(file: &dyn FsFile, len: u64, path: &Path) -> AofResult<Vec<u8>> {
+    let mut image = vec![0u8; len as usize];
+    crate::backend::read_exact_at(file, 0, &mut image).map_err(io_err("read", path))?;
+    Ok(image)
+}
+
+impl LogDir {
+    /// Opens the log at `root` (the directory holding `segments/` and `LOCK`) and
+    /// classifies its files. A missing directory, or one that holds no aof2 log, is a
+    /// clear error naming it.
+    pub fn open(root: &Path) -> AofResult<LogDir> {
+        let fs = SyncFs;
+        let paths = LogPaths::new(root);
+        match fs.kind(root).map_err(io_err("stat", root))? {
+            Some(EntryKind::Dir) => {}
+            Some(_) => return Err(not_a_log(root, "it is not a directory")),
+            None => return Err(not_a_log(root, "it does not exist")),
+        }
+        if fs
+            .kind(&paths.segments)
+            .map_err(io_err("stat", &paths.segments))?
+            != Some(EntryKind::Dir)
+        {
+            return Err(not_a_log(
+                root,
+                &format!("it has no {}/ directory", crate::layout::SEGMENT_DIR),
+            ));
+        }
+        let survey = recovery::survey(&fs, &paths.segments)?;
+        Ok(LogDir { paths, fs, survey })
+    }
+
+    /// The segments with a valid header, in id order.
+    pub fn segments(&self) -> &[Used] {
+        &self.survey.used
+    }
+
+    /// Prepared segment files not used yet (blank or marked ready).
+    pub fn prepared_files(&self) -> usize {
+        self.survey.blank.len() + self.survey.readies.len()
+    }
+
+    /// The log's directory.
+    pub fn root(&self) -> &Path {
+        &self.paths.root
+    }
+
+    fn open_file(&self, path: &Path) -> AofResult<Arc<dyn FsFile>> {
+        self.fs
+            .open(path, OpenMode::Read)
+            .map_err(io_err("open", path))
+    }
+
+    /// A summary of each segment; unsealed ones are scanned to find their valid frames.
+    pub fn stat(&self) -> AofResult<Vec<SegmentStat>> {
+        self.survey
+            .used
+            .iter()
+            .map(|u| self.segment_stat(u))
+            .collect()
+    }
+
+    fn segment_stat(&self, u: &Used) -> AofResult<SegmentStat> {
+        let mut st = SegmentStat {
+            id: u.id,
+            path: u.path.clone(),
+            sealed: u.footer.is_some(),
+            file_size: u.header.file_size,
+            data_end: HEADER_LEN as u64,
+            records: 0,
+            base_record_index: u.header.base_record_index,
+            created_at_ns: u.header.created_at_ns,
+            sealed_at_ns: u.footer.map(|f| f.sealed_at_ns),
+            torn_tail: None,
+        };
+        match u.footer {
+            Some(f) => {
+                st.data_end = f.data_end;
+                st.records = f.record_count;
+            }
+            None => {
+                let file = self.open_file(&u.path)?;
+                let cap = format::data_capacity(u.header.file_size);
+                let image = read_image(&*file, cap, &u.path)?;
+                let scan = format::scan_frames(u.seed, &image, cap);
+                st.data_end = scan.data_end;
+                st.records = scan.record_count;
+                if let ScanStop::Invalid { offset, reason } = scan.stop {
+                    st.torn_tail = Some((offset, reason));
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    /// Checks every byte the engine wrote: headers, every frame's checksum and chain,
+    /// footers against the frames they seal, zeros past a sealed segment's data end,
+    /// and record counts carried from segment to segment. Returns the first problem
+    /// as an error naming segment, offset and path. An unsealed last segment that ends
+    /// in a torn write is reported in its [`SegmentStat::torn_tail`], not as an error,
+    /// unless a later frame proves the damaged bytes had been synced.
+    pub fn verify(&self) -> AofResult<Vec<SegmentStat>> {
+        let used = &self.survey.used;
+        for u in used.iter().rev().skip(1) {
+            if u.footer.is_none() {
+                return Err(corruption(
+                    &u.path,
+                    u.id,
+                    u.header.file_size - FOOTER_REGION,
+                    "segment is not sealed but a later segment exists",
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(used.len());
+        let mut records = used.first().map_or(0, |u| u.header.base_record_index);
+        for u in used {
+            if u.header.base_record_index != records {
+                return Err(corruption(
+                    &u.path,
+                    u.id,
+                    0,
+                    format!(
+                        "segment starts at record {} but the segments before it end at record {records}",
+                        u.header.base_record_index
+                    ),
+                ));
+            }
+            let st = match u.footer {
+                Some(f) => self.verify_sealed(u, &f)?,
+                None => self.verify_unsealed(u)?,
+            };
+            records = u.header.base_record_index + st.records;
+            out.push(st);
+        }
+        Ok(out)
+    }
+
+    fn verify_sealed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
+        let file = self.open_file(&u.path)?;
+        let image = read_image(&*file, u.header.file_size, &u.path)?;
+        let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
+        let mut it = format::frames(u.seed, &image, f.data_end);
+        let (mut count, mut last_record) = (0u64, NO_RECORD);
+        for fr in it.by_ref() {
+            let fr = fr.map_err(|(off, why)| bad(off, why))?;
+            if fr.header.kind == format::FrameKind::Record {
+                count += 1;
+                last_record = fr.offset as u32;
+            }
+        }
+        if let Some(ScanStop::Blank) = it.stop() {
+            return Err(bad(
+                it.position(),
+                format!("zeros where the footer says frames run to {}", f.data_end),
+            ));
+        }
+        if it.position() != f.data_end {
+            return Err(bad(
+                it.position(),
+                format!(
+                    "the last frame ends past the sealed data end {}",
+                    f.data_end
+                ),
+            ));
+        }
+        if count != f.record_count || last_record != f.last_record_offset {
+            return Err(bad(
+                f.data_end,
+                format!(
+                    "the footer says {} records (last at {}), the frames hold {count} (last at {last_record})",
+                    f.record_count, f.last_record_offset
+                ),
+            ));
+        }
+        if it.last_crc() != f.last_frame_crc {
+            return Err(bad(
+                f.data_end,
+                "the footer does not seal the last frame (checksum differs)".into(),
+            ));
+        }
+        let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
+        let zeros = [
+            (f.data_end as usize, footer_at),
+            (footer_at + FOOTER_LEN, image.len()),
+        ];
+        for (a, b) in zeros {
+            if let Some(i) = image[a..b].iter().position(|&x| x != 0) {
+                return Err(bad(
+                    (a + i) as u64,
+                    "a non-zero byte where a sealed segment holds only zeros".into(),
+                ));
+            }
+        }
+        self.segment_stat(u)
+    }
+
+    fn verify_unsealed(&self, u: &Used) -> AofResult<SegmentStat> {
+        let file = self.open_file(&u.path)?;
+        let cap = format::data_capacity(u.header.file_size);
+        let image = read_image(&*file, u.header.file_size, &u.path)?;
+        let mut st = self.segment_stat(u)?;
+        if let Some((offset, reason)) = &st.torn_tail {
+            if let Some(proof) = format::find_frame_proving_corruption(u.seed, &image, *offset, cap)
+            {
+                return Err(corruption(
+                    &u.path,
+                    u.id,
+                    *offset,
+                    format!(
+                        "{reason}; the frame at offset {proof} was appended after this offset was durable, so synced data is damaged"
+                    ),
+                ));
+            }
+        } else if let Some(i) = image[st.data_end as usize..cap as usize]
+            .iter()
+            .position(|&x| x != 0)
+        {
+            let off = st.data_end + i as u64;
+            st.torn_tail = Some((off, "non-zero bytes after the last frame".into()));
+        }
+        let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
+        if let Some(i) = image[footer_at..].iter().position(|&x| x != 0) {
+            return Err(corruption(
+                &u.path,
+                u.id,
+                (footer_at + i) as u64,
+                "an unsealed segment has bytes in its footer region",
+            ));
+        }
+        Ok(st)
+    }
+
+    /// A cursor over segment `u` from its first frame: sealed segments through a
+    /// mapping, an unsealed one through `pread`, reading frames until a zero header.
+    pub fn cursor(&self, u: &Used) -> AofResult<SegmentCursor> {
+        match u.footer {
+            Some(footer) => Ok(SegmentCursor::new(SegmentReader::sealed(
+                &self.fs,
+                u.path.clone(),
+                SealedSegment {
+                    header: u.header,
+                    seed: u.seed,
+                    footer,
+                },
+            )?)),
+            None => Ok(SegmentCursor::open_ended(SegmentReader::unsealed(
+                &self.fs,
+                u.path.clone(),
+                u.header,
+                u.seed,
+                format::data_capacity(u.header.file_size),
+            )?)),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The read-only command-line tools: `aof2 dump`, `verify`, `stat` and `tail`. They
+//! open a log directory without the writer's lock, so they can run beside a live
+//! writer in another process, and never change a file.
+
+use crate::aof2::config::RecordId;
+use crate::aof2::error::{AofError, AofResult};
+use aof2_shards::inspect::{LogDir, SegmentStat};
+use aof2_shards::reader::{SegmentCursor, SegmentRecord};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// Parses a record id written as `SEGMENT:OFFSET` (as the tools print it) or as the
+/// raw 64-bit value.
+pub fn parse_record_id(s: &str) -> Result<RecordId, String> {
+    let bad = || format!("{s:?} is not a record id (SEGMENT:OFFSET, e.g. 0:64, or a raw u64)");
+    match s.split_once(':') {
+        Some((seg, off)) => {
+            let seg: u32 = seg.trim().parse().map_err(|_| bad())?;
+            let off: u32 = off.trim().parse().map_err(|_| bad())?;
+            Ok(RecordId::from_parts(seg, off))
+        }
+        None => s
+            .trim()
+            .parse::<u64>()
+            .map(RecordId::from_u64)
+            .map_err(|_| bad()),
+    }
+}
+
+fn out_err(e: std::io::Error) -> AofError {
+    AofError::io("write", Path::new("<stdout>"), e)
+}
+
+/// Writes one record as `ID<TAB>TIMESTAMP_NS<TAB>LEN<TAB>PAYLOAD`, the payload with
+/// non-printable bytes escaped (or as a hex dump with `hex`).
+fn print_record(out: &mut impl Write, r: &SegmentRecord<'_>, hex: bool) -> std::io::Result<()> {
+    let p = r.payload();
+    write!(out, "{}\t{}\t{}\t", r.record_id(), r.timestamp(), p.len())?;
+    if hex {
+        for (i, b) in p.iter().enumerate() {
+            if i > 0 && i % 32 == 0 {
+                write!(out, "\n\t\t\t")?;
+            }
+            write!(out, "{b:02x}")?;
+        }
+        writeln!(out)
+    } else {
+        writeln!(out, "{}", p.escape_ascii())
+    }
+}
+
+/// `aof2 dump`: prints records in order, from `from` (inclusive) if given, at most
+/// `limit` of them. Returns how many were printed.
+pub fn dump(root: &Path, from: Option<RecordId>, limit: Option<u64>, hex: bool) -> AofResult<u64> {
+    let dir = LogDir::open(root)?;
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let mut printed = 0u64;
+    let limit = limit.unwrap_or(u64::MAX);
+    let start_seg = from.map_or(0, |r| r.segment_index() as u64);
+    if let Some(r) = from {
+        if !dir.segments().iter().any(|u| u.id == start_seg) {
+            return Err(AofError::RecordNotFound {
+                rid: r.to_string(),
+                reason: format!("{} has no segment {start_seg}", root.display()),
+            });
+        }
+    }
+    for u in dir.segments().iter().filter(|u| u.id >= start_seg) {
+        if printed >= limit {
+            break;
+        }
+        let mut c = dir.cursor(u)?;
+        if let Some(r) = from.filter(|r| r.segment_index() as u64 == u.id) {
+            c.seek(r)?;
+        }
+        while printed < limit {
+            let Some(r) = c.next()? else { break };
+            print_record(&mut out, &r, hex).map_err(out_err)?;
+            printed += 1;
+        }
+    }
+    out.flush().map_err(out_err)?;
+    Ok(printed)
+}
+
+/// `aof2 verify`: checks every segment; prints one line per segment and a summary.
+pub fn verify(root: &Path) -> AofResult<Vec<SegmentStat>> {
+    let dir = LogDir::open(root)?;
+    let stats = dir.verify()?;
+    for s in &stats {
+        let state = if s.sealed { "sealed" } else { "unsealed" };
+        print!(
+            "segment {:>6}  {state:<8}  {:>9} records  {:>12} bytes of frames",
+            s.id,
+            s.records,
+            s.data_end - aof2_shards::format::HEADER_LEN as u64
+        );
+        match &s.torn_tail {
+            Some((off, why)) => println!(
+                "  (ends in a torn or in-progress write at offset {off}: {why}; never acknowledged)"
+            ),
+            None => println!(),
+        }
+    }
+    let records: u64 = stats.iter().map(|s| s.records).sum();
+    println!(
+        "ok: {} segments, {records} records, every frame and footer checked in {}",
+        stats.len(),
+        root.display()
+    );
+    Ok(stats)
+}
+
+/// `aof2 stat`: one line per segment, then totals.
+pub fn stat(root: &Path) -> AofResult<Vec<SegmentStat>> {
+    let dir = LogDir::open(root)?;
+    let stats = dir.stat()?;
+    println!(
+        "{:>8}  {:<8}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
+        "segment", "state", "file bytes", "data bytes", "records", "first record", "created (ns)"
+    );
+    for s in &stats {
+        let state = match (s.sealed, &s.torn_tail) {
+            (true, _) => "sealed",
+            (false, None) => "active",
+            (false, Some(_)) => "torn",
+        };
+        println!(
+            "{:>8}  {state:<8}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
+            s.id, s.file_size, s.data_end, s.records, s.base_record_index, s.created_at_ns
+        );
+    }
+    let records: u64 = stats.iter().map(|s| s.records).sum();
+    let bytes: u64 = stats.iter().map(|s| s.file_size).sum();
+    println!(
+        "{} segments ({} sealed), {records} records, {bytes} bytes on disk, {} prepared file(s) in {}",
+        stats.len(),
+        stats.iter().filter(|s| s.sealed).count(),
+        dir.prepared_files(),
+        root.display()
+    );
+    Ok(stats)
+}
+
+/// Where `aof2 tail` reads.
+struct TailPos {
+    seg: u64,
+    cursor: SegmentCursor,
+    sealed: bool,
+}
+
+/// `aof2 tail`: prints the last `lines` records; with `follow`, keeps printing
+/// records as the writer (another process) adds them, checking every `interval`.
+/// Records are shown once written and checksummed, which can be before they are
+/// durable: after a writer crash, the last ones shown may not survive.
+pub fn tail(root: &Path, lines: u64, follow: bool, interval: Duration) -> AofResult<()> {
+    let dir = LogDir::open(root)?;
+    // Start `lines` records before the end.
+    let stats = dir.stat()?;
+    let total: u64 = stats.iter().map(|s| s.records).sum();
+    let mut skip = total.saturating_sub(lines);
+    let mut pos: Option<TailPos> = None;
+    for u in dir.segments() {
+        let n = stats.iter().find(|s| s.id == u.id).map_or(0, |s| s.records);
+        if skip >= n && u.footer.is_some() {
+            skip -= n;
+            continue;
+        }
+        pos = Some(TailPos {
+            seg: u.id,
+            cursor: dir.cursor(u)?,
+            sealed: u.footer.is_some(),
+        });
+        break;
+    }
+    let stdout = std::io::stdout();
+    loop {
+        let Some(p) = pos.as_mut() else {
+            // No segment yet: wait for the first.
+            if !follow {
+                return Ok(());
+            }
+            std::thread::sleep(interval);
+            let dir = LogDir::open(root)?;
+            if let Some(u) = dir.segments().first() {
+                pos = Some(TailPos {
+                    seg: u.id,
+                    cursor: dir.cursor(u)?,
+                    sealed: u.footer.is_some(),
+                });
+            }
+            continue;
+        };
+        let mut out = stdout.lock();
+        loop {
+            match p.cursor.next() {
+                Ok(Some(r)) => {
+                    if skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    print_record(&mut out, &r, false).map_err(out_err)?;
+                }
+                Ok(None) => break,
+                // The end of a segment being written: a write in progress, or torn.
+                Err(AofError::Corruption { .. }) if !p.sealed => break,
+                Err(e) => return Err(e),
+            }
+        }
+        out.flush().map_err(out_err)?;
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        // Caught up: see whether the segment was sealed and a later one started.
+        std::thread::sleep(interval);
+        let dir = match LogDir::open(root) {
+            Ok(d) => d,
+            // A file renamed or removed between listing and reading (a roll): next time.
+            Err(AofError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(cur) = dir.segments().iter().find(|u| u.id == p.seg) else {
+            continue;
+        };
+        if let Some(f) = cur.footer {
+            let at = p.cursor.position().segment_offset() as u64;
+            if at < f.data_end {
+                // Sealed since: read the rest of its frames through the seal.
+                let mut c = dir.cursor(cur)?;
+                c.seek(p.cursor.position())?;
+                p.cursor = c;
+                p.sealed = true;
+                continue;
+            }
+            if let Some(next) = dir.segments().iter().find(|u| u.id > p.seg) {
+                *p = TailPos {
+                    seg: next.id,
+                    cursor: dir.cursor(next)?,
+                    sealed: next.footer.is_some(),
+                };
+            }
+        }
+    }
+}

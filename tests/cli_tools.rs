@@ -1,0 +1,312 @@
+//! The read-only tools end to end: `aof2 dump`, `verify`, `stat`, `tail` run as the
+//! built binary against logs this test writes; `verify` against flipped bytes.
+
+mod common;
+
+use aof2_shards::inspect::LogDir;
+use bop_rs::aof2::error::AofError;
+use bop_rs::aof2::RecordId;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn aof2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aof2"))
+        .args(args)
+        .output()
+        .expect("aof2 runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Writes `n` text records (`record-<i>`), sealing once in the middle; the last
+/// segment is left unsealed (active) when the log closes.
+fn write_log(root: &Path, n: u64) -> Vec<RecordId> {
+    let m = manager();
+    let aof = open(&m, small_cfg(root));
+    let mut rids = Vec::new();
+    for i in 0..n {
+        let mut p = format!("record-{i}").into_bytes();
+        p.resize(600, b'.');
+        rids.push(aof.append_record(&p).unwrap());
+        if i == n / 2 {
+            aof.seal_active().unwrap();
+        }
+    }
+    aof.flush().unwrap();
+    rids
+}
+
+#[test]
+fn dump_stat_and_verify_read_a_healthy_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("log");
+    let rids = write_log(&root, 300);
+    let r = root.to_str().unwrap();
+
+    let out = aof2(&["dump", r]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 300);
+    for (i, (line, rid)) in lines.iter().zip(&rids).enumerate() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols[0], rid.to_string());
+        assert_eq!(cols[2], "600");
+        assert!(cols[3].starts_with(&format!("record-{i}.")), "{line}");
+    }
+
+    let from = rids[123].to_string();
+    let out = aof2(&["dump", r, "--from", &from, "--limit", "5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(got, lines[123..128]);
+    // The raw u64 form works too.
+    let raw = rids[200].as_u64().to_string();
+    let out = aof2(&["dump", r, "--from", &raw, "--limit", "1", "--hex"]);
+    assert!(out.status.success());
+    let hex: String = b"record-200".iter().map(|b| format!("{b:02x}")).collect();
+    assert!(text(&out.stdout).contains(&hex), "{}", text(&out.stdout));
+    let out = aof2(&["dump", r, "--from", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a record id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = aof2(&["dump", r, "--from", "0:65"]);
+    assert!(
+        !out.status.success(),
+        "an id that is not a frame is an error"
+    );
+
+    let out = aof2(&["stat", r]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("300 records"), "{s}");
+    assert!(s.contains("sealed") && s.contains("active"), "{s}");
+
+    let out = aof2(&["verify", r]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: "), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("300 records"));
+}
+
+#[test]
+fn tools_give_clear_errors_for_missing_or_foreign_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("notes.txt"), "hi").unwrap();
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("segments")).unwrap();
+    std::fs::write(foreign.join("segments/x.bin"), "hi").unwrap();
+    for cmd in ["dump", "verify", "stat", "tail"] {
+        for (dir, want) in [
+            (&missing, "does not exist"),
+            (&plain, "no segments/ directory"),
+            (&foreign, "x.bin"),
+        ] {
+            let out = aof2(&[cmd, dir.to_str().unwrap()]);
+            assert!(!out.status.success(), "{cmd} {}", dir.display());
+            let e = text(&out.stderr);
+            assert!(e.contains(want), "{cmd}: {e}");
+            assert!(e.contains(&dir.display().to_string()), "{cmd}: {e}");
+        }
+        let out = aof2(&[cmd, "--help"]);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("Usage"));
+    }
+}
+
+/// Flips one byte of `path` at `offset`.
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x01;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_anywhere_in_a_sealed_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("log");
+    write_log(&root, 80);
+    // Reopen once: recovery seals the last segment, so every segment is sealed.
+    drop(open(&manager(), small_cfg(&root)));
+    let dir = LogDir::open(&root).unwrap();
+    dir.verify().expect("healthy");
+    let seg = dir.segments()[0].clone();
+    let size = seg.header.file_size;
+    let data_end = seg.footer.unwrap().data_end;
+    // Every byte of the header, of the first frames and of the footer; a sample of
+    // the frames, the zeros after them and the rest of the footer block.
+    let mut offsets: Vec<u64> = (0..640).collect();
+    offsets.extend(size - 4096..size - 4096 + 80);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..600 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        offsets.push(x % size);
+    }
+    offsets.extend([data_end - 1, data_end, size - 1, size - 4096 - 1]);
+    for &off in &offsets {
+        flip(&seg.path, off);
+        let r = LogDir::open(&root).and_then(|d| d.verify());
+        flip(&seg.path, off);
+        let e = r.expect_err(&format!("flipped byte at {off} went unnoticed"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&seg.path.display().to_string()),
+            "offset {off}: {msg}"
+        );
+        if let AofError::Corruption {
+            offset, segment, ..
+        } = e
+        {
+            assert_eq!(segment, seg.id);
+            assert!(
+                offset <= off.max(data_end),
+                "offset {off}: reported {offset}"
+            );
+        }
+    }
+    // Through the binary: the first problem with segment, offset and path; exit 1.
+    let frame_byte = 64 + 40;
+    flip(&seg.path, frame_byte);
+    let out = aof2(&["verify", root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("segment 0 at offset 64"), "{e}");
+    assert!(e.contains(&seg.path.display().to_string()), "{e}");
+}
+
+#[test]
+fn verify_tells_a_torn_tail_from_damaged_synced_frames_in_an_unsealed_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("log");
+    let m = manager();
+    let mut rids = Vec::new();
+    {
+        let aof = open(&m, small_cfg(&root));
+        for i in 0..30 {
+            let rid = aof.append_record(&payload(5, i)).unwrap();
+            aof.flush_until(rid).unwrap(); // each record synced before the next
+            rids.push(rid);
+        }
+    } // closed, not sealed
+    let dir = LogDir::open(&root).unwrap();
+    let seg = dir.segments().last().unwrap().clone();
+    assert!(seg.footer.is_none());
+    let st = dir.verify().unwrap();
+    assert!(st.last().unwrap().torn_tail.is_none());
+    // Damage to the last frame looks like a torn write: reported, not an error.
+    let last = rids.last().unwrap().segment_offset() as u64;
+    flip(&seg.path, last + 40);
+    let st = LogDir::open(&root).unwrap().verify().unwrap();
+    assert_eq!(st.last().unwrap().torn_tail.as_ref().unwrap().0, last);
+    flip(&seg.path, last + 40);
+    // Damage to a frame that later frames prove was synced is corruption.
+    let victim = rids[10].segment_offset() as u64;
+    flip(&seg.path, victim + 40);
+    let e = LogDir::open(&root).unwrap().verify().unwrap_err();
+    assert!(
+        matches!(e, AofError::Corruption { offset, .. } if offset == victim),
+        "{e}"
+    );
+    let out = aof2(&["verify", root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn tail_follows_a_live_writer_without_its_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("log");
+    let m = manager();
+    let aof = open(&m, small_cfg(&root));
+    for i in 0..5 {
+        aof.append_record(format!("early-{i}").as_bytes()).unwrap();
+    }
+    aof.flush().unwrap();
+    // `tail -n 2` without -f prints the last two and exits.
+    let out = aof2(&["tail", "-n", "2", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(s.lines().count(), 2, "{s}");
+    assert!(s.contains("early-3") && s.contains("early-4"), "{s}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aof2"))
+        .args(["tail", "-f", "-n", "1", "--interval-ms", "10"])
+        .arg(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // It starts at the last record; wait for that before appending more.
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("tail -f prints the last record");
+    assert!(first.contains("early-4"), "{first}");
+    let mut seen = vec![first];
+    // Appends across several rolls and seals, some flushed at once, some by the timer.
+    let n = 400;
+    for i in 0..n {
+        let mut p = format!("live-{i}-").into_bytes();
+        p.resize(300 + (i % 7) * 100, b'x');
+        let rid = aof.append_record(&p).unwrap();
+        if i % 50 == 0 {
+            aof.flush_until(rid).unwrap();
+        }
+        if i % 150 == 149 {
+            aof.seal_active().unwrap();
+        }
+    }
+    aof.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < n + 1 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(l);
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.is_empty(), "tail -f wrote to stderr: {err} ({status})");
+    assert_eq!(
+        seen.len(),
+        n + 1,
+        "saw {} lines: {:?}",
+        seen.len(),
+        seen.last()
+    );
+    assert!(seen[0].contains("early-4"), "{}", seen[0]);
+    for (i, l) in seen[1..].iter().enumerate() {
+        assert!(l.contains(&format!("\tlive-{i}-")), "line {i}: {l}");
+    }
+    // The writer still holds its lock throughout: tail never took it.
+    assert!(matches!(
+        bop_rs::aof2::Aof::new(m.handle(), small_cfg(&root)),
+        Err(AofError::Locked { .. })
+    ));
+}
