@@ -25,7 +25,7 @@ pub struct BenchOptions {
     pub json: bool,
     /// Run on tmpfs anyway (figures are then not durable-disk figures).
     pub allow_tmpfs: bool,
-    /// Workloads to run (W1..W4); empty means all.
+    /// Workloads to run (W1..W4, R1..R3); empty means all.
     pub only: Vec<String>,
 }
 
@@ -453,6 +453,314 @@ fn w4(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     }])
 }
 
+/// Drops `path`'s clean pages from the page cache, so the next read comes from disk.
+fn drop_cache(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: plain syscall on an open fd.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Reads `[0, len)` of each file with 1 MiB `read`s; returns the bytes read.
+fn raw_read(files: &[(PathBuf, u64)], buf: &mut [u8]) -> BenchResult<u64> {
+    let mut total = 0;
+    for (path, len) in files {
+        let f = File::open(path)?;
+        let mut off = 0;
+        while off < *len {
+            let n = ((*len - off) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], off)?;
+            std::hint::black_box(&buf[..n]);
+            off += n as u64;
+        }
+        total += off;
+    }
+    Ok(total)
+}
+
+/// The log the read benchmarks share: `bytes` of 4 KiB records, closed with its last
+/// segment unsealed (as after a crash), in default-sized segments.
+fn build_read_log(ctx: &Ctx, bytes: u64) -> BenchResult<PathBuf> {
+    let aof = ctx.open()?;
+    let root = aof.root_dir().to_path_buf();
+    let payload = vec![0x3cu8; 4096];
+    let mut written = 0;
+    while written < bytes {
+        let mut last = None;
+        for _ in 0..256 {
+            last = Some(aof.append_record(&payload)?);
+        }
+        aof.flush_until(last.expect("256 appends"))?;
+        written += 256 * 4096;
+    }
+    Ok(root)
+}
+
+/// Every used segment of the log at `root` with the length of its frames.
+fn segment_extents(root: &Path) -> BenchResult<Vec<(PathBuf, u64)>> {
+    let dir = aof2_shards::inspect::LogDir::open(root)?;
+    Ok(dir
+        .stat()?
+        .into_iter()
+        .map(|s| (s.path, s.data_end))
+        .collect())
+}
+
+/// R1 (cursor reads, warm cache), R3 (recovery and verify, cold cache).
+fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    use crate::aof2::config::SegmentId;
+    use crate::aof2::reader::SegmentCursor;
+    let bytes: u64 = if ctx.quick { 64 << 20 } else { 1 << 30 };
+    let root = build_read_log(ctx, bytes)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let files = segment_extents(&root)?;
+    let log_bytes: u64 = files.iter().map(|f| f.1).sum();
+    let mut cfg = AofConfig::default();
+    cfg.root_dir = root.clone();
+
+    // R3: open (recovery: headers and footers of sealed segments, a full scan of the
+    // unsealed last one, which it then seals) with a cold cache, against a cold raw read
+    // of the whole log. Once only: the open seals the segment it scans.
+    for (p, _) in &files {
+        drop_cache(p)?;
+    }
+    let start = Instant::now();
+    let aof = Aof::new(ctx.manager.handle(), cfg.clone())?;
+    let t_open = start.elapsed();
+    drop(aof);
+    for (p, _) in &files {
+        drop_cache(p)?;
+    }
+    let start = Instant::now();
+    let n = raw_read(&files, &mut buf)?;
+    let t_raw_cold = start.elapsed();
+    debug_assert_eq!(n, log_bytes);
+
+    // R3b: `aof2 verify`'s full check of every byte, cold, against the same raw read.
+    let files = segment_extents(&root)?;
+    let (mut t_verify, mut t_raw, mut n_raw) = (Duration::ZERO, Duration::ZERO, 0u64);
+    alternate(
+        ctx.rounds().min(2),
+        || {
+            for (p, _) in &files {
+                drop_cache(p)?;
+            }
+            let start = Instant::now();
+            aof2_shards::inspect::LogDir::open(&root)?.verify()?;
+            t_verify += start.elapsed();
+            Ok(())
+        },
+        || {
+            for (p, _) in &files {
+                drop_cache(p)?;
+            }
+            let start = Instant::now();
+            n_raw += raw_read(&files, &mut buf)?;
+            t_raw += start.elapsed();
+            Ok(())
+        },
+    )?;
+    let verify_rounds = ctx.rounds().min(2) as f64;
+
+    // R1: every record of every sealed segment through a cursor (checksums and chain
+    // checked, payloads borrowed from the mapping), page cache warm, against `read`s
+    // of the same frames.
+    let aof = Aof::new(ctx.manager.handle(), cfg)?;
+    let segments: Vec<u64> = aof
+        .catalog_snapshot()
+        .iter()
+        .filter(|s| s.sealed)
+        .map(|s| s.segment_id)
+        .collect();
+    raw_read(&files, &mut buf)?; // warm the cache
+    let (mut b_ours, mut t_ours, mut b_base, mut t_base) =
+        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    alternate(
+        ctx.rounds(),
+        || {
+            let start = Instant::now();
+            for &id in &segments {
+                let mut c = SegmentCursor::new(aof.open_reader(SegmentId::new(id))?);
+                while let Some(r) = c.next()? {
+                    b_ours += (r.payload().len() + aof2_shards::format::FRAME_HEADER_LEN) as u64;
+                    std::hint::black_box(r.payload());
+                }
+            }
+            t_ours += start.elapsed();
+            Ok(())
+        },
+        || {
+            let start = Instant::now();
+            b_base += raw_read(&files, &mut buf)?;
+            t_base += start.elapsed();
+            Ok(())
+        },
+    )?;
+    let gb = |b: u64, t: Duration| b as f64 / t.as_secs_f64() / 1e9;
+    Ok(vec![
+        Row {
+            workload: "R1 sealed-segment cursor reads (4 KiB)",
+            metric: "GB/s (warm cache)",
+            unit: "GB/s",
+            ours: gb(b_ours, t_ours),
+            baseline: gb(b_base, t_base),
+            higher_is_better: true,
+            baseline_desc: "1 MiB pread of the same frames, warm cache",
+        },
+        Row {
+            workload: if ctx.quick {
+                "R3 recovery: open a 64 MiB log (cold)"
+            } else {
+                "R3 recovery: open a 1 GiB log (cold)"
+            },
+            metric: "time",
+            unit: "ms",
+            ours: t_open.as_secs_f64() * 1e3,
+            baseline: t_raw_cold.as_secs_f64() * 1e3,
+            higher_is_better: false,
+            baseline_desc: "1 MiB pread of the whole log, cold cache",
+        },
+        Row {
+            workload: "R3 aof2 verify (every byte checked)",
+            metric: "GB/s (cold)",
+            unit: "GB/s",
+            ours: log_bytes as f64 * verify_rounds / t_verify.as_secs_f64() / 1e9,
+            baseline: gb(n_raw, t_raw),
+            higher_is_better: true,
+            baseline_desc: "1 MiB pread of every segment's frames, cold cache",
+        },
+    ])
+}
+
+/// R2: from the call to `append_record` until a follower blocked in
+/// `TailFollower::next_blocking` sees the record durable (the writer calls
+/// `flush_until`).
+fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    use std::sync::{Condvar, Mutex};
+    let n = if ctx.quick { 300 } else { 3000 };
+    let aof = Arc::new(ctx.open()?);
+    let payload = vec![0x11u8; 4096];
+    let f = ctx.baseline_file("r2-baseline", 64 << 20)?;
+    let block = AlignedBlock::new(4096);
+    let (mut ours, mut base) = (hist(), hist());
+    let per_round = n / ctx.rounds();
+    // The follower: reports each durable position it wakes to, with the time.
+    let seen = Arc::new((Mutex::new((0u64, Instant::now())), Condvar::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let mut f = aof.tail_follower();
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            while let Some(st) = f.next_blocking() {
+                let now = Instant::now();
+                let (m, cv) = &*seen;
+                *m.lock().unwrap_or_else(|p| p.into_inner()) = (st.durable.as_u64(), now);
+                cv.notify_all();
+                if st.ended {
+                    break;
+                }
+            }
+        })
+    };
+    let wait_seen = |target: u64| -> Instant {
+        let (m, cv) = &*seen;
+        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        while g.0 < target {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.1
+    };
+    // The baseline: pwrite + fdatasync, then a condvar hand-off to a waiting thread.
+    let handoff = Arc::new((Mutex::new((0u64, Instant::now())), Condvar::new()));
+    let waiter = {
+        let handoff = handoff.clone();
+        let seen = seen.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            loop {
+                let (m, cv) = &*handoff;
+                let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+                while g.0 == last && !stop.load(Ordering::Acquire) {
+                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                last = g.0;
+                drop(g);
+                let now = Instant::now();
+                let (m2, cv2) = &*seen;
+                let mut s = m2.lock().unwrap_or_else(|p| p.into_inner());
+                // Baseline sequence numbers live above every record id.
+                s.0 = s.0.max(u64::MAX / 2 + last);
+                s.1 = now;
+                cv2.notify_all();
+            }
+        })
+    };
+    let mut k = 0u64;
+    alternate(
+        ctx.rounds(),
+        || {
+            for _ in 0..per_round {
+                let t0 = Instant::now();
+                let rid = aof.append_record(&payload)?;
+                aof.flush_until(rid)?;
+                let t1 = wait_seen(rid.as_u64() + 1);
+                ours.record(t1.duration_since(t0).as_nanos().max(1) as u64)?;
+            }
+            Ok(())
+        },
+        || {
+            for _ in 0..per_round {
+                k += 1;
+                let t0 = Instant::now();
+                f.file.write_all_at(block.bytes(), (k * 4096) % f.size)?;
+                fdatasync(&f.file)?;
+                {
+                    let (m, cv) = &*handoff;
+                    m.lock().unwrap_or_else(|p| p.into_inner()).0 = k;
+                    cv.notify_all();
+                }
+                let t1 = wait_seen(u64::MAX / 2 + k);
+                base.record(t1.duration_since(t0).as_nanos().max(1) as u64)?;
+            }
+            Ok(())
+        },
+    )?;
+    stop.store(true, Ordering::Release);
+    handoff.1.notify_all();
+    waiter.join().map_err(|_| "baseline waiter panicked")?;
+    aof.close();
+    follower.join().map_err(|_| "follower panicked")?;
+    let desc = "4 KiB pwrite + fdatasync, then a condvar hand-off to a waiting thread";
+    let w = "R2 append -> follower wake-up (4 KiB + flush)";
+    Ok(vec![
+        Row {
+            workload: w,
+            metric: "p50",
+            unit: "us",
+            ours: percentile_us(&ours, 0.5),
+            baseline: percentile_us(&base, 0.5),
+            higher_is_better: false,
+            baseline_desc: desc,
+        },
+        Row {
+            workload: w,
+            metric: "p99",
+            unit: "us",
+            ours: percentile_us(&ours, 0.99),
+            baseline: percentile_us(&base, 0.99),
+            higher_is_better: false,
+            baseline_desc: desc,
+        },
+    ])
+}
+
 fn fmt_value(v: f64, unit: &str) -> String {
     match unit {
         "rec/s" if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
@@ -460,6 +768,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
         "rec/s" => format!("{v:.0} /s"),
         "us" => format!("{v:.0} us"),
         "GB/s" => format!("{v:.2} GB/s"),
+        "ms" => format!("{v:.1} ms"),
         _ => format!("{v:.2}"),
     }
 }
@@ -508,7 +817,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
             );
         }
         println!(
-            "threads: W1/W2/W4 one writer, W3 64 writers; each baseline runs in this process on the same \
+            "threads: W1/W2/W4/R2 one writer (R2 plus one follower), W3 64 writers, R1/R3 one reader; each baseline runs in this process on the same \
              directory, alternating with aof2 in {} slices\n",
             ctx.rounds() * 2
         );
@@ -517,15 +826,22 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&str, Workload); 4] = [("W1", w1), ("W2", w2), ("W3", w3), ("W4", w4)];
+    let workloads: [(&[&str], Workload); 6] = [
+        (&["W1"], w1),
+        (&["W2"], w2),
+        (&["W3"], w3),
+        (&["W4"], w4),
+        (&["R2"], r2),
+        (&["R1", "R3"], reads),
+    ];
     if !opts.json {
         println!(
             "{:<46} {:<18} {:>14} {:>14} {:>8}   baseline",
             "workload", "metric", "aof2", "baseline", "ratio"
         );
     }
-    for (name, f) in workloads {
-        if !wanted(name) {
+    for (names, f) in workloads {
+        if !names.iter().any(|n| wanted(n)) {
             continue;
         }
         for r in f(&ctx)? {

@@ -211,9 +211,22 @@ impl LogDir {
 
     fn verify_sealed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
         let file = self.open_file(&u.path)?;
-        let image = read_image(&*file, u.header.file_size, &u.path)?;
+        // Sealed: immutable, so mapped (no copy) rather than read.
+        let image = file.map().map_err(io_err("map", &u.path))?;
+        if (image.len() as u64) < u.header.file_size {
+            return Err(corruption(
+                &u.path,
+                u.id,
+                image.len() as u64,
+                format!(
+                    "file is shorter than the {} bytes its header states",
+                    u.header.file_size
+                ),
+            ));
+        }
+        let image = &image[..u.header.file_size as usize];
         let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
-        let mut it = format::frames(u.seed, &image, f.data_end);
+        let mut it = format::frames(u.seed, image, f.data_end);
         let (mut count, mut last_record) = (0u64, NO_RECORD);
         for fr in it.by_ref() {
             let fr = fr.map_err(|(off, why)| bad(off, why))?;

@@ -2,7 +2,7 @@
 //! Blocking methods park the caller; `*_async` methods return futures any executor can
 //! poll (the engine has no runtime of its own).
 
-use crate::backend::{Fs, FsLock};
+use crate::backend::{Fs, FsLock, Mapping};
 use crate::clock::Clock;
 use crate::config::{AofConfig, Compression, RecordId, SegmentId};
 use crate::driver::Driver;
@@ -29,7 +29,15 @@ pub struct LogShared {
     pub signal: Arc<DurableSignal>,
     queued: AtomicBool,
     shard: Arc<ShardCtl>,
+    /// Mappings of sealed segments, shared by every reader of them, so reading a
+    /// segment again faults nothing in. Sealed files never change; when retention
+    /// deletes files, it must drop their entry here first.
+    maps: Mutex<std::collections::HashMap<u64, Arc<Mapping>>>,
 }
+
+/// Sealed-segment mappings kept per log (virtual address space only; the page cache
+/// stays the kernel's to reclaim).
+const MAX_CACHED_MAPS: usize = 1024;
 
 impl LogShared {
     /// Locks the core (a poisoned mutex is taken over: the core stays consistent).
@@ -91,7 +99,27 @@ impl LogView {
         match located {
             Located::Sealed(s) => {
                 let id = s.header.segment_id;
-                SegmentReader::sealed(&*self.fs, self.paths.segment(id), s)
+                let path = self.paths.segment(id);
+                let cached = self
+                    .shared
+                    .maps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .cloned();
+                let map = match cached {
+                    Some(m) => m,
+                    None => {
+                        let m = Arc::new(SegmentReader::map_sealed(&*self.fs, &path, &s)?);
+                        let mut maps = self.shared.maps.lock().unwrap_or_else(|p| p.into_inner());
+                        if maps.len() >= MAX_CACHED_MAPS {
+                            maps.clear();
+                        }
+                        maps.insert(id, m.clone());
+                        m
+                    }
+                };
+                Ok(SegmentReader::sealed_mapped(path, s, map))
             }
             Located::Unsealed {
                 header,
@@ -176,6 +204,7 @@ impl LogHandle {
             signal: Arc::new(DurableSignal::new(durable)),
             queued: AtomicBool::new(true),
             shard: shard.clone(),
+            maps: Mutex::new(std::collections::HashMap::new()),
         });
         shard.add(Registration {
             shared: shared.clone(),

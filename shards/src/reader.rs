@@ -28,7 +28,7 @@ pub fn readers_opened() -> u64 {
 }
 
 enum Source {
-    Mapped(Mapping),
+    Mapped(Arc<Mapping>),
     Pread(Arc<dyn FsFile>),
 }
 
@@ -69,14 +69,15 @@ impl SegmentRecord<'_> {
 }
 
 impl SegmentReader {
-    pub(crate) fn sealed(fs: &dyn Fs, path: PathBuf, s: SealedSegment) -> AofResult<SegmentReader> {
+    /// Maps a sealed segment, checking the file is as long as its header says.
+    pub(crate) fn map_sealed(fs: &dyn Fs, path: &Path, s: &SealedSegment) -> AofResult<Mapping> {
         let file = fs
-            .open(&path, OpenMode::Read)
-            .map_err(|e| AofError::io("open", &path, e))?;
-        let map = file.map().map_err(|e| AofError::io("map", &path, e))?;
+            .open(path, OpenMode::Read)
+            .map_err(|e| AofError::io("open", path, e))?;
+        let map = file.map().map_err(|e| AofError::io("map", path, e))?;
         if (map.len() as u64) < s.header.file_size {
             return Err(AofError::Corruption {
-                path,
+                path: path.to_path_buf(),
                 segment: s.header.segment_id,
                 offset: map.len() as u64,
                 reason: format!(
@@ -85,8 +86,22 @@ impl SegmentReader {
                 ),
             });
         }
+        Ok(map)
+    }
+
+    pub(crate) fn sealed(fs: &dyn Fs, path: PathBuf, s: SealedSegment) -> AofResult<SegmentReader> {
+        let map = Self::map_sealed(fs, &path, &s)?;
+        Ok(Self::sealed_mapped(path, s, Arc::new(map)))
+    }
+
+    /// A reader over a sealed segment already mapped (the mapping may be shared).
+    pub(crate) fn sealed_mapped(
+        path: PathBuf,
+        s: SealedSegment,
+        map: Arc<Mapping>,
+    ) -> SegmentReader {
         READERS_OPENED.fetch_add(1, Ordering::Relaxed);
-        Ok(SegmentReader {
+        SegmentReader {
             path,
             header: s.header,
             seed: s.seed,
@@ -94,7 +109,7 @@ impl SegmentReader {
             record_count: Some(s.footer.record_count),
             sealed: true,
             source: Source::Mapped(map),
-        })
+        }
     }
 
     pub(crate) fn unsealed(
