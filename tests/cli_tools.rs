@@ -123,20 +123,6 @@ fn tools_give_clear_errors_for_missing_or_foreign_directories() {
     }
 }
 
-/// Flips one byte of `path` at `offset`.
-fn flip(path: &Path, offset: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, offset).unwrap();
-}
-
 #[test]
 fn verify_finds_a_flipped_byte_anywhere_in_a_sealed_segment() {
     let tmp = tempfile::tempdir().unwrap();

@@ -412,20 +412,6 @@ fn a_follower_that_never_reads_does_not_slow_the_writer() {
     );
 }
 
-/// Flips one byte of `path` at `offset`.
-fn flip(path: &std::path::Path, offset: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b[0] ^= 0x20;
-    f.write_all_at(&b, offset).unwrap();
-}
-
 #[test]
 fn a_corrupt_frame_is_an_error_naming_segment_offset_and_path() {
     let tmp = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use crate::format::{
 use crate::layout::LogPaths;
 use crate::log::SealedSegment;
 use crate::reader::{SegmentCursor, SegmentReader};
-use crate::recovery::{self, Survey, Used};
+use crate::recovery::{self, corruption, io_err, Survey, Used};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,19 +49,6 @@ pub struct LogDir {
     paths: LogPaths,
     fs: SyncFs,
     survey: Survey,
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AofError + 'a {
-    move |e| AofError::io(op, path, e)
-}
-
-fn corruption(path: &Path, segment: u64, offset: u64, reason: impl Into<String>) -> AofError {
-    AofError::Corruption {
-        path: path.to_path_buf(),
-        segment,
-        offset,
-        reason: reason.into(),
-    }
 }
 
 fn not_a_log(root: &Path, reason: &str) -> AofError {

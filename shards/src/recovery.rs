@@ -43,11 +43,19 @@ pub struct Opened {
     pub lock: Box<dyn FsLock>,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AofError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> AofError + 'a {
     move |e| AofError::io(op, path, e)
 }
 
-fn corruption(path: &Path, segment: u64, offset: u64, reason: impl Into<String>) -> AofError {
+pub(crate) fn corruption(
+    path: &Path,
+    segment: u64,
+    offset: u64,
+    reason: impl Into<String>,
+) -> AofError {
     AofError::Corruption {
         path: path.to_path_buf(),
         segment,
