@@ -36,8 +36,9 @@ pub struct LogShared {
 }
 
 /// Sealed-segment mappings kept per log (virtual address space only; the page cache
-/// stays the kernel's to reclaim).
-const MAX_CACHED_MAPS: usize = 1024;
+/// stays the kernel's to reclaim). Small, because each is a VMA and a process has at
+/// most `vm.max_map_count` (65530 by default) across all of its logs.
+const MAX_CACHED_MAPS: usize = 64;
 
 impl LogShared {
     /// Locks the core (a poisoned mutex is taken over: the core stays consistent).
@@ -113,7 +114,10 @@ impl LogView {
                         let m = Arc::new(SegmentReader::map_sealed(&*self.fs, &path, &s)?);
                         let mut maps = self.shared.maps.lock().unwrap_or_else(|p| p.into_inner());
                         if maps.len() >= MAX_CACHED_MAPS {
-                            maps.clear();
+                            // Drop one (readers holding it keep it alive).
+                            if let Some(&k) = maps.keys().next() {
+                                maps.remove(&k);
+                            }
                         }
                         maps.insert(id, m.clone());
                         m
