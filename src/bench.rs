@@ -85,6 +85,25 @@ fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// A latency row: quantile `q` of ours and of the baseline, in microseconds.
+fn latency_row(
+    workload: &'static str,
+    metric: &'static str,
+    q: f64,
+    (ours, base): (&Histogram<u64>, &Histogram<u64>),
+    baseline_desc: &'static str,
+) -> Row {
+    Row {
+        workload,
+        metric,
+        unit: "us",
+        ours: percentile_us(ours, q),
+        baseline: percentile_us(base, q),
+        higher_is_better: false,
+        baseline_desc,
+    }
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
@@ -300,14 +319,14 @@ fn w2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             Ok(())
         },
     )?;
-    let row = |metric, q| Row {
-        workload: "W2 durable latency (4 KiB + flush_until)",
-        metric,
-        unit: "us",
-        ours: percentile_us(&ours, q),
-        baseline: percentile_us(&base, q),
-        higher_is_better: false,
-        baseline_desc: "pwrite 4 KiB + fdatasync, pre-written file",
+    let row = |metric, q| {
+        latency_row(
+            "W2 durable latency (4 KiB + flush_until)",
+            metric,
+            q,
+            (&ours, &base),
+            "pwrite 4 KiB + fdatasync, pre-written file",
+        )
     };
     Ok(vec![row("p50", 0.5), row("p99", 0.99), row("p99.9", 0.999)])
 }
@@ -386,15 +405,7 @@ fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             higher_is_better: true,
             baseline_desc: desc,
         },
-        Row {
-            workload: w,
-            metric: "p99",
-            unit: "us",
-            ours: percentile_us(&ours, 0.99),
-            baseline: percentile_us(&base, 0.99),
-            higher_is_better: false,
-            baseline_desc: desc,
-        },
+        latency_row(w, "p99", 0.99, (&ours, &base), desc),
     ])
 }
 
@@ -740,24 +751,8 @@ fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let desc = "4 KiB pwrite + fdatasync, then a condvar hand-off to a waiting thread";
     let w = "R2 append -> follower wake-up (4 KiB + flush)";
     Ok(vec![
-        Row {
-            workload: w,
-            metric: "p50",
-            unit: "us",
-            ours: percentile_us(&ours, 0.5),
-            baseline: percentile_us(&base, 0.5),
-            higher_is_better: false,
-            baseline_desc: desc,
-        },
-        Row {
-            workload: w,
-            metric: "p99",
-            unit: "us",
-            ours: percentile_us(&ours, 0.99),
-            baseline: percentile_us(&base, 0.99),
-            higher_is_better: false,
-            baseline_desc: desc,
-        },
+        latency_row(w, "p50", 0.5, (&ours, &base), desc),
+        latency_row(w, "p99", 0.99, (&ours, &base), desc),
     ])
 }
 

@@ -122,6 +122,12 @@ impl LogDir {
     }
 
     fn segment_stat(&self, u: &Used) -> AofResult<SegmentStat> {
+        self.stat_with(u, None)
+    }
+
+    /// As `segment_stat`, scanning `image` (the file from offset 0) if an unsealed
+    /// segment's file was read already.
+    fn stat_with(&self, u: &Used, image: Option<&[u8]>) -> AofResult<SegmentStat> {
         let mut st = SegmentStat {
             id: u.id,
             path: u.path.clone(),
@@ -140,10 +146,16 @@ impl LogDir {
                 st.records = f.record_count;
             }
             None => {
-                let file = self.open_file(&u.path)?;
                 let cap = format::data_capacity(u.header.file_size);
-                let image = read_image(&*file, cap, &u.path)?;
-                let scan = format::scan_frames(u.seed, &image, cap);
+                let read;
+                let image = match image {
+                    Some(i) => i,
+                    None => {
+                        read = read_image(&*self.open_file(&u.path)?, cap, &u.path)?;
+                        &read[..]
+                    }
+                };
+                let scan = format::scan_frames(u.seed, image, cap);
                 st.data_end = scan.data_end;
                 st.records = scan.record_count;
                 if let ScanStop::Invalid { offset, reason } = scan.stop {
@@ -162,16 +174,7 @@ impl LogDir {
     /// unless a later frame proves the damaged bytes had been synced.
     pub fn verify(&self) -> AofResult<Vec<SegmentStat>> {
         let used = &self.survey.used;
-        for u in used.iter().rev().skip(1) {
-            if u.footer.is_none() {
-                return Err(corruption(
-                    &u.path,
-                    u.id,
-                    u.header.file_size - FOOTER_REGION,
-                    "segment is not sealed but a later segment exists",
-                ));
-            }
-        }
+        recovery::check_only_last_unsealed(used)?;
         let mut out = Vec::with_capacity(used.len());
         let mut records = used.first().map_or(0, |u| u.header.base_record_index);
         for u in used {
@@ -272,7 +275,7 @@ impl LogDir {
         let file = self.open_file(&u.path)?;
         let cap = format::data_capacity(u.header.file_size);
         let image = read_image(&*file, u.header.file_size, &u.path)?;
-        let mut st = self.segment_stat(u)?;
+        let mut st = self.stat_with(u, Some(&image))?;
         if let Some((offset, reason)) = &st.torn_tail {
             if let Some(proof) = format::find_frame_proving_corruption(u.seed, &image, *offset, cap)
             {

@@ -246,17 +246,9 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
     })
 }
 
-fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered> {
-    let dir = &paths.segments;
-    let Survey {
-        mut used,
-        blank,
-        readies,
-        temps,
-    } = survey(fs, dir)?;
-
-    // Only the last used segment may be unsealed: nothing of a segment is written
-    // before the previous one's footer is durable.
+/// Only the last used segment may be unsealed: nothing of a segment is written before
+/// the previous one's footer is durable.
+pub fn check_only_last_unsealed(used: &[Used]) -> AofResult<()> {
     for u in used.iter().rev().skip(1) {
         if u.footer.is_none() {
             return Err(corruption(
@@ -267,6 +259,19 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             ));
         }
     }
+    Ok(())
+}
+
+fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered> {
+    let dir = &paths.segments;
+    let Survey {
+        mut used,
+        blank,
+        readies,
+        temps,
+    } = survey(fs, dir)?;
+
+    check_only_last_unsealed(&used)?;
 
     let mut last_ts = 0u64;
     let mut dir_changed = false;
