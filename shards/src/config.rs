@@ -255,6 +255,8 @@ pub struct AofManagerConfig {
     /// Pin each shard thread to one CPU of the affinity set (default true). A pin that
     /// fails is logged as a warning and the thread runs unpinned.
     pub pin_shards: bool,
+    /// The I/O backend of the shard threads (default [`IoBackend::Auto`]).
+    pub backend: IoBackend,
 }
 
 impl Default for AofManagerConfig {
@@ -262,6 +264,53 @@ impl Default for AofManagerConfig {
         AofManagerConfig {
             shards: 0,
             pin_shards: true,
+            backend: IoBackend::Auto,
+        }
+    }
+}
+
+/// Which I/O backend the shard threads use.
+///
+/// With `Auto`, the environment variable `AOF2_BACKEND` (`auto`, `uring` or `sync`)
+/// decides, so a deployment (or CI) can force one without a code change; an explicit
+/// `Uring` or `Sync` in the configuration wins over the variable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it; where `io_uring_setup` fails (a seccomp
+    /// profile, `kernel.io_uring_disabled`, an old kernel), the portable backend, with
+    /// a logged warning and the `aof_io_uring_fallback` metric set.
+    #[default]
+    Auto,
+    /// io_uring, or a clear error from `AofManager::with_config` (strict).
+    Uring,
+    /// The portable backend: `pwritev` and `fdatasync` on the shard threads.
+    Sync,
+}
+
+impl IoBackend {
+    /// Parses `auto`, `uring` or `sync` (the values of `AOF2_BACKEND`).
+    pub fn parse(s: &str) -> Option<IoBackend> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(IoBackend::Auto),
+            "uring" | "io_uring" => Some(IoBackend::Uring),
+            "sync" => Some(IoBackend::Sync),
+            _ => None,
+        }
+    }
+
+    /// The backend to start: `self`, or for `Auto` the `AOF2_BACKEND` variable if set.
+    pub fn resolve(self) -> Result<IoBackend, AofError> {
+        if self != IoBackend::Auto {
+            return Ok(self);
+        }
+        match std::env::var("AOF2_BACKEND") {
+            Ok(v) if !v.is_empty() => IoBackend::parse(&v).ok_or_else(|| {
+                AofError::InvalidConfig(format!(
+                    "AOF2_BACKEND={v:?}: expected auto, uring or sync"
+                ))
+            }),
+            _ => Ok(IoBackend::Auto),
         }
     }
 }

@@ -40,13 +40,15 @@ impl Driver {
         }
     }
 
-    fn file(&self, seg: u64) -> io::Result<&Arc<dyn FsFile>> {
+    /// The open handle of segment `seg`.
+    pub fn file(&self, seg: u64) -> io::Result<&Arc<dyn FsFile>> {
         self.files
             .get(&seg)
             .ok_or_else(|| io::Error::other(format!("no open file for segment {seg}")))
     }
 
-    fn run(&mut self, kind: &OpKind) -> io::Result<()> {
+    /// Runs one operation with blocking calls.
+    pub fn run(&mut self, kind: &OpKind) -> io::Result<()> {
         log::trace!("aof2: {kind:?}");
         match kind {
             OpKind::Create { seg, path } => {

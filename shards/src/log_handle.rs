@@ -442,6 +442,7 @@ impl LogHandle {
         let m = self.shared.lock_core().metrics();
         FlushMetricsSnapshot {
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
+            io_uring_fallback: u64::from(self.shared.shard.uring_fallback.load(Ordering::Relaxed)),
             ..m
         }
     }

@@ -3,9 +3,9 @@
 use crate::backend::sync::SyncFs;
 use crate::backend::Fs;
 use crate::clock::Clock;
-use crate::config::AofManagerConfig;
+use crate::config::{AofManagerConfig, IoBackend};
 use crate::error::{AofError, AofResult};
-use crate::shard::{Shard, ShardCtl};
+use crate::shard::{Running, Shard, ShardCtl};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,7 @@ pub struct ShardSet {
     ctls: Vec<Arc<ShardCtl>>,
     fs: Arc<dyn Fs>,
     cpus: Vec<Option<usize>>,
+    running: Vec<Running>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -42,23 +43,56 @@ impl ShardSet {
         } else {
             cfg.shards
         };
+        let backend = cfg.backend.resolve()?;
         let mut shards = Vec::with_capacity(n);
         let mut pinned = Vec::with_capacity(n);
         for i in 0..n {
             let cpu = cfg.pin_shards.then(|| cpus[i % cpus.len()]);
-            let s = Shard::start(i, cpu, Clock::System)
-                .map_err(|e| AofError::Startup(format!("cannot start shard thread {i}: {e}")))?;
+            let s = Shard::start(i, cpu, Clock::System, backend).map_err(|e| {
+                if backend == IoBackend::Uring {
+                    AofError::Startup(format!(
+                        "io_uring is unavailable for shard thread {i} (io_uring_setup: {e}); \
+                         backend = Uring is strict: use Auto to fall back to the portable backend"
+                    ))
+                } else {
+                    AofError::Startup(format!("cannot start shard thread {i}: {e}"))
+                }
+            })?;
             shards.push(s);
             pinned.push(cpu);
         }
         let ctls = shards.iter().map(|s| s.ctl.clone()).collect();
-        log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}");
+        let running: Vec<Running> = shards.iter().map(|s| s.running.clone()).collect();
+        if let Some(Running::Sync {
+            fallback: Some(why),
+        }) = running.first()
+        {
+            log::warn!(
+                "aof2: io_uring is unavailable ({why}); the shards use the portable \
+                 pwritev/fdatasync backend (metric aof_io_uring_fallback = 1; \
+                 set AofManagerConfig::backend = Uring to make this an error)"
+            );
+        }
+        log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}: {running:?}");
         Ok(ShardSet {
             shards: Mutex::new(shards),
             ctls,
             fs,
             cpus: pinned,
+            running,
         })
+    }
+
+    /// What each shard runs on.
+    pub fn running(&self) -> &[Running] {
+        &self.running
+    }
+
+    /// True when io_uring was wanted (`Auto`) but could not be set up.
+    pub fn uring_fallback(&self) -> bool {
+        self.running
+            .iter()
+            .any(|r| matches!(r, Running::Sync { fallback: Some(_) }))
     }
 
     /// The file system logs are opened on.

@@ -29,4 +29,7 @@ pub struct FlushMetricsSnapshot {
     pub backlog_bytes: u64,
     /// Appends that waited (back-pressure or a segment still being prepared).
     pub backpressure_waits: u64,
+    /// 1 when the log's shard runs the portable backend because io_uring was wanted
+    /// (`IoBackend::Auto`) but could not be set up; 0 otherwise.
+    pub io_uring_fallback: u64,
 }

@@ -11,7 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod reader;
 
-pub use config::{AofConfig, AofManagerConfig, RecordId, SegmentId};
+pub use config::{AofConfig, AofManagerConfig, IoBackend, RecordId, SegmentId};
 pub use error::{AofError, AofResult};
 pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample};
 
@@ -59,6 +59,21 @@ impl AofManager {
     /// The CPU each shard thread is pinned to (`None`: not pinned).
     pub fn shard_cpus(&self) -> Vec<Option<usize>> {
         self.set.shard_cpus().to_vec()
+    }
+
+    /// The I/O backend the shards run on: `"io_uring"`, or `"sync"` (the portable
+    /// backend, chosen or fallen back to; see [`AofManager::io_uring_fallback`]).
+    pub fn io_backend(&self) -> &'static str {
+        match self.set.running().first() {
+            Some(aof2_shards::shard::Running::Uring { .. }) => "io_uring",
+            _ => "sync",
+        }
+    }
+
+    /// True when io_uring was wanted ([`IoBackend::Auto`]) but `io_uring_setup` failed,
+    /// so the shards run the portable backend (also the `aof_io_uring_fallback` metric).
+    pub fn io_uring_fallback(&self) -> bool {
+        self.set.uring_fallback()
     }
 }
 

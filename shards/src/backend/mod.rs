@@ -1,8 +1,10 @@
 //! The file-system seam. Recovery, readers and the portable write path go through these
 //! traits, so the simulated crash disk (`sim`) can stand in for the real one (`sync`).
 
+pub mod ring;
 pub mod sim;
 pub mod sync;
+pub mod uring;
 
 use std::ffi::OsString;
 use std::io;
@@ -75,6 +77,10 @@ pub trait FsFile: Send + Sync {
     /// True when writes bypass the page cache (O_DIRECT).
     fn is_direct(&self) -> bool {
         false
+    }
+    /// The kernel file descriptor, for the io_uring backend (`None` on the simulated disk).
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }
 

@@ -508,6 +508,87 @@ impl Fs for SimFs {
     }
 }
 
+/// A simulated io_uring over a [`SimFs`]: linked groups queue up, and each call of
+/// [`complete_some`](SimRing::complete_some) runs the head operation of randomly chosen
+/// groups, so operations of different groups land on the disk, and complete, in any
+/// order (as a real ring's may), while each group keeps its link order.
+pub struct SimRing {
+    fs: SimFs,
+    groups: Vec<std::collections::VecDeque<super::ring::Submission>>,
+}
+
+impl SimRing {
+    /// A ring over `fs`.
+    pub fn new(fs: SimFs) -> SimRing {
+        SimRing {
+            fs,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Operations submitted and not completed.
+    pub fn pending(&self) -> usize {
+        self.groups.iter().map(|g| g.len()).sum()
+    }
+
+    fn run(&self, op: &super::ring::RingOp) -> io::Result<()> {
+        use super::ring::RingOp;
+        match op {
+            RingOp::Write { file, offset, data } => {
+                let slices: Vec<&[u8]> = data.iter().map(|d| d.bytes()).collect();
+                super::write_all_at(&**file, *offset, &slices)
+            }
+            RingOp::Sync { file } => file.fdatasync(),
+            RingOp::SyncDir { path } => self.fs.fsync_dir(path),
+        }
+    }
+
+    /// Runs the next operation of up to `n` randomly chosen groups; returns the
+    /// completions (a failure completes the rest of its group with `ECANCELED`).
+    pub fn complete_some(&mut self, rng: &mut SimRng, n: usize) -> Vec<(u64, io::Result<()>)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            if self.groups.is_empty() {
+                break;
+            }
+            let g = rng.below(self.groups.len() as u64) as usize;
+            let s = self.groups[g].pop_front().expect("groups are never empty");
+            let r = self.run(&s.op);
+            let failed = r.is_err();
+            out.push((s.token, r));
+            if failed {
+                for s in self.groups[g].drain(..) {
+                    out.push((s.token, Err(io::Error::from_raw_os_error(libc::ECANCELED))));
+                }
+            }
+            if self.groups[g].is_empty() {
+                self.groups.swap_remove(g);
+            }
+        }
+        out
+    }
+
+    /// At a simulated crash: the head write of each group may have reached the disk
+    /// (still unsynced, so the crash keeps, drops or tears it); nothing else ran.
+    pub fn crash(&mut self, rng: &mut SimRng) {
+        for g in std::mem::take(&mut self.groups) {
+            if let Some(s) = g.front() {
+                if matches!(s.op, super::ring::RingOp::Write { .. }) && rng.chance(1, 2) {
+                    let _ = self.run(&s.op);
+                }
+            }
+        }
+    }
+}
+
+impl super::ring::Ring for SimRing {
+    fn submit_linked(&mut self, ops: Vec<super::ring::Submission>) {
+        if !ops.is_empty() {
+            self.groups.push(ops.into());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,10 @@ impl FsFile for SyncFile {
     fn is_direct(&self) -> bool {
         self.direct
     }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
+    }
 }
 
 struct FlockGuard {
