@@ -3,7 +3,7 @@
 //! machines are noisy; only ratios taken in one run compare).
 
 use crate::aof2::config::AofConfig;
-use crate::aof2::{Aof, AofManager, AofManagerConfig};
+use crate::aof2::{Aof, AofManager, AofManagerConfig, IoBackend};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
@@ -27,6 +27,8 @@ pub struct BenchOptions {
     pub allow_tmpfs: bool,
     /// Workloads to run (W1..W4, R1..R3); empty means all.
     pub only: Vec<String>,
+    /// The I/O backend of the shards.
+    pub backend: IoBackend,
 }
 
 /// One measured figure with its baseline.
@@ -789,7 +791,14 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
     let tmp = tempfile::Builder::new()
         .prefix("aof2-bench-")
         .tempdir_in(&parent)?;
-    let manager = AofManager::with_config(AofManagerConfig::default())?;
+    let mut mcfg = AofManagerConfig::default();
+    mcfg.backend = opts.backend;
+    let manager = AofManager::with_config(mcfg)?;
+    let backend = match (manager.io_backend(), manager.io_uring_fallback()) {
+        ("io_uring", _) => "io_uring (linked writev + fdatasync)",
+        (_, true) => "sync (pwritev + fdatasync; io_uring unavailable, fell back)",
+        _ => "sync (pwritev + fdatasync)",
+    };
     let cpus = aof2_shards::manager::affinity_cpus();
     let ctx = Ctx {
         root: tmp.path().to_path_buf(),
@@ -799,7 +808,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
     };
     if !opts.json {
         println!(
-            "aof2 bench{}: {} ({fs}, statfs type {magic:#x}); {} CPU(s) in the affinity set {:?}; {} shard thread(s), backend: sync (pwritev + fdatasync)",
+            "aof2 bench{}: {} ({fs}, statfs type {magic:#x}); {} CPU(s) in the affinity set {:?}; {} shard thread(s), backend: {backend}",
             if opts.quick { " --quick" } else { "" },
             tmp.path().display(),
             cpus.len(),
@@ -862,7 +871,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
             "quick": opts.quick,
             "cpus": cpus,
             "shards": ctx.manager.shard_count(),
-            "backend": "sync",
+            "backend": backend,
             "rows": rows.iter().map(|r| json!({
                 "workload": r.workload,
                 "metric": r.metric,

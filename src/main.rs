@@ -1,6 +1,6 @@
 //! The `aof2` command-line tool.
 
-use bop_rs::aof2::config::RecordId;
+use bop_rs::aof2::config::{IoBackend, RecordId};
 use bop_rs::bench::{self, BenchOptions};
 use bop_rs::tools;
 use clap::{Parser, Subcommand};
@@ -42,6 +42,10 @@ enum Command {
         /// Run only these workloads (comma-separated: W1,W2,W3,W4,R1,R2,R3; R1 and R3 run together).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// I/O backend: auto (io_uring, else the portable one), uring (strict) or sync.
+        /// Default: auto, or the AOF2_BACKEND environment variable.
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<IoBackend>,
     },
     /// Print a log's records in order: ID, timestamp (ns), length, payload (escaped).
     Dump {
@@ -113,12 +117,14 @@ fn main() -> ExitCode {
             json,
             allow_tmpfs,
             only,
+            backend,
         } => bench::run(&BenchOptions {
             dir,
             quick,
             json,
             allow_tmpfs,
             only,
+            backend: backend.unwrap_or_default(),
         })
         .map(|_| ()),
         Command::Dump {
@@ -151,4 +157,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_backend(s: &str) -> Result<IoBackend, String> {
+    IoBackend::parse(s).ok_or_else(|| format!("{s:?}: expected auto, uring or sync"))
 }

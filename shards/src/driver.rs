@@ -15,6 +15,8 @@ pub struct Driver {
     fs: Arc<dyn Fs>,
     files: HashMap<u64, Arc<dyn FsFile>>,
     direct: bool,
+    /// Segments with completed writes no sync has covered yet (ring backends).
+    dirty: std::collections::HashSet<u64>,
 }
 
 /// What one step did.
@@ -37,6 +39,21 @@ impl Driver {
             fs,
             files: HashMap::new(),
             direct,
+            dirty: Default::default(),
+        }
+    }
+
+    /// True when segment `seg` may hold a completed write no sync covered.
+    pub fn is_dirty(&self, seg: u64) -> bool {
+        self.dirty.contains(&seg)
+    }
+
+    /// Records whether segment `seg` holds unsynced writes.
+    pub fn set_dirty(&mut self, seg: u64, dirty: bool) {
+        if dirty {
+            self.dirty.insert(seg);
+        } else {
+            self.dirty.remove(&seg);
         }
     }
 
@@ -84,6 +101,7 @@ impl Driver {
             OpKind::Sync { seg } => self.file(*seg)?.fdatasync(),
             OpKind::Close { seg } => {
                 self.files.remove(seg);
+                self.dirty.remove(seg);
                 Ok(())
             }
             OpKind::Rename { from, to } => self.fs.rename(from, to),

@@ -31,6 +31,9 @@ pub enum RingOp {
         offset: u64,
         /// The bytes (kept alive until the completion).
         data: Vec<IoData>,
+        /// `RWF_DSYNC`: the write is durable when it completes (it stands in for a
+        /// write + `fdatasync` pair when the file holds no other unsynced write).
+        dsync: bool,
     },
     /// `fdatasync` the file.
     Sync {
@@ -89,6 +92,9 @@ struct Running {
     waiting: usize,
     /// Per operation of the current group: (id, parts not completed, first error).
     parts: Vec<(u64, usize, Option<io::Error>)>,
+    /// Per segment the current group writes or syncs: unsynced writes left after it.
+    effects: Vec<(u64, bool)>,
+    group_failed: bool,
 }
 
 /// The chains of every log on one shard that are running on its ring.
@@ -97,8 +103,9 @@ pub struct ChainRunner {
     next_token: u64,
     next_chain: u64,
     chains: HashMap<u64, Running>,
-    /// token -> (chain, index of the operation in its group).
-    tokens: HashMap<u64, (u64, usize)>,
+    /// token -> (chain, indexes of the operations in its group it completes: two
+    /// for a write fused with the sync after it).
+    tokens: HashMap<u64, (u64, usize, Option<usize>)>,
 }
 
 fn cancelled() -> io::Error {
@@ -130,7 +137,7 @@ impl ChainRunner {
 
     /// The log a token belongs to (`None` for tokens not issued here).
     pub fn log_of(&self, token: u64) -> Option<u64> {
-        let (chain, _) = self.tokens.get(&token)?;
+        let (chain, _, _) = self.tokens.get(&token)?;
         self.chains.get(chain).map(|c| c.log)
     }
 
@@ -154,6 +161,8 @@ impl ChainRunner {
                 failed: false,
                 waiting: 0,
                 parts: Vec::new(),
+                effects: Vec::new(),
+                group_failed: false,
             },
         );
         self.advance(key, driver, ring, out);
@@ -169,31 +178,43 @@ impl ChainRunner {
         ring: &mut dyn Ring,
         out: &mut Vec<Completed>,
     ) {
-        let Some((key, idx)) = self.tokens.remove(&token) else {
+        let Some((key, idx, fused)) = self.tokens.remove(&token) else {
             return;
         };
         let Some(r) = self.chains.get_mut(&key) else {
             return;
         };
         r.waiting -= 1;
-        let part = &mut r.parts[idx];
-        part.1 -= 1;
-        if let Err(e) = res {
-            part.2.get_or_insert(e);
+        let err = res.err();
+        for idx in std::iter::once(idx).chain(fused) {
+            let part = &mut r.parts[idx];
+            part.1 -= 1;
+            if let Some(e) = &err {
+                part.2.get_or_insert_with(|| copy_error(e));
+            }
+            if part.1 == 0 {
+                let res = match part.2.take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                r.failed |= res.is_err();
+                out.push(Completed {
+                    log: r.log,
+                    op: part.0,
+                    res,
+                });
+            }
         }
-        if part.1 == 0 {
-            let res = match part.2.take() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
-            r.failed |= res.is_err();
-            out.push(Completed {
-                log: r.log,
-                op: part.0,
-                res,
-            });
+        if err.is_some() {
+            r.group_failed = true;
         }
         if r.waiting == 0 {
+            // What the group left unsynced, for the next fusion decision (after a
+            // failure nothing is assumed synced; the log is poisoned anyway).
+            for (seg, dirty) in r.effects.drain(..) {
+                driver.set_dirty(seg, dirty || r.group_failed);
+            }
+            r.group_failed = false;
             r.parts.clear();
             self.advance(key, driver, ring, out);
         }
@@ -231,27 +252,50 @@ impl ChainRunner {
             while r.rest.front().is_some_and(|o| is_ring_op(&o.kind)) {
                 group.push(r.rest.pop_front().expect("front exists"));
             }
+            for op in &group {
+                match &op.kind {
+                    OpKind::Write { seg, .. } => set_effect(&mut r.effects, *seg, true),
+                    OpKind::Sync { seg } => set_effect(&mut r.effects, *seg, false),
+                    _ => {}
+                }
+            }
             let mut subs = Vec::new();
-            let mut group = group.into_iter();
+            let mut group = group.into_iter().peekable();
             let mut idx = 0;
             while let Some(op) = group.next() {
                 let id = op.id;
-                match to_ring_ops(op.kind, driver) {
+                // A write followed by the sync of the same file, into a file with no
+                // other unsynced write, is one RWF_DSYNC write: one operation, no
+                // second round through the kernel's worker threads.
+                let fuse = match (&op.kind, group.peek().map(|o| &o.kind)) {
+                    (OpKind::Write { seg, .. }, Some(OpKind::Sync { seg: s2 })) => {
+                        seg == s2 && !driver.is_dirty(*seg)
+                    }
+                    _ => false,
+                };
+                match to_ring_ops(op.kind, driver, fuse) {
                     Ok(pieces) => {
                         r.parts.push((id, pieces.len(), None));
+                        let mut fused = None;
+                        if fuse {
+                            let sync = group.next().expect("peeked");
+                            r.parts.push((sync.id, pieces.len(), None));
+                            fused = Some(idx + 1);
+                        }
                         for p in pieces {
                             let token = self.next_token;
                             self.next_token += 1;
-                            self.tokens.insert(token, (key, idx));
+                            self.tokens.insert(token, (key, idx, fused));
                             r.waiting += 1;
                             subs.push(Submission { token, op: p });
                         }
-                        idx += 1;
+                        idx += if fuse { 2 } else { 1 };
                     }
                     Err(e) => {
                         // No handle for the segment (a bug, surfaced as an I/O error
                         // that poisons the log): what was queued before it still runs.
                         r.failed = true;
+                        r.group_failed = true;
                         out.push(Completed {
                             log: r.log,
                             op: id,
@@ -274,14 +318,34 @@ impl ChainRunner {
     }
 }
 
+fn set_effect(effects: &mut Vec<(u64, bool)>, seg: u64, dirty: bool) {
+    match effects.iter_mut().find(|(s, _)| *s == seg) {
+        Some(e) => e.1 = dirty,
+        None => effects.push((seg, dirty)),
+    }
+}
+
+/// Why an error is reported twice (a fused write and its sync): `io::Error` is not `Clone`.
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
 /// The ring operations for one core operation: a write with more pieces than one
 /// vectored write takes is split into consecutive writes.
-fn to_ring_ops(kind: OpKind, driver: &Driver) -> io::Result<Vec<RingOp>> {
+fn to_ring_ops(kind: OpKind, driver: &Driver, dsync: bool) -> io::Result<Vec<RingOp>> {
     Ok(match kind {
         OpKind::Write { seg, offset, data } => {
             let file = driver.file(seg)?.clone();
             if data.len() <= MAX_PIECES {
-                vec![RingOp::Write { file, offset, data }]
+                vec![RingOp::Write {
+                    file,
+                    offset,
+                    data,
+                    dsync,
+                }]
             } else {
                 let mut out = Vec::new();
                 let mut at = offset;
@@ -293,6 +357,7 @@ fn to_ring_ops(kind: OpKind, driver: &Driver) -> io::Result<Vec<RingOp>> {
                         file: file.clone(),
                         offset: at,
                         data: part,
+                        dsync,
                     });
                     at += n as u64;
                 }

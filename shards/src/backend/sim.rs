@@ -534,9 +534,18 @@ impl SimRing {
     fn run(&self, op: &super::ring::RingOp) -> io::Result<()> {
         use super::ring::RingOp;
         match op {
-            RingOp::Write { file, offset, data } => {
+            RingOp::Write {
+                file,
+                offset,
+                data,
+                dsync,
+            } => {
                 let slices: Vec<&[u8]> = data.iter().map(|d| d.bytes()).collect();
-                super::write_all_at(&**file, *offset, &slices)
+                super::write_all_at(&**file, *offset, &slices)?;
+                if *dsync {
+                    file.fdatasync()?;
+                }
+                Ok(())
             }
             RingOp::Sync { file } => file.fdatasync(),
             RingOp::SyncDir { path } => self.fs.fsync_dir(path),

@@ -193,14 +193,21 @@ impl UringRing {
             })
         };
         let (entry, iov, dir) = match op {
-            RingOp::Write { file, offset, data } => {
+            RingOp::Write {
+                file,
+                offset,
+                data,
+                dsync,
+            } => {
                 let fd = fd_of(&**file)?;
+                let flags = if *dsync { libc::RWF_DSYNC } else { 0 };
                 match data.as_slice() {
                     [IoData::Zeros(n)] if self.setup.registered_zeros => {
                         // SAFETY: the zero chunk is static and never written.
                         let p = unsafe { zero_chunk().slice(0, *n) }.as_ptr();
                         let e = opcode::WriteFixed::new(fd, p, *n as u32, ZERO_BUF)
                             .offset(*offset)
+                            .rw_flags(flags)
                             .build();
                         (e, Vec::new(), None)
                     }
@@ -208,6 +215,7 @@ impl UringRing {
                         let b = one.bytes();
                         let e = opcode::Write::new(fd, b.as_ptr(), b.len() as u32)
                             .offset(*offset)
+                            .rw_flags(flags)
                             .build();
                         (e, Vec::new(), None)
                     }
@@ -224,6 +232,7 @@ impl UringRing {
                             .collect();
                         let e = opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
                             .offset(*offset)
+                            .rw_flags(flags)
                             .build();
                         (e, iov, None)
                     }
