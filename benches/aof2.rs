@@ -9,6 +9,7 @@ fn main() {
         json: false,
         allow_tmpfs: false,
         only: vec![],
+        backend: Default::default(),
     };
     if let Err(e) = bop_rs::bench::run(&opts) {
         eprintln!("bench failed: {e}");

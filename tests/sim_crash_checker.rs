@@ -10,10 +10,19 @@
 //!   reordered, nothing half-visible), and closed sessions came back whole;
 //! - ids handed out after a reopen are above every id handed out before.
 //!
-//! `AOF2_SIM_SEEDS=N` runs N seeds (default 2000); `AOF2_SIM_SEED=S` runs seed S alone
-//! and prints its steps. A failure names its seed.
+//! Each seed runs on both backends' execution models: the portable one (each chain run
+//! to completion with blocking calls) and the io_uring one (chains cut into linked
+//! groups by the same `ChainRunner` the real ring uses, on a simulated ring that
+//! completes operations of different groups in random order). On the ring, the
+//! partial-block rules are checked at every write: no two writes to one block in
+//! flight, and no write changing bytes an earlier write put there.
+//!
+//! `AOF2_SIM_SEEDS=N` runs N seeds (default 2000, half on each model);
+//! `AOF2_BACKEND=sync|uring` runs one model only; `AOF2_SIM_SEED=S` runs seed S alone
+//! and prints its steps. A failure names its seed and model.
 
-use aof2_shards::backend::sim::{SimFs, SimRng};
+use aof2_shards::backend::ring::{ChainRunner, Completed};
+use aof2_shards::backend::sim::{SimFs, SimRing, SimRng};
 use aof2_shards::backend::{Fs, OpenMode};
 use aof2_shards::clock::Clock;
 use aof2_shards::config::{AofConfig, RecordId};
@@ -37,8 +46,17 @@ struct Session {
     closed: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// Driver::step: blocking calls, one chain at a time.
+    Blocking,
+    /// ChainRunner on a SimRing: linked groups, completions in random order.
+    Ring,
+}
+
 struct World {
     seed: u64,
+    model: Model,
     fs: SimFs,
     rng: SimRng,
     time: Arc<AtomicU64>,
@@ -55,6 +73,7 @@ struct World {
 struct Open {
     core: Mutex<LogCore>,
     driver: Driver,
+    ring: Option<(ChainRunner, SimRing)>,
     _lock: Box<dyn aof2_shards::backend::FsLock>,
 }
 
@@ -79,7 +98,7 @@ fn payload(rng: &mut SimRng, session: usize, seq: usize, writer: u64) -> Vec<u8>
 }
 
 impl World {
-    fn new(seed: u64, trace: bool) -> World {
+    fn new(seed: u64, model: Model, trace: bool) -> World {
         let mut rng = SimRng::new(seed);
         let mut cfg = AofConfig::default();
         cfg.root_dir = "/sim/log".into();
@@ -96,6 +115,7 @@ impl World {
         let cfg = cfg.normalized();
         World {
             seed,
+            model,
             fs: SimFs::new(rng.next_u64()),
             rng,
             time: Arc::new(AtomicU64::new(1_000_000_000)),
@@ -110,14 +130,18 @@ impl World {
 
     fn say(&self, what: impl FnOnce() -> String) {
         if self.trace {
-            println!("seed {}: {}", self.seed, what());
+            println!("seed {} ({:?}): {}", self.seed, self.model, what());
         }
     }
 
     fn fail(&self, msg: String) -> ! {
+        let backend = match self.model {
+            Model::Blocking => "sync",
+            Model::Ring => "uring",
+        };
         panic!(
-            "seed {} failed: {msg}\nreproduce: AOF2_SIM_SEED={} cargo test --test sim_crash_checker -- --nocapture",
-            self.seed, self.seed
+            "seed {} ({:?} model) failed: {msg}\nreproduce: AOF2_SIM_SEED={} AOF2_BACKEND={backend} cargo test --test sim_crash_checker -- --nocapture",
+            self.seed, self.model, self.seed
         )
     }
 
@@ -172,6 +196,8 @@ impl World {
         Open {
             core: Mutex::new(core),
             driver: Driver::new(Arc::new(self.fs.clone()), true),
+            ring: (self.model == Model::Ring)
+                .then(|| (ChainRunner::new(), SimRing::new(self.fs.clone()))),
             _lock: opened.lock,
         }
     }
@@ -254,12 +280,55 @@ impl World {
     fn pump(&mut self, o: &mut Open, max_steps: usize) {
         self.say(|| format!("pump {max_steps}"));
         for _ in 0..max_steps {
-            let out = o.driver.step(&o.core, self.now());
+            let did_work = self.step(o);
             self.observe(o);
-            if !out.did_work {
+            if !did_work {
                 break;
             }
         }
+    }
+
+    /// One round of the shard: poll the core and run what it asks for; on the ring,
+    /// also complete a random number of operations in flight, in random order.
+    fn step(&mut self, o: &mut Open) -> bool {
+        let now = self.now();
+        let Some((runner, ring)) = o.ring.as_mut() else {
+            return o.driver.step(&o.core, now).did_work;
+        };
+        let apply = |core: &Mutex<LogCore>, done: &mut Vec<Completed>| {
+            let mut core = core.lock().unwrap();
+            for c in done.drain(..) {
+                core.complete(c.op, c.res);
+            }
+        };
+        let mut done = Vec::new();
+        let chains = o.core.lock().unwrap().poll(now);
+        let mut did = !chains.is_empty();
+        for c in chains {
+            runner.start(0, c, &mut o.driver, ring, &mut done);
+        }
+        apply(&o.core, &mut done);
+        if ring.pending() > 0 {
+            let n = 1 + self.rng.below(ring.pending() as u64) as usize;
+            for (token, res) in ring.complete_some(&mut self.rng, n) {
+                runner.complete(token, res, &mut o.driver, ring, &mut done);
+            }
+            apply(&o.core, &mut done);
+            did = true;
+        }
+        if let Some(v) = ring.violations().first() {
+            self.fail(format!("partial-block rule broken: {v}"));
+        }
+        did
+    }
+
+    /// Power loss: on the ring, writes in flight may or may not have reached the disk.
+    fn crash(&mut self, mut o: Open) {
+        if let Some((_, ring)) = o.ring.as_mut() {
+            ring.crash(&mut self.rng);
+        }
+        drop(o);
+        self.fs.crash();
     }
 
     /// Records which appended records the engine now reports durable.
@@ -361,8 +430,7 @@ impl World {
                 93..=96 => {
                     // Power loss: the core and its open files vanish without a flush.
                     self.say(|| "crash".into());
-                    drop(o);
-                    self.fs.crash();
+                    self.crash(o);
                     o = self.open();
                 }
                 _ => {
@@ -378,8 +446,7 @@ impl World {
                 }
             }
         }
-        drop(o);
-        self.fs.crash();
+        self.crash(o);
         let opened = recovery::open_log(&self.fs, &self.paths, &self.clock())
             .unwrap_or_else(|e| self.fail(format!("final reopen failed: {e}")));
         self.verify(&opened.recovered, false);
@@ -408,13 +475,25 @@ impl log::Log for TraceLogger {
     fn flush(&self) {}
 }
 
+/// The models `AOF2_BACKEND` selects (both when unset or `auto`).
+fn models() -> Vec<Model> {
+    match std::env::var("AOF2_BACKEND").as_deref() {
+        Ok("sync") => vec![Model::Blocking],
+        Ok("uring") | Ok("io_uring") => vec![Model::Ring],
+        _ => vec![Model::Blocking, Model::Ring],
+    }
+}
+
 #[test]
 fn acknowledged_records_survive_simulated_crashes() {
+    let models = models();
     if let Ok(s) = std::env::var("AOF2_SIM_SEED") {
         let _ = log::set_logger(&TraceLogger);
         log::set_max_level(log::LevelFilter::Trace);
         let seed: u64 = s.parse().expect("AOF2_SIM_SEED is a number");
-        World::new(seed, true).run(400);
+        for m in models {
+            World::new(seed, m, true).run(400);
+        }
         return;
     }
     let seeds: u64 = std::env::var("AOF2_SIM_SEEDS")
@@ -426,15 +505,17 @@ fn acknowledged_records_survive_simulated_crashes() {
     let mut crashes = 0usize;
     let mut slowest = (std::time::Duration::ZERO, 0);
     for seed in 0..seeds {
+        // Every seed on one model, alternating (both get a different half).
+        let model = models[seed as usize % models.len()];
         let t = std::time::Instant::now();
-        let mut w = World::new(seed, false);
+        let mut w = World::new(seed, model, false);
         w.run(400);
         slowest = slowest.max((t.elapsed(), seed));
         acked += w.sessions.iter().map(|s| s.acked).sum::<usize>();
         crashes += w.sessions.len();
     }
     println!(
-        "{seeds} seeds, {crashes} reopens, {acked} acknowledged records verified in {:.1?} (slowest: seed {} {:.1?})",
+        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified in {:.1?} (slowest: seed {} {:.1?})",
         start.elapsed(),
         slowest.1,
         slowest.0
@@ -447,8 +528,14 @@ fn acknowledged_records_survive_simulated_crashes() {
 /// back every record acknowledged before the failure.
 #[test]
 fn a_failed_sync_poisons_the_log_and_a_reopen_recovers() {
+    for m in models() {
+        failed_sync_poisons(m);
+    }
+}
+
+fn failed_sync_poisons(model: Model) {
     use aof2_shards::backend::sim::Faults;
-    let mut w = World::new(7, false);
+    let mut w = World::new(7, model, false);
     w.fs.mkdir(Path::new("/sim")).unwrap();
     w.fs.fsync_dir(Path::new("/")).unwrap();
     let mut o = w.open();
@@ -473,7 +560,7 @@ fn a_failed_sync_poisons_the_log_and_a_reopen_recovers() {
         .rid;
     o.core.lock().unwrap().request_flush_all();
     for _ in 0..1000 {
-        if !o.driver.step(&o.core, w.now()).did_work {
+        if !w.step(&mut o) {
             break;
         }
     }
@@ -493,7 +580,6 @@ fn a_failed_sync_poisons_the_log_and_a_reopen_recovers() {
 
     // Reopening verifies from disk; `open` checks every acknowledged record came back.
     w.fs.set_faults(Faults::default());
-    drop(o);
-    w.fs.crash();
+    w.crash(o);
     w.open();
 }

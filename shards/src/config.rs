@@ -306,9 +306,7 @@ impl IoBackend {
         }
         match std::env::var("AOF2_BACKEND") {
             Ok(v) if !v.is_empty() => IoBackend::parse(&v).ok_or_else(|| {
-                AofError::InvalidConfig(format!(
-                    "AOF2_BACKEND={v:?}: expected auto, uring or sync"
-                ))
+                AofError::InvalidConfig(format!("AOF2_BACKEND={v:?}: expected auto, uring or sync"))
             }),
             _ => Ok(IoBackend::Auto),
         }

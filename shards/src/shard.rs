@@ -200,7 +200,7 @@ impl Shard {
                         Ok(ring) => {
                             c.ring.store(true, Ordering::Release);
                             Io::Uring {
-                                ring,
+                                ring: Box::new(ring),
                                 runner: ChainRunner::new(),
                             }
                         }
@@ -277,8 +277,11 @@ struct Entry {
 enum Io {
     /// Blocking calls, one chain at a time.
     Sync,
-    /// io_uring.
-    Uring { ring: UringRing, runner: ChainRunner },
+    /// io_uring (boxed: the ring is large and there is one per thread).
+    Uring {
+        ring: Box<UringRing>,
+        runner: ChainRunner,
+    },
 }
 
 /// Forgets a drained log: closes its files and tells its waiters it ended.
@@ -385,11 +388,14 @@ fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
                 e.deadline = e.shared.lock_core().deadline();
                 for c in chains {
                     match &mut io {
-                        Io::Sync => done.extend(e.driver.run_chain(c).into_iter().map(
-                            |(op, res)| Completed { log: key, op, res },
-                        )),
+                        Io::Sync => done.extend(
+                            e.driver
+                                .run_chain(c)
+                                .into_iter()
+                                .map(|(op, res)| Completed { log: key, op, res }),
+                        ),
                         Io::Uring { ring, runner } => {
-                            runner.start(key, c, &mut e.driver, ring, &mut done)
+                            runner.start(key, c, &mut e.driver, &mut **ring, &mut done)
                         }
                     }
                 }
@@ -462,8 +468,14 @@ fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
             }
             Io::Uring { ring, runner } => {
                 let now = clock.monotonic_ns();
-                if let Err(e) = ring.wait(now, next, !busy, &ctl.sleeping, || ctl.has_work(), &mut cqes)
-                {
+                if let Err(e) = ring.wait(
+                    now,
+                    next,
+                    !busy,
+                    &ctl.sleeping,
+                    || ctl.has_work(),
+                    &mut cqes,
+                ) {
                     // io_uring_enter itself failed (not an I/O): nothing is lost, the
                     // operations stay in flight; do not spin on it.
                     log::error!("aof2: shard {}: io_uring_enter failed: {e}", ctl.id);
@@ -474,7 +486,7 @@ fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
                         continue;
                     };
                     if let Some(e) = logs.get_mut(&k) {
-                        runner.complete(token, res, &mut e.driver, ring, &mut done);
+                        runner.complete(token, res, &mut e.driver, &mut **ring, &mut done);
                     }
                 }
                 apply(&mut logs, &mut done);

@@ -3,6 +3,5 @@
 
 pub use aof2_shards::config::{
     AofConfig, AofManagerConfig, Compression, FlushConfig, IoBackend, RecordId, RetentionPolicy,
-    SegmentId,
-    MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    SegmentId, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };

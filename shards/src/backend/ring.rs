@@ -220,7 +220,13 @@ impl ChainRunner {
         }
     }
 
-    fn advance(&mut self, key: u64, driver: &mut Driver, ring: &mut dyn Ring, out: &mut Vec<Completed>) {
+    fn advance(
+        &mut self,
+        key: u64,
+        driver: &mut Driver,
+        ring: &mut dyn Ring,
+        out: &mut Vec<Completed>,
+    ) {
         let Some(r) = self.chains.get_mut(&key) else {
             return;
         };

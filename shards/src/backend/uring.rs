@@ -102,7 +102,9 @@ impl UringRing {
             Ok(()) => true,
             Err(e) => {
                 // ENOMEM: RLIMIT_MEMLOCK too small for the pinned pages. Plain writes work.
-                log::info!("aof2: io_uring buffer registration refused ({e}); using unregistered buffers");
+                log::info!(
+                    "aof2: io_uring buffer registration refused ({e}); using unregistered buffers"
+                );
                 false
             }
         };
@@ -379,7 +381,13 @@ impl Ring for UringRing {
         let entries: Vec<squeue::Entry> = entries
             .into_iter()
             .enumerate()
-            .map(|(i, e)| if i + 1 < n { e.flags(squeue::Flags::IO_LINK) } else { e })
+            .map(|(i, e)| {
+                if i + 1 < n {
+                    e.flags(squeue::Flags::IO_LINK)
+                } else {
+                    e
+                }
+            })
             .collect();
         self.push_all(&entries);
     }

@@ -384,3 +384,53 @@ fn closing_drains_everything_appended() {
     assert!(is_durable(&c, rid));
     assert!(matches!(c.append(b"x"), Err(AofError::Closed { .. })));
 }
+
+/// Rule 2 of the partly filled last block: a write in flight reads a padded copy made
+/// when it was issued, never the buffer appenders keep filling. Appends made while the
+/// write is in flight (as on the io_uring backend) leave its bytes unchanged: the
+/// record they were issued for, then zero padding to the block end.
+#[test]
+fn a_write_in_flight_reads_a_frozen_padded_copy_of_the_last_block() {
+    let mut c = core(cfg(|_| {}));
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0);
+    let first = append(&mut c, &mut fake, &[0xaa; 100]);
+    c.request_flush(first.as_u64() + 1);
+    let header = c.poll(0).pop().unwrap();
+    fake.run_chain(&mut c, header);
+    let chain = c.poll(0).pop().unwrap();
+    let OpKind::Write { offset, data, .. } = &chain.ops[0].kind else {
+        panic!("a write first: {:?}", chain.ops)
+    };
+    assert_eq!(*offset, 0, "the first block, header included");
+    let snapshot =
+        |data: &[IoData]| -> Vec<u8> { data.iter().flat_map(|d| d.bytes().to_vec()).collect() };
+    let before = snapshot(data);
+    assert_eq!(before.len(), BLOCK, "one padded block");
+    let end = first.segment_offset() as usize + format::frame_size(100);
+    assert!(
+        before[end..].iter().all(|&b| b == 0),
+        "zero padding past the record"
+    );
+    // Appenders fill the rest of the block while the write is in flight.
+    for i in 0..20u8 {
+        c.append(&[i | 1; 100]).unwrap();
+    }
+    assert_eq!(snapshot(data), before, "the bytes in flight did not change");
+    // The next write rewrites the block with the same prefix and the new records.
+    let ids: Vec<u64> = chain.ops.iter().map(|o| o.id).collect();
+    for id in ids {
+        c.complete(id, Ok(()));
+    }
+    c.request_flush_all();
+    let next = c.poll(0).pop().unwrap();
+    let OpKind::Write { offset, data, .. } = &next.ops[0].kind else {
+        panic!("a write first: {:?}", next.ops)
+    };
+    assert_eq!(*offset, 0, "the partly filled block is rewritten");
+    assert_eq!(
+        snapshot(data)[..end],
+        before[..end],
+        "an identical acknowledged prefix"
+    );
+}

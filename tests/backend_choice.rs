@@ -1,0 +1,486 @@
+//! Which I/O backend runs, and proof that the io_uring one really is io_uring.
+//!
+//! - Where `io_uring_setup` is refused (a seccomp filter, as Docker's default profile
+//!   does), `Auto` falls back to the portable backend with a warning and the
+//!   `aof_io_uring_fallback` metric, and `Uring` (strict) is a clear startup error.
+//! - Where memlock refuses registered buffers, the ring works without them.
+//! - With io_uring, the durable write path makes no `pwrite*`/`fdatasync` system calls
+//!   (counted with `strace -f -c`), and an idle manager uses no measurable CPU.
+//!
+//! Tests that need io_uring, strace or root say so and return where those are missing,
+//! unless `AOF2_REQUIRE_URING=1` (set in CI), which turns a missing one into a failure.
+
+mod common;
+
+use aof2_shards::config::IoBackend;
+use aof2_shards::log_handle::LogHandle;
+use aof2_shards::manager::ShardSet;
+use aof2_shards::shard::Running;
+use bop_rs::aof2::{Aof, AofError, AofManager, AofManagerConfig, FlushMetricsExporter};
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn required() -> bool {
+    std::env::var("AOF2_REQUIRE_URING").is_ok_and(|v| v == "1")
+}
+
+/// True when this machine can set up a ring; otherwise says why the test stops.
+fn uring_available(test: &str) -> bool {
+    let mut cfg = AofManagerConfig::default();
+    cfg.backend = IoBackend::Uring;
+    cfg.shards = 1;
+    match AofManager::with_config(cfg) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                !required(),
+                "{test}: io_uring is required here but unavailable: {e}"
+            );
+            eprintln!("{test}: io_uring unavailable here ({e}); nothing to check");
+            false
+        }
+    }
+}
+
+/// Appends, flushes and reads back a few records: the log works.
+fn exercise(aof: &Aof) {
+    let mut rids = Vec::new();
+    for i in 0..50u64 {
+        rids.push(aof.append_record(&payload(9, i)).unwrap());
+    }
+    aof.flush_until(*rids.last().unwrap()).unwrap();
+    for (i, rid) in rids.iter().enumerate() {
+        assert_eq!(read_back(aof, *rid), payload(9, i as u64));
+    }
+}
+
+/// Installs a seccomp filter that makes `io_uring_setup` fail with EPERM for this
+/// thread and every thread it starts later, as container runtimes do.
+fn block_io_uring_setup() {
+    const NR_IO_URING_SETUP: u32 = 425; // the same on x86_64 and aarch64
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if A == io_uring_setup: next, else skip one
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: NR_IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::EPERM as u32, // SECCOMP_RET_ERRNO | EPERM
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000, // SECCOMP_RET_ALLOW
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: plain prctl calls; `prog` points to a valid filter for the call's duration.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ),
+            0,
+            "seccomp filter: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Child: io_uring_setup blocked.
+#[test]
+fn child_without_io_uring() {
+    let Ok(dir) = std::env::var("AOF2_CHILD_DIR") else {
+        return; // only meaningful as a child of the test below
+    };
+    block_io_uring_setup();
+    init_log();
+    // Strict: a clear error naming io_uring and the way out.
+    let mut strict = AofManagerConfig::default();
+    strict.backend = IoBackend::Uring;
+    let e = AofManager::with_config(strict)
+        .err()
+        .expect("strict must fail");
+    let msg = e.to_string();
+    assert!(matches!(e, AofError::Startup(_)), "{msg}");
+    assert!(msg.contains("io_uring") && msg.contains("Auto"), "{msg}");
+    // Auto: the portable backend, said so, and the log works.
+    let m = AofManager::with_config(AofManagerConfig::default()).expect("Auto falls back");
+    assert_eq!(m.io_backend(), "sync");
+    assert!(m.io_uring_fallback());
+    let aof = open(&m, small_cfg(Path::new(&dir)));
+    exercise(&aof);
+    let fallback = FlushMetricsExporter::new(aof.flush_metrics())
+        .samples()
+        .into_iter()
+        .find(|s| s.name == "aof_io_uring_fallback")
+        .expect("the fallback metric is exported");
+    assert_eq!(fallback.value, 1);
+    println!("CHILD OK");
+}
+
+#[test]
+fn blocked_io_uring_falls_back_with_a_metric_and_strict_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let out = child("child_without_io_uring")
+        .env("AOF2_CHILD_DIR", d.path())
+        .env("AOF2_TEST_LOG", "info")
+        .env_remove("AOF2_BACKEND")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("io_uring is unavailable") && stderr.contains("WARN"),
+        "the fallback is logged as a warning:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_aof2_backend_value_is_a_clear_error() {
+    let out = child("child_bad_backend_env")
+        .env("AOF2_BACKEND", "fast")
+        .env("AOF2_CHILD_BAD_ENV", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Child: AOF2_BACKEND=fast.
+#[test]
+fn child_bad_backend_env() {
+    if std::env::var("AOF2_CHILD_BAD_ENV").is_err() {
+        return;
+    }
+    let e = AofManager::with_config(AofManagerConfig::default())
+        .err()
+        .expect("an unknown backend name is refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("AOF2_BACKEND") && msg.contains("fast") && msg.contains("uring"),
+        "{msg}"
+    );
+    // An explicit backend in the configuration wins over the variable.
+    let mut cfg = AofManagerConfig::default();
+    cfg.backend = IoBackend::Sync;
+    AofManager::with_config(cfg).expect("explicit Sync ignores the variable");
+    println!("CHILD OK");
+}
+
+/// Drops CAP_IPC_LOCK from this thread's capability sets, so RLIMIT_MEMLOCK applies to
+/// io_uring buffer registration even as root.
+fn drop_ipc_lock() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the ABI defines.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+        d[0].effective &= !(1 << CAP_IPC_LOCK);
+        d[0].permitted &= !(1 << CAP_IPC_LOCK);
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
+    }
+}
+
+/// Child: a memlock allowance big enough for the ring itself but not for the 1 MiB
+/// registered zero chunk.
+#[test]
+fn child_without_memlock() {
+    let Ok(dir) = std::env::var("AOF2_CHILD_MEMLOCK_DIR") else {
+        return;
+    };
+    drop_ipc_lock();
+    let small = libc::rlimit {
+        rlim_cur: 256 * 1024,
+        rlim_max: 256 * 1024,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &small) }, 0);
+    let mut cfg = AofManagerConfig::default();
+    cfg.backend = IoBackend::Uring;
+    cfg.shards = 1;
+    let set = ShardSet::start(&cfg).expect("a ring without registered buffers");
+    assert_eq!(
+        set.running()[0],
+        Running::Uring {
+            single_issuer: true,
+            registered: false
+        },
+        "registration refused, ring running"
+    );
+    let log = LogHandle::open(&set, small_cfg(Path::new(&dir))).unwrap();
+    let mut last = None;
+    for i in 0..300u64 {
+        // Enough to roll: segment preparation writes zeros without the registered chunk.
+        last = Some(log.append(&payload(3, i)).unwrap());
+    }
+    log.flush_until(last.unwrap()).unwrap();
+    assert!(log.metrics().segments_prepared >= 2);
+    println!("CHILD OK");
+}
+
+#[test]
+fn without_memlock_the_ring_works_unregistered() {
+    if !uring_available("without_memlock_the_ring_works_unregistered") {
+        return;
+    }
+    // Where memlock allows (root, or a large enough limit), the zero chunk is registered.
+    let mut cfg = AofManagerConfig::default();
+    cfg.backend = IoBackend::Uring;
+    let set = ShardSet::start(&cfg).unwrap();
+    if is_root() {
+        assert!(matches!(
+            set.running()[0],
+            Running::Uring {
+                registered: true,
+                ..
+            }
+        ));
+    }
+    drop(set);
+    let d = tempfile::tempdir().unwrap();
+    let out = child("child_without_memlock")
+        .env("AOF2_CHILD_MEMLOCK_DIR", d.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Child: the write path under strace.
+#[test]
+fn child_durable_writes() {
+    let Ok(dir) = std::env::var("AOF2_CHILD_STRACE_DIR") else {
+        return;
+    };
+    let m = manager();
+    let aof = open(&m, small_cfg(Path::new(&dir)));
+    for i in 0..400u64 {
+        // Every shape of write: single records, batches, rolls, seals, preparation.
+        let rid = aof.append_record(&payload(5, i)).unwrap();
+        if i % 3 == 0 {
+            aof.flush_until(rid).unwrap();
+        }
+    }
+    aof.seal_active().unwrap();
+    aof.flush().unwrap();
+    assert!(aof.flush_metrics().segments_sealed >= 3);
+    drop(aof);
+    println!("CHILD OK");
+}
+
+fn strace_available() -> bool {
+    std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_io_uring_write_path_makes_no_pwrite_or_fdatasync_calls() {
+    let test = "the_io_uring_write_path_makes_no_pwrite_or_fdatasync_calls";
+    if !uring_available(test) {
+        return;
+    }
+    if !strace_available() {
+        assert!(
+            !required(),
+            "{test}: strace is required here (apt-get install strace)"
+        );
+        eprintln!("{test}: strace not installed; nothing to check");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let summary = d.path().join("strace.txt");
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("strace")
+        .arg("-f")
+        .arg("-c")
+        .arg("-o")
+        .arg(&summary)
+        .arg(exe)
+        .args([
+            "--exact",
+            "child_durable_writes",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("AOF2_CHILD_STRACE_DIR", d.path().join("log"))
+        .env("AOF2_BACKEND", "uring")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(&summary).unwrap();
+    let calls = |name: &str| -> u64 {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(name))
+            .and_then(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // % time, seconds, usecs/call, calls, [errors], syscall
+                f.get(3).and_then(|c| c.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    for banned in [
+        "pwrite64",
+        "pwritev",
+        "pwritev2",
+        "fdatasync",
+        "sync_file_range",
+    ] {
+        assert_eq!(
+            calls(banned),
+            0,
+            "{banned} called on the io_uring path:\n{table}"
+        );
+    }
+    assert!(
+        calls("io_uring_enter") > 0,
+        "the ring did the I/O:\n{table}"
+    );
+}
+
+/// CPU time (ns) and voluntary context switches of this process's shard threads.
+fn shard_threads_usage() -> (u64, u64, usize) {
+    let (mut cpu, mut switches, mut n) = (0, 0, 0);
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = t.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with("aof2-shard") {
+            continue;
+        }
+        n += 1;
+        let sched = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        cpu += sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        switches += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (cpu, switches, n)
+}
+
+/// Child: a fresh process, so only this manager's shard threads exist.
+#[test]
+fn child_idle_manager() {
+    let Ok(dir) = std::env::var("AOF2_CHILD_IDLE_DIR") else {
+        return;
+    };
+    let m = manager();
+    let logs: Vec<Aof> = (0..4)
+        .map(|i| {
+            let mut c = small_cfg(&Path::new(&dir).join(format!("log{i}")));
+            c.flush.flush_interval_ms = 5;
+            open(&m, c)
+        })
+        .collect();
+    for aof in &logs {
+        // Unflushed data arms the interval timer; the flush after it must disarm it.
+        let rid = aof.append_record(b"some data").unwrap();
+        aof.flush_until(rid).unwrap();
+        aof.append_record(b"left to the interval").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (cpu0, sw0, n) = shard_threads_usage();
+    assert_eq!(n, m.shard_count());
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu1, sw1, _) = shard_threads_usage();
+    let (cpu, wakeups) = (cpu1 - cpu0, sw1 - sw0);
+    println!(
+        "idle for 1 s on {}: {cpu} ns CPU, {wakeups} wake-ups over {n} shard threads",
+        m.io_backend()
+    );
+    assert!(
+        cpu < 1_000_000,
+        "an idle manager used {cpu} ns of CPU in a second"
+    );
+    assert!(
+        wakeups <= n as u64,
+        "an idle manager woke {wakeups} times in a second"
+    );
+    drop(logs);
+    println!("CHILD OK");
+}
+
+#[test]
+fn an_idle_manager_uses_no_measurable_cpu() {
+    let d = tempfile::tempdir().unwrap();
+    let out = child("child_idle_manager")
+        .env("AOF2_CHILD_IDLE_DIR", d.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "{}",
+        stdout
+            .lines()
+            .find(|l| l.contains("idle for"))
+            .unwrap_or("")
+    );
+}
