@@ -437,6 +437,11 @@ impl LogHandle {
         }
     }
 
+    /// The CPU the log's shard thread is pinned to (`None`: not pinned).
+    pub fn shard_cpu(&self) -> Option<usize> {
+        self.shared.shard.cpu
+    }
+
     /// Counters and gauges.
     pub fn metrics(&self) -> FlushMetricsSnapshot {
         let m = self.shared.lock_core().metrics();

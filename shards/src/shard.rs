@@ -71,6 +71,8 @@ struct Inbox {
 pub struct ShardCtl {
     /// The shard's index.
     pub id: usize,
+    /// The CPU its thread is pinned to (`None`: not pinned).
+    pub cpu: Option<usize>,
     inbox: Mutex<Inbox>,
     thread: OnceLock<Thread>,
     /// Logs placed here (for placement decisions).
@@ -179,6 +181,7 @@ impl Shard {
         }
         let ctl = Arc::new(ShardCtl {
             id,
+            cpu,
             inbox: Mutex::new(Inbox::default()),
             thread: OnceLock::new(),
             logs: AtomicUsize::new(0),

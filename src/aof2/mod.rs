@@ -184,6 +184,12 @@ impl Aof {
         self.log.metrics()
     }
 
+    /// The CPU this log's shard thread is pinned to (`None`: not pinned). A thread
+    /// pinned to the same CPU appends and waits with no cross-CPU wake-up.
+    pub fn shard_cpu(&self) -> Option<usize> {
+        self.log.shard_cpu()
+    }
+
     /// The log's directory.
     pub fn root_dir(&self) -> &Path {
         self.log.root_dir()
