@@ -377,3 +377,153 @@ fn to_ring_ops(kind: OpKind, driver: &Driver, dsync: bool) -> io::Result<Vec<Rin
         _ => unreachable!("only ring operations are converted"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::sim::SimFs;
+    use crate::backend::Fs;
+    use crate::buffer::AlignedBuf;
+    use crate::log::ops::Op;
+    use std::path::Path;
+
+    /// Records submissions; completions are scripted by the test.
+    #[derive(Default)]
+    struct Scripted {
+        groups: Vec<Vec<(u64, &'static str, bool)>>,
+    }
+
+    impl Ring for Scripted {
+        fn submit_linked(&mut self, ops: Vec<Submission>) {
+            self.groups.push(
+                ops.into_iter()
+                    .map(|s| {
+                        let (what, dsync) = match s.op {
+                            RingOp::Write { dsync, .. } => ("write", dsync),
+                            RingOp::Sync { .. } => ("sync", false),
+                            RingOp::SyncDir { .. } => ("syncdir", false),
+                        };
+                        (s.token, what, dsync)
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    fn driver_with_segment() -> Driver {
+        let fs = SimFs::new(1);
+        fs.mkdir(Path::new("/d")).unwrap();
+        let mut d = Driver::new(Arc::new(fs), false);
+        d.run(&OpKind::Create {
+            seg: 0,
+            path: "/d/0".into(),
+        })
+        .unwrap();
+        d
+    }
+
+    fn write(id: u64) -> Op {
+        Op {
+            id,
+            kind: OpKind::Write {
+                seg: 0,
+                offset: 0,
+                data: vec![IoData::Owned(AlignedBuf::zeroed(4096))],
+            },
+        }
+    }
+
+    fn sync(id: u64) -> Op {
+        Op {
+            id,
+            kind: OpKind::Sync { seg: 0 },
+        }
+    }
+
+    #[test]
+    fn a_short_write_fails_its_op_cancels_the_rest_and_marks_the_file_dirty() {
+        let mut d = driver_with_segment();
+        let mut ring = Scripted::default();
+        let mut runner = ChainRunner::new();
+        let mut out = Vec::new();
+        // Written-behind first (no sync): the file now holds an unsynced write.
+        runner.start(
+            1,
+            Chain {
+                ops: vec![write(1)],
+            },
+            &mut d,
+            &mut ring,
+            &mut out,
+        );
+        let t = ring.groups[0][0].0;
+        runner.complete(t, Ok(()), &mut d, &mut ring, &mut out);
+        assert!(d.is_dirty(0));
+        // So the next write + sync pair is not fused: a linked write then sync.
+        let chain = Chain {
+            ops: vec![
+                write(2),
+                sync(3),
+                Op {
+                    id: 4,
+                    kind: OpKind::Close { seg: 0 },
+                },
+            ],
+        };
+        runner.start(1, chain, &mut d, &mut ring, &mut out);
+        let g = ring.groups[1].clone();
+        assert_eq!(g.iter().map(|x| x.1).collect::<Vec<_>>(), ["write", "sync"]);
+        assert!(!g[0].2, "not RWF_DSYNC: an earlier write is unsynced");
+        out.clear();
+        let short = io::Error::new(io::ErrorKind::WriteZero, "short write: 100 of 4096 bytes");
+        runner.complete(g[0].0, Err(short), &mut d, &mut ring, &mut out);
+        runner.complete(g[1].0, Err(cancelled()), &mut d, &mut ring, &mut out);
+        let res: Vec<(u64, Option<i32>, bool)> = out
+            .iter()
+            .map(|c| {
+                (
+                    c.op,
+                    c.res.as_ref().err().and_then(|e| e.raw_os_error()),
+                    c.res.is_err(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            res,
+            [
+                (2, None, true),
+                (3, Some(libc::ECANCELED), true),
+                (4, Some(libc::ECANCELED), true)
+            ],
+            "the write fails, the sync and everything after it are cancelled"
+        );
+        assert!(d.file(0).is_ok(), "the cancelled close did not run");
+        assert!(d.is_dirty(0), "after a failure nothing is assumed synced");
+        assert!(!runner.has_chains(1));
+    }
+
+    #[test]
+    fn a_write_then_sync_into_a_clean_file_is_one_dsync_write() {
+        let mut d = driver_with_segment();
+        let mut ring = Scripted::default();
+        let mut runner = ChainRunner::new();
+        let mut out = Vec::new();
+        runner.start(
+            7,
+            Chain {
+                ops: vec![write(1), sync(2)],
+            },
+            &mut d,
+            &mut ring,
+            &mut out,
+        );
+        assert_eq!(ring.groups[0].len(), 1);
+        assert_eq!(ring.groups[0][0].1, "write");
+        assert!(ring.groups[0][0].2, "RWF_DSYNC");
+        runner.complete(ring.groups[0][0].0, Ok(()), &mut d, &mut ring, &mut out);
+        let ops: Vec<u64> = out.iter().map(|c| c.op).collect();
+        assert_eq!(ops, [1, 2], "both the write and the sync complete");
+        assert!(out.iter().all(|c| c.res.is_ok()));
+        assert!(!d.is_dirty(0));
+    }
+}
