@@ -106,6 +106,10 @@ impl Driver {
             }
             OpKind::Rename { from, to } => self.fs.rename(from, to),
             OpKind::SyncDir { path } => self.fs.fsync_dir(path),
+            OpKind::Unlink { path } => match self.fs.unlink(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
         }
     }
 

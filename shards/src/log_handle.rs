@@ -238,7 +238,9 @@ impl LogHandle {
                 if let Some(e) = core.poison() {
                     return Err(e);
                 }
-                if core.has_prepared_segment() {
+                // A failed preparation (a full disk) does not stop the open: the log
+                // reads and syncs; appends needing a segment report the error.
+                if core.has_prepared_segment() || core.prepare_error().is_some() {
                     return Ok(());
                 }
             }

@@ -25,6 +25,9 @@ pub struct FlushMetricsSnapshot {
     pub segments_prepared: u64,
     /// Failed writes or syncs (each poisons the log).
     pub failures: u64,
+    /// Failed segment preparations (the log stays usable; appends needing the segment
+    /// fail until a retry succeeds).
+    pub prepare_failures: u64,
     /// Bytes appended but not yet covered by a completed sync.
     pub backlog_bytes: u64,
     /// Appends that waited (back-pressure or a segment still being prepared).

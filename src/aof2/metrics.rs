@@ -39,6 +39,7 @@ impl FlushMetricsExporter {
             ("aof_segments_sealed_total", s.segments_sealed),
             ("aof_segments_prepared_total", s.segments_prepared),
             ("aof_flush_failures_total", s.failures),
+            ("aof_segment_prepare_failures_total", s.prepare_failures),
             ("aof_flush_backlog_bytes", s.backlog_bytes),
             ("aof_backpressure_waits_total", s.backpressure_waits),
             ("aof_io_uring_fallback", s.io_uring_fallback),

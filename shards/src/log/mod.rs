@@ -199,6 +199,30 @@ struct Prep {
     step: PrepStep,
 }
 
+/// How long after a failed segment preparation an append may try again (ns).
+const PREP_RETRY_NS: u64 = 50_000_000;
+
+/// A segment preparation that failed (a full disk, an I/O error). Unlike a failed data
+/// write it loses nothing and poisons nothing: appends that need the segment fail with
+/// it until a retry, at most every `PREP_RETRY_NS`, succeeds.
+struct PrepFailure {
+    path: std::path::PathBuf,
+    code: Option<i32>,
+    kind: io::ErrorKind,
+    msg: String,
+    retry_at: u64,
+}
+
+impl PrepFailure {
+    fn error(&self) -> AofError {
+        let e = match self.code {
+            Some(c) => io::Error::from_raw_os_error(c),
+            None => io::Error::new(self.kind, self.msg.clone()),
+        };
+        AofError::io("prepare the next segment file", &self.path, e)
+    }
+}
+
 /// What a chain achieves when every operation in it succeeds.
 #[derive(Debug)]
 enum Effect {
@@ -226,6 +250,8 @@ enum Effect {
         seg: u64,
         size: u64,
     },
+    /// The leftovers of a failed preparation were removed.
+    Cleaned,
 }
 
 struct InFlight {
@@ -275,6 +301,9 @@ pub struct LogCore {
     /// (id, size) of the segment a blocked append waits for.
     want: Option<(u64, u64)>,
     prep: Option<Prep>,
+    prep_failure: Option<PrepFailure>,
+    /// A failed preparation's file to close and remove: (segment, temp path).
+    cleanup: Option<(u64, std::path::PathBuf)>,
     data_io: Option<InFlight>,
     prep_io: Option<InFlight>,
     next_op: u64,
@@ -317,6 +346,8 @@ impl LogCore {
             adopt: rec.prepared.into(),
             want: None,
             prep: None,
+            prep_failure: None,
+            cleanup: None,
             data_io: None,
             prep_io: None,
             next_op: 1,
@@ -367,6 +398,12 @@ impl LogCore {
                     wake = true;
                 }
                 _ => {
+                    if let Some(f) = &self.prep_failure {
+                        if self.clock.monotonic_ns() < f.retry_at {
+                            return Err(f.error());
+                        }
+                        self.prep_failure = None; // try again now
+                    }
                     self.want = Some((self.next_segment, size));
                     return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
                 }
@@ -873,8 +910,16 @@ impl LogCore {
         if self.prep_io.is_some() {
             return None;
         }
+        if let Some((seg, path)) = self.cleanup.take() {
+            let kinds = vec![OpKind::Close { seg }, OpKind::Unlink { path }];
+            return Some(self.chain(kinds, Effect::Cleaned, true));
+        }
         if self.closing {
             return self.poll_close();
+        }
+        if self.prep_failure.is_some() {
+            // Retried when an append needs the file (see `append`), not in a loop.
+            return None;
         }
         // Files adopted by recovery are opened first, in order.
         if let Some(&(seg, size)) = self.adopt.front() {
@@ -1027,6 +1072,9 @@ impl LogCore {
     }
 
     fn fail(&mut self, effect: &Effect, e: io::Error) -> Progress {
+        if let Effect::Prep | Effect::Adopted { .. } | Effect::Cleaned = effect {
+            return self.prep_failed(effect, e);
+        }
         self.metrics.failures += 1;
         if self.poisoned.is_none() {
             let prep_seg = self.prep.map(|p| p.id).unwrap_or(self.next_segment);
@@ -1036,8 +1084,10 @@ impl LogCore {
                     ("writing and syncing records of", *seg)
                 }
                 Effect::Sealed { seg, .. } => ("sealing", *seg),
-                Effect::Adopted { seg, .. } => ("opening prepared", *seg),
-                Effect::Prep | Effect::MarkedReady => ("preparing", prep_seg),
+                Effect::MarkedReady => ("marking unused prepared files of", prep_seg),
+                Effect::Prep | Effect::Adopted { .. } | Effect::Cleaned => {
+                    unreachable!("handled by prep_failed")
+                }
             };
             let path = self.paths.segment(seg);
             log::error!(
@@ -1049,8 +1099,50 @@ impl LogCore {
         Progress { wake_waiters: true }
     }
 
+    /// A preparation step failed: abandon the file (closed and removed later), remember
+    /// the error for the appends that need it, and keep the log running.
+    fn prep_failed(&mut self, effect: &Effect, e: io::Error) -> Progress {
+        let seg = match effect {
+            Effect::Cleaned => {
+                // Removing the leftovers failed too; the next open removes them.
+                log::warn!("aof2: removing a failed preparation's file failed: {e}");
+                return Progress::default();
+            }
+            Effect::Adopted { seg, .. } => *seg,
+            _ => match self.prep.take() {
+                Some(p) => {
+                    self.cleanup = Some((p.id, self.paths.temp(p.id)));
+                    p.id
+                }
+                // Abandoned at close: nothing waits for it.
+                None => return Progress::default(),
+            },
+        };
+        self.metrics.prepare_failures += 1;
+        let path = self.paths.segment(seg);
+        log::warn!(
+            "aof2: preparing segment file {} failed: {e}; appends that need a new segment fail until a retry succeeds",
+            path.display()
+        );
+        self.prep_failure = Some(PrepFailure {
+            path,
+            code: e.raw_os_error(),
+            kind: e.kind(),
+            msg: e.to_string(),
+            retry_at: self.clock.monotonic_ns() + PREP_RETRY_NS,
+        });
+        // A blocked append is waiting for this file: wake it to see the error.
+        Progress { wake_waiters: true }
+    }
+
+    /// The error appends that need a new segment get, while preparation is failing.
+    pub fn prepare_error(&self) -> Option<AofError> {
+        self.prep_failure.as_ref().map(PrepFailure::error)
+    }
+
     fn apply(&mut self, effect: Effect) -> Progress {
         match effect {
+            Effect::Cleaned => Progress::default(),
             Effect::HeaderDurable { seg } => {
                 let s = front_of(&mut self.segs, seg);
                 s.header_durable = true;

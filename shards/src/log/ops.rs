@@ -78,6 +78,9 @@ pub enum OpKind {
     /// `fsync` a directory so creates, renames and unlinks in it are durable.
     #[allow(missing_docs)]
     SyncDir { path: PathBuf },
+    /// Remove a file the engine left behind (a missing file is not an error).
+    #[allow(missing_docs)]
+    Unlink { path: PathBuf },
 }
 
 impl std::fmt::Debug for OpKind {
@@ -93,6 +96,7 @@ impl std::fmt::Debug for OpKind {
             OpKind::Close { seg } => write!(f, "Close({seg})"),
             OpKind::Rename { to, .. } => write!(f, "Rename(-> {})", to.display()),
             OpKind::SyncDir { .. } => write!(f, "SyncDir"),
+            OpKind::Unlink { path } => write!(f, "Unlink({})", path.display()),
         }
     }
 }

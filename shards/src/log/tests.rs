@@ -38,12 +38,17 @@ struct Fake {
     files: HashMap<u64, Vec<u8>>,
     ops: Vec<String>,
     fail_syncs: bool,
+    /// Fail file creation with ENOSPC (a full disk when preparing a segment).
+    fail_creates: bool,
 }
 
 impl Fake {
     fn exec(&mut self, kind: &OpKind) -> io::Result<()> {
         self.ops.push(format!("{kind:?}"));
         match kind {
+            OpKind::Create { .. } if self.fail_creates => {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
             OpKind::Create { seg, .. } => {
                 self.files.insert(*seg, Vec::new());
             }
@@ -432,5 +437,60 @@ fn a_write_in_flight_reads_a_frozen_padded_copy_of_the_last_block() {
         snapshot(data)[..end],
         before[..end],
         "an identical acknowledged prefix"
+    );
+}
+
+/// A failed segment preparation (a full disk) loses nothing and poisons nothing: the
+/// records already appended still become durable, appends needing the new segment fail
+/// with the error naming the file, and once space is back a retry lets them through.
+#[test]
+fn a_failed_preparation_fails_the_roll_not_the_log_and_is_retried() {
+    let time = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let mut c = LogCore::new(
+        cfg(|_| {}),
+        LogPaths::new(Path::new("/fake")),
+        Clock::Manual(time.clone()),
+        7,
+        Recovered::default(),
+    );
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0); // segment 0 prepared
+    fake.fail_creates = true;
+    // Fill segment 0; the next segment's preparation fails with ENOSPC.
+    let mut rids = Vec::new();
+    let err = loop {
+        match c.append(&[7u8; 1000]) {
+            Ok(a) => rids.push(a.rid),
+            Err(AofError::WouldBlock(WouldBlockKind::Rollover)) => fake.drain(&mut c, 0),
+            Err(e) => break e,
+        }
+    };
+    assert!(!rids.is_empty());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("/fake") && msg.contains("No space left"),
+        "{msg}"
+    );
+    assert!(c.poison().is_none(), "a failed preparation does not poison");
+    assert_eq!(c.metrics().prepare_failures, 1);
+    // What was appended still syncs.
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(rids.iter().all(|r| is_durable(&c, *r)));
+    // Before the retry interval: the same error at once, no new attempt.
+    assert!(c.append(&[7u8; 1000]).is_err());
+    assert_eq!(c.metrics().prepare_failures, 1);
+    // Space is back and the interval passed: the append retries and goes through.
+    fake.fail_creates = false;
+    time.fetch_add(PREP_RETRY_NS, std::sync::atomic::Ordering::Relaxed);
+    let rid = append(&mut c, &mut fake, &[8u8; 1000]);
+    assert_eq!(rid.segment_index(), 1);
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(is_durable(&c, rid));
+    assert!(
+        fake.ops.iter().any(|o| o.starts_with("Unlink(")),
+        "leftovers removed: {:?}",
+        fake.ops
     );
 }
