@@ -17,12 +17,20 @@
 //! partial-block rules are checked at every write: no two writes to one block in
 //! flight, and no write changing bytes an earlier write put there.
 //!
+//! One seed in three also injects faults on the simulated disk: EIO and ENOSPC on
+//! writes, syncs and directory operations, short writes, slow syncs (the virtual clock
+//! jumps, so timers fire mid-sync; on the ring, syncs are also held back). Under faults
+//! the same contract holds, plus the documented error semantics: a failed data write or
+//! sync poisons the log (appends then fail with `Poisoned` naming the directory, and
+//! nothing more is reported durable), a failed segment preparation fails only the
+//! appends that need the segment, and a reopen (after a crash or a drop) re-verifies.
+//!
 //! `AOF2_SIM_SEEDS=N` runs N seeds (default 2000, half on each model);
 //! `AOF2_BACKEND=sync|uring` runs one model only; `AOF2_SIM_SEED=S` runs seed S alone
 //! and prints its steps. A failure names its seed and model.
 
 use aof2_shards::backend::ring::{ChainRunner, Completed};
-use aof2_shards::backend::sim::{SimFs, SimRing, SimRng};
+use aof2_shards::backend::sim::{Faults, SimFs, SimRing, SimRng};
 use aof2_shards::backend::{Fs, OpenMode};
 use aof2_shards::clock::Clock;
 use aof2_shards::config::{AofConfig, RecordId};
@@ -44,6 +52,8 @@ struct Session {
     acked: usize,
     /// Closed cleanly: every record must come back.
     closed: bool,
+    /// Faults injected before the session began.
+    faults_at_start: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +67,8 @@ enum Model {
 struct World {
     seed: u64,
     model: Model,
+    /// Faults this seed injects (None: a clean disk).
+    faults: Option<Faults>,
     fs: SimFs,
     rng: SimRng,
     time: Arc<AtomicU64>,
@@ -71,6 +83,8 @@ struct World {
 }
 
 struct Open {
+    /// The durable position when the log was poisoned.
+    poisoned_at: Option<u64>,
     core: Mutex<LogCore>,
     driver: Driver,
     ring: Option<(ChainRunner, SimRing)>,
@@ -113,12 +127,24 @@ impl World {
             .flush_watermark_bytes
             .min(cfg.flush.max_unflushed_bytes);
         let cfg = cfg.normalized();
+        let faults = (seed % 3 == 2).then(|| Faults {
+            write_error_ppm: rng.below(5_000) as u32,
+            short_write_ppm: rng.below(5_000) as u32,
+            sync_error_ppm: rng.below(5_000) as u32,
+            dir_error_ppm: rng.below(10_000) as u32,
+            slow_sync_ppm: rng.below(50_000) as u32,
+            ..Faults::default()
+        });
+        let time = Arc::new(AtomicU64::new(1_000_000_000));
+        let fs = SimFs::new(rng.next_u64());
+        fs.set_clock(time.clone());
         World {
             seed,
             model,
-            fs: SimFs::new(rng.next_u64()),
+            faults,
+            fs,
             rng,
-            time: Arc::new(AtomicU64::new(1_000_000_000)),
+            time,
             paths: LogPaths::new(Path::new("/sim/log")),
             cfg,
             sessions: Vec::new(),
@@ -156,6 +182,19 @@ impl World {
     fn open(&mut self) -> Open {
         let opened = match recovery::open_log(&self.fs, &self.paths, &self.clock()) {
             Ok(o) => o,
+            Err(e) if self.faults.is_some() && self.fs.faults_injected() > 0 => {
+                // An injected fault may fail recovery: a clear error, then a retry on a
+                // healthy disk must bring everything back.
+                let msg = e.to_string();
+                if !msg.contains("/sim") {
+                    self.fail(format!("recovery error names no path: {msg}"));
+                }
+                self.say(|| format!("reopen failed under faults: {msg}; retrying"));
+                self.fs.set_faults(Faults::default());
+                let r = recovery::open_log(&self.fs, &self.paths, &self.clock());
+                self.fs.set_faults(self.faults.clone().unwrap_or_default());
+                r.unwrap_or_else(|e| self.fail(format!("reopen failed on a healthy disk: {e}")))
+            }
             Err(e) => self.fail(format!("reopen failed: {e}")),
         };
         self.say(|| {
@@ -192,8 +231,10 @@ impl World {
             records: Vec::new(),
             acked: 0,
             closed: false,
+            faults_at_start: self.fs.faults_injected(),
         });
         Open {
+            poisoned_at: None,
             core: Mutex::new(core),
             driver: Driver::new(Arc::new(self.fs.clone()), true),
             ring: (self.model == Model::Ring)
@@ -332,13 +373,26 @@ impl World {
     }
 
     /// Records which appended records the engine now reports durable.
-    fn observe(&mut self, o: &Open) {
+    fn observe(&mut self, o: &mut Open) {
         let core = o.core.lock().unwrap();
         let durable = core.durable_pos();
-        if let Some(e) = core.poison() {
-            self.fail(format!("log poisoned without a fault injected: {e}"));
-        }
+        let poison = core.poison();
         drop(core);
+        if let Some(e) = poison {
+            if self.fs.faults_injected() == 0 {
+                self.fail(format!("log poisoned without a fault injected: {e}"));
+            }
+            match o.poisoned_at {
+                None => {
+                    self.say(|| format!("poisoned: {e}"));
+                    o.poisoned_at = Some(durable);
+                }
+                Some(at) if durable != at => self.fail(format!(
+                    "the durable position moved after the log was poisoned ({at:#x} -> {durable:#x})"
+                )),
+                Some(_) => {}
+            }
+        }
         let s = self.sessions.last_mut().unwrap();
         while s.acked < s.records.len() && s.records[s.acked].0.as_u64() < durable {
             s.acked += 1;
@@ -366,8 +420,12 @@ impl World {
                         .len()
                         .checked_sub(2)
                         .map(|i| &self.sessions[i]);
+                    let faults_in_prev = prev
+                        .is_some_and(|p| p.faults_at_start != self.sessions[si].faults_at_start);
                     if let (Some(p), true) = (prev, self.sessions[si].records.is_empty()) {
-                        if let (true, Some(last)) = (p.closed, p.records.last()) {
+                        if let (true, false, Some(last)) =
+                            (p.closed, faults_in_prev, p.records.last())
+                        {
                             let want = last.0.segment_index() + 1;
                             if a.rid.segment_index() != want {
                                 self.fail(format!(
@@ -395,16 +453,55 @@ impl World {
                     self.pump(o, n);
                 }
                 Err(AofError::RecordTooLarge { .. }) => return,
+                // A failed segment preparation fails the appends that need the segment.
+                Err(e @ AofError::Io { .. }) if self.fs.faults_injected() > 0 => {
+                    let msg = e.to_string();
+                    if !msg.contains("/sim/log/segments/") {
+                        self.fail(format!("a preparation error does not name the file: {msg}"));
+                    }
+                    self.say(|| format!("append refused: {msg}"));
+                    return;
+                }
+                Err(AofError::Poisoned { .. }) if o.poisoned_at.is_some() => return,
                 Err(e) => self.fail(format!("append failed: {e}")),
             }
         }
     }
 
+    /// A poisoned log refuses appends, naming its directory; it is then dropped (or the
+    /// machine crashes) and reopened, which re-verifies from disk.
+    fn after_poison(&mut self, o: Open) -> Open {
+        let e = o
+            .core
+            .lock()
+            .unwrap()
+            .append(b"after the poison")
+            .unwrap_err();
+        if !matches!(e, AofError::Poisoned { .. }) || !e.to_string().contains("/sim/log") {
+            self.fail(format!("a poisoned log answered an append with: {e}"));
+        }
+        if self.rng.chance(1, 2) {
+            self.say(|| "drop the poisoned log".into());
+            drop(o);
+        } else {
+            self.say(|| "crash with a poisoned log".into());
+            self.crash(o);
+        }
+        self.open()
+    }
+
     fn run(&mut self, steps: usize) {
         self.fs.mkdir(Path::new("/sim")).unwrap();
         self.fs.fsync_dir(Path::new("/")).unwrap();
+        if let Some(f) = &self.faults {
+            self.say(|| format!("faults: {f:?}"));
+            self.fs.set_faults(f.clone());
+        }
         let mut o = self.open();
         for _ in 0..steps {
+            if o.poisoned_at.is_some() {
+                o = self.after_poison(o);
+            }
             match self.rng.below(100) {
                 0..=49 => self.append(&mut o),
                 50..=59 => {
@@ -440,13 +537,15 @@ impl World {
                     if !o.core.lock().unwrap().is_drained() {
                         self.fail("close did not drain".into());
                     }
-                    self.sessions.last_mut().unwrap().closed = true;
+                    // A close that ended poisoned promises nothing past the failure.
+                    self.sessions.last_mut().unwrap().closed = o.poisoned_at.is_none();
                     drop(o);
                     o = self.open();
                 }
             }
         }
         self.crash(o);
+        self.fs.set_faults(Faults::default());
         let opened = recovery::open_log(&self.fs, &self.paths, &self.clock())
             .unwrap_or_else(|e| self.fail(format!("final reopen failed: {e}")));
         self.verify(&opened.recovered, false);
@@ -534,7 +633,6 @@ fn a_failed_sync_poisons_the_log_and_a_reopen_recovers() {
 }
 
 fn failed_sync_poisons(model: Model) {
-    use aof2_shards::backend::sim::Faults;
     let mut w = World::new(7, model, false);
     w.fs.mkdir(Path::new("/sim")).unwrap();
     w.fs.fsync_dir(Path::new("/")).unwrap();

@@ -103,6 +103,12 @@ pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Opene
         Err(e) => return Err(AofError::io("create lock file", &paths.lock, e)),
     };
     mkdir_durable(fs, &paths.segments)?;
+    // Trust only what is on the disk: a previous session may have ended with unsynced
+    // writes, or with a failed sync whose pages still look written in the cache.
+    fs.settle_dir(&paths.segments).map_err(io_err(
+        "sync the file system and drop cached pages of",
+        &paths.segments,
+    ))?;
     let recovered = recover(fs, paths, clock)?;
     Ok(Opened { recovered, lock })
 }
@@ -120,6 +126,10 @@ pub struct Used {
     pub seed: u32,
     /// Its seal footer, if sealed.
     pub footer: Option<SegmentFooter>,
+    /// Why the bytes where its footer goes do not decode, if they are not blank: a
+    /// footer write cut short (a crash or a short write while sealing) on the last
+    /// segment, which is then sealed again; damage anywhere else.
+    pub damaged_footer: Option<String>,
 }
 
 /// Every file of a segment directory, classified. Reads only.
@@ -212,9 +222,9 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
                 let mut tail = [0u8; FOOTER_LEN];
                 let at = size - FOOTER_REGION;
                 backend_read(&*file, at, &mut tail, &path)?;
-                let footer = match SegmentFooter::decode(&tail, seed, size) {
-                    Ok(f) => f,
-                    Err(e) => return Err(corruption(&path, id, at, format!("seal footer: {e}"))),
+                let (footer, damaged_footer) = match SegmentFooter::decode(&tail, seed, size) {
+                    Ok(f) => (f, None),
+                    Err(e) => (None, Some(format!("seal footer: {e}"))),
                 };
                 if let Some(f) = footer {
                     if f.segment_id != id {
@@ -232,6 +242,7 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
                     header,
                     seed,
                     footer,
+                    damaged_footer,
                 });
             }
         }
@@ -251,12 +262,16 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
 pub fn check_only_last_unsealed(used: &[Used]) -> AofResult<()> {
     for u in used.iter().rev().skip(1) {
         if u.footer.is_none() {
-            return Err(corruption(
-                &u.path,
-                u.id,
-                u.header.file_size - FOOTER_REGION,
-                "segment is not sealed but a later segment exists: its seal footer was lost",
-            ));
+            let at = u.header.file_size - FOOTER_REGION;
+            return Err(match &u.damaged_footer {
+                Some(why) => corruption(&u.path, u.id, at, why.clone()),
+                None => corruption(
+                    &u.path,
+                    u.id,
+                    at,
+                    "segment is not sealed but a later segment exists: its seal footer was lost",
+                ),
+            });
         }
     }
     Ok(())

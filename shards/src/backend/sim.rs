@@ -69,13 +69,26 @@ struct Inode {
     pending: Vec<(u64, Vec<u8>)>,
 }
 
-/// Faults to inject (more arrive with the fault-injection work).
-#[derive(Debug, Default, Clone, Copy)]
+/// Faults to inject. Counted ones fire once; random ones fire with a probability per
+/// operation, drawn from the disk's seeded generator (so a seed reproduces them).
+#[derive(Debug, Default, Clone)]
 pub struct Faults {
-    /// Fail the write after this many more writes succeed.
+    /// Fail the write after this many more writes succeed (EIO).
     pub fail_write_after: Option<u64>,
-    /// Fail the fdatasync after this many more succeed.
+    /// Fail the fdatasync after this many more succeed (EIO).
     pub fail_sync_after: Option<u64>,
+    /// Parts per million of writes failing with EIO or ENOSPC (nothing written).
+    pub write_error_ppm: u32,
+    /// Parts per million of writes that write only a prefix and return a short count.
+    pub short_write_ppm: u32,
+    /// Parts per million of `fdatasync`s failing with EIO (the writes stay unsynced).
+    pub sync_error_ppm: u32,
+    /// Parts per million of directory operations (create, rename, unlink, mkdir, fsync
+    /// of a directory) failing with EIO or ENOSPC before taking effect.
+    pub dir_error_ppm: u32,
+    /// Parts per million of `fdatasync`s that are slow: the clock given to
+    /// [`SimFs::set_clock`] jumps 1–20 ms while they run (timers fire meanwhile).
+    pub slow_sync_ppm: u32,
 }
 
 struct State {
@@ -89,6 +102,35 @@ struct State {
     epoch: u64,
     rng: SimRng,
     faults: Faults,
+    /// Faults injected so far (counted and random).
+    injected: u64,
+    clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl State {
+    /// True (and counted) with probability `ppm` per million.
+    fn draw(&mut self, ppm: u32) -> bool {
+        let hit = ppm > 0 && self.rng.below(1_000_000) < u64::from(ppm);
+        self.injected += u64::from(hit);
+        hit
+    }
+
+    /// EIO or ENOSPC, drawn.
+    fn error(&mut self) -> io::Error {
+        let code = if self.rng.chance(1, 2) {
+            libc::EIO
+        } else {
+            libc::ENOSPC
+        };
+        io::Error::from_raw_os_error(code)
+    }
+
+    fn dir_fault(&mut self) -> io::Result<()> {
+        if self.draw(self.faults.dir_error_ppm) {
+            return Err(self.error());
+        }
+        Ok(())
+    }
 }
 
 /// The simulated disk. Clones share it.
@@ -142,6 +184,8 @@ impl SimFs {
                 epoch: 0,
                 rng: SimRng::new(seed),
                 faults: Faults::default(),
+                injected: 0,
+                clock: None,
             })),
         }
     }
@@ -153,6 +197,16 @@ impl SimFs {
     /// Sets the faults to inject.
     pub fn set_faults(&self, f: Faults) {
         self.lock().faults = f;
+    }
+
+    /// Faults injected so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.lock().injected
+    }
+
+    /// The virtual clock slow syncs advance.
+    pub fn set_clock(&self, clock: Arc<std::sync::atomic::AtomicU64>) {
+        self.lock().clock = Some(clock);
     }
 
     /// Simulates a power loss: see the module docs for what survives.
@@ -306,9 +360,17 @@ impl FsFile for SimFile {
     fn pwritev(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize> {
         self.with(|s| {
             if fault(&mut s.faults.fail_write_after) {
+                s.injected += 1;
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            let data: Vec<u8> = bufs.concat();
+            if s.draw(s.faults.write_error_ppm) {
+                return Err(s.error());
+            }
+            let mut data: Vec<u8> = bufs.concat();
+            if data.len() > 1 && s.draw(s.faults.short_write_ppm) {
+                let keep = 1 + s.rng.below(data.len() as u64 - 1) as usize;
+                data.truncate(keep);
+            }
             let inode = s.inodes.get_mut(&self.inode).expect("live inode");
             let (a, b) = (off as usize, off as usize + data.len());
             if inode.current.len() < b {
@@ -324,6 +386,16 @@ impl FsFile for SimFile {
     fn fdatasync(&self) -> io::Result<()> {
         self.with(|s| {
             if fault(&mut s.faults.fail_sync_after) {
+                s.injected += 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            if s.draw(s.faults.slow_sync_ppm) {
+                let ms = 1 + s.rng.below(20);
+                if let Some(c) = &s.clock {
+                    c.fetch_add(ms * 1_000_000, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            if s.draw(s.faults.sync_error_ppm) {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let inode = s.inodes.get_mut(&self.inode).expect("live inode");
@@ -368,6 +440,7 @@ impl Drop for SimLock {
 impl Fs for SimFs {
     fn mkdir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.dir_fault()?;
         if s.current.contains_key(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -414,6 +487,7 @@ impl Fs for SimFs {
                 ))
             }
             (OpenMode::CreateNew { .. }, None) => {
+                s.dir_fault()?;
                 let parent = parent_of(path);
                 if s.current.get(&parent) != Some(&Node::Dir) {
                     return Err(not_found(&parent));
@@ -445,6 +519,7 @@ impl Fs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.dir_fault()?;
         if !s.current.contains_key(from) {
             return Err(not_found(from));
         }
@@ -456,6 +531,7 @@ impl Fs for SimFs {
 
     fn unlink(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.dir_fault()?;
         if !matches!(s.current.get(path), Some(Node::File(_))) {
             return Err(not_found(path));
         }
@@ -467,6 +543,7 @@ impl Fs for SimFs {
 
     fn fsync_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.dir_fault()?;
         let st = &mut *s;
         let mut rest = Vec::new();
         for (p, op) in std::mem::take(&mut st.pending_dir) {
@@ -477,6 +554,30 @@ impl Fs for SimFs {
             }
         }
         st.pending_dir = rest;
+        Ok(())
+    }
+
+    fn settle_dir(&self, _dir: &Path) -> io::Result<()> {
+        // Everything pending anywhere becomes durable, as `syncfs` does; the simulated
+        // disk has no clean-but-lost pages to drop.
+        let mut s = self.lock();
+        s.dir_fault()?;
+        let st = &mut *s;
+        for (_, op) in std::mem::take(&mut st.pending_dir) {
+            apply(&mut st.durable, &op);
+        }
+        for inode in st.inodes.values_mut() {
+            for (off, data) in std::mem::take(&mut inode.pending) {
+                let (a, b) = (off as usize, off as usize + data.len());
+                if inode.durable.len() < b {
+                    inode.durable.resize(b, 0);
+                }
+                inode.durable[a..b].copy_from_slice(&data);
+            }
+            if inode.durable.len() < inode.current.len() {
+                inode.durable.resize(inode.current.len(), 0);
+            }
+        }
         Ok(())
     }
 

@@ -209,6 +209,27 @@ impl Fs for SyncFs {
         File::open(path)?.sync_all()
     }
 
+    fn settle_dir(&self, dir: &Path) -> io::Result<()> {
+        let d = File::open(dir)?;
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for name in self.list_dir(dir)? {
+            let path = dir.join(name);
+            if self.kind(&path)? != Some(EntryKind::File) {
+                continue;
+            }
+            let f = File::open(&path)?;
+            // SAFETY: plain syscall on an fd we own; advice only, no memory involved.
+            let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+        }
+        Ok(())
+    }
+
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn FsLock>> {
         let file = OpenOptions::new()
             .read(true)
