@@ -237,8 +237,13 @@ impl World {
             poisoned_at: None,
             core: Mutex::new(core),
             driver: Driver::new(Arc::new(self.fs.clone()), true),
-            ring: (self.model == Model::Ring)
-                .then(|| (ChainRunner::new(), SimRing::new(self.fs.clone()))),
+            ring: (self.model == Model::Ring).then(|| {
+                let mut ring = SimRing::new(self.fs.clone());
+                // Slow syncs: held back ten times as often as they stall the clock.
+                let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
+                ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
+                (ChainRunner::new(), ring)
+            }),
             _lock: opened.lock,
         }
     }

@@ -628,6 +628,8 @@ pub struct SimRing {
     /// handle is kept, so its address is not reused by another file's).
     shadow: std::collections::HashMap<usize, (Arc<dyn FsFile>, Vec<u8>)>,
     violations: Vec<String>,
+    /// Parts per million of picks of a sync that leave it in flight (a slow sync).
+    slow_sync_ppm: u32,
 }
 
 fn file_key(f: &Arc<dyn FsFile>) -> usize {
@@ -659,7 +661,14 @@ impl SimRing {
             groups: Vec::new(),
             shadow: Default::default(),
             violations: Vec::new(),
+            slow_sync_ppm: 0,
         }
+    }
+
+    /// Holds syncs back: each time one is picked to run, it stays in flight with
+    /// probability `ppm` per million, while other groups go ahead.
+    pub fn set_slow_syncs(&mut self, ppm: u32) {
+        self.slow_sync_ppm = ppm;
     }
 
     /// Operations submitted and not completed.
@@ -725,6 +734,17 @@ impl SimRing {
                 break;
             }
             let g = rng.below(self.groups.len() as u64) as usize;
+            let is_sync = match &self.groups[g][0].op {
+                super::ring::RingOp::Sync { .. } => true,
+                super::ring::RingOp::Write { dsync, .. } => *dsync,
+                super::ring::RingOp::SyncDir { .. } => true,
+            };
+            if is_sync
+                && self.slow_sync_ppm > 0
+                && rng.below(1_000_000) < u64::from(self.slow_sync_ppm)
+            {
+                continue;
+            }
             let s = self.groups[g].pop_front().expect("groups are never empty");
             let r = self.run(&s.op);
             let failed = r.is_err();
