@@ -25,7 +25,8 @@
 //! nothing more is reported durable), a failed segment preparation fails only the
 //! appends that need the segment, and a reopen (after a crash or a drop) re-verifies.
 //!
-//! `AOF2_SIM_SEEDS=N` runs N seeds (default 2000, half on each model);
+//! `AOF2_SIM_SEEDS=N` runs N seeds (default 2000, half on each model) from
+//! `AOF2_SIM_SEED_START` (default 0; `scripts/sim-seeds.sh` runs millions in parallel);
 //! `AOF2_BACKEND=sync|uring` runs one model only; `AOF2_SIM_SEED=S` runs seed S alone
 //! and prints its steps. A failure names its seed and model.
 
@@ -604,11 +605,15 @@ fn acknowledged_records_survive_simulated_crashes() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
+    let first: u64 = std::env::var("AOF2_SIM_SEED_START")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let start = std::time::Instant::now();
     let mut acked = 0usize;
     let mut crashes = 0usize;
     let mut slowest = (std::time::Duration::ZERO, 0);
-    for seed in 0..seeds {
+    for seed in first..first + seeds {
         // Every seed on one model, alternating (both get a different half).
         let model = models[seed as usize % models.len()];
         let t = std::time::Instant::now();
