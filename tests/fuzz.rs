@@ -137,12 +137,13 @@ fn iterations() -> (u64, u64) {
 }
 
 type Inputs = Vec<(String, Vec<u8>)>;
+type Gen = fn(&mut SimRng, &[(String, Vec<u8>)]) -> Inputs;
 
 /// For each seed, makes inputs with `gen` and runs `check` on them; a panic is reported
 /// with its seed, and its inputs are saved.
 fn run(
     target: &'static str,
-    gen: fn(&mut SimRng, &[(String, Vec<u8>)]) -> Inputs,
+    gen: Gen,
     check: fn(&mut SimRng, &Inputs),
 ) {
     let (first, n) = iterations();
@@ -197,10 +198,8 @@ fn decode_all(img: &[u8]) {
             let _ = format::find_frame_proving_corruption(seed, img, offset, limit);
         }
         let mut it = format::frames(seed, img, limit);
-        for f in it.by_ref() {
-            if let Ok(f) = f {
-                let _ = f.payload.len();
-            }
+        for f in it.by_ref().flatten() {
+            let _ = f.payload.len();
         }
         let _ = it.position();
     }
