@@ -141,11 +141,7 @@ type Gen = fn(&mut SimRng, &[(String, Vec<u8>)]) -> Inputs;
 
 /// For each seed, makes inputs with `gen` and runs `check` on them; a panic is reported
 /// with its seed, and its inputs are saved.
-fn run(
-    target: &'static str,
-    gen: Gen,
-    check: fn(&mut SimRng, &Inputs),
-) {
+fn run(target: &'static str, gen: Gen, check: fn(&mut SimRng, &Inputs)) {
     let (first, n) = iterations();
     let corpus = corpus();
     // A hang fails the test instead of stalling CI.
