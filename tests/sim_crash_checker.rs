@@ -25,7 +25,7 @@
 //! nothing more is reported durable), a failed segment preparation fails only the
 //! appends that need the segment, and a reopen (after a crash or a drop) re-verifies.
 //!
-//! `AOF2_SIM_SEEDS=N` runs N seeds (default 2000, half on each model) from
+//! `AOF2_SIM_SEEDS=N` runs N seeds (default 3000, half on each model) from
 //! `AOF2_SIM_SEED_START` (default 0; `scripts/sim-seeds.sh` runs millions in parallel);
 //! `AOF2_BACKEND=sync|uring` runs one model only; `AOF2_SIM_SEED=S` runs seed S alone
 //! and prints its steps. A failure names its seed and model.
@@ -604,7 +604,7 @@ fn acknowledged_records_survive_simulated_crashes() {
     let seeds: u64 = std::env::var("AOF2_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(3000);
     let first: u64 = std::env::var("AOF2_SIM_SEED_START")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -690,4 +690,46 @@ fn failed_sync_poisons(model: Model) {
     w.fs.set_faults(Faults::default());
     w.crash(o);
     w.open();
+}
+
+/// A full disk when a data write is issued (ENOSPC): the same contract as any failed
+/// write. The log is poisoned, the error names the cause, nothing after it is reported
+/// durable, and a reopen brings back every record acknowledged before.
+#[test]
+fn a_data_write_hitting_a_full_disk_poisons_the_log_and_a_reopen_recovers() {
+    for m in models() {
+        let mut w = World::new(11, m, false);
+        w.fs.mkdir(Path::new("/sim")).unwrap();
+        w.fs.fsync_dir(Path::new("/")).unwrap();
+        let mut o = w.open();
+        for _ in 0..20 {
+            w.append(&mut o);
+        }
+        o.core.lock().unwrap().request_flush_all();
+        w.pump(&mut o, 1000);
+        assert_eq!(w.sessions.last().unwrap().acked, 20);
+        w.fs.set_faults(Faults {
+            fail_write_after: Some(0),
+            write_errno: libc::ENOSPC,
+            ..Faults::default()
+        });
+        let rid = o.core.lock().unwrap().append(b"no room").unwrap().rid;
+        o.core.lock().unwrap().request_flush_all();
+        for _ in 0..1000 {
+            if !w.step(&mut o) {
+                break;
+            }
+        }
+        let core = o.core.lock().unwrap();
+        let poison = core.poison().expect("the failed write poisoned the log");
+        assert!(
+            poison.to_string().contains("No space left on device"),
+            "{poison}"
+        );
+        assert!(rid.as_u64() >= core.durable_pos());
+        drop(core);
+        w.fs.set_faults(Faults::default());
+        w.crash(o);
+        w.open(); // verifies every acknowledged record
+    }
 }

@@ -73,15 +73,18 @@ struct Inode {
 /// operation, drawn from the disk's seeded generator (so a seed reproduces them).
 #[derive(Debug, Default, Clone)]
 pub struct Faults {
-    /// Fail the write after this many more writes succeed (EIO).
+    /// Fail the write after this many more writes succeed (with `write_errno`).
     pub fail_write_after: Option<u64>,
+    /// The error of the counted write failure (0: EIO).
+    pub write_errno: i32,
     /// Fail the fdatasync after this many more succeed (EIO).
     pub fail_sync_after: Option<u64>,
     /// Parts per million of writes failing with EIO or ENOSPC (nothing written).
     pub write_error_ppm: u32,
     /// Parts per million of writes that write only a prefix and return a short count.
     pub short_write_ppm: u32,
-    /// Parts per million of `fdatasync`s failing with EIO (the writes stay unsynced).
+    /// Parts per million of `fdatasync`s failing with EIO or ENOSPC (the writes stay
+    /// unsynced).
     pub sync_error_ppm: u32,
     /// Parts per million of directory operations (create, rename, unlink, mkdir, fsync
     /// of a directory) failing with EIO or ENOSPC before taking effect.
@@ -361,7 +364,11 @@ impl FsFile for SimFile {
         self.with(|s| {
             if fault(&mut s.faults.fail_write_after) {
                 s.injected += 1;
-                return Err(io::Error::from_raw_os_error(libc::EIO));
+                let code = match s.faults.write_errno {
+                    0 => libc::EIO,
+                    c => c,
+                };
+                return Err(io::Error::from_raw_os_error(code));
             }
             if s.draw(s.faults.write_error_ppm) {
                 return Err(s.error());
@@ -396,7 +403,7 @@ impl FsFile for SimFile {
                 }
             }
             if s.draw(s.faults.sync_error_ppm) {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
+                return Err(s.error());
             }
             let inode = s.inodes.get_mut(&self.inode).expect("live inode");
             for (off, data) in std::mem::take(&mut inode.pending) {
