@@ -172,6 +172,18 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
         let (file, size, head) = read_head(fs, &path)?;
         let state = match SegmentHeader::decode(&head) {
             Ok(s) => s,
+            // A header write cut short (a crash, a short write) before anything else
+            // was written: the file holds no frame, since a header is synced before any
+            // frame is written. It is a blank prepared file, moved past like one.
+            Err(FormatError::BadMagic | FormatError::BadChecksum { .. })
+                if valid_prepared_size(size) && zero_after_header(&*file, &path)? =>
+            {
+                log::warn!(
+                    "aof2: {} has a torn header and no frames: treated as a blank prepared file",
+                    path.display()
+                );
+                HeaderState::Blank
+            }
             Err(FormatError::UnsupportedVersion(v)) => {
                 return Err(AofError::UnsupportedVersion {
                     path,
@@ -407,6 +419,14 @@ fn read_head(fs: &dyn Fs, path: &Path) -> AofResult<(Arc<dyn FsFile>, u64, Vec<u
     let n = file.pread(0, &mut head).map_err(io_err("read", path))?;
     head.truncate(n);
     Ok((file, size, head))
+}
+
+/// True when every byte of the file after the header is zero (no frame was written).
+fn zero_after_header(file: &dyn FsFile, path: &Path) -> AofResult<bool> {
+    let image = file.map().map_err(io_err("map", path))?;
+    Ok(image
+        .get(format::HEADER_LEN..)
+        .is_some_and(|rest| rest.iter().all(|&b| b == 0)))
 }
 
 /// A size the engine prepares segment files at.
