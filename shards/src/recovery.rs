@@ -382,6 +382,17 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
                 format!("blank segment of {size} bytes: not a size aof2 prepares"),
             ));
         }
+        // A torn header (see `survey`) is zeroed first, so the file is truly blank
+        // wherever it goes next (a `.ready` file must be).
+        let (_, _, head) = read_head(fs, &path)?;
+        if head.iter().any(|&b| b != 0) {
+            let f = fs
+                .open(&path, OpenMode::Write { direct: false })
+                .map_err(io_err("open", &path))?;
+            crate::backend::write_all_at(&*f, 0, &[&[0u8; format::HEADER_LEN]])
+                .and_then(|_| f.fdatasync())
+                .map_err(io_err("zero the torn header of", &path))?;
+        }
         let new_id = next_segment + prepared.len() as u64;
         fs.rename(&path, &paths.segment(new_id))
             .map_err(io_err("rename", &path))?;
