@@ -977,10 +977,20 @@ impl LogCore {
     /// The chain for the next step of preparation `p`.
     fn prep_step(&mut self, p: Prep) -> Chain {
         let kind = match p.step {
-            PrepStep::Create => OpKind::Create {
-                seg: p.id,
-                path: self.paths.temp(p.id),
-            },
+            PrepStep::Create => {
+                // A failed earlier attempt may have left the temp file (if removing it
+                // failed too): clear it, or the create would fail for ever.
+                let kinds = vec![
+                    OpKind::Unlink {
+                        path: self.paths.temp(p.id),
+                    },
+                    OpKind::Create {
+                        seg: p.id,
+                        path: self.paths.temp(p.id),
+                    },
+                ];
+                return self.chain(kinds, Effect::Prep, true);
+            }
             PrepStep::Zero(off) => {
                 let n = (p.size - off).min(PREP_CHUNK as u64) as usize;
                 OpKind::Write {
