@@ -168,3 +168,12 @@ impl AofError {
         matches!(self, AofError::WouldBlock(_))
     }
 }
+
+/// A copy of an `io::Error` (which is not `Clone`), for reporting one failure twice:
+/// the OS error code where there is one, else the kind and message.
+pub(crate) fn copy_io_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}

@@ -14,7 +14,7 @@
 //! gives it one deadline.
 
 use crate::backend::ring::{ChainRunner, Completed};
-use crate::backend::uring::UringRing;
+use crate::backend::uring::{signal_eventfd, UringRing};
 use crate::backend::FsLock;
 use crate::clock::Clock;
 use crate::config::IoBackend;
@@ -115,10 +115,7 @@ impl ShardCtl {
             // Pairs with the shard's `sleeping` store then inbox check (both SeqCst):
             // either it sees our request, or we see it sleeping and write.
             if self.sleeping.swap(false, Ordering::SeqCst) {
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own. It
-                // cannot fail short of a counter overflow, which a read resets.
-                unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                signal_eventfd(self.efd.as_raw_fd());
             }
         } else if let Some(t) = self.thread.get() {
             t.unpark();

@@ -12,6 +12,7 @@
 
 use crate::backend::FsFile;
 use crate::driver::Driver;
+use crate::error::copy_io_error;
 use crate::log::ops::{Chain, IoData, Op, OpKind};
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -190,7 +191,8 @@ impl ChainRunner {
             let part = &mut r.parts[idx];
             part.1 -= 1;
             if let Some(e) = &err {
-                part.2.get_or_insert_with(|| copy_error(e));
+                // A fused write reports its error for the sync too.
+                part.2.get_or_insert_with(|| copy_io_error(e));
             }
             if part.1 == 0 {
                 let res = match part.2.take() {
@@ -328,14 +330,6 @@ fn set_effect(effects: &mut Vec<(u64, bool)>, seg: u64, dirty: bool) {
     match effects.iter_mut().find(|(s, _)| *s == seg) {
         Some(e) => e.1 = dirty,
         None => effects.push((seg, dirty)),
-    }
-}
-
-/// Why an error is reported twice (a fused write and its sync): `io::Error` is not `Clone`.
-fn copy_error(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 

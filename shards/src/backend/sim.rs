@@ -69,6 +69,22 @@ struct Inode {
     pending: Vec<(u64, Vec<u8>)>,
 }
 
+impl Inode {
+    /// What `fdatasync` does: every write so far becomes durable.
+    fn make_durable(&mut self) {
+        for (off, data) in std::mem::take(&mut self.pending) {
+            let (a, b) = (off as usize, off as usize + data.len());
+            if self.durable.len() < b {
+                self.durable.resize(b, 0);
+            }
+            self.durable[a..b].copy_from_slice(&data);
+        }
+        if self.durable.len() < self.current.len() {
+            self.durable.resize(self.current.len(), 0);
+        }
+    }
+}
+
 /// Faults to inject. Counted ones fire once; random ones fire with a probability per
 /// operation, drawn from the disk's seeded generator (so a seed reproduces them).
 #[derive(Debug, Default, Clone)]
@@ -405,17 +421,10 @@ impl FsFile for SimFile {
             if s.draw(s.faults.sync_error_ppm) {
                 return Err(s.error());
             }
-            let inode = s.inodes.get_mut(&self.inode).expect("live inode");
-            for (off, data) in std::mem::take(&mut inode.pending) {
-                let (a, b) = (off as usize, off as usize + data.len());
-                if inode.durable.len() < b {
-                    inode.durable.resize(b, 0);
-                }
-                inode.durable[a..b].copy_from_slice(&data);
-            }
-            if inode.durable.len() < inode.current.len() {
-                inode.durable.resize(inode.current.len(), 0);
-            }
+            s.inodes
+                .get_mut(&self.inode)
+                .expect("live inode")
+                .make_durable();
             Ok(())
         })
     }
@@ -574,16 +583,7 @@ impl Fs for SimFs {
             apply(&mut st.durable, &op);
         }
         for inode in st.inodes.values_mut() {
-            for (off, data) in std::mem::take(&mut inode.pending) {
-                let (a, b) = (off as usize, off as usize + data.len());
-                if inode.durable.len() < b {
-                    inode.durable.resize(b, 0);
-                }
-                inode.durable[a..b].copy_from_slice(&data);
-            }
-            if inode.durable.len() < inode.current.len() {
-                inode.durable.resize(inode.current.len(), 0);
-            }
+            inode.make_durable();
         }
         Ok(())
     }

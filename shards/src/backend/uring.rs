@@ -32,6 +32,14 @@ const ENTRIES: u32 = 256;
 /// Registered buffer index of the shared zero chunk.
 const ZERO_BUF: u16 = 0;
 
+/// Adds one to an eventfd, waking a ring that has a read armed on it. It cannot fail
+/// short of a counter overflow, which the ring's read resets.
+pub fn signal_eventfd(efd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an open eventfd.
+    unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+}
+
 /// An operation in the kernel's hands, with everything it points to.
 struct Held {
     op: RingOp,
@@ -400,9 +408,7 @@ impl Drop for UringRing {
         let mut sink = Vec::new();
         while !self.held.is_empty() || self.efd_armed {
             if self.efd_armed {
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a valid u64 to the eventfd.
-                unsafe { libc::write(self.efd, (&one as *const u64).cast(), 8) };
+                signal_eventfd(self.efd);
             }
             if self.enter(1).is_err() {
                 break;

@@ -207,19 +207,17 @@ const PREP_RETRY_NS: u64 = 50_000_000;
 /// it until a retry, at most every `PREP_RETRY_NS`, succeeds.
 struct PrepFailure {
     path: std::path::PathBuf,
-    code: Option<i32>,
-    kind: io::ErrorKind,
-    msg: String,
+    error: io::Error,
     retry_at: u64,
 }
 
 impl PrepFailure {
     fn error(&self) -> AofError {
-        let e = match self.code {
-            Some(c) => io::Error::from_raw_os_error(c),
-            None => io::Error::new(self.kind, self.msg.clone()),
-        };
-        AofError::io("prepare the next segment file", &self.path, e)
+        AofError::io(
+            "prepare the next segment file",
+            &self.path,
+            crate::error::copy_io_error(&self.error),
+        )
     }
 }
 
@@ -1136,9 +1134,7 @@ impl LogCore {
         );
         self.prep_failure = Some(PrepFailure {
             path,
-            code: e.raw_os_error(),
-            kind: e.kind(),
-            msg: e.to_string(),
+            error: e,
             retry_at: self.clock.monotonic_ns() + PREP_RETRY_NS,
         });
         // A blocked append is waiting for this file: wake it to see the error.
