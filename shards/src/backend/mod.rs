@@ -103,12 +103,12 @@ pub trait Fs: Send + Sync + 'static {
     fn unlink(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, unlinks) durable.
     fn fsync_dir(&self, path: &Path) -> io::Result<()>;
-    /// Makes every completed write and directory change on the file system holding
-    /// `dir` durable (`syncfs`), then drops the cached pages of the files in `dir`, so
-    /// what recovery reads next comes from the disk. After a failed `fdatasync` the page
-    /// cache can show bytes that never reached the disk (Linux marks failed pages
-    /// clean), and an earlier session's unsynced writes are not durable until synced:
-    /// recovery must not trust either.
+    /// Makes every completed write to the files in `dir`, and `dir`'s own entries,
+    /// durable (`fdatasync` of each file, `fsync` of the directory), then drops the
+    /// files' cached pages, so what recovery reads next comes from the disk. After a
+    /// failed `fdatasync` the page cache can show bytes that never reached the disk
+    /// (Linux marks failed pages clean), and an earlier session's unsynced writes are
+    /// not durable until synced: recovery must not trust either.
     fn settle_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `path` (created if missing) without waiting;
     /// `ErrorKind::WouldBlock` if another holder has it.

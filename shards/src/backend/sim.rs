@@ -144,6 +144,19 @@ impl State {
         io::Error::from_raw_os_error(code)
     }
 
+    /// What `fsync` of directory `dir` does: its pending entry changes become durable.
+    fn sync_dir_entries(&mut self, dir: &Path) {
+        let mut rest = Vec::new();
+        for (p, op) in std::mem::take(&mut self.pending_dir) {
+            if p == dir {
+                apply(&mut self.durable, &op);
+            } else {
+                rest.push((p, op));
+            }
+        }
+        self.pending_dir = rest;
+    }
+
     fn dir_fault(&mut self) -> io::Result<()> {
         if self.draw(self.faults.dir_error_ppm) {
             return Err(self.error());
@@ -560,31 +573,31 @@ impl Fs for SimFs {
     fn fsync_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.dir_fault()?;
-        let st = &mut *s;
-        let mut rest = Vec::new();
-        for (p, op) in std::mem::take(&mut st.pending_dir) {
-            if p == path {
-                apply(&mut st.durable, &op);
-            } else {
-                rest.push((p, op));
-            }
-        }
-        st.pending_dir = rest;
+        s.sync_dir_entries(path);
         Ok(())
     }
 
-    fn settle_dir(&self, _dir: &Path) -> io::Result<()> {
-        // Everything pending anywhere becomes durable, as `syncfs` does; the simulated
-        // disk has no clean-but-lost pages to drop.
+    fn settle_dir(&self, dir: &Path) -> io::Result<()> {
+        // The files in `dir` and its entries become durable; the simulated disk has no
+        // clean-but-lost pages to drop.
         let mut s = self.lock();
         s.dir_fault()?;
         let st = &mut *s;
-        for (_, op) in std::mem::take(&mut st.pending_dir) {
-            apply(&mut st.durable, &op);
+        let inodes: Vec<u64> = st
+            .current
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .filter_map(|(_, n)| match n {
+                Node::File(i) => Some(*i),
+                Node::Dir => None,
+            })
+            .collect();
+        for i in inodes {
+            if let Some(inode) = st.inodes.get_mut(&i) {
+                inode.make_durable();
+            }
         }
-        for inode in st.inodes.values_mut() {
-            inode.make_durable();
-        }
+        st.sync_dir_entries(dir);
         Ok(())
     }
 

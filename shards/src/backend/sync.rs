@@ -210,24 +210,22 @@ impl Fs for SyncFs {
     }
 
     fn settle_dir(&self, dir: &Path) -> io::Result<()> {
-        let d = File::open(dir)?;
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
         for name in self.list_dir(dir)? {
             let path = dir.join(name);
             if self.kind(&path)? != Some(EntryKind::File) {
                 continue;
             }
             let f = File::open(&path)?;
+            // Clean files cost no I/O here; only our own files are synced (a `syncfs`
+            // would flush every other writer's data on the file system too).
+            f.sync_data()?;
             // SAFETY: plain syscall on an fd we own; advice only, no memory involved.
             let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
         }
-        Ok(())
+        self.fsync_dir(dir)
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn FsLock>> {
