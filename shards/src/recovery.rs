@@ -157,7 +157,13 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
     for name in names {
         let path = dir.join(&name);
         let parsed = name.to_str().and_then(parse_name);
-        match (parsed, fs.kind(&path).map_err(io_err("stat", &path))?) {
+        let kind = fs.kind(&path).map_err(io_err("stat", &path))?;
+        if kind.is_none() {
+            // Renamed or removed since the listing: a live writer's preparation, seen
+            // by a read-only tool (recovery holds the lock, so nothing moves then).
+            continue;
+        }
+        match (parsed, kind) {
             (Some(SegmentName::Temp(_)), Some(EntryKind::File)) => temps.push(path),
             (Some(SegmentName::Ready(id)), Some(EntryKind::File)) => readies.push((id, path)),
             (Some(SegmentName::Segment(id)), Some(EntryKind::File)) => segments.push((id, path)),
@@ -169,7 +175,14 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
     let mut used: Vec<Used> = Vec::new();
     let mut blank: Vec<(u64, PathBuf, u64)> = Vec::new();
     for (id, path) in segments {
-        let (file, size, head) = read_head(fs, &path)?;
+        let (file, size, head) = match read_head(fs, &path) {
+            Ok(r) => r,
+            // Gone since the listing (see above).
+            Err(AofError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         let state = match SegmentHeader::decode(&head) {
             Ok(s) => s,
             // A header write cut short (a crash, a short write) before anything else
