@@ -249,7 +249,8 @@ fn child_without_memlock() {
         set.running()[0],
         Running::Uring {
             single_issuer: true,
-            registered: false
+            registered: false,
+            registered_arena: 0,
         },
         "registration refused, ring running"
     );
@@ -269,18 +270,51 @@ fn without_memlock_the_ring_works_unregistered() {
     if !uring_available("without_memlock_the_ring_works_unregistered") {
         return;
     }
-    // Where memlock allows (root, or a large enough limit), the zero chunk is registered.
+    // Where memlock allows (root, or a large enough limit), the zero chunk and the log
+    // buffer arena are registered, and data writes go out from them.
     let mut cfg = AofManagerConfig::default();
     cfg.backend = IoBackend::Uring;
+    cfg.shards = 1;
     let set = ShardSet::start(&cfg).unwrap();
     if is_root() {
-        assert!(matches!(
-            set.running()[0],
-            Running::Uring {
-                registered: true,
-                ..
+        assert!(
+            matches!(
+                set.running()[0],
+                Running::Uring {
+                    registered: true,
+                    registered_arena: 9_437_184, // 8 x 1 MiB buffers + 256 blocks
+                    ..
+                }
+            ),
+            "{:?}",
+            set.running()
+        );
+        let d = tempfile::tempdir().unwrap();
+        let mut c = small_cfg(d.path());
+        c.segment_target_bytes = 16 << 20; // 1 MiB log buffers, the arena's size class
+        c.segment_max_bytes = 16 << 20;
+        let log = LogHandle::open(&set, c).unwrap();
+        let before = set.fixed_writes();
+        let mut rids = Vec::new();
+        for i in 0..2000u64 {
+            rids.push(log.append(&payload(4, i)).unwrap());
+            if i % 100 == 99 {
+                log.flush_until(*rids.last().unwrap()).unwrap();
             }
-        ));
+        }
+        log.flush_until(*rids.last().unwrap()).unwrap();
+        let fixed = set.fixed_writes() - before;
+        let ops = log.metrics().write_ops;
+        assert!(
+            fixed >= ops,
+            "every data write came from the registered arena: {fixed} fixed (data, headers, footers) for {ops} data writes"
+        );
+        for (i, rid) in rids.iter().enumerate().step_by(97) {
+            let r = log
+                .open_reader(bop_rs::aof2::SegmentId::new(rid.segment_index() as u64))
+                .unwrap();
+            assert_eq!(r.read_record(*rid).unwrap().payload(), payload(4, i as u64));
+        }
     }
     drop(set);
     let d = tempfile::tempdir().unwrap();

@@ -10,11 +10,118 @@
 use crate::format::BLOCK;
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 
-/// A heap allocation aligned to (and sized in multiples of) the 4 KiB block.
+/// Memory aligned to (and sized in multiples of) the 4 KiB block: a heap allocation of
+/// its own, or a slot of a shard's [`BufferArena`] (returned to it on drop).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    home: Option<(Arc<BufferArena>, Slot)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Buffer(u32),
+    Block(u32),
+}
+
+/// One shard's registered memory: `buffers` log buffers of [`crate::log::BUF_SIZE`]
+/// bytes and `blocks` 4 KiB blocks (bounce copies, headers, footers) in one allocation,
+/// which the io_uring backend registers as a fixed buffer, so writes from it need no
+/// page pinning per operation (`WRITE_FIXED` / `WRITEV_FIXED`). When it runs out,
+/// logs fall back to heap memory and plain writes.
+pub struct BufferArena {
+    base: NonNull<u8>,
+    len: usize,
+    buffer_size: usize,
+    buffers: u32,
+    free: Mutex<(Vec<u32>, Vec<u32>)>,
+}
+
+// SAFETY: the arena owns its allocation; slots are handed out to one owner at a time
+// through the mutex-guarded free lists.
+unsafe impl Send for BufferArena {}
+// SAFETY: as above; shared references only touch the free lists (under the mutex).
+unsafe impl Sync for BufferArena {}
+
+impl BufferArena {
+    /// An arena of `buffers` buffers of `buffer_size` bytes and `blocks` 4 KiB blocks.
+    pub fn new(buffers: u32, buffer_size: usize, blocks: u32) -> Arc<BufferArena> {
+        assert!(buffer_size % BLOCK == 0 && buffer_size > 0);
+        let len = buffers as usize * buffer_size + blocks as usize * BLOCK;
+        let layout = Layout::from_size_align(len.max(BLOCK), BLOCK).expect("arena layout");
+        // SAFETY: layout has non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(base) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
+        Arc::new(BufferArena {
+            base,
+            len,
+            buffer_size,
+            buffers,
+            free: Mutex::new(((0..buffers).rev().collect(), (0..blocks).rev().collect())),
+        })
+    }
+
+    /// The whole region, for registration: (address, length).
+    pub fn region(&self) -> (*const u8, usize) {
+        (self.base.as_ptr(), self.len)
+    }
+
+    /// True when `[ptr, ptr + len)` lies inside the arena.
+    pub fn contains(&self, ptr: *const u8, len: usize) -> bool {
+        let (b, p) = (self.base.as_ptr() as usize, ptr as usize);
+        p >= b && p + len <= b + self.len
+    }
+
+    /// A buffer of `size` bytes from the arena, if it has that size class and a free
+    /// slot. Buffers come with stale contents, blocks zeroed (as `AlignedBuf::zeroed`).
+    pub fn take(self: &Arc<Self>, size: usize) -> Option<AlignedBuf> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let (slot, off) = if size == self.buffer_size {
+            let i = free.0.pop()?;
+            (Slot::Buffer(i), i as usize * self.buffer_size)
+        } else if size == BLOCK {
+            let i = free.1.pop()?;
+            (
+                Slot::Block(i),
+                self.buffers as usize * self.buffer_size + i as usize * BLOCK,
+            )
+        } else {
+            return None;
+        };
+        drop(free);
+        // SAFETY: `off + size` is within the allocation (slot arithmetic above).
+        let ptr = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(off)) };
+        if let Slot::Block(_) = slot {
+            // SAFETY: the slot is ours alone until it is returned.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
+        }
+        Some(AlignedBuf {
+            ptr,
+            len: size,
+            home: Some((self.clone(), slot)),
+        })
+    }
+
+    fn give_back(&self, slot: Slot) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match slot {
+            Slot::Buffer(i) => free.0.push(i),
+            Slot::Block(i) => free.1.push(i),
+        }
+    }
+}
+
+impl Drop for BufferArena {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len.max(BLOCK), BLOCK).expect("arena layout");
+        // SAFETY: allocated in `new` with this layout; every slot's `AlignedBuf` holds an
+        // `Arc` to the arena, so none is alive now.
+        unsafe { alloc::dealloc(self.base.as_ptr(), layout) };
+    }
 }
 
 // SAFETY: AlignedBuf owns its allocation; concurrent access is governed by the range
@@ -33,7 +140,23 @@ impl AlignedBuf {
         let Some(ptr) = NonNull::new(ptr) else {
             alloc::handle_alloc_error(layout)
         };
-        AlignedBuf { ptr, len }
+        AlignedBuf {
+            ptr,
+            len,
+            home: None,
+        }
+    }
+
+    /// A zeroed block from `arena` if it has one free, else from the heap.
+    pub fn zeroed_block(arena: Option<&Arc<BufferArena>>) -> AlignedBuf {
+        arena
+            .and_then(|a| a.take(BLOCK))
+            .unwrap_or_else(|| AlignedBuf::zeroed(BLOCK))
+    }
+
+    /// Where the bytes start (to tell whether they lie in a registered arena).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
     }
 
     /// Size in bytes.
@@ -71,6 +194,10 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if let Some((arena, slot)) = self.home.take() {
+            arena.give_back(slot);
+            return;
+        }
         let layout = Layout::from_size_align(self.len, BLOCK).expect("buffer layout");
         // SAFETY: allocated in `zeroed` with this layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
@@ -102,5 +229,35 @@ mod tests {
         unsafe { b.write(100, b"abc") };
         // SAFETY: single-threaded test.
         assert_eq!(unsafe { b.slice(100, 3) }, b"abc");
+    }
+
+    #[test]
+    fn arena_slots_are_aligned_zeroed_blocks_and_come_back_on_drop() {
+        let a = BufferArena::new(2, 2 * BLOCK, 2);
+        let b1 = a.take(2 * BLOCK).unwrap();
+        let b2 = a.take(2 * BLOCK).unwrap();
+        assert!(a.take(2 * BLOCK).is_none(), "two buffers only");
+        assert!(a.take(3 * BLOCK).is_none(), "no such size class");
+        assert_ne!(b1.as_ptr(), b2.as_ptr());
+        assert!(a.contains(b1.as_ptr(), 2 * BLOCK) && a.contains(b2.as_ptr(), 2 * BLOCK));
+        let k = a.take(BLOCK).unwrap();
+        // SAFETY: single-threaded test.
+        unsafe { k.write(0, b"dirty") };
+        drop(k);
+        let k = AlignedBuf::zeroed_block(Some(&a));
+        assert!(a.contains(k.as_ptr(), BLOCK));
+        assert_eq!(k.as_ptr() as usize % BLOCK, 0);
+        // SAFETY: single-threaded test.
+        assert!(
+            unsafe { k.slice(0, BLOCK) }.iter().all(|&x| x == 0),
+            "blocks come zeroed"
+        );
+        drop(b1);
+        assert!(
+            a.take(2 * BLOCK).is_some(),
+            "a dropped buffer returns to the arena"
+        );
+        let heap = AlignedBuf::zeroed(BLOCK);
+        assert!(!a.contains(heap.as_ptr(), BLOCK));
     }
 }

@@ -200,7 +200,10 @@ impl LogHandle {
             .map_err(|e| AofError::io("resolve root_dir", &cfg.root_dir, e))?;
         let paths = LogPaths::new(&root);
         let opened = recovery::open_log(&*fs, &paths, &clock)?;
-        let core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
+        let mut core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
+        if let Some(arena) = shard.arena.get() {
+            core.set_arena(arena.clone());
+        }
         let durable = core.durable_pos();
         let shared = Arc::new(LogShared {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),

@@ -48,7 +48,8 @@ impl ShardSet {
         let mut pinned = Vec::with_capacity(n);
         for i in 0..n {
             let cpu = cfg.pin_shards.then(|| cpus[i % cpus.len()]);
-            let s = Shard::start(i, cpu, Clock::System, backend).map_err(|e| {
+            let arena_buffers = (cfg.registered_buffer_bytes / crate::log::BUF_SIZE as u64) as u32;
+            let s = Shard::start(i, cpu, Clock::System, backend, arena_buffers).map_err(|e| {
                 if backend == IoBackend::Uring {
                     AofError::Startup(format!(
                         "io_uring is unavailable for shard thread {i} (io_uring_setup: {e}); \
@@ -86,6 +87,14 @@ impl ShardSet {
     /// What each shard runs on.
     pub fn running(&self) -> &[Running] {
         &self.running
+    }
+
+    /// Writes the shards' rings issued from their registered arenas, in total.
+    pub fn fixed_writes(&self) -> u64 {
+        self.ctls
+            .iter()
+            .map(|c| c.fixed_writes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// True when io_uring was wanted (`Auto`) but could not be set up.

@@ -16,6 +16,7 @@
 use crate::backend::ring::{ChainRunner, Completed};
 use crate::backend::uring::{signal_eventfd, UringRing};
 use crate::backend::FsLock;
+use crate::buffer::BufferArena;
 use crate::clock::Clock;
 use crate::config::IoBackend;
 use crate::driver::Driver;
@@ -23,7 +24,7 @@ use crate::log_handle::LogShared;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
@@ -85,6 +86,10 @@ pub struct ShardCtl {
     sleeping: AtomicBool,
     /// io_uring was wanted (`Auto`) but could not be set up: the portable backend runs.
     pub uring_fallback: AtomicBool,
+    /// The shard's registered buffer arena, where the ring has one.
+    pub arena: OnceLock<Arc<BufferArena>>,
+    /// Writes the ring issued from the registered arena (`WRITE_FIXED`, `WRITEV_FIXED`).
+    pub fixed_writes: Arc<AtomicU64>,
 }
 
 /// What a shard runs on.
@@ -96,6 +101,9 @@ pub enum Running {
         single_issuer: bool,
         /// The zero chunk is a registered buffer.
         registered: bool,
+        /// Bytes of log buffers and blocks registered (0: none; memlock refused or
+        /// `registered_buffer_bytes` is 0).
+        registered_arena: usize,
     },
     /// The portable backend; `fallback` says why io_uring was not used, if it was wanted.
     Sync {
@@ -164,12 +172,15 @@ pub struct Shard {
 
 impl Shard {
     /// Starts shard `id`, pinned to `cpu` if given, on `backend` (already resolved from
-    /// the environment). `Uring` fails if no ring can be set up; `Auto` falls back.
+    /// the environment). `Uring` fails if no ring can be set up; `Auto` falls back. On
+    /// io_uring, `arena_buffers` log buffers are registered with the ring where memlock
+    /// allows.
     pub fn start(
         id: usize,
         cpu: Option<usize>,
         clock: Clock,
         backend: IoBackend,
+        arena_buffers: u32,
     ) -> std::io::Result<Shard> {
         // SAFETY: plain syscall; the result is checked before being owned.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -187,6 +198,8 @@ impl Shard {
             ring: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             uring_fallback: AtomicBool::new(false),
+            arena: OnceLock::new(),
+            fixed_writes: Arc::default(),
         });
         let c = ctl.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -196,8 +209,12 @@ impl Shard {
                 pin(&c, cpu);
                 let io = match backend {
                     IoBackend::Sync => Io::Sync,
-                    _ => match UringRing::new(c.efd.as_raw_fd()) {
-                        Ok(ring) => {
+                    _ => match UringRing::new(c.efd.as_raw_fd(), arena_buffers) {
+                        Ok(mut ring) => {
+                            ring.count_fixed_writes(c.fixed_writes.clone());
+                            if let Some(a) = ring.arena() {
+                                let _ = c.arena.set(a);
+                            }
                             c.ring.store(true, Ordering::Release);
                             Io::Uring {
                                 ring: Box::new(ring),
@@ -223,6 +240,7 @@ impl Shard {
                     Io::Uring { ring, .. } => Running::Uring {
                         single_issuer: ring.setup().single_issuer,
                         registered: ring.setup().registered_zeros,
+                        registered_arena: ring.setup().registered_arena,
                     },
                 };
                 let _ = tx.send(Ok(running));

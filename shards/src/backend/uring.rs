@@ -15,7 +15,7 @@
 //!   nothing armed but the eventfd read.
 
 use super::ring::{Ring, RingOp, Submission};
-use crate::buffer::{zero_chunk, PREP_CHUNK};
+use crate::buffer::{zero_chunk, BufferArena, PREP_CHUNK};
 use crate::log::ops::IoData;
 use io_uring::{opcode, squeue, types, EnterFlags, IoUring};
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const EVENTFD_TOKEN: u64 = u64::MAX;
 const TIMER_BIT: u64 = 1 << 63;
@@ -31,6 +32,10 @@ const TIMER_BIT: u64 = 1 << 63;
 const ENTRIES: u32 = 256;
 /// Registered buffer index of the shared zero chunk.
 const ZERO_BUF: u16 = 0;
+/// Registered buffer index of the shard's buffer arena.
+const ARENA_BUF: u16 = 1;
+/// 4 KiB blocks in a shard's arena (bounce copies, headers, footers in flight).
+const ARENA_BLOCKS: u32 = 256;
 
 /// Adds one to an eventfd, waking a ring that has a read armed on it. It cannot fail
 /// short of a counter overflow, which the ring's read resets.
@@ -56,6 +61,8 @@ pub struct RingSetup {
     pub single_issuer: bool,
     /// The zero chunk is a registered buffer (memlock allowed it).
     pub registered_zeros: bool,
+    /// Bytes of the shard's buffer arena registered (0: none).
+    pub registered_arena: usize,
 }
 
 /// One shard's ring.
@@ -72,6 +79,10 @@ pub struct UringRing {
     timer_seq: u64,
     timespecs: HashMap<u64, Box<types::Timespec>>,
     setup: RingSetup,
+    /// The registered arena (dropped after the ring, which unregisters it on close).
+    arena: Option<Arc<BufferArena>>,
+    /// Writes issued from the registered arena, for observation.
+    fixed_writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 // SAFETY: the ring is created and used on its shard thread only; `Send` lets the
@@ -83,7 +94,7 @@ impl UringRing {
     /// Creates a ring on the calling thread (the shard thread), reading wake-ups from
     /// `efd` (an eventfd that outlives the ring). Fails when `io_uring_setup` does
     /// (blocked by seccomp, disabled by `kernel.io_uring_disabled`, too old a kernel).
-    pub fn new(efd: RawFd) -> io::Result<UringRing> {
+    pub fn new(efd: RawFd, arena_buffers: u32) -> io::Result<UringRing> {
         let (ring, single_issuer) = match IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -100,22 +111,49 @@ impl UringRing {
             ));
         }
         let zeros = zero_chunk();
-        let iov = [libc::iovec {
+        let zero_iov = libc::iovec {
             // SAFETY: the zero chunk is never written after initialisation.
             iov_base: unsafe { zeros.slice(0, PREP_CHUNK) }.as_ptr() as *mut libc::c_void,
             iov_len: PREP_CHUNK,
-        }];
-        // SAFETY: the zero chunk is a static allocation that lives as long as the process.
-        let registered_zeros = match unsafe { ring.submitter().register_buffers(&iov) } {
-            Ok(()) => true,
-            Err(e) => {
-                // ENOMEM: RLIMIT_MEMLOCK too small for the pinned pages. Plain writes work.
-                log::info!(
-                    "aof2: io_uring buffer registration refused ({e}); using unregistered buffers"
-                );
-                false
-            }
         };
+        // The zero chunk and the arena, pinned by the kernel; each charged to
+        // RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Less where that refuses.
+        let arena = (arena_buffers > 0)
+            .then(|| BufferArena::new(arena_buffers, crate::log::BUF_SIZE, ARENA_BLOCKS));
+        let mut registered_zeros = false;
+        let mut registered_arena = 0;
+        if let Some(a) = &arena {
+            let (p, len) = a.region();
+            let iov = [
+                zero_iov,
+                libc::iovec {
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: len,
+                },
+            ];
+            // SAFETY: the zero chunk is static; the arena outlives the ring (`self.arena`
+            // is dropped after the ring's fd is closed, which unregisters it).
+            match unsafe { ring.submitter().register_buffers(&iov) } {
+                Ok(()) => {
+                    registered_zeros = true;
+                    registered_arena = len;
+                }
+                Err(e) => log::info!(
+                    "aof2: io_uring refused to register {} MiB of buffers ({e}); trying the zero chunk alone",
+                    (len + PREP_CHUNK) >> 20
+                ),
+            }
+        }
+        if !registered_zeros {
+            // SAFETY: the zero chunk is a static allocation that lives as long as the process.
+            match unsafe { ring.submitter().register_buffers(&[zero_iov]) } {
+                Ok(()) => registered_zeros = true,
+                // ENOMEM: RLIMIT_MEMLOCK too small for the pinned pages. Plain writes work.
+                Err(e) => log::info!(
+                    "aof2: io_uring buffer registration refused ({e}); using unregistered buffers"
+                ),
+            }
+        }
         Ok(UringRing {
             ring,
             held: HashMap::new(),
@@ -129,8 +167,21 @@ impl UringRing {
             setup: RingSetup {
                 single_issuer,
                 registered_zeros,
+                registered_arena,
             },
+            arena: arena.filter(|_| registered_arena > 0),
+            fixed_writes: Arc::default(),
         })
+    }
+
+    /// Counts writes issued from the registered arena into `counter` from now on.
+    pub fn count_fixed_writes(&mut self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        self.fixed_writes = counter;
+    }
+
+    /// The registered arena logs on this shard should take their buffers from.
+    pub fn arena(&self) -> Option<Arc<BufferArena>> {
+        self.arena.clone()
     }
 
     /// How the ring was set up.
@@ -190,6 +241,16 @@ impl UringRing {
         }
     }
 
+    /// True when every piece lies in the registered arena (one fixed buffer).
+    fn in_arena(&self, data: &[IoData]) -> bool {
+        self.arena.as_ref().is_some_and(|a| {
+            data.iter().all(|d| {
+                let b = d.bytes();
+                a.contains(b.as_ptr(), b.len())
+            })
+        })
+    }
+
     /// The queue entry for `op`, with the iovec array and directory handle it points to.
     #[allow(clippy::type_complexity)]
     fn entry_for(
@@ -221,6 +282,15 @@ impl UringRing {
                             .build();
                         (e, Vec::new(), None)
                     }
+                    [one] if self.in_arena(data) => {
+                        self.fixed_writes.fetch_add(1, Ordering::Relaxed);
+                        let b = one.bytes();
+                        let e = opcode::WriteFixed::new(fd, b.as_ptr(), b.len() as u32, ARENA_BUF)
+                            .offset(*offset)
+                            .rw_flags(flags)
+                            .build();
+                        (e, Vec::new(), None)
+                    }
                     [one] => {
                         let b = one.bytes();
                         let e = opcode::Write::new(fd, b.as_ptr(), b.len() as u32)
@@ -229,17 +299,18 @@ impl UringRing {
                             .build();
                         (e, Vec::new(), None)
                     }
+                    pieces if self.in_arena(data) => {
+                        self.fixed_writes.fetch_add(1, Ordering::Relaxed);
+                        let iov = iovecs(pieces);
+                        let e =
+                            opcode::WritevFixed::new(fd, iov.as_ptr(), iov.len() as u32, ARENA_BUF)
+                                .offset(*offset)
+                                .rw_flags(flags)
+                                .build();
+                        (e, iov, None)
+                    }
                     pieces => {
-                        let iov: Vec<libc::iovec> = pieces
-                            .iter()
-                            .map(|d| {
-                                let b = d.bytes();
-                                libc::iovec {
-                                    iov_base: b.as_ptr() as *mut libc::c_void,
-                                    iov_len: b.len(),
-                                }
-                            })
-                            .collect();
+                        let iov = iovecs(pieces);
                         let e = opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
                             .offset(*offset)
                             .rw_flags(flags)
@@ -353,6 +424,19 @@ impl UringRing {
             out.push((token, r));
         }
     }
+}
+
+fn iovecs(pieces: &[IoData]) -> Vec<libc::iovec> {
+    pieces
+        .iter()
+        .map(|d| {
+            let b = d.bytes();
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            }
+        })
+        .collect()
 }
 
 impl Ring for UringRing {

@@ -19,7 +19,7 @@
 
 pub mod ops;
 
-use crate::buffer::{AlignedBuf, PREP_CHUNK};
+use crate::buffer::{AlignedBuf, BufferArena, PREP_CHUNK};
 use crate::clock::Clock;
 use crate::config::{AofConfig, RecordId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
@@ -41,10 +41,16 @@ const POOL_BUFFERS: usize = 2;
 
 /// A buffer of `size` bytes from the pool, or a new one. Contents are stale: every byte
 /// written to disk from a buffer is written by an appender first.
-fn take_buffer(pool: &mut Vec<AlignedBuf>, size: usize) -> AlignedBuf {
+fn take_buffer(
+    pool: &mut Vec<AlignedBuf>,
+    arena: Option<&Arc<BufferArena>>,
+    size: usize,
+) -> AlignedBuf {
     match pool.iter().position(|b| b.len() == size) {
         Some(i) => pool.swap_remove(i),
-        None => AlignedBuf::zeroed(size),
+        None => arena
+            .and_then(|a| a.take(size))
+            .unwrap_or_else(|| AlignedBuf::zeroed(size)),
     }
 }
 
@@ -306,6 +312,8 @@ pub struct LogCore {
     prep_io: Option<InFlight>,
     next_op: u64,
     pool: Vec<AlignedBuf>,
+    /// The shard's registered memory, if any: buffers and blocks come from it first.
+    arena: Option<Arc<BufferArena>>,
     poisoned: Option<AofError>,
     closing: bool,
     /// Closing, and the unused prepared files were renamed `.ready` (durably).
@@ -350,6 +358,7 @@ impl LogCore {
             prep_io: None,
             next_op: 1,
             pool: Vec::new(),
+            arena: None,
             poisoned: None,
             closing: false,
             marked_ready: false,
@@ -414,7 +423,7 @@ impl LogCore {
         let end = off + frame;
         let first_new_buffer = s.bufs_end;
         while s.bufs_end < end {
-            let buf = take_buffer(&mut self.pool, s.buf_size);
+            let buf = take_buffer(&mut self.pool, self.arena.as_ref(), s.buf_size);
             s.bufs.push_back((s.bufs_end, Arc::new(buf)));
             s.bufs_end += s.buf_size as u64;
         }
@@ -501,7 +510,7 @@ impl LogCore {
             written_end: 0,
             durable_end: HEADER_LEN as u64,
         };
-        let buf = take_buffer(&mut self.pool, s.buf_size);
+        let buf = take_buffer(&mut self.pool, self.arena.as_ref(), s.buf_size);
         self.segs.push_back(s);
         let s = self.segs.back_mut().expect("just pushed");
         s.bufs.push_back((0, Arc::new(buf)));
@@ -809,7 +818,7 @@ impl LogCore {
         }
         let seg = s.id;
         if !s.header_durable {
-            let block = AlignedBuf::zeroed(BLOCK);
+            let block = AlignedBuf::zeroed_block(self.arena.as_ref());
             // SAFETY: a fresh block, ours alone.
             unsafe { block.write(0, &s.header_bytes) };
             let kinds = vec![
@@ -827,7 +836,7 @@ impl LogCore {
             let mut kinds = Vec::new();
             if s.written_end < end {
                 let from = block_floor(s.written_end);
-                let data = Self::write_data(s, from, end);
+                let data = Self::write_data(s, from, end, self.arena.as_ref());
                 kinds.push(OpKind::Write {
                     seg,
                     offset: from,
@@ -849,7 +858,7 @@ impl LogCore {
                 index_len: 0,
                 index_crc: 0,
             };
-            let block = AlignedBuf::zeroed(BLOCK);
+            let block = AlignedBuf::zeroed_block(self.arena.as_ref());
             // SAFETY: a fresh block, ours alone.
             unsafe { block.write(0, &footer.encode(s.seed)) };
             let offset = s.header.file_size - FOOTER_REGION;
@@ -865,7 +874,7 @@ impl LogCore {
             return Some(self.chain(kinds, Effect::Sealed { seg, footer }, false));
         }
         let from = block_floor(s.written_end);
-        let data = Self::write_data(s, from, behind);
+        let data = Self::write_data(s, from, behind, self.arena.as_ref());
         let kinds = vec![OpKind::Write {
             seg,
             offset: from,
@@ -876,7 +885,7 @@ impl LogCore {
 
     /// The pieces to write segment bytes [from, to): whole blocks straight from the
     /// buffers, the partly filled last block from a zero-padded bounce copy.
-    fn write_data(s: &Seg, from: u64, to: u64) -> Vec<IoData> {
+    fn write_data(s: &Seg, from: u64, to: u64, arena: Option<&Arc<BufferArena>>) -> Vec<IoData> {
         let full_end = block_floor(to);
         let mut data = Vec::new();
         let mut at = from;
@@ -897,7 +906,7 @@ impl LogCore {
             at = b;
         }
         if to > full_end {
-            let bounce = AlignedBuf::zeroed(BLOCK);
+            let bounce = AlignedBuf::zeroed_block(arena);
             s.copy_out(full_end, &bounce);
             data.push(IoData::Owned(bounce));
         }
@@ -1139,6 +1148,11 @@ impl LogCore {
         });
         // A blocked append is waiting for this file: wake it to see the error.
         Progress { wake_waiters: true }
+    }
+
+    /// Takes buffers and blocks from `arena` (a shard's registered memory) from now on.
+    pub fn set_arena(&mut self, arena: Arc<BufferArena>) {
+        self.arena = Some(arena);
     }
 
     /// The error appends that need a new segment get, while preparation is failing.
