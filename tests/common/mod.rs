@@ -52,8 +52,21 @@ pub fn small_cfg(root: &Path) -> AofConfig {
     c
 }
 
+/// Opens a log. A `Locked` right after the previous holder closed is retried briefly:
+/// a child process another test spawns at that instant holds a copy of every open file
+/// description (the lock file's too, so its `flock`) until it execs.
 pub fn open(m: &AofManager, cfg: AofConfig) -> Aof {
-    Aof::new(m.handle(), cfg).expect("log opens")
+    let start = std::time::Instant::now();
+    loop {
+        match Aof::new(m.handle(), cfg.clone()) {
+            Err(bop_rs::aof2::AofError::Locked { .. })
+                if start.elapsed() < Duration::from_secs(2) =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            r => return r.expect("log opens"),
+        }
+    }
 }
 
 /// Reads record `rid` back through a reader of its segment.
