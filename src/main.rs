@@ -39,7 +39,7 @@ enum Command {
         /// Run on tmpfs anyway (where fdatasync is a no-op).
         #[arg(long)]
         allow_tmpfs: bool,
-        /// Run only these workloads (comma-separated: W1,W2,W3,W4,R1,R2,R3; R1 and R3 run together).
+        /// Run only these workloads (comma-separated: W1,W2,W3,W4,W5,R1,R2,R3; R1 and R3 run together).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// I/O backend: auto (io_uring, else the portable one), uring (strict) or sync.
