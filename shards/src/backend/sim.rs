@@ -635,7 +635,8 @@ impl Fs for SimFs {
 /// order (as a real ring's may), while each group keeps its link order.
 ///
 /// It also checks the rules for the partly filled last block that make reordering
-/// safe, and records every breach in [`violations`](SimRing::violations):
+/// safe (and that no write has an empty piece, which a fixed-buffer vectored write
+/// refuses), and records every breach in [`violations`](SimRing::violations):
 /// - no two writes to the same 4 KiB block of a file are in flight at once (else the
 ///   older could land last);
 /// - a write never changes a non-zero byte an earlier write put in the file (the
@@ -796,6 +797,15 @@ impl SimRing {
 
 impl super::ring::Ring for SimRing {
     fn submit_linked(&mut self, ops: Vec<super::ring::Submission>) {
+        for s in &ops {
+            if let super::ring::RingOp::Write { data, offset, .. } = &s.op {
+                // The real ring's WRITEV_FIXED refuses an empty piece (EFAULT).
+                if data.iter().any(|d| d.is_empty()) {
+                    self.violations
+                        .push(format!("a write at offset {offset} has an empty piece"));
+                }
+            }
+        }
         for new in ops.iter().filter_map(|s| write_blocks(&s.op)) {
             let clash = self
                 .groups

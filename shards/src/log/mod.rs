@@ -898,6 +898,11 @@ impl LogCore {
                 break;
             }
             let b = end.min(full_end);
+            if b == at {
+                // Nothing of this buffer before the partial block: an empty piece would
+                // be refused by WRITEV_FIXED (EFAULT).
+                break;
+            }
             data.push(IoData::Buf {
                 buf: buf.clone(),
                 off: (at - base) as usize,

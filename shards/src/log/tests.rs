@@ -53,6 +53,10 @@ impl Fake {
                 self.files.insert(*seg, Vec::new());
             }
             OpKind::Write { seg, offset, data } => {
+                assert!(
+                    data.iter().all(|d| !d.is_empty()),
+                    "no empty pieces in a write: {kind:?}"
+                );
                 let f = self.files.get_mut(seg).expect("file exists");
                 let mut at = *offset as usize;
                 for d in data {
