@@ -19,7 +19,7 @@
 
 pub mod ops;
 
-use crate::buffer::{AlignedBuf, BufferArena, PREP_CHUNK};
+use crate::buffer::{AlignedBuf, BufferArena, PREP_CHUNK, PREP_STEP_QUIET};
 use crate::clock::Clock;
 use crate::config::{AofConfig, RecordId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
@@ -203,6 +203,8 @@ struct Prep {
     id: u64,
     size: u64,
     step: PrepStep,
+    /// Bytes of the zero-write in flight.
+    chunk: u64,
 }
 
 /// How long after a failed segment preparation an append may try again (ns).
@@ -979,6 +981,7 @@ impl LogCore {
                     id,
                     size,
                     step: PrepStep::Create,
+                    chunk: 0,
                 });
             }
         }
@@ -1004,7 +1007,18 @@ impl LogCore {
                 return self.chain(kinds, Effect::Prep, true);
             }
             PrepStep::Zero(off) => {
-                let n = (p.size - off).min(PREP_CHUNK as u64) as usize;
+                // Big steps once an append waits for the file or the active segment is
+                // half full; small ones otherwise, so syncs queued behind wait less.
+                let urgent = self.want.is_some()
+                    || self
+                        .segs
+                        .back()
+                        .is_some_and(|s| s.appended_end * 2 >= s.capacity);
+                let step = if urgent { PREP_CHUNK } else { PREP_STEP_QUIET };
+                let n = (p.size - off).min(step as u64) as usize;
+                if let Some(q) = self.prep.as_mut() {
+                    q.chunk = n as u64;
+                }
                 OpKind::Write {
                     seg: p.id,
                     offset: off,
@@ -1237,7 +1251,7 @@ impl LogCore {
                 p.step = match p.step {
                     PrepStep::Create => PrepStep::Zero(0),
                     PrepStep::Zero(off) => {
-                        let next = off + (p.size - off).min(PREP_CHUNK as u64);
+                        let next = off + p.chunk;
                         if next < p.size {
                             PrepStep::Zero(next)
                         } else {
