@@ -188,8 +188,11 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
             // A header write cut short (a crash, a short write) before anything else
             // was written: the file holds no frame, since a header is synced before any
             // frame is written. It is a blank prepared file, moved past like one.
-            Err(FormatError::BadMagic | FormatError::BadChecksum { .. })
-                if valid_prepared_size(size) && zero_after_header(&*file, &path)? =>
+            // (Any damage but a newer format's version, whose files are never touched.)
+            Err(ref e)
+                if !matches!(e, FormatError::UnsupportedVersion(v) if *v > format::FORMAT_VERSION)
+                    && valid_prepared_size(size)
+                    && zero_after_header(&*file, &path)? =>
             {
                 log::warn!(
                     "aof2: {} has a torn header and no frames: treated as a blank prepared file",
