@@ -142,17 +142,12 @@ fn child_without_io_uring() {
 #[test]
 fn blocked_io_uring_falls_back_with_a_metric_and_strict_is_an_error() {
     let d = tempfile::tempdir().unwrap();
-    let out = child("child_without_io_uring")
-        .env("AOF2_CHILD_DIR", d.path())
-        .env("AOF2_TEST_LOG", "info")
-        .env_remove("AOF2_BACKEND")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed:\n{stdout}\n{stderr}"
+    let (_, stderr) = run_child_ok(
+        child("child_without_io_uring")
+            .env("AOF2_CHILD_DIR", d.path())
+            .env("AOF2_TEST_LOG", "info")
+            .env_remove("AOF2_BACKEND"),
+        "CHILD OK",
     );
     assert!(
         stderr.contains("io_uring is unavailable") && stderr.contains("WARN"),
@@ -162,16 +157,11 @@ fn blocked_io_uring_falls_back_with_a_metric_and_strict_is_an_error() {
 
 #[test]
 fn a_bad_aof2_backend_value_is_a_clear_error() {
-    let out = child("child_bad_backend_env")
-        .env("AOF2_BACKEND", "fast")
-        .env("AOF2_CHILD_BAD_ENV", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_child_ok(
+        child("child_bad_backend_env")
+            .env("AOF2_BACKEND", "fast")
+            .env("AOF2_CHILD_BAD_ENV", "1"),
+        "CHILD OK",
     );
 }
 
@@ -318,15 +308,9 @@ fn without_memlock_the_ring_works_unregistered() {
     }
     drop(set);
     let d = tempfile::tempdir().unwrap();
-    let out = child("child_without_memlock")
-        .env("AOF2_CHILD_MEMLOCK_DIR", d.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_child_ok(
+        child("child_without_memlock").env("AOF2_CHILD_MEMLOCK_DIR", d.path()),
+        "CHILD OK",
     );
 }
 
@@ -500,15 +484,9 @@ fn child_idle_manager() {
 #[test]
 fn an_idle_manager_uses_no_measurable_cpu() {
     let d = tempfile::tempdir().unwrap();
-    let out = child("child_idle_manager")
-        .env("AOF2_CHILD_IDLE_DIR", d.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = run_child_ok(
+        child("child_idle_manager").env("AOF2_CHILD_IDLE_DIR", d.path()),
+        "CHILD OK",
     );
     println!(
         "{}",

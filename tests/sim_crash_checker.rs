@@ -643,7 +643,18 @@ fn a_failed_sync_poisons_the_log_and_a_reopen_recovers() {
 }
 
 fn failed_sync_poisons(model: Model) {
-    let mut w = World::new(7, model, false);
+    let faults = Faults {
+        fail_sync_after: Some(0),
+        ..Faults::default()
+    };
+    a_fault_poisons_and_a_reopen_recovers(7, model, faults, "Input/output error");
+}
+
+/// 20 records acknowledged, then `faults`, one more record and a flush: the log must be
+/// poisoned with an error naming the log and `cause`, report nothing more durable,
+/// refuse appends, and come back with every acknowledged record after a crash.
+fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults, cause: &str) {
+    let mut w = World::new(seed, model, false);
     w.fs.mkdir(Path::new("/sim")).unwrap();
     w.fs.fsync_dir(Path::new("/")).unwrap();
     let mut o = w.open();
@@ -655,10 +666,7 @@ fn failed_sync_poisons(model: Model) {
     let acked = w.sessions.last().unwrap().acked;
     assert_eq!(acked, 20, "the first flush covered every record");
 
-    w.fs.set_faults(Faults {
-        fail_sync_after: Some(0),
-        ..Faults::default()
-    });
+    w.fs.set_faults(faults);
     let rid = o
         .core
         .lock()
@@ -673,8 +681,9 @@ fn failed_sync_poisons(model: Model) {
         }
     }
     let core = o.core.lock().unwrap();
-    let poison = core.poison().expect("the failed sync poisoned the log");
-    assert!(poison.to_string().contains("/sim/log"), "{poison}");
+    let poison = core.poison().expect("the failure poisoned the log");
+    let msg = poison.to_string();
+    assert!(msg.contains("/sim/log") && msg.contains(cause), "{msg}");
     assert!(
         rid.as_u64() >= core.durable_pos(),
         "never reported durable after the failure"
@@ -698,38 +707,11 @@ fn failed_sync_poisons(model: Model) {
 #[test]
 fn a_data_write_hitting_a_full_disk_poisons_the_log_and_a_reopen_recovers() {
     for m in models() {
-        let mut w = World::new(11, m, false);
-        w.fs.mkdir(Path::new("/sim")).unwrap();
-        w.fs.fsync_dir(Path::new("/")).unwrap();
-        let mut o = w.open();
-        for _ in 0..20 {
-            w.append(&mut o);
-        }
-        o.core.lock().unwrap().request_flush_all();
-        w.pump(&mut o, 1000);
-        assert_eq!(w.sessions.last().unwrap().acked, 20);
-        w.fs.set_faults(Faults {
+        let faults = Faults {
             fail_write_after: Some(0),
             write_errno: libc::ENOSPC,
             ..Faults::default()
-        });
-        let rid = o.core.lock().unwrap().append(b"no room").unwrap().rid;
-        o.core.lock().unwrap().request_flush_all();
-        for _ in 0..1000 {
-            if !w.step(&mut o) {
-                break;
-            }
-        }
-        let core = o.core.lock().unwrap();
-        let poison = core.poison().expect("the failed write poisoned the log");
-        assert!(
-            poison.to_string().contains("No space left on device"),
-            "{poison}"
-        );
-        assert!(rid.as_u64() >= core.durable_pos());
-        drop(core);
-        w.fs.set_faults(Faults::default());
-        w.crash(o);
-        w.open(); // verifies every acknowledged record
+        };
+        a_fault_poisons_and_a_reopen_recovers(11, m, faults, "No space left on device");
     }
 }

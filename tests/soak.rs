@@ -58,16 +58,7 @@ fn rec(log: u64, seq: u64) -> Vec<u8> {
 /// Runs in a child process of its own, so descriptor and memory counts are this test's.
 #[test]
 fn hundreds_of_logs_with_writers_and_followers_stay_bounded_and_lose_nothing() {
-    let out = child("child_soak")
-        .env("AOF2_SOAK_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("SOAK OK"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = run_child_ok(child("child_soak").env("AOF2_SOAK_CHILD", "1"), "SOAK OK");
     println!(
         "{}",
         stdout.lines().find(|l| l.contains("soak:")).unwrap_or("")
@@ -259,15 +250,9 @@ fn child_fd_limit() {
 #[test]
 fn reaching_the_descriptor_limit_is_a_clear_error_and_open_logs_keep_working() {
     let d = tempfile::tempdir().unwrap();
-    let out = child("child_fd_limit")
-        .env("AOF2_FD_DIR", d.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_child_ok(
+        child("child_fd_limit").env("AOF2_FD_DIR", d.path()),
+        "CHILD OK",
     );
 }
 

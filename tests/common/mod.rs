@@ -114,6 +114,20 @@ pub fn child(test: &str) -> Command {
     c
 }
 
+/// Runs a child command to completion and fails the test unless it exited with success
+/// and printed `marker` (its last step). Returns its stdout and stderr.
+pub fn run_child_ok(cmd: &mut Command, marker: &str) -> (String, String) {
+    let out = cmd.output().expect("the child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(marker),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
