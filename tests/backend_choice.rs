@@ -12,6 +12,7 @@
 
 mod common;
 
+use aof2_shards::backend::uring::RingSetup;
 use aof2_shards::config::IoBackend;
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
@@ -235,15 +236,17 @@ fn child_without_memlock() {
     cfg.backend = IoBackend::Uring;
     cfg.shards = 1;
     let set = ShardSet::start(&cfg).expect("a ring without registered buffers");
-    assert_eq!(
-        set.running()[0],
-        Running::Uring {
-            single_issuer: true,
-            registered: false,
-            registered_arena: 0,
-        },
-        "registration refused, ring running"
-    );
+    match &set.running()[0] {
+        Running::Uring(s) => {
+            assert!(s.features.single_issuer, "{s:?}");
+            assert!(!s.registered_zeros && s.registered_arena == 0, "{s:?}");
+            assert!(
+                !s.features.write_fixed && !s.features.writev_fixed,
+                "no fixed-buffer opcode without registered buffers: {s:?}"
+            );
+        }
+        r => panic!("registration refused, ring running: {r:?}"),
+    }
     let log = LogHandle::open(&set, small_cfg(Path::new(&dir))).unwrap();
     let mut last = None;
     for i in 0..300u64 {
@@ -270,11 +273,11 @@ fn without_memlock_the_ring_works_unregistered() {
         assert!(
             matches!(
                 set.running()[0],
-                Running::Uring {
-                    registered: true,
+                Running::Uring(RingSetup {
+                    registered_zeros: true,
                     registered_arena: 9_437_184, // 8 x 1 MiB buffers + 256 blocks
                     ..
-                }
+                })
             ),
             "{:?}",
             set.running()

@@ -269,13 +269,16 @@ fn recovery_target(rng: &mut SimRng, files: &Inputs) {
     let fs = SimFs::new(rng.next_u64());
     let paths = LogPaths::new(Path::new("/fz/log"));
     for d in ["/fz", "/fz/log", "/fz/log/segments"] {
-        fs.mkdir(Path::new(d)).unwrap();
+        fs.mkdir(Path::new(d), 0o700).unwrap();
     }
     for (name, img) in files {
         let f = fs
             .open(
                 &paths.segments.join(name),
-                OpenMode::CreateNew { direct: false },
+                OpenMode::CreateNew {
+                    direct: false,
+                    mode: 0o600,
+                },
             )
             .unwrap();
         if !img.is_empty() {
@@ -287,7 +290,7 @@ fn recovery_target(rng: &mut SimRng, files: &Inputs) {
     fs.fsync_dir(Path::new("/fz/log")).unwrap();
     fs.fsync_dir(Path::new("/fz")).unwrap();
     fs.fsync_dir(Path::new("/")).unwrap();
-    if let Ok(opened) = recovery::open_log(&fs, &paths, &Clock::default()) {
+    if let Ok(opened) = recovery::open_log(&fs, &paths, &Clock::default(), 0o600) {
         // What recovery trusts must read back frame by frame without a panic.
         for s in &opened.recovered.sealed {
             let p = paths.segment(s.header.segment_id);

@@ -81,6 +81,12 @@ struct World {
     /// Records of sealed segments already read back (sealed files never change);
     /// the last verification of a seed reads everything again.
     cache: std::collections::HashMap<u64, Vec<(RecordId, Vec<u8>)>>,
+    /// Log buffer size: smaller than a segment in most seeds, so full buffers are
+    /// written behind the appenders (files then hold writes no sync covered yet).
+    buf_size: usize,
+    /// Negative control: the ring fuses a write and sync into files holding other
+    /// unsynced writes, which a crash can lose. The checker must catch it.
+    fuse_into_dirty: bool,
 }
 
 struct Open {
@@ -136,6 +142,7 @@ impl World {
             slow_sync_ppm: rng.below(50_000) as u32,
             ..Faults::default()
         });
+        let buf_size = [8 * 1024, 16 * 1024, 64 * 1024][rng.below(3) as usize];
         let time = Arc::new(AtomicU64::new(1_000_000_000));
         let fs = SimFs::new(rng.next_u64());
         fs.set_clock(time.clone());
@@ -152,6 +159,8 @@ impl World {
             max_rid: None,
             trace,
             cache: Default::default(),
+            buf_size,
+            fuse_into_dirty: false,
         }
     }
 
@@ -181,7 +190,7 @@ impl World {
     }
 
     fn open(&mut self) -> Open {
-        let opened = match recovery::open_log(&self.fs, &self.paths, &self.clock()) {
+        let opened = match recovery::open_log(&self.fs, &self.paths, &self.clock(), 0o600) {
             Ok(o) => o,
             Err(e) if self.faults.is_some() && self.fs.faults_injected() > 0 => {
                 // An injected fault may fail recovery: a clear error, then a retry on a
@@ -192,7 +201,7 @@ impl World {
                 }
                 self.say(|| format!("reopen failed under faults: {msg}; retrying"));
                 self.fs.set_faults(Faults::default());
-                let r = recovery::open_log(&self.fs, &self.paths, &self.clock());
+                let r = recovery::open_log(&self.fs, &self.paths, &self.clock(), 0o600);
                 self.fs.set_faults(self.faults.clone().unwrap_or_default());
                 r.unwrap_or_else(|e| self.fail(format!("reopen failed on a healthy disk: {e}")))
             }
@@ -221,13 +230,14 @@ impl World {
             )
         });
         self.verify(&opened.recovered, true);
-        let core = LogCore::new(
+        let mut core = LogCore::new(
             self.cfg.clone(),
             self.paths.clone(),
             self.clock(),
             self.rng.next_u64(),
             opened.recovered,
         );
+        core.set_buffer_size(self.buf_size);
         self.sessions.push(Session {
             records: Vec::new(),
             acked: 0,
@@ -243,7 +253,9 @@ impl World {
                 // Slow syncs: held back ten times as often as they stall the clock.
                 let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
                 ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
-                (ChainRunner::new(), ring)
+                let mut runner = ChainRunner::new();
+                runner.fuse_into_dirty_files(self.fuse_into_dirty);
+                (runner, ring)
             }),
             _lock: opened.lock,
         }
@@ -497,7 +509,7 @@ impl World {
     }
 
     fn run(&mut self, steps: usize) {
-        self.fs.mkdir(Path::new("/sim")).unwrap();
+        self.fs.mkdir(Path::new("/sim"), 0o700).unwrap();
         self.fs.fsync_dir(Path::new("/")).unwrap();
         if let Some(f) = &self.faults {
             self.say(|| format!("faults: {f:?}"));
@@ -552,7 +564,7 @@ impl World {
         }
         self.crash(o);
         self.fs.set_faults(Faults::default());
-        let opened = recovery::open_log(&self.fs, &self.paths, &self.clock())
+        let opened = recovery::open_log(&self.fs, &self.paths, &self.clock(), 0o600)
             .unwrap_or_else(|e| self.fail(format!("final reopen failed: {e}")));
         self.verify(&opened.recovered, false);
         // The segment directory holds only what the engine names.
@@ -655,7 +667,7 @@ fn failed_sync_poisons(model: Model) {
 /// refuse appends, and come back with every acknowledged record after a crash.
 fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults, cause: &str) {
     let mut w = World::new(seed, model, false);
-    w.fs.mkdir(Path::new("/sim")).unwrap();
+    w.fs.mkdir(Path::new("/sim"), 0o700).unwrap();
     w.fs.fsync_dir(Path::new("/")).unwrap();
     let mut o = w.open();
     for _ in 0..20 {
@@ -674,6 +686,9 @@ fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults
         .append(b"after the fault")
         .unwrap()
         .rid;
+    // Appended, never acknowledged: a crash may keep it or not.
+    let s = w.sessions.last_mut().unwrap();
+    s.records.push((rid, b"after the fault".to_vec()));
     o.core.lock().unwrap().request_flush_all();
     for _ in 0..1000 {
         if !w.step(&mut o) {
@@ -714,4 +729,25 @@ fn a_data_write_hitting_a_full_disk_poisons_the_log_and_a_reopen_recovers() {
         };
         a_fault_poisons_and_a_reopen_recovers(11, m, faults, "No space left on device");
     }
+}
+
+/// Negative control for the FUA model of `RWF_DSYNC`: if the ring fused a write and its
+/// sync into a file that holds other unsynced writes (full buffers written behind), the
+/// fused write would make only its own bytes durable, and a crash could lose records
+/// acknowledged on its strength. The checker must catch that within a few hundred seeds.
+#[test]
+fn fusing_a_sync_into_a_file_with_unsynced_writes_is_caught() {
+    let caught = (0..600u64).find(|&seed| {
+        std::panic::catch_unwind(|| {
+            let mut w = World::new(seed, Model::Ring, false);
+            w.fuse_into_dirty = true;
+            w.run(400);
+        })
+        .is_err()
+    });
+    println!("the unsafe fusion was caught at seed {caught:?}");
+    assert!(
+        caught.is_some(),
+        "the crash checker did not notice syncs that leave earlier writes undurable"
+    );
 }

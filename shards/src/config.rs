@@ -59,7 +59,9 @@ impl std::fmt::Display for RecordId {
     }
 }
 
-/// Identifies a segment of a log. Ids are dense from 0 and never reused.
+/// Identifies a segment of a log. Ids increase and are never reused; they are dense
+/// from 0 across clean closes and may skip a number after a crash (see README,
+/// "Segments and ids").
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SegmentId(u64);
 
@@ -135,7 +137,9 @@ pub struct AofConfig {
     /// Directory of the log: `LOCK` and `segments/` live in it. Created if missing.
     /// Default: `aof2-data`, relative to the working directory.
     pub root_dir: PathBuf,
-    /// Smallest segment file (default 1 MiB).
+    /// Smallest segment file (default 1 MiB). Validated and normalized, but it has
+    /// no effect yet: every segment file is `segment_target_bytes` (or larger, for a
+    /// record that needs it). It gets its effect with retention.
     pub segment_min_bytes: u64,
     /// Size of each segment file; the log rolls to a new segment when the next record
     /// does not fit (default 16 MiB).
@@ -149,6 +153,13 @@ pub struct AofConfig {
     pub compression: Compression,
     /// Which sealed segments are kept.
     pub retention: RetentionPolicy,
+    /// Permission bits of every file the engine creates for this log (segments, the
+    /// lock, temporary and prepared files), default `0o600`: owner only. Directories it
+    /// creates (`root_dir` and missing parents, `segments/`) get the same bits plus
+    /// search (`x`) wherever read is set, so `0o600` gives `0o700` and `0o640` gives
+    /// `0o750`. As with `open(2)`, the process umask still clears bits. Existing files
+    /// and directories keep their modes. Must include owner read and write (`0o600`).
+    pub file_mode: u32,
 }
 
 impl Default for AofConfig {
@@ -161,8 +172,18 @@ impl Default for AofConfig {
             flush: FlushConfig::default(),
             compression: Compression::None,
             retention: RetentionPolicy::KeepAll,
+            file_mode: DEFAULT_FILE_MODE,
         }
     }
+}
+
+/// Default [`AofConfig::file_mode`]: owner read and write only.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
+/// The mode of a directory the engine creates, from a file mode: search (`x`) added
+/// wherever read is set (`0o600` -> `0o700`, `0o640` -> `0o750`).
+pub const fn dir_mode(file_mode: u32) -> u32 {
+    file_mode | ((file_mode & 0o444) >> 2)
 }
 
 fn pow2_clamp(v: u64, lo: u64, hi: u64) -> u64 {
@@ -229,6 +250,13 @@ impl AofConfig {
                 self.flush.flush_watermark_bytes, self.flush.max_unflushed_bytes
             ));
         }
+        if self.file_mode & !0o777 != 0 || self.file_mode & 0o600 != 0o600 {
+            return bad(format!(
+                "file_mode ({:#o}) must be permission bits (at most 0o777) including owner \
+                 read and write (0o600)",
+                self.file_mode
+            ));
+        }
         if self.flush.flush_interval_ms > 3_600_000 {
             return bad(format!(
                 "flush.flush_interval_ms ({}) is over an hour",
@@ -263,6 +291,40 @@ pub struct AofManagerConfig {
     /// the shard starts, and is charged to `RLIMIT_MEMLOCK` unless the process has
     /// `CAP_IPC_LOCK`; where that refuses it, the ring runs with unregistered buffers.
     pub registered_buffer_bytes: u64,
+    /// io_uring features the shards must not use even where the kernel has them
+    /// (default: none). Each has a plain path (see [`UringFeature`]), so this makes a
+    /// new kernel behave like an older one: the test suite runs the paths of every
+    /// kernel from 5.15 this way, and it can route around a kernel bug.
+    pub io_uring_disable: Vec<UringFeature>,
+}
+
+/// An optional io_uring feature. The ring probes what the kernel has when it is
+/// created and uses only that; each feature has a plain path used without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UringFeature {
+    /// `IORING_SETUP_SINGLE_ISSUER` (Linux 6.0): only the shard thread submits, so the
+    /// kernel skips its locking. Without it: a plain ring.
+    SingleIssuer,
+    /// `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1, needs `SingleIssuer`): completions are
+    /// processed only when the shard enters the kernel. Without it: as task work.
+    DeferTaskrun,
+    /// `IORING_REGISTER_PROBE` (Linux 5.6): the list of opcodes. Without it, only the
+    /// opcodes Linux 5.5 has are used.
+    Probe,
+    /// `IORING_OP_WRITE` (Linux 5.6). Without it: `WRITEV` with one iovec.
+    Write,
+    /// `IORING_OP_READ` (Linux 5.6), for the wake-up eventfd. Without it: `READV`.
+    Read,
+    /// Registered buffers (`IORING_REGISTER_BUFFERS`, Linux 5.1). Without them: plain
+    /// writes, which pin their pages per operation.
+    RegisteredBuffers,
+    /// `IORING_OP_WRITE_FIXED` (Linux 5.1): one piece from registered memory. Without
+    /// it: `WRITE`.
+    WriteFixed,
+    /// `IORING_OP_WRITEV_FIXED` (Linux 6.15): several pieces from registered memory.
+    /// Without it: `WRITEV`.
+    WritevFixed,
 }
 
 impl Default for AofManagerConfig {
@@ -272,6 +334,7 @@ impl Default for AofManagerConfig {
             pin_shards: true,
             backend: IoBackend::Auto,
             registered_buffer_bytes: 8 << 20,
+            io_uring_disable: Vec::new(),
         }
     }
 }

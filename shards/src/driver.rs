@@ -8,7 +8,18 @@ use crate::log::ops::{Chain, OpKind};
 use crate::log::{LogCore, Progress};
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// How a log's segment files are written, as [`Driver::io_mode`] reports it.
+pub mod io_mode {
+    /// No segment file opened yet.
+    pub const UNKNOWN: u8 = 0;
+    /// O_DIRECT.
+    pub const DIRECT: u8 = 1;
+    /// Through the page cache (the file system refused O_DIRECT or its alignment).
+    pub const BUFFERED: u8 = 2;
+}
 
 /// Open segment files of one log, and the file system they live on.
 pub struct Driver {
@@ -17,6 +28,8 @@ pub struct Driver {
     direct: bool,
     /// Segments with completed writes no sync has covered yet (ring backends).
     dirty: std::collections::HashSet<u64>,
+    /// How the last segment file opened is written ([`io_mode`]).
+    mode: Arc<AtomicU8>,
 }
 
 /// What one step did.
@@ -40,7 +53,24 @@ impl Driver {
             files: HashMap::new(),
             direct,
             dirty: Default::default(),
+            mode: Arc::default(),
         }
+    }
+
+    /// Whether segment files are written with O_DIRECT ([`io_mode`]), updated as files
+    /// are opened; shared, so the log's handle can report it.
+    pub fn io_mode(&self) -> Arc<AtomicU8> {
+        self.mode.clone()
+    }
+
+    fn opened(&mut self, seg: u64, f: Arc<dyn FsFile>) {
+        let m = if f.is_direct() {
+            io_mode::DIRECT
+        } else {
+            io_mode::BUFFERED
+        };
+        self.mode.store(m, Ordering::Relaxed);
+        self.files.insert(seg, f);
     }
 
     /// True when segment `seg` may hold a completed write no sync covered.
@@ -68,14 +98,15 @@ impl Driver {
     pub fn run(&mut self, kind: &OpKind) -> io::Result<()> {
         log::trace!("aof2: {kind:?}");
         match kind {
-            OpKind::Create { seg, path } => {
+            OpKind::Create { seg, path, mode } => {
                 let f = self.fs.open(
                     path,
                     OpenMode::CreateNew {
                         direct: self.direct,
+                        mode: *mode,
                     },
                 )?;
-                self.files.insert(*seg, f);
+                self.opened(*seg, f);
                 Ok(())
             }
             OpKind::Open { seg, path } => {
@@ -85,7 +116,7 @@ impl Driver {
                         direct: self.direct,
                     },
                 )?;
-                self.files.insert(*seg, f);
+                self.opened(*seg, f);
                 Ok(())
             }
             OpKind::Write { seg, offset, data } => {

@@ -111,12 +111,20 @@ pub enum AofError {
         segment: u64,
     },
 
+    /// Every segment id a `RecordId` can hold (2^32) has been used in this directory.
+    #[error("log {path} has used every segment id a record id can hold (2^32): start a new log")]
+    SegmentIdsExhausted {
+        /// The log's directory.
+        path: PathBuf,
+    },
+
     /// A `try_` call would have had to wait.
     #[error("would block ({0:?})")]
     WouldBlock(WouldBlockKind),
 
-    /// An earlier write or sync failed; the log accepts nothing more until it is reopened.
-    #[error("log {path} is poisoned by an earlier I/O failure ({cause}); reopen it to recover")]
+    /// An earlier write or sync failed, or the log's shard thread failed; the log accepts
+    /// nothing more until it is reopened.
+    #[error("log {path} is poisoned by an earlier failure ({cause}); reopen it to recover")]
     Poisoned {
         /// The log's directory.
         path: PathBuf,
@@ -138,6 +146,16 @@ pub enum AofError {
         call: &'static str,
         /// The shard whose thread it was called on.
         shard: usize,
+    },
+
+    /// A shard thread panicked or its io_uring ring failed beyond repair: every log on
+    /// it is poisoned with this cause, and new logs go to the other shards.
+    #[error("shard thread {shard} failed: {cause}")]
+    ShardFailed {
+        /// The shard's index.
+        shard: usize,
+        /// What happened (the panic message, or the ring's failure).
+        cause: String,
     },
 
     /// The manager could not start.

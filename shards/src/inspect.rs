@@ -70,7 +70,7 @@ impl LogDir {
     /// classifies its files. A missing directory, or one that holds no aof2 log, is a
     /// clear error naming it.
     pub fn open(root: &Path) -> AofResult<LogDir> {
-        let fs = SyncFs;
+        let fs = SyncFs::new();
         let paths = LogPaths::new(root);
         match fs.kind(root).map_err(io_err("stat", root))? {
             Some(EntryKind::Dir) => {}

@@ -16,7 +16,7 @@ use crate::recovery;
 use crate::shard::{current_shard, CloseRequest, Registration, ShardCtl};
 use crate::signal::DurableSignal;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 /// State shared by a log's handle and its shard.
@@ -67,6 +67,8 @@ pub struct LogHandle {
     paths: LogPaths,
     lock: Mutex<Option<Box<dyn FsLock>>>,
     backpressure_waits: AtomicU64,
+    /// How its segment files are written (`driver::io_mode`).
+    io_mode: Arc<AtomicU8>,
 }
 
 /// The read side of a log, cheap to clone: what followers and streams hold. It keeps
@@ -199,7 +201,7 @@ impl LogHandle {
         let root = std::path::absolute(&cfg.root_dir)
             .map_err(|e| AofError::io("resolve root_dir", &cfg.root_dir, e))?;
         let paths = LogPaths::new(&root);
-        let opened = recovery::open_log(&*fs, &paths, &clock)?;
+        let opened = recovery::open_log(&*fs, &paths, &clock, cfg.file_mode)?;
         let mut core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
         if let Some(arena) = shard.arena.get() {
             core.set_arena(arena.clone());
@@ -213,16 +215,20 @@ impl LogHandle {
             shard: shard.clone(),
             maps: Mutex::new(std::collections::HashMap::new()),
         });
+        let driver = Driver::new(fs.clone(), true);
+        let io_mode = driver.io_mode();
+        // Refused if the shard failed since it was placed (the lock goes with `opened`).
         shard.add(Registration {
             shared: shared.clone(),
-            driver: Driver::new(fs.clone(), true),
-        });
+            driver,
+        })?;
         let log = LogHandle {
             shared,
             fs,
             paths,
             lock: Mutex::new(Some(opened.lock)),
             backpressure_waits: AtomicU64::new(0),
+            io_mode,
         };
         log.wait_ready()?;
         Ok(log)
@@ -442,6 +448,11 @@ impl LogHandle {
         }
     }
 
+    /// The index of the shard the log is placed on.
+    pub fn shard_id(&self) -> usize {
+        self.shared.shard.id
+    }
+
     /// The CPU the log's shard thread is pinned to (`None`: not pinned).
     pub fn shard_cpu(&self) -> Option<usize> {
         self.shared.shard.cpu
@@ -453,6 +464,9 @@ impl LogHandle {
         FlushMetricsSnapshot {
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
             io_uring_fallback: u64::from(self.shared.shard.uring_fallback.load(Ordering::Relaxed)),
+            direct_io: u64::from(
+                self.io_mode.load(Ordering::Relaxed) == crate::driver::io_mode::DIRECT,
+            ),
             ..m
         }
     }

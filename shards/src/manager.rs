@@ -32,7 +32,7 @@ pub fn affinity_cpus() -> Vec<usize> {
 impl ShardSet {
     /// Starts the shard threads on the real file system.
     pub fn start(cfg: &AofManagerConfig) -> AofResult<ShardSet> {
-        Self::start_with(cfg, Arc::new(SyncFs))
+        Self::start_with(cfg, Arc::new(SyncFs::new()))
     }
 
     /// Starts the shard threads on a given file system.
@@ -49,7 +49,15 @@ impl ShardSet {
         for i in 0..n {
             let cpu = cfg.pin_shards.then(|| cpus[i % cpus.len()]);
             let arena_buffers = (cfg.registered_buffer_bytes / crate::log::BUF_SIZE as u64) as u32;
-            let s = Shard::start(i, cpu, Clock::System, backend, arena_buffers).map_err(|e| {
+            let s = Shard::start(
+                i,
+                cpu,
+                Clock::System,
+                backend,
+                arena_buffers,
+                &cfg.io_uring_disable,
+            )
+            .map_err(|e| {
                 if backend == IoBackend::Uring {
                     AofError::Startup(format!(
                         "io_uring is unavailable for shard thread {i} (io_uring_setup: {e}); \
@@ -93,8 +101,13 @@ impl ShardSet {
     pub fn fixed_writes(&self) -> u64 {
         self.ctls
             .iter()
-            .map(|c| c.fixed_writes.load(Ordering::Relaxed))
+            .map(|c| c.ring_ops.arena_writes.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// The shards, for observation and test hooks (fault injection, operation counts).
+    pub fn shards(&self) -> &[Arc<ShardCtl>] {
+        &self.ctls
     }
 
     /// True when io_uring was wanted (`Auto`) but could not be set up.
@@ -119,7 +132,8 @@ impl ShardSet {
         &self.cpus
     }
 
-    /// The shard with the fewest logs.
+    /// The working shard with the fewest logs. Shards that failed take no new logs;
+    /// when every shard has failed, the error names the first and its cause.
     pub fn place(&self) -> AofResult<Arc<ShardCtl>> {
         if self
             .shards
@@ -129,12 +143,22 @@ impl ShardSet {
         {
             return Err(AofError::Startup("the AOF manager has shut down".into()));
         }
-        let c = self
+        if let Some(c) = self
             .ctls
             .iter()
+            .filter(|c| c.failure().is_none())
             .min_by_key(|c| c.logs.load(Ordering::Relaxed))
-            .expect("at least one shard");
-        Ok(c.clone())
+        {
+            return Ok(c.clone());
+        }
+        let c = &self.ctls[0];
+        Err(AofError::ShardFailed {
+            shard: c.id,
+            cause: format!(
+                "{} (every shard thread has failed; start a new AofManager)",
+                c.failure().unwrap_or("failed")
+            ),
+        })
     }
 
     /// Flushes and closes every log, then stops the threads. Idempotent.

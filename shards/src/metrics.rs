@@ -35,4 +35,8 @@ pub struct FlushMetricsSnapshot {
     /// 1 when the log's shard runs the portable backend because io_uring was wanted
     /// (`IoBackend::Auto`) but could not be set up; 0 otherwise.
     pub io_uring_fallback: u64,
+    /// 1 when the log's segment files are written with O_DIRECT; 0 when through the
+    /// page cache (a file system that refuses O_DIRECT or our 4 KiB alignment, such as
+    /// tmpfs), which `fdatasync` makes just as durable.
+    pub direct_io: u64,
 }

@@ -64,8 +64,9 @@ pub(crate) fn corruption(
     }
 }
 
-/// Creates `dir` and any missing parents, making each new entry durable.
-fn mkdir_durable(fs: &dyn Fs, dir: &Path) -> AofResult<()> {
+/// Creates `dir` and any missing parents with permission bits `mode`, making each new
+/// entry durable.
+fn mkdir_durable(fs: &dyn Fs, dir: &Path, mode: u32) -> AofResult<()> {
     match fs.kind(dir).map_err(io_err("stat", dir))? {
         Some(EntryKind::Dir) => return Ok(()),
         Some(_) => {
@@ -80,8 +81,8 @@ fn mkdir_durable(fs: &dyn Fs, dir: &Path) -> AofResult<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    mkdir_durable(fs, parent)?;
-    match fs.mkdir(dir) {
+    mkdir_durable(fs, parent, mode)?;
+    match fs.mkdir(dir, mode) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(AofError::io("create directory", dir, e)),
@@ -90,10 +91,12 @@ fn mkdir_durable(fs: &dyn Fs, dir: &Path) -> AofResult<()> {
         .map_err(io_err("fsync directory", parent))
 }
 
-/// Opens (creating if needed) the log at `paths`, recovering it.
-pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Opened> {
-    mkdir_durable(fs, &paths.root)?;
-    let lock = match fs.lock_exclusive(&paths.lock) {
+/// Opens (creating if needed) the log at `paths`, recovering it. Files it creates get
+/// permission bits `file_mode`, directories the same plus search where read is set.
+pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock, file_mode: u32) -> AofResult<Opened> {
+    let dir_mode = crate::config::dir_mode(file_mode);
+    mkdir_durable(fs, &paths.root, dir_mode)?;
+    let lock = match fs.lock_exclusive(&paths.lock, file_mode) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             return Err(AofError::Locked {
@@ -102,7 +105,7 @@ pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Opene
         }
         Err(e) => return Err(AofError::io("create lock file", &paths.lock, e)),
     };
-    mkdir_durable(fs, &paths.segments)?;
+    mkdir_durable(fs, &paths.segments, dir_mode)?;
     // Trust only what is on the disk: a previous session may have ended with unsynced
     // writes, or with a failed sync whose pages still look written in the cache.
     fs.settle_dir(&paths.segments).map_err(io_err(

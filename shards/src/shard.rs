@@ -12,18 +12,26 @@
 //!
 //! An idle shard waits with no timeout; a log with unflushed data and an interval set
 //! gives it one deadline.
+//!
+//! **A failing shard never hangs anyone.** A panic on the thread (a broken invariant)
+//! or a ring that fails beyond repair (lost completions) poisons every log on the shard
+//! with an error naming the shard and the cause, releases all their waiters, answers
+//! every close, and stops taking requests (later ones are answered on the spot); new
+//! logs go to the other shards.
 
 use crate::backend::ring::{ChainRunner, Completed};
-use crate::backend::uring::{signal_eventfd, UringRing};
+use crate::backend::uring::{signal_eventfd, OpCounts, RingSetup, UringRing};
 use crate::backend::FsLock;
 use crate::buffer::BufferArena;
 use crate::clock::Clock;
-use crate::config::IoBackend;
+use crate::config::{IoBackend, UringFeature};
 use crate::driver::Driver;
+use crate::error::AofError;
 use crate::log_handle::LogShared;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,15 +66,38 @@ pub struct CloseRequest {
     pub lock: Option<Box<dyn FsLock>>,
 }
 
+impl CloseRequest {
+    /// Releases the lock, then tells the closer.
+    fn answer(self) {
+        drop(self.lock);
+        let _ = self.ack.send(());
+    }
+}
+
 #[derive(Default)]
 struct Inbox {
     add: Vec<Registration>,
     ready: Vec<u64>,
     close: Vec<CloseRequest>,
     shutdown: bool,
-    /// The thread has exited: requests are answered on the spot.
+    /// The thread has exited (shut down or failed): requests are answered on the spot.
     stopped: bool,
 }
+
+/// A fault a test injects into a shard's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardFault {
+    /// The loop stops for this long at its next turn (so callers pile up waiting).
+    Pause(Duration),
+    /// The loop panics at its next turn, as a broken invariant would.
+    Panic,
+    /// The ring reports a completion the kernel dropped (a CQ overflow beyond
+    /// `IORING_FEAT_NODROP`); on the portable backend, an executor failure alike.
+    LostCompletion,
+}
+
+const FAULT_PANIC: u64 = 1;
+const FAULT_LOST: u64 = 2;
 
 /// The part of a shard other threads talk to.
 pub struct ShardCtl {
@@ -88,23 +119,20 @@ pub struct ShardCtl {
     pub uring_fallback: AtomicBool,
     /// The shard's registered buffer arena, where the ring has one.
     pub arena: OnceLock<Arc<BufferArena>>,
-    /// Writes the ring issued from the registered arena (`WRITE_FIXED`, `WRITEV_FIXED`).
-    pub fixed_writes: Arc<AtomicU64>,
+    /// Operations the ring submitted, by opcode.
+    pub ring_ops: Arc<OpCounts>,
+    /// Why the shard failed (a panic message or a ring failure), once it has.
+    failed: OnceLock<String>,
+    /// Injected faults (test hooks): `FAULT_*` bits, and a pause in ns.
+    faults: AtomicU64,
+    pause_ns: AtomicU64,
 }
 
 /// What a shard runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Running {
-    /// io_uring.
-    Uring {
-        /// `SINGLE_ISSUER | DEFER_TASKRUN` were accepted.
-        single_issuer: bool,
-        /// The zero chunk is a registered buffer.
-        registered: bool,
-        /// Bytes of log buffers and blocks registered (0: none; memlock refused or
-        /// `registered_buffer_bytes` is 0).
-        registered_arena: usize,
-    },
+    /// io_uring, set up as described.
+    Uring(RingSetup),
     /// The portable backend; `fallback` says why io_uring was not used, if it was wanted.
     Sync {
         /// The io_uring setup error, when `Auto` fell back.
@@ -133,7 +161,28 @@ impl ShardCtl {
     /// Requests are queued for the thread.
     fn has_work(&self) -> bool {
         let i = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        !i.add.is_empty() || !i.ready.is_empty() || !i.close.is_empty() || i.shutdown
+        !i.add.is_empty()
+            || !i.ready.is_empty()
+            || !i.close.is_empty()
+            || i.shutdown
+            || self.faults.load(Ordering::SeqCst) != 0
+            || self.pause_ns.load(Ordering::SeqCst) != 0
+    }
+
+    /// Why the shard failed, if it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// The error of a log that cannot be placed here any more.
+    fn refusal(&self) -> AofError {
+        match self.failure() {
+            Some(cause) => AofError::ShardFailed {
+                shard: self.id,
+                cause: cause.to_string(),
+            },
+            None => AofError::Startup("the AOF manager has shut down".into()),
+        }
     }
 
     /// Queues log `key` for a step.
@@ -141,21 +190,47 @@ impl ShardCtl {
         self.with_inbox(|i| i.ready.push(key));
     }
 
-    /// Hands a log to this shard.
-    pub fn add(&self, r: Registration) {
-        self.logs.fetch_add(1, Ordering::Relaxed);
-        self.with_inbox(|i| i.add.push(r));
+    /// Hands a log to this shard; refused (with the log not taken) once the shard has
+    /// stopped or failed.
+    pub fn add(&self, r: Registration) -> Result<(), AofError> {
+        let mut refused = None;
+        self.with_inbox(|i| {
+            if i.stopped {
+                refused = Some(r);
+            } else {
+                self.logs.fetch_add(1, Ordering::Relaxed);
+                i.add.push(r);
+            }
+        });
+        match refused {
+            Some(_) => Err(self.refusal()),
+            None => Ok(()),
+        }
     }
 
     /// Asks the shard to flush a log, close its files, release its lock and forget it;
-    /// `req.ack` is signalled when that is done.
+    /// `req.ack` is signalled when that is done (at once if the shard has stopped).
     pub fn close(&self, req: CloseRequest) {
         self.with_inbox(|i| {
             if i.stopped {
-                drop(req.lock);
-                let _ = req.ack.send(());
+                req.answer();
             } else {
                 i.close.push(req);
+            }
+        });
+    }
+
+    /// Test hook: injects `fault` into the shard's loop at its next turn.
+    pub fn inject(&self, fault: ShardFault) {
+        self.with_inbox(|_| match fault {
+            ShardFault::Pause(d) => self
+                .pause_ns
+                .store(d.as_nanos().max(1) as u64, Ordering::SeqCst),
+            ShardFault::Panic => {
+                self.faults.fetch_or(FAULT_PANIC, Ordering::SeqCst);
+            }
+            ShardFault::LostCompletion => {
+                self.faults.fetch_or(FAULT_LOST, Ordering::SeqCst);
             }
         });
     }
@@ -174,13 +249,14 @@ impl Shard {
     /// Starts shard `id`, pinned to `cpu` if given, on `backend` (already resolved from
     /// the environment). `Uring` fails if no ring can be set up; `Auto` falls back. On
     /// io_uring, `arena_buffers` log buffers are registered with the ring where memlock
-    /// allows.
+    /// allows, and no feature in `disable` is used.
     pub fn start(
         id: usize,
         cpu: Option<usize>,
         clock: Clock,
         backend: IoBackend,
         arena_buffers: u32,
+        disable: &[UringFeature],
     ) -> std::io::Result<Shard> {
         // SAFETY: plain syscall; the result is checked before being owned.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -199,19 +275,24 @@ impl Shard {
             sleeping: AtomicBool::new(false),
             uring_fallback: AtomicBool::new(false),
             arena: OnceLock::new(),
-            fixed_writes: Arc::default(),
+            ring_ops: Arc::default(),
+            failed: OnceLock::new(),
+            faults: AtomicU64::new(0),
+            pause_ns: AtomicU64::new(0),
         });
         let c = ctl.clone();
+        let disable = disable.to_vec();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("aof2-shard-{id}"))
             .spawn(move || {
                 pin(&c, cpu);
+                // The ring is created here, and lives and dies on this thread.
                 let io = match backend {
                     IoBackend::Sync => Io::Sync,
-                    _ => match UringRing::new(c.efd.as_raw_fd(), arena_buffers) {
+                    _ => match UringRing::new(c.efd.as_raw_fd(), arena_buffers, &disable) {
                         Ok(mut ring) => {
-                            ring.count_fixed_writes(c.fixed_writes.clone());
+                            ring.count_ops(c.ring_ops.clone());
                             if let Some(a) = ring.arena() {
                                 let _ = c.arena.set(a);
                             }
@@ -230,21 +311,17 @@ impl Shard {
                             let _ = tx.send(Ok(Running::Sync {
                                 fallback: Some(format!("io_uring_setup failed: {e}")),
                             }));
-                            run(c, Io::Sync, clock);
+                            ShardLoop::new(c, Io::Sync, clock).run_to_end();
                             return;
                         }
                     },
                 };
                 let running = match &io {
                     Io::Sync => Running::Sync { fallback: None },
-                    Io::Uring { ring, .. } => Running::Uring {
-                        single_issuer: ring.setup().single_issuer,
-                        registered: ring.setup().registered_zeros,
-                        registered_arena: ring.setup().registered_arena,
-                    },
+                    Io::Uring { ring, .. } => Running::Uring(ring.setup()),
                 };
                 let _ = tx.send(Ok(running));
-                run(c, io, clock);
+                ShardLoop::new(c, io, clock).run_to_end();
             })?;
         let _ = ctl.thread.set(thread.thread().clone());
         let running = match rx.recv() {
@@ -310,6 +387,15 @@ fn retire(ctl: &ShardCtl, mut e: Entry) {
     ctl.logs.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Poisons a log with the shard's failure and releases every waiter on it.
+fn poison(shared: &LogShared, cause: AofError) {
+    let mut core = shared.lock_core();
+    core.poison_with(cause);
+    let durable = core.durable_pos();
+    drop(core);
+    shared.signal.publish(durable, true);
+}
+
 fn pin(ctl: &ShardCtl, cpu: Option<usize>) {
     CURRENT_SHARD.with(|c| c.set(Some(ctl.id)));
     if let Some(cpu) = cpu {
@@ -319,6 +405,15 @@ fn pin(ctl: &ShardCtl, cpu: Option<usize>) {
                 ctl.id
             );
         }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+        (Some(s), _) => format!("panicked: {s}"),
+        (_, Some(s)) => format!("panicked: {s}"),
+        _ => "panicked".to_string(),
     }
 }
 
@@ -348,17 +443,100 @@ fn apply(logs: &mut HashMap<u64, Entry>, done: &mut Vec<Completed>) -> bool {
     true
 }
 
-fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
-    let mut logs: HashMap<u64, Entry> = HashMap::new();
-    let mut closing: Vec<CloseRequest> = Vec::new();
-    let mut shutting_down = false;
-    let mut done: Vec<Completed> = Vec::new();
-    let mut cqes = Vec::new();
-    loop {
-        let inbox = std::mem::take(&mut *ctl.inbox.lock().unwrap_or_else(|p| p.into_inner()));
+/// The state of a shard thread's loop. It lives outside the loop's unwind boundary, so
+/// after a panic the logs it held can still be poisoned and their waiters released.
+struct ShardLoop {
+    ctl: Arc<ShardCtl>,
+    io: Io,
+    clock: Clock,
+    logs: HashMap<u64, Entry>,
+    closing: Vec<CloseRequest>,
+    shutting_down: bool,
+    done: Vec<Completed>,
+    cqes: Vec<(u64, std::io::Result<()>)>,
+}
+
+impl ShardLoop {
+    fn new(ctl: Arc<ShardCtl>, io: Io, clock: Clock) -> ShardLoop {
+        ShardLoop {
+            ctl,
+            io,
+            clock,
+            logs: HashMap::new(),
+            closing: Vec::new(),
+            shutting_down: false,
+            done: Vec::new(),
+            cqes: Vec::new(),
+        }
+    }
+
+    /// Runs until shutdown, or until the shard fails; then fails it cleanly.
+    fn run_to_end(mut self) {
+        let cause = match std::panic::catch_unwind(AssertUnwindSafe(|| self.run())) {
+            Ok(Ok(())) => return,
+            Ok(Err(cause)) => cause,
+            Err(p) => panic_message(&*p),
+        };
+        self.fail(cause);
+        // Dropping `self` drops the ring, which waits (bounded) for the kernel to finish
+        // with its memory: the waiters were released first.
+    }
+
+    /// The shard cannot go on: poison every log on it (and every log on its way to it),
+    /// answer every close, and answer later requests on the spot.
+    fn fail(&mut self, cause: String) {
+        let id = self.ctl.id;
+        log::error!("aof2: shard thread {id} failed: {cause}; every log on it is poisoned");
+        let _ = self.ctl.failed.set(cause.clone());
+        let err = || AofError::ShardFailed {
+            shard: id,
+            cause: cause.clone(),
+        };
+        let inbox = {
+            let mut i = self.ctl.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            let queued = std::mem::take(&mut *i);
+            i.stopped = true;
+            queued
+        };
+        for r in inbox.add {
+            poison(&r.shared, err());
+        }
+        for e in self.logs.values() {
+            poison(&e.shared, err());
+        }
+        for req in self.closing.drain(..).chain(inbox.close) {
+            req.answer();
+        }
+    }
+
+    /// Faults a test injected.
+    fn injected(&mut self) -> Result<(), String> {
+        let pause = self.ctl.pause_ns.swap(0, Ordering::SeqCst);
+        if pause > 0 {
+            std::thread::sleep(Duration::from_nanos(pause));
+        }
+        let f = self.ctl.faults.swap(0, Ordering::SeqCst);
+        if f & FAULT_PANIC != 0 {
+            panic!(
+                "a panic injected into shard thread {} (test hook)",
+                self.ctl.id
+            );
+        }
+        if f & FAULT_LOST != 0 {
+            match &mut self.io {
+                Io::Uring { ring, .. } => ring.inject_lost_completion(),
+                Io::Sync => return Err("an executor failure injected (test hook)".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes what other threads queued: new logs, logs to poll, closes, shutdown.
+    fn take_inbox(&mut self) {
+        let inbox = std::mem::take(&mut *self.ctl.inbox.lock().unwrap_or_else(|p| p.into_inner()));
         for r in inbox.add {
             let key = r.shared.key;
-            logs.insert(
+            self.logs.insert(
                 key,
                 Entry {
                     shared: r.shared,
@@ -370,34 +548,33 @@ fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
             );
         }
         for k in inbox.ready {
-            if let Some(e) = logs.get_mut(&k) {
+            if let Some(e) = self.logs.get_mut(&k) {
                 e.active = true;
             }
         }
         for req in inbox.close {
-            match logs.get_mut(&req.key) {
+            match self.logs.get_mut(&req.key) {
                 Some(e) => {
                     e.shared.lock_core().begin_close();
                     e.active = true;
-                    closing.push(req);
+                    self.closing.push(req);
                 }
-                None => {
-                    drop(req.lock);
-                    let _ = req.ack.send(());
-                }
+                None => req.answer(),
             }
         }
-        if inbox.shutdown && !shutting_down {
-            shutting_down = true;
-            for e in logs.values_mut() {
+        if inbox.shutdown && !self.shutting_down {
+            self.shutting_down = true;
+            for e in self.logs.values_mut() {
                 e.shared.lock_core().begin_close();
                 e.active = true;
             }
         }
+    }
 
-        // Poll every log with something to do, and start what it asks for.
-        let now = clock.monotonic_ns();
-        for (&key, e) in logs.iter_mut() {
+    /// Polls every log with something to do, and starts what it asks for.
+    fn poll_logs(&mut self) {
+        let now = self.clock.monotonic_ns();
+        for (&key, e) in self.logs.iter_mut() {
             if e.active || e.deadline.is_some_and(|d| d <= now) {
                 // Requests arriving from here on queue the log again.
                 e.shared.clear_queued();
@@ -405,77 +582,90 @@ fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
                 let chains = e.shared.lock_core().poll(now);
                 e.deadline = e.shared.lock_core().deadline();
                 for c in chains {
-                    match &mut io {
-                        Io::Sync => done.extend(
+                    match &mut self.io {
+                        Io::Sync => self.done.extend(
                             e.driver
                                 .run_chain(c)
                                 .into_iter()
                                 .map(|(op, res)| Completed { log: key, op, res }),
                         ),
                         Io::Uring { ring, runner } => {
-                            runner.start(key, c, &mut e.driver, &mut **ring, &mut done)
+                            runner.start(key, c, &mut e.driver, &mut **ring, &mut self.done)
                         }
                     }
                 }
             }
         }
-        apply(&mut logs, &mut done);
+        apply(&mut self.logs, &mut self.done);
+    }
 
-        let in_flight = |io: &Io, k: u64| match io {
+    fn in_flight(&self, k: u64) -> bool {
+        match &self.io {
             Io::Sync => false,
             Io::Uring { runner, .. } => runner.has_chains(k),
-        };
+        }
+    }
+
+    /// Retires the closing logs that are drained; true when shutdown is complete.
+    fn retire_drained(&mut self) -> bool {
         let mut i = 0;
-        while i < closing.len() {
-            let k = closing[i].key;
-            if logs
+        while i < self.closing.len() {
+            let k = self.closing[i].key;
+            let drained = self
+                .logs
                 .get(&k)
-                .is_none_or(|e| !in_flight(&io, k) && e.shared.lock_core().is_drained())
-            {
-                let req = closing.swap_remove(i);
-                if let Some(e) = logs.remove(&k) {
-                    retire(&ctl, e);
+                .is_none_or(|e| !self.in_flight(k) && e.shared.lock_core().is_drained());
+            if drained {
+                let req = self.closing.swap_remove(i);
+                if let Some(e) = self.logs.remove(&k) {
+                    retire(&self.ctl, e);
                 }
-                drop(req.lock);
-                let _ = req.ack.send(());
+                req.answer();
             } else {
                 i += 1;
             }
         }
-        if shutting_down {
-            let keys: Vec<u64> = logs
-                .iter()
-                .filter(|(k, e)| !in_flight(&io, **k) && e.shared.lock_core().is_drained())
-                .map(|(k, _)| *k)
-                .collect();
-            for k in keys {
-                retire(&ctl, logs.remove(&k).expect("listed"));
-            }
-            if logs.is_empty() {
-                let mut inbox = ctl.inbox.lock().unwrap_or_else(|p| p.into_inner());
-                inbox.stopped = true;
-                closing.append(&mut inbox.close);
-                for req in closing.drain(..) {
-                    drop(req.lock);
-                    let _ = req.ack.send(());
-                }
-                return;
-            }
+        if !self.shutting_down {
+            return false;
         }
+        let keys: Vec<u64> = self
+            .logs
+            .iter()
+            .filter(|(k, e)| !self.in_flight(**k) && e.shared.lock_core().is_drained())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            retire(&self.ctl, self.logs.remove(&k).expect("listed"));
+        }
+        if !self.logs.is_empty() {
+            return false;
+        }
+        let mut inbox = self.ctl.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.stopped = true;
+        let late = std::mem::take(&mut inbox.close);
+        drop(inbox);
+        for req in self.closing.drain(..).chain(late) {
+            req.answer();
+        }
+        true
+    }
 
-        let busy = logs.values().any(|e| e.active);
-        let mut next: Option<u64> = logs.values().filter_map(|e| e.deadline).min();
-        if !busy && (!closing.is_empty() || shutting_down) {
+    /// Sleeps until there is work (or a deadline), then takes the ring's completions.
+    /// An error is a ring failure beyond repair.
+    fn wait(&mut self) -> Result<(), String> {
+        let busy = self.logs.values().any(|e| e.active);
+        let mut next: Option<u64> = self.logs.values().filter_map(|e| e.deadline).min();
+        if !busy && (!self.closing.is_empty() || self.shutting_down) {
             // Draining logs always have work; this only guards against a stall.
-            let guard = clock.monotonic_ns() + 10_000_000;
+            let guard = self.clock.monotonic_ns() + 10_000_000;
             next = Some(next.map_or(guard, |n| n.min(guard)));
         }
-        match &mut io {
+        match &mut self.io {
             Io::Sync => {
                 if !busy {
                     match next {
                         Some(d) => {
-                            let now = clock.monotonic_ns();
+                            let now = self.clock.monotonic_ns();
                             if d > now {
                                 std::thread::park_timeout(Duration::from_nanos(d - now));
                             }
@@ -485,30 +675,43 @@ fn run(ctl: Arc<ShardCtl>, mut io: Io, clock: Clock) {
                 }
             }
             Io::Uring { ring, runner } => {
-                let now = clock.monotonic_ns();
-                if let Err(e) = ring.wait(
+                let now = self.clock.monotonic_ns();
+                let ctl = &self.ctl;
+                ring.wait(
                     now,
                     next,
                     !busy,
                     &ctl.sleeping,
                     || ctl.has_work(),
-                    &mut cqes,
-                ) {
-                    // io_uring_enter itself failed (not an I/O): nothing is lost, the
-                    // operations stay in flight; do not spin on it.
-                    log::error!("aof2: shard {}: io_uring_enter failed: {e}", ctl.id);
-                    std::thread::sleep(Duration::from_millis(1));
+                    &mut self.cqes,
+                )
+                .map_err(|e| format!("its io_uring ring failed: {e}"))?;
+                for (token, res) in self.cqes.drain(..) {
+                    let k = runner
+                        .log_of(token)
+                        .unwrap_or_else(|| panic!("a completion of unknown token {token}"));
+                    let e = self
+                        .logs
+                        .get_mut(&k)
+                        .unwrap_or_else(|| panic!("a completion for log {k}, which has left"));
+                    runner.complete(token, res, &mut e.driver, &mut **ring, &mut self.done);
                 }
-                for (token, res) in cqes.drain(..) {
-                    let Some(k) = runner.log_of(token) else {
-                        continue;
-                    };
-                    if let Some(e) = logs.get_mut(&k) {
-                        runner.complete(token, res, &mut e.driver, &mut **ring, &mut done);
-                    }
-                }
-                apply(&mut logs, &mut done);
+                apply(&mut self.logs, &mut self.done);
             }
+        }
+        Ok(())
+    }
+
+    /// The loop: one turn per wake-up. `Ok` at shutdown, `Err` when the ring failed.
+    fn run(&mut self) -> Result<(), String> {
+        loop {
+            self.injected()?;
+            self.take_inbox();
+            self.poll_logs();
+            if self.retire_drained() {
+                return Ok(());
+            }
+            self.wait()?;
         }
     }
 }

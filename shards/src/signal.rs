@@ -66,7 +66,13 @@ impl DurableSignal {
     pub fn publish(&self, durable: u64, ended: bool) {
         let wakers = {
             let mut g = self.lock();
-            self.durable.fetch_max(durable, Ordering::AcqRel);
+            // Publishers hold the lock, so nothing moves between this load and the store.
+            let was = self.durable.load(Ordering::Acquire);
+            assert!(
+                durable >= was,
+                "the published durable position would move back from {was:#x} to {durable:#x}"
+            );
+            self.durable.store(durable, Ordering::Release);
             if ended {
                 self.ended.store(true, Ordering::Release);
             }

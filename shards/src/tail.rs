@@ -5,6 +5,7 @@
 //! holds up the writer.
 
 use crate::config::{RecordId, SegmentId};
+use crate::error::AofError;
 use crate::log_handle::LogView;
 
 /// What happened to the log's segments, as a follower reports it.
@@ -82,6 +83,13 @@ impl TailFollower {
     /// The tail now (event `None`), without waiting.
     pub fn current(&self) -> TailState {
         tail_state(&self.view)
+    }
+
+    /// Why the log ended, if it failed rather than closed: the error every call on it
+    /// returns (a failed write or sync, or its shard thread failing). `None` while the
+    /// log runs and after a clean close.
+    pub fn error(&self) -> Option<AofError> {
+        self.view.lock_core().poison()
     }
 
     /// What to report now, if anything changed since the last report.

@@ -43,6 +43,7 @@ impl FlushMetricsExporter {
             ("aof_flush_backlog_bytes", s.backlog_bytes),
             ("aof_backpressure_waits_total", s.backpressure_waits),
             ("aof_io_uring_fallback", s.io_uring_fallback),
+            ("aof_direct_io", s.direct_io),
         ]
         .into_iter()
         .map(|(name, value)| MetricSample { name, value })

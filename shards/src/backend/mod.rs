@@ -37,6 +37,8 @@ pub enum OpenMode {
     CreateNew {
         /// Ask for O_DIRECT.
         direct: bool,
+        /// Permission bits of the new file (the umask still applies).
+        mode: u32,
     },
 }
 
@@ -70,6 +72,16 @@ pub trait FsFile: Send + Sync {
     fn pwritev(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize>;
     /// Makes completed writes durable.
     fn fdatasync(&self) -> io::Result<()>;
+    /// Writes `bufs` at `off` as `pwritev2(RWF_DSYNC)` does: when it returns, *these*
+    /// bytes are durable, and nothing more is promised (a device with FUA writes only
+    /// them through; earlier unsynced writes to the file may still be in a cache). The
+    /// default writes, then syncs the whole file, which promises more; the simulated
+    /// disk keeps exactly the promise.
+    fn pwritev_dsync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize> {
+        let n = self.pwritev(off, bufs)?;
+        self.fdatasync()?;
+        Ok(n)
+    }
     /// Current size in bytes.
     fn size(&self) -> io::Result<u64>;
     /// Maps (or copies) the whole file read-only.
@@ -89,8 +101,9 @@ pub trait FsLock: Send + Sync {}
 
 /// The operations the engine needs from a file system.
 pub trait Fs: Send + Sync + 'static {
-    /// Creates one directory (its parent must exist).
-    fn mkdir(&self, path: &Path) -> io::Result<()>;
+    /// Creates one directory (its parent must exist) with permission bits `mode` (the
+    /// umask still applies).
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// What `path` names, or `None` if nothing.
     fn kind(&self, path: &Path) -> io::Result<Option<EntryKind>>;
     /// Names in a directory (without `.` and `..`).
@@ -110,9 +123,9 @@ pub trait Fs: Send + Sync + 'static {
     /// (Linux marks failed pages clean), and an earlier session's unsynced writes are
     /// not durable until synced: recovery must not trust either.
     fn settle_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Takes an exclusive lock on `path` (created if missing) without waiting;
-    /// `ErrorKind::WouldBlock` if another holder has it.
-    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn FsLock>>;
+    /// Takes an exclusive lock on `path` (created with permission bits `mode` if
+    /// missing) without waiting; `ErrorKind::WouldBlock` if another holder has it.
+    fn lock_exclusive(&self, path: &Path, mode: u32) -> io::Result<Box<dyn FsLock>>;
 }
 
 /// Reads exactly `buf.len()` bytes at `off`, or fails with `UnexpectedEof`.

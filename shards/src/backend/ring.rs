@@ -107,6 +107,10 @@ pub struct ChainRunner {
     /// token -> (chain, indexes of the operations in its group it completes: two
     /// for a write fused with the sync after it).
     tokens: HashMap<u64, (u64, usize, Option<usize>)>,
+    /// Negative control for the crash checker: fuse a write and its sync into an
+    /// `RWF_DSYNC` write even when the file holds other unsynced writes, which a crash
+    /// can then lose. Never set outside tests.
+    fuse_into_dirty: bool,
 }
 
 fn cancelled() -> io::Error {
@@ -124,6 +128,12 @@ impl ChainRunner {
     /// An empty runner.
     pub fn new() -> ChainRunner {
         ChainRunner::default()
+    }
+
+    /// Test hook (a negative control): fuse even into files with unsynced writes, which
+    /// breaks durability; the crash checker must catch it.
+    pub fn fuse_into_dirty_files(&mut self, yes: bool) {
+        self.fuse_into_dirty = yes;
     }
 
     /// Ring submissions not completed yet.
@@ -170,7 +180,7 @@ impl ChainRunner {
     }
 
     /// Reports the completion of `token`. `driver` must be the driver of the log
-    /// [`log_of`](Self::log_of) names. Unknown tokens are ignored.
+    /// [`log_of`](Self::log_of) names. A token this runner did not issue is a bug.
     pub fn complete(
         &mut self,
         token: u64,
@@ -179,12 +189,14 @@ impl ChainRunner {
         ring: &mut dyn Ring,
         out: &mut Vec<Completed>,
     ) {
-        let Some((key, idx, fused)) = self.tokens.remove(&token) else {
-            return;
-        };
-        let Some(r) = self.chains.get_mut(&key) else {
-            return;
-        };
+        let (key, idx, fused) = self
+            .tokens
+            .remove(&token)
+            .unwrap_or_else(|| panic!("completion of token {token}, which was never issued"));
+        let r = self
+            .chains
+            .get_mut(&key)
+            .unwrap_or_else(|| panic!("token {token} completes chain {key}, which has ended"));
         r.waiting -= 1;
         let err = res.err();
         for idx in std::iter::once(idx).chain(fused) {
@@ -277,7 +289,7 @@ impl ChainRunner {
                 // second round through the kernel's worker threads.
                 let fuse = match (&op.kind, group.peek().map(|o| &o.kind)) {
                     (OpKind::Write { seg, .. }, Some(OpKind::Sync { seg: s2 })) => {
-                        seg == s2 && !driver.is_dirty(*seg)
+                        seg == s2 && (!driver.is_dirty(*seg) || self.fuse_into_dirty)
                     }
                     _ => false,
                 };
@@ -406,11 +418,12 @@ mod tests {
 
     fn driver_with_segment() -> Driver {
         let fs = SimFs::new(1);
-        fs.mkdir(Path::new("/d")).unwrap();
+        fs.mkdir(Path::new("/d"), 0o700).unwrap();
         let mut d = Driver::new(Arc::new(fs), false);
         d.run(&OpKind::Create {
             seg: 0,
             path: "/d/0".into(),
+            mode: 0o600,
         })
         .unwrap();
         d

@@ -70,6 +70,31 @@ struct Inode {
 }
 
 impl Inode {
+    /// What a FUA write does: `data` at `off` is durable; the parts of earlier pending
+    /// writes it covers are superseded (it landed after them), the rest stay pending.
+    fn make_range_durable(&mut self, off: u64, data: Vec<u8>) {
+        let (a, b) = (off as usize, off as usize + data.len());
+        let mut rest = Vec::new();
+        for (o, d) in std::mem::take(&mut self.pending) {
+            let (x, y) = (o as usize, o as usize + d.len());
+            if y <= a || x >= b {
+                rest.push((o, d));
+                continue;
+            }
+            if x < a {
+                rest.push((o, d[..a - x].to_vec()));
+            }
+            if y > b {
+                rest.push((b as u64, d[b - x..].to_vec()));
+            }
+        }
+        self.pending = rest;
+        if self.durable.len() < b {
+            self.durable.resize(b, 0);
+        }
+        self.durable[a..b].copy_from_slice(&data);
+    }
+
     /// What `fdatasync` does: every write so far becomes durable.
     fn make_durable(&mut self) {
         for (off, data) in std::mem::take(&mut self.pending) {
@@ -155,6 +180,25 @@ impl State {
             }
         }
         self.pending_dir = rest;
+    }
+
+    /// The faults of a sync (an `fdatasync`, or the flush of an `RWF_DSYNC` write): the
+    /// counted failure (EIO), a slow sync (the clock jumps), a random failure.
+    fn sync_fault(&mut self) -> Option<io::Error> {
+        if fault(&mut self.faults.fail_sync_after) {
+            self.injected += 1;
+            return Some(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if self.draw(self.faults.slow_sync_ppm) {
+            let ms = 1 + self.rng.below(20);
+            if let Some(c) = &self.clock {
+                c.fetch_add(ms * 1_000_000, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if self.draw(self.faults.sync_error_ppm) {
+            return Some(self.error());
+        }
+        None
     }
 
     fn dir_fault(&mut self) -> io::Result<()> {
@@ -390,6 +434,40 @@ impl FsFile for SimFile {
     }
 
     fn pwritev(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize> {
+        self.write(off, bufs, false)
+    }
+
+    /// As on a device with FUA: only this write's bytes become durable; earlier
+    /// unsynced writes stay pending (whatever of them the write covers is superseded).
+    fn pwritev_dsync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize> {
+        self.write(off, bufs, true)
+    }
+
+    fn fdatasync(&self) -> io::Result<()> {
+        self.with(|s| {
+            if let Some(e) = s.sync_fault() {
+                return Err(e);
+            }
+            s.inodes
+                .get_mut(&self.inode)
+                .expect("live inode")
+                .make_durable();
+            Ok(())
+        })
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.with(|s| Ok(s.inodes[&self.inode].current.len() as u64))
+    }
+
+    fn map(&self) -> io::Result<Mapping> {
+        self.with(|s| Ok(Mapping::Owned(s.inodes[&self.inode].current.clone())))
+    }
+}
+
+impl SimFile {
+    /// A write; with `dsync`, its own bytes (only) are durable when it returns.
+    fn write(&self, off: u64, bufs: &[&[u8]], dsync: bool) -> io::Result<usize> {
         self.with(|s| {
             if fault(&mut s.faults.fail_write_after) {
                 s.injected += 1;
@@ -414,40 +492,22 @@ impl FsFile for SimFile {
             }
             inode.current[a..b].copy_from_slice(&data);
             let n = data.len();
-            inode.pending.push((off, data));
+            if !dsync {
+                inode.pending.push((off, data));
+                return Ok(n);
+            }
+            // The write went to the disk before completing; the flush that would also
+            // make earlier writes durable is exactly what FUA skips.
+            let sync_failed = s.sync_fault();
+            let inode = s.inodes.get_mut(&self.inode).expect("live inode");
+            if let Some(e) = sync_failed {
+                // Written, not known durable: as an unsynced write.
+                inode.pending.push((off, data));
+                return Err(e);
+            }
+            inode.make_range_durable(off, data);
             Ok(n)
         })
-    }
-
-    fn fdatasync(&self) -> io::Result<()> {
-        self.with(|s| {
-            if fault(&mut s.faults.fail_sync_after) {
-                s.injected += 1;
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            if s.draw(s.faults.slow_sync_ppm) {
-                let ms = 1 + s.rng.below(20);
-                if let Some(c) = &s.clock {
-                    c.fetch_add(ms * 1_000_000, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            if s.draw(s.faults.sync_error_ppm) {
-                return Err(s.error());
-            }
-            s.inodes
-                .get_mut(&self.inode)
-                .expect("live inode")
-                .make_durable();
-            Ok(())
-        })
-    }
-
-    fn size(&self) -> io::Result<u64> {
-        self.with(|s| Ok(s.inodes[&self.inode].current.len() as u64))
-    }
-
-    fn map(&self) -> io::Result<Mapping> {
-        self.with(|s| Ok(Mapping::Owned(s.inodes[&self.inode].current.clone())))
     }
 }
 
@@ -467,7 +527,7 @@ impl Drop for SimLock {
 }
 
 impl Fs for SimFs {
-    fn mkdir(&self, path: &Path) -> io::Result<()> {
+    fn mkdir(&self, path: &Path, _mode: u32) -> io::Result<()> {
         let mut s = self.lock();
         s.dir_fault()?;
         if s.current.contains_key(path) {
@@ -601,7 +661,7 @@ impl Fs for SimFs {
         Ok(())
     }
 
-    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn FsLock>> {
+    fn lock_exclusive(&self, path: &Path, _mode: u32) -> io::Result<Box<dyn FsLock>> {
         let mut s = self.lock();
         if !s.current.contains_key(path) {
             let parent = parent_of(path);
@@ -735,9 +795,17 @@ impl SimRing {
                     shadow[at..at + s.len()].copy_from_slice(s);
                     at += s.len();
                 }
-                super::write_all_at(&**file, *offset, &slices)?;
-                if *dsync {
-                    file.fdatasync()?;
+                let want: usize = slices.iter().map(|s| s.len()).sum();
+                let n = if *dsync {
+                    file.pwritev_dsync(*offset, &slices)?
+                } else {
+                    file.pwritev(*offset, &slices)?
+                };
+                if n != want {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("short write: {n} of {want} bytes at offset {offset}"),
+                    ));
                 }
                 Ok(())
             }
@@ -853,9 +921,15 @@ mod tests {
     }
 
     fn sim_file(fs: &SimFs) -> Arc<dyn FsFile> {
-        fs.mkdir(Path::new("/d")).unwrap();
-        fs.open(Path::new("/d/f"), OpenMode::CreateNew { direct: false })
-            .unwrap()
+        fs.mkdir(Path::new("/d"), 0o700).unwrap();
+        fs.open(
+            Path::new("/d/f"),
+            OpenMode::CreateNew {
+                direct: false,
+                mode: 0o600,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -928,10 +1002,16 @@ mod tests {
     #[test]
     fn synced_writes_survive_and_unsynced_ones_may_not() {
         let fs = SimFs::new(1);
-        fs.mkdir(Path::new("/d")).unwrap();
+        fs.mkdir(Path::new("/d"), 0o700).unwrap();
         fs.fsync_dir(Path::new("/")).unwrap();
         let f = fs
-            .open(Path::new("/d/f"), OpenMode::CreateNew { direct: false })
+            .open(
+                Path::new("/d/f"),
+                OpenMode::CreateNew {
+                    direct: false,
+                    mode: 0o600,
+                },
+            )
             .unwrap();
         f.pwritev(0, &[&[1u8; 1024]]).unwrap();
         f.fdatasync().unwrap();
@@ -955,15 +1035,27 @@ mod tests {
         let mut lost = false;
         for seed in 0..20 {
             let fs = SimFs::new(seed);
-            fs.open(Path::new("/a"), OpenMode::CreateNew { direct: false })
-                .unwrap();
+            fs.open(
+                Path::new("/a"),
+                OpenMode::CreateNew {
+                    direct: false,
+                    mode: 0o600,
+                },
+            )
+            .unwrap();
             fs.crash();
             lost |= fs.kind(Path::new("/a")).unwrap().is_none();
         }
         assert!(lost);
         let fs = SimFs::new(3);
-        fs.open(Path::new("/a"), OpenMode::CreateNew { direct: false })
-            .unwrap();
+        fs.open(
+            Path::new("/a"),
+            OpenMode::CreateNew {
+                direct: false,
+                mode: 0o600,
+            },
+        )
+        .unwrap();
         fs.fsync_dir(Path::new("/")).unwrap();
         fs.crash();
         assert_eq!(fs.kind(Path::new("/a")).unwrap(), Some(EntryKind::File));
@@ -975,7 +1067,13 @@ mod tests {
         for seed in 0..64 {
             let fs = SimFs::new(seed);
             let f = fs
-                .open(Path::new("/f"), OpenMode::CreateNew { direct: false })
+                .open(
+                    Path::new("/f"),
+                    OpenMode::CreateNew {
+                        direct: false,
+                        mode: 0o600,
+                    },
+                )
                 .unwrap();
             fs.fsync_dir(Path::new("/")).unwrap();
             f.pwritev(0, &[&[1u8; 512]]).unwrap();
@@ -988,5 +1086,42 @@ mod tests {
             seen.insert(d[0]);
         }
         assert_eq!(seen, HashSet::from([1, 2, 3]));
+    }
+
+    #[test]
+    fn a_dsync_write_makes_only_its_own_bytes_durable() {
+        let mut lost_earlier = false;
+        for seed in 0..32 {
+            let fs = SimFs::new(seed);
+            let f = fs
+                .open(
+                    Path::new("/f"),
+                    OpenMode::CreateNew {
+                        direct: false,
+                        mode: 0o600,
+                    },
+                )
+                .unwrap();
+            fs.fsync_dir(Path::new("/")).unwrap();
+            // Unsynced: [0, 1024) of ones. Then a FUA write of twos over [512, 1024) and
+            // [4096, 4608).
+            f.pwritev(0, &[&[1u8; 1024]]).unwrap();
+            f.pwritev_dsync(512, &[&[2u8; 512]]).unwrap();
+            f.pwritev_dsync(4096, &[&[2u8; 512]]).unwrap();
+            fs.crash();
+            let d = fs.read_file(Path::new("/f")).unwrap();
+            assert_eq!(&d[4096..4608], &[2u8; 512], "seed {seed}");
+            assert_eq!(
+                &d[512..1024],
+                &[2u8; 512],
+                "seed {seed}: the newer bytes win"
+            );
+            assert!(d[..512].iter().all(|&b| b == d[0]) && d[0] <= 1);
+            lost_earlier |= d[0] == 0;
+        }
+        assert!(
+            lost_earlier,
+            "a FUA write does not make the file's earlier unsynced writes durable"
+        );
     }
 }

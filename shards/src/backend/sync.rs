@@ -1,21 +1,45 @@
-//! The portable backend: plain system calls (`pwritev`, `fdatasync`, `fsync` of the
-//! directory) on the calling thread. O_DIRECT is used where the file system supports it
-//! with alignment no coarser than our 4 KiB blocks; otherwise writes go through the page
-//! cache, which `fdatasync` makes just as durable.
+//! The POSIX file system: plain system calls (`pwritev`, `fdatasync`, `fsync` of the
+//! directory) on the calling thread. Both backends open their files here (the io_uring
+//! one then writes through the ring); the portable backend also writes through it.
+//!
+//! O_DIRECT is used where the file system supports it with alignment no coarser than
+//! our 4 KiB blocks; otherwise writes go through the page cache, which `fdatasync`
+//! makes just as durable. The alignment comes from `statx(STATX_DIOALIGN)` (Linux 6.1);
+//! on older kernels from the device's logical block size in sysfs; where neither tells
+//! (a file system on no block device), from a probe: an O_DIRECT read of the file's
+//! first block, or for a new, empty file, a write of its first block of zeros (which
+//! segment preparation writes anyway).
 
 use super::{EntryKind, Fs, FsFile, FsLock, Mapping, OpenMode};
+use crate::buffer::AlignedBuf;
 use crate::format::BLOCK;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Where O_DIRECT alignment is learnt from, newest way first. Tests pick an older way
+/// to run the paths of kernels before 6.1 on a newer one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DioAlignSource {
+    /// `statx(STATX_DIOALIGN)`, else the device's logical block size, else a probe.
+    #[default]
+    Statx,
+    /// As on a kernel without `STATX_DIOALIGN`: the logical block size, else a probe.
+    LogicalBlockSize,
+    /// As for a file system on no block device: the probe alone.
+    Probe,
+}
 
 /// The real file system, through blocking system calls.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SyncFs;
+pub struct SyncFs {
+    dio: DioAlignSource,
+}
 
 struct SyncFile {
     file: File,
@@ -23,8 +47,9 @@ struct SyncFile {
 }
 
 /// Direct-I/O alignment of an open file from `statx(STATX_DIOALIGN)`: (memory, offset).
-/// `None` when the kernel or file system does not report it.
-pub fn dio_alignment(file: &File) -> Option<(u32, u32)> {
+/// `Err(())` when the kernel does not report it (before 6.1); `Ok(None)` when it says
+/// the file takes no direct I/O.
+fn statx_dio_alignment(file: &File) -> Result<Option<(u32, u32)>, ()> {
     // SAFETY: statx is a plain struct of integers; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     let empty = c"";
@@ -39,59 +64,155 @@ pub fn dio_alignment(file: &File) -> Option<(u32, u32)> {
             &mut stx,
         )
     };
-    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
-        return None;
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Err(());
     }
-    Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+    if stx.stx_dio_offset_align == 0 {
+        return Ok(None);
+    }
+    Ok(Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align)))
+}
+
+/// The logical block size of the block device holding `file` (sysfs), which bounds
+/// direct-I/O alignment in memory and on disk on kernels before `STATX_DIOALIGN`.
+fn logical_block_size(file: &File) -> Option<u32> {
+    let dev = file.metadata().ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    // A partition's directory has no queue/: its disk's, one level up, applies.
+    ["queue", "../queue"].iter().find_map(|q| {
+        std::fs::read_to_string(format!(
+            "/sys/dev/block/{major}:{minor}/{q}/logical_block_size"
+        ))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+    })
+}
+
+/// Probes whether `file` (opened with O_DIRECT) takes 4 KiB-aligned direct I/O: reads
+/// its first block, or, if it is empty (a file just created for preparation, which is
+/// zero-written anyway), writes its first block of zeros. `None` if the probe itself
+/// could not run (an I/O error other than EINVAL).
+fn probe_direct(file: &File) -> Option<bool> {
+    let buf = AlignedBuf::zeroed(BLOCK);
+    let size = file.metadata().ok()?.len();
+    let r = if size >= BLOCK as u64 {
+        // SAFETY: a fresh buffer, ours alone; the kernel writes into it during the call.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr() as *mut u8, BLOCK) };
+        file.read_at(dst, 0).map(drop)
+    } else {
+        // SAFETY: a fresh buffer, ours alone; nothing writes it during the call.
+        file.write_at(unsafe { buf.slice(0, BLOCK) }, 0).map(drop)
+    };
+    match r {
+        Ok(()) => Some(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Per device: whether 4 KiB-aligned direct I/O works there (learnt once, since a
+/// probe costs an I/O).
+fn device_verdicts() -> &'static Mutex<HashMap<(u64, DioAlignSource), bool>> {
+    static V: OnceLock<Mutex<HashMap<(u64, DioAlignSource), bool>>> = OnceLock::new();
+    V.get_or_init(Default::default)
 }
 
 impl SyncFs {
-    fn open_file(path: &Path, mode: OpenMode) -> io::Result<SyncFile> {
+    /// The real file system, learning O_DIRECT alignment the newest way the kernel has.
+    pub fn new() -> SyncFs {
+        SyncFs::default()
+    }
+
+    /// The real file system, learning O_DIRECT alignment no newer way than `source`
+    /// (tests run the paths of older kernels with it).
+    pub fn learning_alignment_from(source: DioAlignSource) -> SyncFs {
+        SyncFs { dio: source }
+    }
+
+    /// True when `file`, opened with O_DIRECT, takes our 4 KiB-aligned writes from
+    /// 4 KiB-aligned memory.
+    fn direct_fits(&self, file: &File) -> bool {
+        if self.dio == DioAlignSource::Statx {
+            match statx_dio_alignment(file) {
+                Ok(Some((mem, off))) => return mem as usize <= BLOCK && off as usize <= BLOCK,
+                Ok(None) => return false,
+                Err(()) => {} // a kernel before 6.1
+            }
+        }
+        let dev = file.metadata().map(|m| m.dev()).unwrap_or(0);
+        let key = (dev, self.dio);
+        if let Some(&v) = device_verdicts()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return v;
+        }
+        let verdict = match (self.dio, logical_block_size(file)) {
+            (DioAlignSource::Statx | DioAlignSource::LogicalBlockSize, Some(lbs)) => {
+                Some(lbs as usize <= BLOCK)
+            }
+            _ => probe_direct(file),
+        };
+        match verdict {
+            Some(v) => {
+                device_verdicts()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, v);
+                v
+            }
+            // The probe could not run (an I/O error): buffered this time, ask again later.
+            None => false,
+        }
+    }
+
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<SyncFile> {
         let mut o = OpenOptions::new();
-        let direct = match mode {
+        let (direct, created) = match mode {
             OpenMode::Read => {
                 o.read(true);
-                false
+                (false, None)
             }
             OpenMode::Write { direct } => {
                 o.read(true).write(true);
-                direct
+                (direct, None)
             }
-            OpenMode::CreateNew { direct } => {
-                o.read(true).write(true).create_new(true);
-                direct
+            OpenMode::CreateNew { direct, mode } => {
+                // Created buffered first: a file system that refuses O_DIRECT (EINVAL)
+                // may do so only after creating the file, and a retry with O_EXCL would
+                // then find it there.
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(path)?;
+                o.read(true).write(true);
+                (direct, Some(file))
             }
         };
         if direct {
             let mut d = o.clone();
             d.custom_flags(libc::O_DIRECT);
             match d.open(path) {
-                Ok(file) => {
-                    // Our writes are 4 KiB-aligned in memory and on disk: coarser
-                    // requirements (or none reported) mean we stay buffered.
-                    match dio_alignment(&file) {
-                        Some((mem, off)) if mem as usize <= BLOCK && off as usize <= BLOCK => {
-                            return Ok(SyncFile { file, direct: true });
-                        }
-                        _ => {
-                            drop(file);
-                            // create_new already created it: reopen without O_EXCL.
-                            let mut b = OpenOptions::new();
-                            b.read(true).write(true);
-                            return Ok(SyncFile {
-                                file: b.open(path)?,
-                                direct: false,
-                            });
-                        }
-                    }
-                }
-                // tmpfs and some FUSE file systems refuse O_DIRECT at open.
+                // Our writes are 4 KiB-aligned in memory and on disk: coarser
+                // requirements (or none learnt) mean we stay buffered.
+                Ok(file) if self.direct_fits(&file) => return Ok(SyncFile { file, direct: true }),
+                Ok(_) => {}
+                // tmpfs before Linux 6.6, ramfs and some FUSE file systems refuse O_DIRECT.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 Err(e) => return Err(e),
             }
         }
+        let file = match created {
+            Some(f) => f,
+            None => o.open(path)?,
+        };
         Ok(SyncFile {
-            file: o.open(path)?,
+            file,
             direct: false,
         })
     }
@@ -173,8 +294,8 @@ struct FlockGuard {
 impl FsLock for FlockGuard {}
 
 impl Fs for SyncFs {
-    fn mkdir(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir(path)
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
+        std::fs::DirBuilder::new().mode(mode).create(path)
     }
 
     fn kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
@@ -194,7 +315,7 @@ impl Fs for SyncFs {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
-        Ok(Arc::new(Self::open_file(path, mode)?))
+        Ok(Arc::new(self.open_file(path, mode)?))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -228,12 +349,13 @@ impl Fs for SyncFs {
         self.fsync_dir(dir)
     }
 
-    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn FsLock>> {
+    fn lock_exclusive(&self, path: &Path, mode: u32) -> io::Result<Box<dyn FsLock>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(mode)
             .open(path)?;
         // flock locks belong to the open file description, so a second open of the same
         // path in this process conflicts too (a POSIX fcntl lock would not).
@@ -254,22 +376,37 @@ mod tests {
     fn second_lock_in_same_process_conflicts_and_drop_releases() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("LOCK");
-        let a = SyncFs.lock_exclusive(&p).unwrap();
-        let e = SyncFs
-            .lock_exclusive(&p)
+        let a = SyncFs::new().lock_exclusive(&p, 0o600).unwrap();
+        let e = SyncFs::new()
+            .lock_exclusive(&p, 0o600)
             .err()
             .expect("second lock must fail");
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         drop(a);
-        SyncFs.lock_exclusive(&p).unwrap();
+        // A child another test forks at this instant holds the lock file's description
+        // (and so the flock) until it execs: retry briefly.
+        let t = std::time::Instant::now();
+        while let Err(e) = SyncFs::new().lock_exclusive(&p, 0o600) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(2),
+                "the lock was not released: {e}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]
     fn direct_files_take_aligned_vectored_writes() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        let f = SyncFs
-            .open(&p, OpenMode::CreateNew { direct: true })
+        let f = SyncFs::new()
+            .open(
+                &p,
+                OpenMode::CreateNew {
+                    direct: true,
+                    mode: 0o600,
+                },
+            )
             .unwrap();
         let a = crate::buffer::AlignedBuf::zeroed(BLOCK * 2);
         let b = crate::buffer::AlignedBuf::zeroed(BLOCK);
@@ -282,10 +419,99 @@ mod tests {
         f.fdatasync().unwrap();
         assert!(f.is_direct(), "ext4 supports O_DIRECT");
         // Direct handles only take aligned reads: the engine reads through its own handles.
-        let r = SyncFs.open(&p, OpenMode::Read).unwrap();
+        let r = SyncFs::new().open(&p, OpenMode::Read).unwrap();
         let mut got = [0u8; 10];
         r.pread(0, &mut got).unwrap();
         assert_eq!(got, [1u8; 10]);
         assert_eq!(r.size().unwrap(), (BLOCK * 3) as u64);
+    }
+
+    #[test]
+    fn direct_io_is_learnt_without_statx_dioalign_from_the_block_size_or_a_probe() {
+        let d = tempfile::tempdir().unwrap();
+        for source in [
+            DioAlignSource::Statx,
+            DioAlignSource::LogicalBlockSize,
+            DioAlignSource::Probe,
+        ] {
+            let fs = SyncFs::learning_alignment_from(source);
+            let p = d.path().join(format!("{source:?}"));
+            let new = fs
+                .open(
+                    &p,
+                    OpenMode::CreateNew {
+                        direct: true,
+                        mode: 0o600,
+                    },
+                )
+                .unwrap();
+            assert!(new.is_direct(), "{source:?}: a new file on ext4 is direct");
+            drop(new);
+            let again = fs.open(&p, OpenMode::Write { direct: true }).unwrap();
+            assert!(again.is_direct(), "{source:?}: an existing file too");
+        }
+        // Where the file system sits on a block device, sysfs gives its block size.
+        let probe = File::open(d.path().join("Probe")).unwrap();
+        let dev = probe.metadata().unwrap().dev();
+        let sys = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+        if Path::new(&sys).exists() {
+            assert!(
+                matches!(logical_block_size(&probe), Some(512 | 1024 | 2048 | 4096)),
+                "{sys}: {:?}",
+                logical_block_size(&probe)
+            );
+        }
+        // A file system without O_DIRECT (ramfs; tmpfs has it since Linux 6.6) gets
+        // buffered files whichever way alignment would be learnt.
+        let Some(ram) = RamFs::mount() else { return };
+        for source in [
+            DioAlignSource::Statx,
+            DioAlignSource::LogicalBlockSize,
+            DioAlignSource::Probe,
+        ] {
+            let f = SyncFs::learning_alignment_from(source)
+                .open(
+                    &ram.dir.path().join(format!("{source:?}")),
+                    OpenMode::CreateNew {
+                        direct: true,
+                        mode: 0o600,
+                    },
+                )
+                .unwrap();
+            assert!(!f.is_direct(), "{source:?} on ramfs");
+        }
+    }
+
+    /// A ramfs mounted on a temporary directory (root only), unmounted on drop.
+    struct RamFs {
+        dir: tempfile::TempDir,
+    }
+
+    impl RamFs {
+        fn mount() -> Option<RamFs> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "ramfs", "ramfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                assert!(
+                    std::env::var("AOF2_REQUIRE_LOOP").as_deref() != Ok("1"),
+                    "mounting a ramfs needs root (AOF2_REQUIRE_LOOP=1 requires it)"
+                );
+                eprintln!("cannot mount a ramfs here (not root?); skipping that part");
+                return None;
+            }
+            Some(RamFs { dir })
+        }
+    }
+
+    impl Drop for RamFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
     }
 }

@@ -247,8 +247,10 @@ enum Effect {
         seg: u64,
         footer: SegmentFooter,
     },
-    /// A preparation step finished.
-    Prep,
+    /// A preparation step of segment `seg` finished.
+    Prep {
+        seg: u64,
+    },
     /// Closing: unused prepared files were renamed `.ready`.
     MarkedReady,
     /// An adopted prepared file was opened.
@@ -256,8 +258,10 @@ enum Effect {
         seg: u64,
         size: u64,
     },
-    /// The leftovers of a failed preparation were removed.
-    Cleaned,
+    /// The leftovers of segment `seg`'s failed preparation were removed.
+    Cleaned {
+        seg: u64,
+    },
 }
 
 struct InFlight {
@@ -316,6 +320,8 @@ pub struct LogCore {
     pool: Vec<AlignedBuf>,
     /// The shard's registered memory, if any: buffers and blocks come from it first.
     arena: Option<Arc<BufferArena>>,
+    /// Size of each log buffer ([`BUF_SIZE`] unless a test shrinks it).
+    buf_size: usize,
     poisoned: Option<AofError>,
     closing: bool,
     /// Closing, and the unused prepared files were renamed `.ready` (durably).
@@ -361,6 +367,7 @@ impl LogCore {
             next_op: 1,
             pool: Vec::new(),
             arena: None,
+            buf_size: BUF_SIZE,
             poisoned: None,
             closing: false,
             marked_ready: false,
@@ -393,6 +400,11 @@ impl LogCore {
             Some(s) => s.rolled || s.appended_end + frame > s.capacity,
         };
         if needs_new {
+            if self.next_segment > u64::from(u32::MAX) {
+                return Err(AofError::SegmentIdsExhausted {
+                    path: self.paths.root.clone(),
+                });
+            }
             // An id is handed out only in a segment whose file is durably prepared, so
             // recovery, which continues past every file on disk, never reuses one.
             let size = self.segment_size_for(frame);
@@ -448,7 +460,10 @@ impl LogCore {
         s.appended_end = end;
         s.record_count += 1;
         s.last_record_offset = off as u32;
-        let rid = RecordId::from_parts(s.id as u32, off as u32);
+        let rid = RecordId::from_parts(
+            u32::try_from(s.id).expect("segment ids fit 32 bits (checked before a segment opens)"),
+            u32::try_from(off).expect("segments are smaller than 4 GiB"),
+        );
         self.records_total += 1;
         self.total_appended += frame;
         self.metrics.records_appended += 1;
@@ -484,6 +499,11 @@ impl LogCore {
     /// Starts segment `next_segment` in a prepared file of `file_size` bytes.
     fn open_segment(&mut self, file_size: u64) {
         let id = self.next_segment;
+        // A record id holds the segment index in 32 bits.
+        assert!(
+            id <= u64::from(u32::MAX),
+            "segment id {id} does not fit a RecordId"
+        );
         self.next_segment += 1;
         let header = SegmentHeader {
             segment_id: id,
@@ -493,7 +513,7 @@ impl LogCore {
             file_size,
         };
         let (header_bytes, seed) = header.encode();
-        let buf_size = (BUF_SIZE as u64).min(file_size) as usize;
+        let buf_size = (self.buf_size as u64).min(file_size) as usize;
         let s = Seg {
             id,
             header,
@@ -917,6 +937,19 @@ impl LogCore {
             s.copy_out(full_end, &bounce);
             data.push(IoData::Owned(bounce));
         }
+        // What the partial-block rules and O_DIRECT rest on: whole, non-empty blocks,
+        // from a block boundary, never past what was appended.
+        let len: usize = data.iter().map(IoData::len).sum();
+        assert!(
+            from % BLOCK as u64 == 0
+                && to <= s.appended_end
+                && len as u64 == to.div_ceil(BLOCK as u64) * BLOCK as u64 - from
+                && data.iter().all(|d| !d.is_empty() && d.len() % BLOCK == 0),
+            "segment {}: a bad write of [{from}, {to}) (appended to {}): {len} bytes in {} pieces",
+            s.id,
+            s.appended_end,
+            data.len()
+        );
         data
     }
 
@@ -926,7 +959,7 @@ impl LogCore {
         }
         if let Some((seg, path)) = self.cleanup.take() {
             let kinds = vec![OpKind::Close { seg }, OpKind::Unlink { path }];
-            return Some(self.chain(kinds, Effect::Cleaned, true));
+            return Some(self.chain(kinds, Effect::Cleaned { seg }, true));
         }
         if self.closing {
             return self.poll_close();
@@ -949,10 +982,12 @@ impl LogCore {
         if self.want.is_some_and(|(id, _)| id != self.next_segment) {
             self.want = None; // satisfied since (the appender took a file)
         }
-        debug_assert!(self
-            .prepared
-            .front()
-            .is_none_or(|&(id, _)| id >= self.next_segment));
+        assert!(
+            self.prepared
+                .front()
+                .is_none_or(|&(id, _)| id >= self.next_segment),
+            "a prepared file below the next segment id"
+        );
         if let Some((id, size)) = self.want {
             match self.prepared.front().copied() {
                 Some((pid, psize)) if pid == id && psize == size => self.want = None,
@@ -1002,9 +1037,10 @@ impl LogCore {
                     OpKind::Create {
                         seg: p.id,
                         path: self.paths.temp(p.id),
+                        mode: self.cfg.file_mode,
                     },
                 ];
-                return self.chain(kinds, Effect::Prep, true);
+                return self.chain(kinds, Effect::Prep { seg: p.id }, true);
             }
             PrepStep::Zero(off) => {
                 // Big steps once an append waits for the file or the active segment is
@@ -1034,7 +1070,7 @@ impl LogCore {
                 path: self.paths.segments.clone(),
             },
         };
-        self.chain(vec![kind], Effect::Prep, true)
+        self.chain(vec![kind], Effect::Prep { seg: p.id }, true)
     }
 
     /// Closing: a preparation still writing its `.tmp` file is abandoned (the file is
@@ -1048,7 +1084,8 @@ impl LogCore {
                 PrepStep::Create => self.prep = None,
                 PrepStep::Zero(_) => {
                     self.prep = None;
-                    return Some(self.chain(vec![OpKind::Close { seg: p.id }], Effect::Prep, true));
+                    let kinds = vec![OpKind::Close { seg: p.id }];
+                    return Some(self.chain(kinds, Effect::Prep { seg: p.id }, true));
                 }
                 PrepStep::Sync | PrepStep::Rename | PrepStep::SyncDir => {
                     return Some(self.prep_step(p))
@@ -1089,8 +1126,12 @@ impl LogCore {
         } else if self.prep_io.as_ref().is_some_and(|f| f.ids.contains(&id)) {
             &mut self.prep_io
         } else {
-            debug_assert!(false, "completion for unknown op {id}");
-            return Progress::default();
+            // Every completion answers an operation this core handed out: anything else
+            // is a bug in an executor, which must not be skipped silently.
+            panic!(
+                "completion for unknown operation {id} of {}",
+                self.paths.root.display()
+            );
         };
         let f = slot.as_mut().expect("in flight");
         f.done += 1;
@@ -1108,7 +1149,7 @@ impl LogCore {
     }
 
     fn fail(&mut self, effect: &Effect, e: io::Error) -> Progress {
-        if let Effect::Prep | Effect::Adopted { .. } | Effect::Cleaned = effect {
+        if let Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } = effect {
             return self.prep_failed(effect, e);
         }
         self.metrics.failures += 1;
@@ -1121,7 +1162,7 @@ impl LogCore {
                 }
                 Effect::Sealed { seg, .. } => ("sealing", *seg),
                 Effect::MarkedReady => ("marking unused prepared files of", prep_seg),
-                Effect::Prep | Effect::Adopted { .. } | Effect::Cleaned => {
+                Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } => {
                     unreachable!("handled by prep_failed")
                 }
             };
@@ -1139,9 +1180,12 @@ impl LogCore {
     /// the error for the appends that need it, and keep the log running.
     fn prep_failed(&mut self, effect: &Effect, e: io::Error) -> Progress {
         let seg = match effect {
-            Effect::Cleaned => {
+            Effect::Cleaned { seg } => {
                 // Removing the leftovers failed too; the next open removes them.
-                log::warn!("aof2: removing a failed preparation's file failed: {e}");
+                log::warn!(
+                    "aof2: removing {} (a failed preparation's file) failed: {e}",
+                    self.paths.temp(*seg).display()
+                );
                 return Progress::default();
             }
             Effect::Adopted { seg, .. } => *seg,
@@ -1169,6 +1213,14 @@ impl LogCore {
         Progress { wake_waiters: true }
     }
 
+    /// Test knob: log buffers of `size` bytes (a multiple of 4 KiB) for segments opened
+    /// from now on, so small test segments span several buffers and exercise writing
+    /// full buffers behind the appenders.
+    pub fn set_buffer_size(&mut self, size: usize) {
+        assert!(size >= BLOCK && size % BLOCK == 0 && size <= BUF_SIZE);
+        self.buf_size = size;
+    }
+
     /// Takes buffers and blocks from `arena` (a shard's registered memory) from now on.
     pub fn set_arena(&mut self, arena: Arc<BufferArena>) {
         self.arena = Some(arena);
@@ -1181,7 +1233,7 @@ impl LogCore {
 
     fn apply(&mut self, effect: Effect) -> Progress {
         match effect {
-            Effect::Cleaned => Progress::default(),
+            Effect::Cleaned { .. } => Progress::default(),
             Effect::HeaderDurable { seg } => {
                 let s = front_of(&mut self.segs, seg);
                 s.header_durable = true;
@@ -1200,6 +1252,12 @@ impl LogCore {
             }
             Effect::Durable { seg, end } => {
                 let s = front_of(&mut self.segs, seg);
+                assert!(
+                    end >= s.durable_end && end <= s.appended_end,
+                    "segment {seg}: durable end {end} outside [{}, {}]",
+                    s.durable_end,
+                    s.appended_end
+                );
                 let from = block_floor(s.written_end);
                 let wrote = s.written_end < end;
                 s.written_end = s.written_end.max(end);
@@ -1207,7 +1265,7 @@ impl LogCore {
                 s.durable_end = end;
                 Self::release_buffers(s, &mut self.pool);
                 self.total_durable += gained;
-                self.durable = pos(seg, end);
+                self.advance_durable(pos(seg, end));
                 if wrote {
                     self.metrics.write_ops += 1;
                     self.metrics.bytes_written += block_floor(end + BLOCK as u64 - 1) - from;
@@ -1222,7 +1280,12 @@ impl LogCore {
             }
             Effect::Sealed { seg, footer } => {
                 let s = self.segs.pop_front().expect("sealed the front segment");
-                debug_assert_eq!(s.id, seg);
+                assert_eq!(s.id, seg, "a seal completed for another segment");
+                assert_eq!(
+                    (footer.data_end, footer.record_count),
+                    (s.appended_end, s.record_count),
+                    "segment {seg}: the footer seals other frames than were appended"
+                );
                 for (_, b) in s.bufs {
                     if let Ok(b) = Arc::try_unwrap(b) {
                         self.pool.push(b);
@@ -1234,7 +1297,7 @@ impl LogCore {
                     seed: s.seed,
                     footer,
                 });
-                self.durable = pos(seg + 1, HEADER_LEN as u64);
+                self.advance_durable(pos(seg + 1, HEADER_LEN as u64));
                 self.metrics.syncs += 1;
                 self.metrics.segments_sealed += 1;
                 Progress { wake_waiters: true }
@@ -1243,11 +1306,15 @@ impl LogCore {
                 self.marked_ready = true;
                 Progress { wake_waiters: true }
             }
-            Effect::Prep => {
+            Effect::Prep { seg } => {
                 // None: the preparation was abandoned at close (its handle just closed).
                 let Some(p) = self.prep.as_mut() else {
                     return Progress::default();
                 };
+                assert_eq!(
+                    p.id, seg,
+                    "a preparation step completed for another segment"
+                );
                 p.step = match p.step {
                     PrepStep::Create => PrepStep::Zero(0),
                     PrepStep::Zero(off) => {
@@ -1274,9 +1341,37 @@ impl LogCore {
                 Progress::default()
             }
             Effect::Adopted { seg, size } => {
+                assert!(
+                    self.prepared.back().is_none_or(|&(p, _)| p < seg),
+                    "adopted segment {seg} out of order"
+                );
                 self.prepared.push_back((seg, size));
                 Progress { wake_waiters: true }
             }
+        }
+    }
+
+    /// Moves the durable position forward; it never moves back (waiters were released
+    /// on the strength of it).
+    fn advance_durable(&mut self, to: u64) {
+        assert!(
+            to >= self.durable,
+            "the durable position of {} would move back from {:#x} to {to:#x}",
+            self.paths.root.display(),
+            self.durable
+        );
+        self.durable = to;
+    }
+
+    /// Poisons the log from outside its I/O (its shard thread failed): every waiter
+    /// gets `cause`, and nothing more is reported durable.
+    pub fn poison_with(&mut self, cause: AofError) {
+        if self.poisoned.is_none() {
+            log::error!(
+                "aof2: log {} is poisoned: {cause}",
+                self.paths.root.display()
+            );
+            self.poisoned = Some(cause);
         }
     }
 

@@ -53,9 +53,10 @@ impl IoData {
 
 /// One operation. Files are named by segment id; the backend keeps the handles.
 pub enum OpKind {
-    /// Create `path` (must not exist) and keep it open as segment `seg`.
+    /// Create `path` (must not exist) with permission bits `mode` and keep it open as
+    /// segment `seg`.
     #[allow(missing_docs)]
-    Create { seg: u64, path: PathBuf },
+    Create { seg: u64, path: PathBuf, mode: u32 },
     /// Open the existing `path` as segment `seg`.
     #[allow(missing_docs)]
     Open { seg: u64, path: PathBuf },

@@ -1,0 +1,286 @@
+//! A failing shard never hangs anyone. A panic on a shard thread (injected through a
+//! test hook, as a broken invariant would panic) or a ring that loses a completion
+//! poisons every log on that shard with an error naming the shard and the cause, and
+//! every call waiting on those logs returns that error: blocked and async
+//! `flush_until`, `flush`, an append held by back-pressure, `close`, tail followers and
+//! streams. Logs on the other shard keep working, new logs go there, records
+//! acknowledged before the failure are all back after a reopen, and dropping the
+//! manager returns.
+
+mod common;
+
+use aof2_shards::config::{AofManagerConfig, IoBackend, RecordId};
+use aof2_shards::error::AofError;
+use aof2_shards::log_handle::LogHandle;
+use aof2_shards::manager::ShardSet;
+use aof2_shards::shard::ShardFault;
+use aof2_shards::stream::SealedSegmentStream;
+use aof2_shards::tail::TailFollower;
+use common::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The backends to run on: the one `AOF2_BACKEND` names, or both.
+fn backends() -> Vec<IoBackend> {
+    match std::env::var("AOF2_BACKEND").as_deref() {
+        Ok("sync") => vec![IoBackend::Sync],
+        Ok("uring") | Ok("io_uring") => vec![IoBackend::Uring],
+        _ => vec![IoBackend::Uring, IoBackend::Sync],
+    }
+}
+
+fn shard_set(backend: IoBackend) -> Option<Arc<ShardSet>> {
+    init_log();
+    let mut cfg = AofManagerConfig::default();
+    cfg.shards = 2;
+    cfg.backend = backend;
+    match ShardSet::start(&cfg) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) if backend == IoBackend::Uring => {
+            assert!(
+                std::env::var("AOF2_REQUIRE_URING").as_deref() != Ok("1"),
+                "io_uring required: {e}"
+            );
+            eprintln!("io_uring unavailable ({e}); skipping that backend");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A log that only syncs when asked (no interval, no watermark before back-pressure).
+fn quiet_cfg(root: &Path) -> bop_rs::aof2::AofConfig {
+    let mut c = small_cfg(root);
+    c.flush.flush_interval_ms = 0;
+    c.flush.max_unflushed_bytes = 256 * 1024;
+    c.flush.flush_watermark_bytes = 256 * 1024;
+    c
+}
+
+fn open_log(set: &ShardSet, root: &Path) -> Arc<LogHandle> {
+    Arc::new(LogHandle::open(set, quiet_cfg(root)).expect("log opens"))
+}
+
+/// Checks that `e` is the poison of a log whose shard failed with `cause`.
+fn is_shard_failure(e: &AofError, shard: usize, cause: &str) -> bool {
+    let msg = e.to_string();
+    matches!(e, AofError::Poisoned { .. })
+        && msg.contains(&format!("shard thread {shard} failed"))
+        && msg.contains(cause)
+}
+
+fn fail_a_shard_under_load(backend: IoBackend, fault: ShardFault, cause: &str) {
+    let Some(set) = shard_set(backend) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    // Placement goes to the shard with the fewest logs: a and c share one, b the other.
+    let a = open_log(&set, &d.path().join("a"));
+    let b = open_log(&set, &d.path().join("b"));
+    let c = open_log(&set, &d.path().join("c"));
+    let victim = a.shard_id();
+    assert_eq!(c.shard_id(), victim);
+    assert_ne!(b.shard_id(), victim);
+
+    let mut acked: Vec<(RecordId, Vec<u8>)> = Vec::new();
+    for i in 0..100u64 {
+        let p = payload(1, i);
+        let rid = a.append(&p).unwrap();
+        acked.push((rid, p));
+    }
+    a.flush_until(acked.last().unwrap().0).unwrap();
+    let unsynced = a.append(b"never synced").unwrap();
+
+    // Hold the shard still, so that every call below is waiting when it fails.
+    set.shards()[victim].inject(ShardFault::Pause(Duration::from_millis(500)));
+    std::thread::sleep(Duration::from_millis(50));
+    let mut waiters: Vec<(&str, std::thread::JoinHandle<Result<(), String>>)> = Vec::new();
+    let spawn = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| std::thread::spawn(f);
+    {
+        let a = a.clone();
+        waiters.push((
+            "flush_until",
+            spawn(Box::new(move || {
+                a.flush_until(unsynced).map_err(|e| e.to_string())
+            })),
+        ));
+    }
+    {
+        let a = a.clone();
+        waiters.push((
+            "flush",
+            spawn(Box::new(move || a.flush().map_err(|e| e.to_string()))),
+        ));
+    }
+    {
+        let a = a.clone();
+        waiters.push((
+            "flush_until_async",
+            spawn(Box::new(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(a.flush_until_async(unsynced))
+                    .map_err(|e| e.to_string())
+            })),
+        ));
+    }
+    {
+        let mut f = TailFollower::new(a.view());
+        waiters.push((
+            "tail follower",
+            spawn(Box::new(move || {
+                while let Some(st) = f.next_blocking() {
+                    if st.ended {
+                        return Err(f.error().map(|e| e.to_string()).unwrap_or_default());
+                    }
+                }
+                Ok(())
+            })),
+        ));
+    }
+    {
+        let mut f = TailFollower::new(a.view());
+        waiters.push((
+            "sealed-segment follower",
+            spawn(Box::new(move || {
+                while f.next_sealed_segment_blocking().is_some() {}
+                Err(f.error().map(|e| e.to_string()).unwrap_or_default())
+            })),
+        ));
+    }
+    {
+        let mut s = SealedSegmentStream::new(a.view());
+        waiters.push((
+            "stream",
+            spawn(Box::new(move || loop {
+                match s.next_segment_blocking() {
+                    Ok(Some(seg)) => {
+                        let mut cur = seg.into_cursor();
+                        while let Ok(Some(_)) = cur.next() {}
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            })),
+        ));
+    }
+    {
+        // An append held by back-pressure: c's unflushed bytes at the limit.
+        let c2 = c.clone();
+        let mut n = 0u64;
+        while c.try_append(&payload(3, n)).is_ok() {
+            n += 1;
+        }
+        waiters.push((
+            "append under back-pressure",
+            spawn(Box::new(move || {
+                c2.append(&payload(3, n))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })),
+        ));
+    }
+    {
+        let c = c.clone();
+        waiters.push((
+            "close",
+            spawn(Box::new(move || {
+                c.close();
+                Err("closed".into())
+            })),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    set.shards()[victim].inject(fault);
+
+    for (what, h) in waiters {
+        let r = within(Duration::from_secs(10), what, move || h.join().unwrap());
+        let msg = r.expect_err(what);
+        if what == "close" {
+            continue;
+        }
+        assert!(
+            msg.contains(&format!("shard thread {victim} failed")) && msg.contains(cause),
+            "{what} got: {msg}"
+        );
+    }
+
+    // The failed shard's logs refuse everything, naming the shard and the cause.
+    let e = a.append(b"after").unwrap_err();
+    assert!(is_shard_failure(&e, victim, cause), "{e}");
+    assert!(set.shards()[victim].failure().is_some());
+    within(Duration::from_secs(10), "close of a failed log", {
+        let a = a.clone();
+        move || a.close()
+    });
+
+    // The other shard is untouched, and new logs go there.
+    let rid = b.append(b"still fine").unwrap();
+    b.flush_until(rid).unwrap();
+    let n = open_log(&set, &d.path().join("n"));
+    assert_ne!(n.shard_id(), victim);
+    let rid = n.append(b"a new log").unwrap();
+    n.flush_until(rid).unwrap();
+
+    // Everything acknowledged before the failure is back (reopened on a working shard).
+    let a = open_log(&set, &d.path().join("a"));
+    assert_ne!(a.shard_id(), victim);
+    for (rid, p) in &acked {
+        let r = a
+            .open_reader(aof2_shards::config::SegmentId::new(
+                rid.segment_index() as u64
+            ))
+            .unwrap();
+        assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
+    }
+    drop((a, b, c, n));
+    within(Duration::from_secs(20), "dropping the manager", move || {
+        drop(set)
+    });
+}
+
+#[test]
+fn a_panicking_shard_poisons_its_logs_and_every_waiter_returns() {
+    for backend in backends() {
+        fail_a_shard_under_load(backend, ShardFault::Panic, "a panic injected");
+    }
+}
+
+#[test]
+fn a_ring_that_loses_a_completion_poisons_its_logs_instead_of_wedging() {
+    for backend in backends() {
+        let cause = match backend {
+            IoBackend::Uring => "dropped 1 completion",
+            _ => "an executor failure injected",
+        };
+        fail_a_shard_under_load(backend, ShardFault::LostCompletion, cause);
+    }
+}
+
+#[test]
+fn when_every_shard_has_failed_opening_a_log_is_a_clear_error() {
+    let Some(set) = shard_set(backends()[0]) else {
+        return;
+    };
+    for s in set.shards() {
+        s.inject(ShardFault::Panic);
+    }
+    let t = std::time::Instant::now();
+    while set.shards().iter().any(|s| s.failure().is_none()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the shards did not fail"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = LogHandle::open(&set, quiet_cfg(d.path())).err().unwrap();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, AofError::ShardFailed { .. }) && msg.contains("every shard thread has failed"),
+        "{msg}"
+    );
+}
