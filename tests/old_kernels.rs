@@ -90,7 +90,7 @@ fn variants() -> Vec<Variant> {
 }
 
 /// The non-blank segment files of a log: name -> bytes.
-fn segment_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+fn segment_files(root: &Path) -> Files {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(root.join("segments")).unwrap() {
         let e = e.unwrap();
@@ -106,7 +106,13 @@ fn segment_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn counts(c: &OpCounts) -> [(&'static str, u64); 7] {
+/// Operations submitted, by opcode name.
+type Ops = [(&'static str, u64); 7];
+
+/// Segment file name -> bytes.
+type Files = BTreeMap<String, Vec<u8>>;
+
+fn counts(c: &OpCounts) -> Ops {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("write", l(&c.write)),
@@ -120,7 +126,7 @@ fn counts(c: &OpCounts) -> [(&'static str, u64); 7] {
 }
 
 /// Runs the workload under `v`; returns the files written, or `None` without io_uring.
-fn run(v: &Variant, root: &Path) -> Option<(BTreeMap<String, Vec<u8>>, [(&'static str, u64); 7])> {
+fn run(v: &Variant, root: &Path) -> Option<(Files, Ops)> {
     let mut cfg = AofManagerConfig::default();
     cfg.shards = 1;
     cfg.backend = v.backend;
@@ -200,7 +206,7 @@ fn run(v: &Variant, root: &Path) -> Option<(BTreeMap<String, Vec<u8>>, [(&'stati
 fn every_feature_set_from_linux_5_15_writes_identical_segments() {
     init_log();
     let d = tempfile::tempdir().unwrap();
-    let mut baseline: Option<(BTreeMap<String, Vec<u8>>, _)> = None;
+    let mut baseline: Option<(Files, Ops)> = None;
     for (i, v) in variants().iter().enumerate() {
         let Some((files, ops)) = run(v, &d.path().join(format!("v{i}"))) else {
             return;
