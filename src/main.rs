@@ -23,8 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the benchmark workloads (W1-W4), each against a raw baseline measured in the
-    /// same run on the same directory, and print a table of figures and ratios.
+    /// Run the benchmark workloads, each against a raw baseline measured in the same
+    /// run on the same directory, and print a table of figures and ratios: W1 buffered
+    /// appends, W2 durable latency, W3 group commit, W4 durable bandwidth, W5 many
+    /// logs, R1 cursor reads, R2 follower wake-up, R3 recovery and verify.
     Bench {
         /// Directory to run in (a temporary directory is created inside and removed).
         /// Default: the system temporary directory.

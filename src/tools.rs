@@ -75,10 +75,41 @@ pub fn dump(root: &Path, from: Option<RecordId>, limit: Option<u64>, hex: bool) 
         if let Some(r) = from.filter(|r| r.segment_index() as u64 == u.id) {
             c.seek(r)?;
         }
+        let mut sealed = u.footer.is_some();
         while printed < limit {
-            let Some(r) = c.next()? else { break };
-            print_record(&mut out, &r, hex).map_err(out_err)?;
-            printed += 1;
+            match c.next() {
+                Ok(Some(r)) => {
+                    print_record(&mut out, &r, hex).map_err(out_err)?;
+                    printed += 1;
+                }
+                Ok(None) => break,
+                // The end of a segment being written (a write in progress) or torn by a
+                // crash: sealed since (the writer rolled), it reads on through the seal;
+                // still unsealed, what follows was never acknowledged.
+                Err(AofError::Corruption { offset, reason, .. }) if !sealed => {
+                    match dir.reread(u.id)? {
+                        Some(now) if now.footer.is_some() => {
+                            let at = c.position();
+                            c = dir.cursor(&now)?;
+                            c.seek(at)?;
+                            sealed = true;
+                        }
+                        _ => {
+                            let why = if dir.writer_active() {
+                                "a write in progress (a writer holds the log)"
+                            } else {
+                                "a torn write, never acknowledged"
+                            };
+                            eprintln!(
+                                "aof2 dump: segment {} stops at offset {offset}: {why} ({reason})",
+                                u.id
+                            );
+                            break;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     out.flush().map_err(out_err)?;
@@ -97,11 +128,15 @@ pub fn verify(root: &Path) -> AofResult<Vec<SegmentStat>> {
             s.records,
             s.data_end - aof2_shards::format::HEADER_LEN as u64
         );
-        match &s.torn_tail {
-            Some((off, why)) => println!(
+        match (&s.torn_tail, s.live) {
+            (_, true) => println!(
+                "  (being written: checked up to offset {}, its last complete frame)",
+                s.data_end
+            ),
+            (Some((off, why)), false) => println!(
                 "  (ends in a torn or in-progress write at offset {off}: {why}; never acknowledged)"
             ),
-            None => println!(),
+            (None, false) => println!(),
         }
     }
     let records: u64 = stats.iter().map(|s| s.records).sum();
@@ -122,10 +157,11 @@ pub fn stat(root: &Path) -> AofResult<Vec<SegmentStat>> {
         "segment", "state", "file bytes", "data bytes", "records", "first record", "created (ns)"
     );
     for s in &stats {
-        let state = match (s.sealed, &s.torn_tail) {
-            (true, _) => "sealed",
-            (false, None) => "active",
-            (false, Some(_)) => "torn",
+        let state = match (s.sealed, s.live, &s.torn_tail) {
+            (true, _, _) => "sealed",
+            (false, true, _) => "writing",
+            (false, false, None) => "active",
+            (false, false, Some(_)) => "torn",
         };
         println!(
             "{:>8}  {state:<8}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",

@@ -3,6 +3,16 @@
 //! so it can run beside a live writer in another process: an unsealed segment is read
 //! with `pread` (never mapped, since the writer may be rewriting its last block), and
 //! a damaged frame at its end may be a write in progress rather than corruption.
+//!
+//! **No false alarms beside a live writer.** A writer that rolls seals a segment,
+//! writes the next one's header and prepares another file while a tool reads: what
+//! the tool read a moment ago can look inconsistent with what it reads now (a footer
+//! that appeared, a header written after the listing). So a problem is reported only
+//! once it is seen again, the same, in a fresh look at the directory (a race never
+//! repeats itself exactly: the writer has moved on); a segment sealed under the tool
+//! is re-read as sealed; and a segment a live writer is appending to (its lock is
+//! held, as `/proc/locks` tells) is reported as being written, checked up to its last
+//! complete frame.
 
 use crate::backend::sync::SyncFs;
 use crate::backend::{EntryKind, Fs, FsFile, OpenMode};
@@ -16,6 +26,11 @@ use crate::reader::{SegmentCursor, SegmentReader};
 use crate::recovery::{self, corruption, io_err, Survey, Used};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Looks at the directory at most this many times before reporting a problem that
+/// keeps changing.
+const LOOKS: u32 = 8;
 
 /// What one segment holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +57,9 @@ pub struct SegmentStat {
     /// (offset, reason). After a crash this is a torn write that the next open seals
     /// off; beside a live writer it may be a write in progress.
     pub torn_tail: Option<(u64, String)>,
+    /// The last segment, unsealed, while a writer holds the log's lock: it is being
+    /// written, so it was checked up to its last complete frame (`data_end`).
+    pub live: bool,
 }
 
 /// A log directory opened for reading.
@@ -87,8 +105,23 @@ impl LogDir {
                 &format!("it has no {}/ directory", crate::layout::SEGMENT_DIR),
             ));
         }
-        let survey = recovery::survey(&fs, &paths.segments)?;
+        let survey = settle(|| recovery::survey(&fs, &paths.segments))?;
         Ok(LogDir { paths, fs, survey })
+    }
+
+    /// True when a writer holds the log's lock now (from `/proc/locks`, without
+    /// touching the lock); false when none does or that cannot be told.
+    pub fn writer_active(&self) -> bool {
+        lock_held(&self.paths.lock).unwrap_or(false)
+    }
+
+    /// Marks the last segment live if it is unsealed and a writer holds the log.
+    fn mark_live(&self, stats: &mut [SegmentStat]) {
+        if let Some(last) = stats.last_mut() {
+            if !last.sealed && self.writer_active() {
+                last.live = true;
+            }
+        }
     }
 
     /// The segments with a valid header, in id order.
@@ -114,11 +147,21 @@ impl LogDir {
 
     /// A summary of each segment; unsealed ones are scanned to find their valid frames.
     pub fn stat(&self) -> AofResult<Vec<SegmentStat>> {
-        self.survey
+        let mut out: Vec<SegmentStat> = self
+            .survey
             .used
             .iter()
             .map(|u| self.segment_stat(u))
-            .collect()
+            .collect::<AofResult<_>>()?;
+        self.mark_live(&mut out);
+        Ok(out)
+    }
+
+    /// Segment `id` as the directory holds it now (a new look at its header and
+    /// footer): to see whether it was sealed since the survey.
+    pub fn reread(&self, id: u64) -> AofResult<Option<Used>> {
+        let survey = settle(|| recovery::survey(&self.fs, &self.paths.segments))?;
+        Ok(survey.used.into_iter().find(|u| u.id == id))
     }
 
     fn segment_stat(&self, u: &Used) -> AofResult<SegmentStat> {
@@ -139,6 +182,7 @@ impl LogDir {
             created_at_ns: u.header.created_at_ns,
             sealed_at_ns: u.footer.map(|f| f.sealed_at_ns),
             torn_tail: None,
+            live: false,
         };
         match u.footer {
             Some(f) => {
@@ -172,8 +216,25 @@ impl LogDir {
     /// as an error naming segment, offset and path. An unsealed last segment that ends
     /// in a torn write is reported in its [`SegmentStat::torn_tail`], not as an error,
     /// unless a later frame proves the damaged bytes had been synced.
+    ///
+    /// Beside a live writer, a problem is reported only once a fresh look at the
+    /// directory shows it again (see the module docs), and the segment being written
+    /// is marked [`SegmentStat::live`].
     pub fn verify(&self) -> AofResult<Vec<SegmentStat>> {
-        let used = &self.survey.used;
+        let mut first = true;
+        let mut out = settle(|| {
+            if std::mem::take(&mut first) {
+                return self.verify_survey(&self.survey);
+            }
+            let fresh = recovery::survey(&self.fs, &self.paths.segments)?;
+            self.verify_survey(&fresh)
+        })?;
+        self.mark_live(&mut out);
+        Ok(out)
+    }
+
+    fn verify_survey(&self, survey: &Survey) -> AofResult<Vec<SegmentStat>> {
+        let used = &survey.used;
         recovery::check_only_last_unsealed(used)?;
         let mut out = Vec::with_capacity(used.len());
         let mut records = used.first().map_or(0, |u| u.header.base_record_index);
@@ -297,6 +358,19 @@ impl LogDir {
         }
         let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
         if let Some(i) = image[footer_at..].iter().position(|&x| x != 0) {
+            // Sealed since the survey read its footer region (a live writer rolled):
+            // check it as what it is now.
+            let region = &image[footer_at..];
+            if let Ok(Some(f)) = SegmentFooter::decode(region, u.seed, u.header.file_size) {
+                if f.segment_id == u.id {
+                    let sealed = Used {
+                        footer: Some(f),
+                        damaged_footer: None,
+                        ..u.clone()
+                    };
+                    return self.verify_sealed(&sealed, &f);
+                }
+            }
             return Err(corruption(
                 &u.path,
                 u.id,
@@ -329,4 +403,49 @@ impl LogDir {
             )?)),
         }
     }
+}
+
+/// Runs `look` until it succeeds, or until it fails the same way in two looks in a
+/// row (or `LOOKS` times): a live writer's roll can make one look inconsistent, never
+/// two the same way. Errors that no race explains (a foreign file, a newer format, a
+/// directory that is not a log) are reported at once.
+fn settle<T>(mut look: impl FnMut() -> AofResult<T>) -> AofResult<T> {
+    let mut last: Option<String> = None;
+    for n in 1.. {
+        match look() {
+            Ok(v) => return Ok(v),
+            Err(e @ (AofError::Corruption { .. } | AofError::Io { .. })) => {
+                let msg = e.to_string();
+                if last.as_deref() == Some(msg.as_str()) || n >= LOOKS {
+                    return Err(e);
+                }
+                log::debug!("aof2: {msg}; looking again");
+                last = Some(msg);
+                std::thread::sleep(Duration::from_millis(5 << n.min(4)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Whether some process holds an `flock` on `path`, read from `/proc/locks` (which
+/// names the lock by device and inode) without touching the lock. `None` when that
+/// cannot be told (no such file, no `/proc`).
+pub fn lock_held(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    Some(locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiters have "->" after
+        // the number and do not hold the lock.
+        f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str())
+    }))
 }
