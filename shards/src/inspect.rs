@@ -222,18 +222,25 @@ impl LogDir {
     /// is marked [`SegmentStat::live`].
     pub fn verify(&self) -> AofResult<Vec<SegmentStat>> {
         let mut first = true;
+        // Sealed segments never change: each is checked once, however many looks it
+        // takes, so a look after the first costs little more than the tail.
+        let mut checked = std::collections::HashMap::new();
         let mut out = settle(|| {
             if std::mem::take(&mut first) {
-                return self.verify_survey(&self.survey);
+                return self.verify_survey(&self.survey, &mut checked);
             }
             let fresh = recovery::survey(&self.fs, &self.paths.segments)?;
-            self.verify_survey(&fresh)
+            self.verify_survey(&fresh, &mut checked)
         })?;
         self.mark_live(&mut out);
         Ok(out)
     }
 
-    fn verify_survey(&self, survey: &Survey) -> AofResult<Vec<SegmentStat>> {
+    fn verify_survey(
+        &self,
+        survey: &Survey,
+        checked: &mut std::collections::HashMap<u64, SegmentStat>,
+    ) -> AofResult<Vec<SegmentStat>> {
         let used = &survey.used;
         recovery::check_only_last_unsealed(used)?;
         let mut out = Vec::with_capacity(used.len());
@@ -250,9 +257,14 @@ impl LogDir {
                     ),
                 ));
             }
-            let st = match u.footer {
-                Some(f) => self.verify_sealed(u, &f)?,
-                None => self.verify_unsealed(u)?,
+            let st = match (u.footer, checked.get(&u.id)) {
+                (Some(_), Some(st)) => st.clone(),
+                (Some(f), None) => {
+                    let st = self.verify_sealed(u, &f)?;
+                    checked.insert(u.id, st.clone());
+                    st
+                }
+                (None, _) => self.verify_unsealed(u)?,
             };
             records = u.header.base_record_index + st.records;
             out.push(st);

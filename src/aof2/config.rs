@@ -1,7 +1,8 @@
 //! Configuration and identifiers: [`AofConfig`], [`FlushConfig`], [`Compression`],
-//! [`RetentionPolicy`], [`AofManagerConfig`], [`IoBackend`], [`RecordId`], [`SegmentId`].
+//! [`RetentionPolicy`], [`AofManagerConfig`], [`IoBackend`], [`UringFeature`], [`RecordId`],
+//! [`SegmentId`].
 
 pub use aof2_shards::config::{
     AofConfig, AofManagerConfig, Compression, FlushConfig, IoBackend, RecordId, RetentionPolicy,
-    SegmentId, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    SegmentId, UringFeature, DEFAULT_FILE_MODE, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
