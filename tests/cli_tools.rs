@@ -351,7 +351,15 @@ fn the_tools_never_cry_wolf_beside_a_writer_that_rolls_every_few_milliseconds() 
         .and_then(|s| s.parse().ok())
         .unwrap_or(25);
     let mut live_noted = 0;
+    // The log grows while the tools run, and each run reads all of it: on a slow disk
+    // the rounds stop after a few seconds (at least 3 rounds).
+    let started = Instant::now();
+    let mut rounds = 0;
     for i in 0..runs {
+        if i >= 3 && started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        rounds += 1;
         for args in [
             vec!["verify", r],
             vec!["stat", r],
@@ -369,7 +377,9 @@ fn the_tools_never_cry_wolf_beside_a_writer_that_rolls_every_few_milliseconds() 
                 !o.contains("corrupt") && !e.contains("corrupt"),
                 "run {i}: {args:?}: {o}{e}"
             );
-            if args[0] == "verify" && o.contains("being written") {
+            if (args[0] == "verify" && o.contains("being written"))
+                || (args[0] == "stat" && o.contains("writing"))
+            {
                 live_noted += 1;
             }
         }
@@ -384,15 +394,15 @@ fn the_tools_never_cry_wolf_beside_a_writer_that_rolls_every_few_milliseconds() 
     let appended = writer.join().unwrap();
     let segments = LogDir::open(&root).unwrap().segments().len() as u32;
     println!(
-        "{runs} runs of each tool beside a writer: {appended} records, {segments} segments in {elapsed:.1?}"
+        "{rounds} runs of each tool beside a writer: {appended} records, {segments} segments in {elapsed:.1?}"
     );
     assert!(
-        segments > runs,
+        segments > rounds,
         "the writer rolled while the tools ran ({segments} segments)"
     );
     assert!(
         live_noted > 0,
-        "verify says the last segment is being written while a writer holds the log"
+        "verify or stat says the last segment is being written while a writer holds the log"
     );
     // Once the writer is gone, everything verifies, with nothing said to be live.
     let out = aof2(&["verify", r]);

@@ -252,7 +252,9 @@ enum Effect {
         seg: u64,
     },
     /// Closing: unused prepared files were renamed `.ready`.
-    MarkedReady,
+    MarkedReady {
+        segs: Vec<u64>,
+    },
     /// An adopted prepared file was opened.
     Adopted {
         seg: u64,
@@ -1096,7 +1098,9 @@ impl LogCore {
             return None;
         }
         let mut kinds = Vec::new();
+        let mut segs = Vec::new();
         for (seg, _) in std::mem::take(&mut self.prepared) {
+            segs.push(seg);
             kinds.push(OpKind::Close { seg });
             kinds.push(OpKind::Rename {
                 from: self.paths.segment(seg),
@@ -1104,6 +1108,7 @@ impl LogCore {
             });
         }
         for (seg, _) in std::mem::take(&mut self.adopt) {
+            segs.push(seg);
             kinds.push(OpKind::Rename {
                 from: self.paths.segment(seg),
                 to: self.paths.ready(seg),
@@ -1116,7 +1121,7 @@ impl LogCore {
         kinds.push(OpKind::SyncDir {
             path: self.paths.segments.clone(),
         });
-        Some(self.chain(kinds, Effect::MarkedReady, true))
+        Some(self.chain(kinds, Effect::MarkedReady { segs }, true))
     }
 
     /// Reports the outcome of operation `id`.
@@ -1154,14 +1159,16 @@ impl LogCore {
         }
         self.metrics.failures += 1;
         if self.poisoned.is_none() {
-            let prep_seg = self.prep.map(|p| p.id).unwrap_or(self.next_segment);
             let (what, seg) = match effect {
                 Effect::HeaderDurable { seg } => ("writing the header of", *seg),
                 Effect::Written { seg, .. } | Effect::Durable { seg, .. } => {
                     ("writing and syncing records of", *seg)
                 }
                 Effect::Sealed { seg, .. } => ("sealing", *seg),
-                Effect::MarkedReady => ("marking unused prepared files of", prep_seg),
+                Effect::MarkedReady { segs } => (
+                    "marking unused prepared files of",
+                    segs.first().copied().unwrap_or(self.next_segment),
+                ),
                 Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } => {
                     unreachable!("handled by prep_failed")
                 }
@@ -1302,7 +1309,12 @@ impl LogCore {
                 self.metrics.segments_sealed += 1;
                 Progress { wake_waiters: true }
             }
-            Effect::MarkedReady => {
+            Effect::MarkedReady { segs } => {
+                // Every unused prepared file was in the chain; none appeared since.
+                assert!(
+                    self.prepared.is_empty() && self.adopt.is_empty() && !segs.is_empty(),
+                    "prepared files left unmarked after marking {segs:?}"
+                );
                 self.marked_ready = true;
                 Progress { wake_waiters: true }
             }
