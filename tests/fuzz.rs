@@ -273,13 +273,7 @@ fn recovery_target(rng: &mut SimRng, files: &Inputs) {
     }
     for (name, img) in files {
         let f = fs
-            .open(
-                &paths.segments.join(name),
-                OpenMode::CreateNew {
-                    direct: false,
-                    mode: 0o600,
-                },
-            )
+            .open(&paths.segments.join(name), OpenMode::create_new(false))
             .unwrap();
         if !img.is_empty() {
             f.pwritev(0, &[img]).unwrap();

@@ -42,6 +42,16 @@ pub enum OpenMode {
     },
 }
 
+impl OpenMode {
+    /// `CreateNew` with the default, owner-only mode (`0o600`).
+    pub const fn create_new(direct: bool) -> OpenMode {
+        OpenMode::CreateNew {
+            direct,
+            mode: crate::config::DEFAULT_FILE_MODE,
+        }
+    }
+}
+
 /// A read-only view of a whole file: a memory map on a real disk, a copy on the simulated one.
 pub enum Mapping {
     /// A read-only memory map.

@@ -922,14 +922,8 @@ mod tests {
 
     fn sim_file(fs: &SimFs) -> Arc<dyn FsFile> {
         fs.mkdir(Path::new("/d"), 0o700).unwrap();
-        fs.open(
-            Path::new("/d/f"),
-            OpenMode::CreateNew {
-                direct: false,
-                mode: 0o600,
-            },
-        )
-        .unwrap()
+        fs.open(Path::new("/d/f"), OpenMode::create_new(false))
+            .unwrap()
     }
 
     #[test]
@@ -1005,13 +999,7 @@ mod tests {
         fs.mkdir(Path::new("/d"), 0o700).unwrap();
         fs.fsync_dir(Path::new("/")).unwrap();
         let f = fs
-            .open(
-                Path::new("/d/f"),
-                OpenMode::CreateNew {
-                    direct: false,
-                    mode: 0o600,
-                },
-            )
+            .open(Path::new("/d/f"), OpenMode::create_new(false))
             .unwrap();
         f.pwritev(0, &[&[1u8; 1024]]).unwrap();
         f.fdatasync().unwrap();
@@ -1035,27 +1023,15 @@ mod tests {
         let mut lost = false;
         for seed in 0..20 {
             let fs = SimFs::new(seed);
-            fs.open(
-                Path::new("/a"),
-                OpenMode::CreateNew {
-                    direct: false,
-                    mode: 0o600,
-                },
-            )
-            .unwrap();
+            fs.open(Path::new("/a"), OpenMode::create_new(false))
+                .unwrap();
             fs.crash();
             lost |= fs.kind(Path::new("/a")).unwrap().is_none();
         }
         assert!(lost);
         let fs = SimFs::new(3);
-        fs.open(
-            Path::new("/a"),
-            OpenMode::CreateNew {
-                direct: false,
-                mode: 0o600,
-            },
-        )
-        .unwrap();
+        fs.open(Path::new("/a"), OpenMode::create_new(false))
+            .unwrap();
         fs.fsync_dir(Path::new("/")).unwrap();
         fs.crash();
         assert_eq!(fs.kind(Path::new("/a")).unwrap(), Some(EntryKind::File));
@@ -1067,13 +1043,7 @@ mod tests {
         for seed in 0..64 {
             let fs = SimFs::new(seed);
             let f = fs
-                .open(
-                    Path::new("/f"),
-                    OpenMode::CreateNew {
-                        direct: false,
-                        mode: 0o600,
-                    },
-                )
+                .open(Path::new("/f"), OpenMode::create_new(false))
                 .unwrap();
             fs.fsync_dir(Path::new("/")).unwrap();
             f.pwritev(0, &[&[1u8; 512]]).unwrap();
@@ -1094,13 +1064,7 @@ mod tests {
         for seed in 0..32 {
             let fs = SimFs::new(seed);
             let f = fs
-                .open(
-                    Path::new("/f"),
-                    OpenMode::CreateNew {
-                        direct: false,
-                        mode: 0o600,
-                    },
-                )
+                .open(Path::new("/f"), OpenMode::create_new(false))
                 .unwrap();
             fs.fsync_dir(Path::new("/")).unwrap();
             // Unsynced: [0, 1024) of ones. Then a FUA write of twos over [512, 1024) and

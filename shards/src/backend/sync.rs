@@ -399,15 +399,7 @@ mod tests {
     fn direct_files_take_aligned_vectored_writes() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        let f = SyncFs::new()
-            .open(
-                &p,
-                OpenMode::CreateNew {
-                    direct: true,
-                    mode: 0o600,
-                },
-            )
-            .unwrap();
+        let f = SyncFs::new().open(&p, OpenMode::create_new(true)).unwrap();
         let a = crate::buffer::AlignedBuf::zeroed(BLOCK * 2);
         let b = crate::buffer::AlignedBuf::zeroed(BLOCK);
         // SAFETY: fresh buffers, no other user.
@@ -436,15 +428,7 @@ mod tests {
         ] {
             let fs = SyncFs::learning_alignment_from(source);
             let p = d.path().join(format!("{source:?}"));
-            let new = fs
-                .open(
-                    &p,
-                    OpenMode::CreateNew {
-                        direct: true,
-                        mode: 0o600,
-                    },
-                )
-                .unwrap();
+            let new = fs.open(&p, OpenMode::create_new(true)).unwrap();
             assert!(new.is_direct(), "{source:?}: a new file on ext4 is direct");
             drop(new);
             let again = fs.open(&p, OpenMode::Write { direct: true }).unwrap();
@@ -472,10 +456,7 @@ mod tests {
             let f = SyncFs::learning_alignment_from(source)
                 .open(
                     &ram.dir.path().join(format!("{source:?}")),
-                    OpenMode::CreateNew {
-                        direct: true,
-                        mode: 0o600,
-                    },
+                    OpenMode::create_new(true),
                 )
                 .unwrap();
             assert!(!f.is_direct(), "{source:?} on ramfs");

@@ -887,13 +887,7 @@ mod tests {
         };
         let d = tempfile::tempdir().unwrap();
         let file = SyncFs::default()
-            .open(
-                &d.path().join("f"),
-                OpenMode::CreateNew {
-                    direct: false,
-                    mode: 0o600,
-                },
-            )
+            .open(&d.path().join("f"), OpenMode::create_new(false))
             .unwrap();
         // 40 groups of three linked entries into a queue of four: at most one group
         // fits at a time, and none may be split.
@@ -973,13 +967,7 @@ mod tests {
         let e = opcode::Timeout::new(&*ts).build().user_data(7);
         let d = tempfile::tempdir().unwrap();
         let file = SyncFs::default()
-            .open(
-                &d.path().join("f"),
-                OpenMode::CreateNew {
-                    direct: false,
-                    mode: 0o600,
-                },
-            )
+            .open(&d.path().join("f"), OpenMode::create_new(false))
             .unwrap();
         ring.held.insert(
             7,
