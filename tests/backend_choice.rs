@@ -13,8 +13,8 @@
 
 mod common;
 
-use aof2_shards::backend::uring::RingSetup;
 use aof2_shards::config::IoBackend;
+use aof2_shards::exec::uring::RingSetup;
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
 use aof2_shards::shard::Running;

@@ -17,10 +17,10 @@
 
 mod common;
 
-use aof2_shards::backend::sim::{SimFs, SimRng};
-use aof2_shards::backend::{Fs, OpenMode};
 use aof2_shards::clock::Clock;
 use aof2_shards::format::{self, FrameDecode, HeaderState, SegmentFooter, SegmentHeader};
+use aof2_shards::fs::sim::{SimFs, SimRng};
+use aof2_shards::fs::{Fs, OpenMode};
 use aof2_shards::layout::{segment_file_name, LogPaths};
 use aof2_shards::recovery;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,6 +1,6 @@
 //! Every kernel from 5.15: each optional io_uring feature and `STATX_DIOALIGN` made
 //! missing in turn (through `AofManagerConfig::io_uring_disable` and
-//! `SyncFs::learning_alignment_from`, since this machine runs a newer kernel), plus the
+//! `PosixFs::learning_alignment_from`, since this machine runs a newer kernel), plus the
 //! whole feature sets of Linux 5.15 and 5.5 at once, and the portable backend. Each run
 //! writes the same deterministic workload (fixed clock and generation nonce) and must
 //! write segment files byte-identical to the run with everything available, never
@@ -8,10 +8,10 @@
 
 mod common;
 
-use aof2_shards::backend::sync::{DioAlignSource, SyncFs};
-use aof2_shards::backend::uring::OpCounts;
 use aof2_shards::clock::Clock;
 use aof2_shards::config::{AofManagerConfig, IoBackend, SegmentId, UringFeature};
+use aof2_shards::exec::uring::OpCounts;
+use aof2_shards::fs::posix::{DioAlignSource, PosixFs};
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
 use aof2_shards::shard::Running;
@@ -131,7 +131,7 @@ fn run(v: &Variant, root: &Path) -> Option<(Files, Ops)> {
     cfg.shards = 1;
     cfg.backend = v.backend;
     cfg.io_uring_disable = v.disable.clone();
-    let set = match ShardSet::start_with(&cfg, Arc::new(SyncFs::learning_alignment_from(v.dio))) {
+    let set = match ShardSet::start_with(&cfg, Arc::new(PosixFs::learning_alignment_from(v.dio))) {
         Ok(s) => s,
         Err(e) => {
             assert!(

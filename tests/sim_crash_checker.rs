@@ -30,20 +30,25 @@
 //! `AOF2_BACKEND=sync|uring` runs one model only; `AOF2_SIM_SEED=S` runs seed S alone
 //! and prints its steps. A failure names its seed and model.
 
-use aof2_shards::backend::ring::{ChainRunner, Completed};
-use aof2_shards::backend::sim::{Faults, SimFs, SimRing, SimRng};
-use aof2_shards::backend::{Fs, OpenMode};
 use aof2_shards::clock::Clock;
 use aof2_shards::config::{AofConfig, RecordId};
-use aof2_shards::driver::Driver;
 use aof2_shards::error::AofError;
+use aof2_shards::exec::blocking::BlockingExecutor;
+use aof2_shards::exec::files::LogFiles;
+use aof2_shards::exec::sim_ring::SimRing;
+use aof2_shards::exec::{Executor, RingExecutor};
 use aof2_shards::format;
+use aof2_shards::fs::sim::{Faults, SimFs, SimRng};
+use aof2_shards::fs::{Fs, FsLock, OpenMode};
 use aof2_shards::layout::LogPaths;
 use aof2_shards::log::LogCore;
+use aof2_shards::log_shared::{LogShared, ShardLink};
 use aof2_shards::recovery;
+use aof2_shards::shard::turn::ShardLoop;
+use aof2_shards::shard::{CloseRequest, Registration, ShardCtl};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 
 const WRITERS: u64 = 4;
 
@@ -89,13 +94,42 @@ struct World {
     fuse_into_dirty: bool,
 }
 
+/// One open session: the log on a shard with no thread, whose turns the checker runs.
 struct Open {
     /// The durable position when the log was poisoned.
     poisoned_at: Option<u64>,
-    core: Mutex<LogCore>,
-    driver: Driver,
-    ring: Option<(ChainRunner, SimRing)>,
-    _lock: Box<dyn aof2_shards::backend::FsLock>,
+    shard: Arc<ShardCtl>,
+    turns: ShardLoop,
+    shared: Arc<LogShared>,
+    lock: Option<Box<dyn FsLock>>,
+}
+
+impl Open {
+    fn core(&self) -> MutexGuard<'_, LogCore> {
+        self.shared.lock_core()
+    }
+
+    /// The simulated ring (the ring model).
+    fn ring(&mut self) -> Option<&mut SimRing> {
+        self.turns
+            .executor_mut()
+            .as_any_mut()
+            .downcast_mut::<RingExecutor<SimRing>>()
+            .map(|r| r.ring_mut())
+    }
+
+    /// Asks for everything below `upto` to be synced, waking the shard as a handle does.
+    fn request_flush(&self, upto: u64) {
+        if self.core().request_flush(upto) {
+            self.shared.wake_shard();
+        }
+    }
+
+    fn request_flush_all(&self) {
+        if self.core().request_flush_all() {
+            self.shared.wake_shard();
+        }
+    }
 }
 
 fn payload(rng: &mut SimRng, session: usize, seq: usize, writer: u64) -> Vec<u8> {
@@ -185,10 +219,6 @@ impl World {
         Clock::Manual(self.time.clone())
     }
 
-    fn now(&self) -> u64 {
-        self.time.load(Ordering::Relaxed)
-    }
-
     fn open(&mut self) -> Open {
         let opened = match recovery::open_log(&self.fs, &self.paths, &self.clock(), 0o600) {
             Ok(o) => o,
@@ -244,20 +274,37 @@ impl World {
             closed: false,
             faults_at_start: self.fs.faults_injected(),
         });
-        Open {
-            poisoned_at: None,
-            core: Mutex::new(core),
-            driver: Driver::new(Arc::new(self.fs.clone()), true),
-            ring: (self.model == Model::Ring).then(|| {
-                let mut ring = SimRing::new(self.fs.clone());
+        let exec: Box<dyn Executor> = match self.model {
+            Model::Blocking => Box::new(BlockingExecutor),
+            Model::Ring => {
+                let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
                 // Slow syncs: held back ten times as often as they stall the clock.
                 let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
                 ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
-                let mut runner = ChainRunner::new();
-                runner.fuse_into_dirty_files(self.fuse_into_dirty);
-                (runner, ring)
-            }),
-            _lock: opened.lock,
+                let mut exec = RingExecutor::new(ring);
+                exec.runner_mut()
+                    .fuse_into_dirty_files(self.fuse_into_dirty);
+                Box::new(exec)
+            }
+        };
+        let shard = ShardCtl::detached(0).expect("eventfd");
+        let shared = Arc::new(LogShared::new(
+            self.sessions.len() as u64,
+            core,
+            Arc::new(LogFiles::new(Arc::new(self.fs.clone()), true)),
+            shard.clone() as Arc<dyn ShardLink>,
+        ));
+        shard
+            .add(Registration {
+                shared: shared.clone(),
+            })
+            .expect("a new shard takes logs");
+        Open {
+            poisoned_at: None,
+            turns: ShardLoop::new(shard.clone(), exec, self.clock()),
+            shard,
+            shared,
+            lock: Some(opened.lock),
         }
     }
 
@@ -347,44 +394,24 @@ impl World {
         }
     }
 
-    /// One round of the shard: poll the core and run what it asks for; on the ring,
-    /// also complete a random number of operations in flight, in random order.
+    /// One turn of the shard (the same function the shard thread runs): requests,
+    /// polls, chains started, and on the ring a random number of operations in flight
+    /// completed in random order.
     fn step(&mut self, o: &mut Open) -> bool {
-        let now = self.now();
-        let Some((runner, ring)) = o.ring.as_mut() else {
-            return o.driver.step(&o.core, now).did_work;
-        };
-        let apply = |core: &Mutex<LogCore>, done: &mut Vec<Completed>| {
-            let mut core = core.lock().unwrap();
-            for c in done.drain(..) {
-                core.complete(c.op, c.res);
-            }
-        };
-        let mut done = Vec::new();
-        let chains = o.core.lock().unwrap().poll(now);
-        let mut did = !chains.is_empty();
-        for c in chains {
-            runner.start(0, c, &mut o.driver, ring, &mut done);
-        }
-        apply(&o.core, &mut done);
-        if ring.pending() > 0 {
-            let n = 1 + self.rng.below(ring.pending() as u64) as usize;
-            for (token, res) in ring.complete_some(&mut self.rng, n) {
-                runner.complete(token, res, &mut o.driver, ring, &mut done);
-            }
-            apply(&o.core, &mut done);
-            did = true;
-        }
-        if let Some(v) = ring.violations().first() {
+        let t = o
+            .turns
+            .turn()
+            .unwrap_or_else(|e| self.fail(format!("the shard's turn failed: {e}")));
+        if let Some(v) = o.ring().and_then(|r| r.violations().first().cloned()) {
             self.fail(format!("partial-block rule broken: {v}"));
         }
-        did
+        t.busy
     }
 
     /// Power loss: on the ring, writes in flight may or may not have reached the disk.
     fn crash(&mut self, mut o: Open) {
-        if let Some((_, ring)) = o.ring.as_mut() {
-            ring.crash(&mut self.rng);
+        if let Some(ring) = o.ring() {
+            ring.crash();
         }
         drop(o);
         self.fs.crash();
@@ -392,7 +419,7 @@ impl World {
 
     /// Records which appended records the engine now reports durable.
     fn observe(&mut self, o: &mut Open) {
-        let core = o.core.lock().unwrap();
+        let core = o.core();
         let durable = core.durable_pos();
         let poison = core.poison();
         drop(core);
@@ -424,9 +451,12 @@ impl World {
         let p = payload(&mut self.rng, si, seq, writer);
         // A blocked append is retried until it goes through: waiting must make progress.
         for attempt in 0.. {
-            let r = o.core.lock().unwrap().append(&p);
+            let r = o.core().append(&p);
             match r {
                 Ok(a) => {
+                    if a.wake_shard {
+                        o.shared.wake_shard();
+                    }
                     if let Some(m) = self.max_rid {
                         if a.rid <= m {
                             self.fail(format!("id {} handed out again (max so far {m})", a.rid));
@@ -464,7 +494,10 @@ impl World {
                             "append blocked ({kind:?}) and made no progress in 1000 pumps"
                         ));
                     }
-                    o.core.lock().unwrap().request_flush_all();
+                    // As a handle does: admission waits for a sync, a rollover for the
+                    // next file; either way the shard is woken.
+                    o.core().request_flush_all();
+                    o.shared.wake_shard();
                     // Few steps at a time, so a retry can land between any completion
                     // and the next poll (as another thread's would).
                     let n = 1 + self.rng.below(3) as usize;
@@ -489,12 +522,7 @@ impl World {
     /// A poisoned log refuses appends, naming its directory; it is then dropped (or the
     /// machine crashes) and reopened, which re-verifies from disk.
     fn after_poison(&mut self, o: Open) -> Open {
-        let e = o
-            .core
-            .lock()
-            .unwrap()
-            .append(b"after the poison")
-            .unwrap_err();
+        let e = o.core().append(b"after the poison").unwrap_err();
         if !matches!(e, AofError::Poisoned { .. }) || !e.to_string().contains("/sim/log") {
             self.fail(format!("a poisoned log answered an append with: {e}"));
         }
@@ -527,7 +555,7 @@ impl World {
                     if !recs.is_empty() {
                         let rid = recs[self.rng.below(recs.len() as u64) as usize].0;
                         self.say(|| format!("flush_until {rid}"));
-                        o.core.lock().unwrap().request_flush(rid.as_u64() + 1);
+                        o.request_flush(rid.as_u64() + 1);
                     }
                 }
                 60..=84 => {
@@ -539,7 +567,10 @@ impl World {
                     self.time.fetch_add(ms * 1_000_000, Ordering::Relaxed);
                 }
                 91..=92 => {
-                    let r = o.core.lock().unwrap().seal_active();
+                    let r = o.core().seal_active();
+                    if r.as_ref().is_ok_and(|x| x.1) {
+                        o.shared.wake_shard();
+                    }
                     self.say(|| format!("seal_active -> {:?}", r.as_ref().map(|x| x.0)));
                 }
                 93..=96 => {
@@ -550,10 +581,31 @@ impl World {
                 }
                 _ => {
                     self.say(|| "clean close".into());
-                    o.core.lock().unwrap().begin_close();
-                    self.pump(&mut o, 10_000);
-                    if !o.core.lock().unwrap().is_drained() {
+                    // As `Aof::close` does: a request to the shard, answered once the
+                    // log is drained and retired (its lock released just before).
+                    let (ack, acked) = std::sync::mpsc::channel();
+                    o.shard.close(CloseRequest {
+                        key: o.shared.key,
+                        ack,
+                        lock: o.lock.take(),
+                    });
+                    let mut answered = false;
+                    for _ in 0..10_000 {
+                        self.step(&mut o);
+                        self.observe(&mut o);
+                        if acked.try_recv().is_ok() {
+                            answered = true;
+                            break;
+                        }
+                    }
+                    if !answered || o.turns.log_count() != 0 {
                         self.fail("close did not drain".into());
+                    }
+                    if !o.core().is_drained() {
+                        self.fail("a closed log was retired before it was drained".into());
+                    }
+                    if !o.shared.signal.ended() {
+                        self.fail("a closed log's followers were not told it ended".into());
                     }
                     // A close that ended poisoned promises nothing past the failure.
                     self.sessions.last_mut().unwrap().closed = o.poisoned_at.is_none();
@@ -673,29 +725,24 @@ fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults
     for _ in 0..20 {
         w.append(&mut o);
     }
-    o.core.lock().unwrap().request_flush_all();
+    o.request_flush_all();
     w.pump(&mut o, 1000);
     let acked = w.sessions.last().unwrap().acked;
     assert_eq!(acked, 20, "the first flush covered every record");
 
     w.fs.set_faults(faults);
-    let rid = o
-        .core
-        .lock()
-        .unwrap()
-        .append(b"after the fault")
-        .unwrap()
-        .rid;
+    let rid = o.core().append(b"after the fault").unwrap().rid;
+    o.shared.wake_shard();
     // Appended, never acknowledged: a crash may keep it or not.
     let s = w.sessions.last_mut().unwrap();
     s.records.push((rid, b"after the fault".to_vec()));
-    o.core.lock().unwrap().request_flush_all();
+    o.request_flush_all();
     for _ in 0..1000 {
         if !w.step(&mut o) {
             break;
         }
     }
-    let core = o.core.lock().unwrap();
+    let core = o.core();
     let poison = core.poison().expect("the failure poisoned the log");
     let msg = poison.to_string();
     assert!(msg.contains("/sim/log") && msg.contains(cause), "{msg}");
@@ -706,7 +753,7 @@ fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults
     assert!(matches!(core.check_open(), Err(AofError::Poisoned { .. })));
     drop(core);
     assert!(matches!(
-        o.core.lock().unwrap().append(b"x"),
+        o.core().append(b"x"),
         Err(AofError::Poisoned { .. })
     ));
 

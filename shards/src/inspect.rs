@@ -14,12 +14,12 @@
 //! held, as `/proc/locks` tells) is reported as being written, checked up to its last
 //! complete frame.
 
-use crate::backend::sync::SyncFs;
-use crate::backend::{EntryKind, Fs, FsFile, OpenMode};
 use crate::error::{AofError, AofResult};
 use crate::format::{
     self, ScanStop, SegmentFooter, FOOTER_LEN, FOOTER_REGION, HEADER_LEN, NO_RECORD,
 };
+use crate::fs::posix::PosixFs;
+use crate::fs::{EntryKind, Fs, FsFile, OpenMode};
 use crate::layout::LogPaths;
 use crate::log::SealedSegment;
 use crate::reader::{SegmentCursor, SegmentReader};
@@ -65,7 +65,7 @@ pub struct SegmentStat {
 /// A log directory opened for reading.
 pub struct LogDir {
     paths: LogPaths,
-    fs: SyncFs,
+    fs: PosixFs,
     survey: Survey,
 }
 
@@ -79,7 +79,7 @@ fn not_a_log(root: &Path, reason: &str) -> AofError {
 /// Reads `[0, len)` of `file` into memory.
 fn read_image(file: &dyn FsFile, len: u64, path: &Path) -> AofResult<Vec<u8>> {
     let mut image = vec![0u8; len as usize];
-    crate::backend::read_exact_at(file, 0, &mut image).map_err(io_err("read", path))?;
+    crate::fs::read_exact_at(file, 0, &mut image).map_err(io_err("read", path))?;
     Ok(image)
 }
 
@@ -88,7 +88,7 @@ impl LogDir {
     /// classifies its files. A missing directory, or one that holds no aof2 log, is a
     /// clear error naming it.
     pub fn open(root: &Path) -> AofResult<LogDir> {
-        let fs = SyncFs::new();
+        let fs = PosixFs::new();
         let paths = LogPaths::new(root);
         match fs.kind(root).map_err(io_err("stat", root))? {
             Some(EntryKind::Dir) => {}

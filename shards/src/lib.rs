@@ -13,17 +13,18 @@
 //!   consuming a whole log in order; [`inspect`]: read-only checks of a log directory
 //!   for the command-line tools.
 
-pub mod backend;
 pub mod buffer;
 pub mod clock;
 pub mod config;
-pub mod driver;
 pub mod error;
+pub mod exec;
 pub mod format;
+pub mod fs;
 pub mod inspect;
 pub mod layout;
 pub mod log;
 pub mod log_handle;
+pub mod log_shared;
 pub mod manager;
 pub mod metrics;
 pub mod reader;

@@ -2,13 +2,14 @@
 //! Blocking methods park the caller; `*_async` methods return futures any executor can
 //! poll (the engine has no runtime of its own).
 
-use crate::backend::{Fs, FsLock, Mapping};
 use crate::clock::Clock;
 use crate::config::{AofConfig, Compression, RecordId, SegmentId};
-use crate::driver::Driver;
 use crate::error::{AofError, AofResult, WouldBlockKind};
+use crate::exec::files::{io_mode, LogFiles};
+use crate::fs::{Fs, FsLock};
 use crate::layout::LogPaths;
 use crate::log::{pos, Located, LogCore, SegmentInfo};
+use crate::log_shared::{LogShared, ShardLink};
 use crate::manager::ShardSet;
 use crate::metrics::FlushMetricsSnapshot;
 use crate::reader::SegmentReader;
@@ -16,59 +17,19 @@ use crate::recovery;
 use crate::shard::{current_shard, CloseRequest, Registration, ShardCtl};
 use crate::signal::DurableSignal;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
-
-/// State shared by a log's handle and its shard.
-pub struct LogShared {
-    /// Identifies the log on its shard.
-    pub key: u64,
-    /// The state machine (short critical sections only; no I/O under it).
-    pub core: Mutex<LogCore>,
-    /// Where the durable position is published to waiters.
-    pub signal: Arc<DurableSignal>,
-    queued: AtomicBool,
-    shard: Arc<ShardCtl>,
-    /// Mappings of sealed segments, shared by every reader of them, so reading a
-    /// segment again faults nothing in. Sealed files never change; when retention
-    /// deletes files, it must drop their entry here first.
-    maps: Mutex<std::collections::HashMap<u64, Arc<Mapping>>>,
-}
-
-/// Sealed-segment mappings kept per log (virtual address space only; the page cache
-/// stays the kernel's to reclaim). Small, because each is a VMA and a process has at
-/// most `vm.max_map_count` (65530 by default) across all of its logs.
-const MAX_CACHED_MAPS: usize = 64;
-
-impl LogShared {
-    /// Locks the core (a poisoned mutex is taken over: the core stays consistent).
-    pub fn lock_core(&self) -> MutexGuard<'_, LogCore> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues the log on its shard unless it is queued already.
-    pub fn wake_shard(&self) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            self.shard.ready(self.key);
-        }
-    }
-
-    /// Called by the shard just before it polls the log.
-    pub fn clear_queued(&self) {
-        self.queued.store(false, Ordering::Release);
-    }
-}
 
 /// A log placed on a shard. Dropping it flushes what was appended, closes its files
 /// and releases the directory lock before returning.
 pub struct LogHandle {
     shared: Arc<LogShared>,
+    /// The shard the log is placed on.
+    shard: Arc<ShardCtl>,
     fs: Arc<dyn Fs>,
     paths: LogPaths,
     lock: Mutex<Option<Box<dyn FsLock>>>,
     backpressure_waits: AtomicU64,
-    /// How its segment files are written (`driver::io_mode`).
-    io_mode: Arc<AtomicU8>,
 }
 
 /// The read side of a log, cheap to clone: what followers and streams hold. It keeps
@@ -103,28 +64,9 @@ impl LogView {
             Located::Sealed(s) => {
                 let id = s.header.segment_id;
                 let path = self.paths.segment(id);
-                let cached = self
+                let map = self
                     .shared
-                    .maps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&id)
-                    .cloned();
-                let map = match cached {
-                    Some(m) => m,
-                    None => {
-                        let m = Arc::new(SegmentReader::map_sealed(&*self.fs, &path, &s)?);
-                        let mut maps = self.shared.maps.lock().unwrap_or_else(|p| p.into_inner());
-                        if maps.len() >= MAX_CACHED_MAPS {
-                            // Drop one (readers holding it keep it alive).
-                            if let Some(&k) = maps.keys().next() {
-                                maps.remove(&k);
-                            }
-                        }
-                        maps.insert(id, m.clone());
-                        m
-                    }
-                };
+                    .mapping(id, || SegmentReader::map_sealed(&*self.fs, &path, &s))?;
                 Ok(SegmentReader::sealed_mapped(path, s, map))
             }
             Located::Unsealed {
@@ -206,29 +148,23 @@ impl LogHandle {
         if let Some(arena) = shard.arena.get() {
             core.set_arena(arena.clone());
         }
-        let durable = core.durable_pos();
-        let shared = Arc::new(LogShared {
-            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
-            core: Mutex::new(core),
-            signal: Arc::new(DurableSignal::new(durable)),
-            queued: AtomicBool::new(true),
-            shard: shard.clone(),
-            maps: Mutex::new(std::collections::HashMap::new()),
-        });
-        let driver = Driver::new(fs.clone(), true);
-        let io_mode = driver.io_mode();
+        let shared = Arc::new(LogShared::new(
+            NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            core,
+            Arc::new(LogFiles::new(fs.clone(), true)),
+            shard.clone() as Arc<dyn ShardLink>,
+        ));
         // Refused if the shard failed since it was placed (the lock goes with `opened`).
         shard.add(Registration {
             shared: shared.clone(),
-            driver,
         })?;
         let log = LogHandle {
             shared,
+            shard,
             fs,
             paths,
             lock: Mutex::new(Some(opened.lock)),
             backpressure_waits: AtomicU64::new(0),
-            io_mode,
         };
         log.wait_ready()?;
         Ok(log)
@@ -450,12 +386,12 @@ impl LogHandle {
 
     /// The index of the shard the log is placed on.
     pub fn shard_id(&self) -> usize {
-        self.shared.shard.id
+        self.shard.id
     }
 
     /// The CPU the log's shard thread is pinned to (`None`: not pinned).
     pub fn shard_cpu(&self) -> Option<usize> {
-        self.shared.shard.cpu
+        self.shard.cpu
     }
 
     /// Counters and gauges.
@@ -463,10 +399,8 @@ impl LogHandle {
         let m = self.shared.lock_core().metrics();
         FlushMetricsSnapshot {
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
-            io_uring_fallback: u64::from(self.shared.shard.uring_fallback.load(Ordering::Relaxed)),
-            direct_io: u64::from(
-                self.io_mode.load(Ordering::Relaxed) == crate::driver::io_mode::DIRECT,
-            ),
+            io_uring_fallback: u64::from(self.shard.uring_fallback.load(Ordering::Relaxed)),
+            direct_io: u64::from(self.shared.files.io_mode() == io_mode::DIRECT),
             ..m
         }
     }
@@ -488,7 +422,7 @@ impl LogHandle {
             return;
         };
         let (ack, done) = std::sync::mpsc::channel();
-        self.shared.shard.close(CloseRequest {
+        self.shard.close(CloseRequest {
             key: self.shared.key,
             ack,
             lock: Some(lock),

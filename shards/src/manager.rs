@@ -1,10 +1,10 @@
 //! The set of shard threads behind an `AofManager`.
 
-use crate::backend::sync::SyncFs;
-use crate::backend::Fs;
 use crate::clock::Clock;
 use crate::config::{AofManagerConfig, IoBackend};
 use crate::error::{AofError, AofResult};
+use crate::fs::posix::PosixFs;
+use crate::fs::Fs;
 use crate::shard::{Running, Shard, ShardCtl};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,7 @@ pub fn affinity_cpus() -> Vec<usize> {
 impl ShardSet {
     /// Starts the shard threads on the real file system.
     pub fn start(cfg: &AofManagerConfig) -> AofResult<ShardSet> {
-        Self::start_with(cfg, Arc::new(SyncFs::new()))
+        Self::start_with(cfg, Arc::new(PosixFs::new()))
     }
 
     /// Starts the shard threads on a given file system.

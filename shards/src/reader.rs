@@ -5,13 +5,13 @@
 //! mapped. Every read checks the frame's checksum; a cursor also checks the chain of
 //! checksums from frame to frame, so a dropped, duplicated or stale frame is an error.
 
-use crate::backend::{read_exact_at, Fs, FsFile, Mapping, OpenMode};
 use crate::config::RecordId;
 use crate::error::{AofError, AofResult};
 use crate::format::{
     self, FrameDecode, FrameHeader, FrameKind, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN,
     HEADER_LEN,
 };
+use crate::fs::{read_exact_at, Fs, FsFile, Mapping, OpenMode};
 use crate::log::SealedSegment;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

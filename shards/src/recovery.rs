@@ -21,7 +21,6 @@
 //! synced, a file the engine does not name) is an error naming the path and offset,
 //! and nothing is changed on disk.
 
-use crate::backend::{EntryKind, Fs, FsFile, FsLock, OpenMode};
 use crate::buffer::AlignedBuf;
 use crate::clock::Clock;
 use crate::error::{AofError, AofResult};
@@ -29,6 +28,7 @@ use crate::format::{
     self, FormatError, HeaderState, ScanStop, SegmentFooter, SegmentHeader, BLOCK, FOOTER_LEN,
     FOOTER_REGION,
 };
+use crate::fs::{EntryKind, Fs, FsFile, FsLock, OpenMode};
 use crate::layout::{parse_name, LogPaths, SegmentName};
 use crate::log::{Recovered, SealedSegment};
 use std::io;
@@ -408,7 +408,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             let f = fs
                 .open(&path, OpenMode::Write { direct: false })
                 .map_err(io_err("open", &path))?;
-            crate::backend::write_all_at(&*f, 0, &[&[0u8; format::HEADER_LEN]])
+            crate::fs::write_all_at(&*f, 0, &[&[0u8; format::HEADER_LEN]])
                 .and_then(|_| f.fdatasync())
                 .map_err(io_err("zero the torn header of", &path))?;
         }
@@ -466,12 +466,12 @@ fn valid_prepared_size(size: u64) -> bool {
 }
 
 fn backend_read(
-    file: &dyn crate::backend::FsFile,
+    file: &dyn crate::fs::FsFile,
     at: u64,
     buf: &mut [u8],
     path: &Path,
 ) -> AofResult<()> {
-    crate::backend::read_exact_at(file, at, buf).map_err(io_err("read", path))
+    crate::fs::read_exact_at(file, at, buf).map_err(io_err("read", path))
 }
 
 /// Verifies the frames of the last, unsealed segment and seals it at its last valid
@@ -530,7 +530,7 @@ fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFoote
             }
             // SAFETY: ours alone, as above.
             let bytes = unsafe { chunk.slice(0, len) };
-            crate::backend::write_all_at(&*w, at, &[bytes])
+            crate::fs::write_all_at(&*w, at, &[bytes])
                 .map_err(io_err("zero torn tail", &u.path))?;
             at += len as u64;
         }
@@ -552,7 +552,7 @@ fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFoote
     unsafe { block.write(0, &footer.encode(u.seed)) };
     // SAFETY: ours alone, as above.
     let bytes = unsafe { block.slice(0, BLOCK) };
-    crate::backend::write_all_at(&*w, u.header.file_size - FOOTER_REGION, &[bytes])
+    crate::fs::write_all_at(&*w, u.header.file_size - FOOTER_REGION, &[bytes])
         .map_err(io_err("write seal footer", &u.path))?;
     w.fdatasync().map_err(io_err("fdatasync", &u.path))?;
     log::info!(

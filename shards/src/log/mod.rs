@@ -782,6 +782,17 @@ impl LogCore {
         out
     }
 
+    /// The next data chain only (no preparation), for a holder of the log's data-chain
+    /// slot running it on its own thread: `None` while one is in flight or nothing is
+    /// to be written.
+    pub fn poll_data_chain(&mut self, now: u64) -> Option<Chain> {
+        if self.poisoned.is_some() {
+            return None;
+        }
+        self.tick(now);
+        self.poll_data()
+    }
+
     fn tick(&mut self, now: u64) {
         if !self.timer_armed {
             return;

@@ -27,7 +27,8 @@
 //!   shard has a deadline (unflushed data): an idle shard sleeps in the kernel with
 //!   nothing armed but the eventfd read.
 
-use super::ring::{Ring, RingOp, Submission};
+use super::chains::{Ring, RingOp, Submission};
+use super::Host;
 use crate::buffer::{zero_chunk, BufferArena, PREP_CHUNK};
 use crate::config::UringFeature;
 use crate::log::ops::IoData;
@@ -37,7 +38,7 @@ use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,7 +138,7 @@ pub struct RingSetup {
 ///
 /// ```compile_fail
 /// fn needs_send<T: Send>() {}
-/// needs_send::<aof2_shards::backend::uring::UringRing>();
+/// needs_send::<aof2_shards::exec::uring::UringRing>();
 /// ```
 pub struct UringRing {
     ring: IoUring,
@@ -386,12 +387,6 @@ impl UringRing {
         self.unqueued.len()
     }
 
-    /// Test hook: the next wait reports that the kernel dropped a completion, as a CQ
-    /// overflow that even `IORING_FEAT_NODROP` could not hold would.
-    pub fn inject_lost_completion(&mut self) {
-        self.injected_lost += 1;
-    }
-
     /// How long dropping the ring waits for operations in the kernel (tests shorten it).
     pub fn set_drop_wait(&mut self, d: Duration) {
         self.drop_wait = d;
@@ -482,7 +477,7 @@ impl UringRing {
         token: u64,
         op: &RingOp,
     ) -> io::Result<(squeue::Entry, Vec<libc::iovec>, Option<File>)> {
-        let fd_of = |f: &dyn super::FsFile| {
+        let fd_of = |f: &dyn crate::fs::FsFile| {
             f.raw_fd().map(types::Fd).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::Unsupported, "not a kernel file descriptor")
             })
@@ -603,49 +598,6 @@ impl UringRing {
         self.efd_armed = true;
     }
 
-    /// Waits for completions: blocks until at least one arrives (an I/O, a wake-up
-    /// written to the eventfd, or the timer for `deadline`) when `block`, else only
-    /// reaps what is there. `sleeping` is raised before blocking, and the wait is
-    /// skipped if `has_work` then reports queued requests, so no wake-up is lost.
-    /// Completions of submitted operations are appended to `out`.
-    ///
-    /// An error means the ring failed beyond repair (completions lost, the ring
-    /// refused): operations in flight may never complete, and its logs must be
-    /// poisoned.
-    pub fn wait(
-        &mut self,
-        now: u64,
-        deadline: Option<u64>,
-        block: bool,
-        sleeping: &AtomicBool,
-        has_work: impl Fn() -> bool,
-        out: &mut Vec<(u64, io::Result<()>)>,
-    ) -> io::Result<()> {
-        out.append(&mut self.early);
-        self.arm_eventfd();
-        if let Some(d) = deadline {
-            if self.timer.is_none_or(|(t, _)| d < t) {
-                let token = self.arm_timeout(d.saturating_sub(now).max(1));
-                self.timer = Some((d, token));
-            }
-        }
-        self.push_unqueued();
-        // Groups still waiting for room go in after this enter: do not sleep on them.
-        let mut block = block && out.is_empty() && self.unqueued.is_empty();
-        if block {
-            sleeping.store(true, Ordering::SeqCst);
-            if has_work() {
-                block = false;
-            }
-        }
-        let r = self.enter(u32::from(block));
-        sleeping.store(false, Ordering::SeqCst);
-        r?;
-        self.reap(out)?;
-        self.push_unqueued();
-        Ok(())
-    }
-
     /// Moves completions to `out`. Fails if the kernel dropped any (they can never be
     /// matched to their operations) or reported one this ring never submitted.
     fn reap(&mut self, out: &mut Vec<(u64, io::Result<()>)>) -> io::Result<()> {
@@ -728,6 +680,44 @@ fn iovecs(pieces: &[IoData]) -> Vec<libc::iovec> {
 }
 
 impl Ring for UringRing {
+    /// Blocks (when `block`) until a completion arrives: an I/O, a wake-up written to
+    /// the eventfd, or the timer for `deadline`. The host's "sleeping" flag is raised
+    /// first and the wait skipped if it has work, so no wake-up is lost.
+    fn wait(
+        &mut self,
+        now: u64,
+        deadline: Option<u64>,
+        block: bool,
+        host: &dyn Host,
+        out: &mut Vec<(u64, io::Result<()>)>,
+    ) -> io::Result<()> {
+        out.append(&mut self.early);
+        self.arm_eventfd();
+        if let Some(d) = deadline {
+            if self.timer.is_none_or(|(t, _)| d < t) {
+                let token = self.arm_timeout(d.saturating_sub(now).max(1));
+                self.timer = Some((d, token));
+            }
+        }
+        self.push_unqueued();
+        // Groups still waiting for room go in after this enter: do not sleep on them.
+        let block = block && out.is_empty() && self.unqueued.is_empty() && host.may_sleep();
+        let r = self.enter(u32::from(block));
+        if block {
+            host.awake();
+        }
+        r?;
+        self.reap(out)?;
+        self.push_unqueued();
+        Ok(())
+    }
+
+    /// The next wait reports that the kernel dropped a completion, as a CQ overflow
+    /// that even `IORING_FEAT_NODROP` could not hold would.
+    fn inject_lost_completion(&mut self) {
+        self.injected_lost += 1;
+    }
+
     fn submit_linked(&mut self, ops: Vec<Submission>) {
         let capacity = self.ring.submission().capacity();
         if ops.len() > capacity {
@@ -845,9 +835,10 @@ impl Drop for UringRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::sync::SyncFs;
-    use crate::backend::{Fs, OpenMode};
     use crate::buffer::AlignedBuf;
+    use crate::exec::NeverSleep;
+    use crate::fs::posix::PosixFs;
+    use crate::fs::{Fs, OpenMode};
     use std::os::fd::{FromRawFd, OwnedFd};
 
     fn eventfd() -> OwnedFd {
@@ -886,7 +877,7 @@ mod tests {
             return;
         };
         let d = tempfile::tempdir().unwrap();
-        let file = SyncFs::default()
+        let file = PosixFs::default()
             .open(&d.path().join("f"), OpenMode::create_new(false))
             .unwrap();
         // 40 groups of three linked entries into a queue of four: at most one group
@@ -924,16 +915,14 @@ mod tests {
                 .collect(),
         );
         let mut done = Vec::new();
-        let sleeping = AtomicBool::new(false);
         while done.len() < 125 {
-            ring.wait(0, None, true, &sleeping, || false, &mut done)
-                .unwrap();
+            ring.wait(0, None, true, &NeverSleep, &mut done).unwrap();
         }
         let (ok, failed): (Vec<_>, Vec<_>) = done.iter().partition(|(_, r)| r.is_ok());
         assert_eq!(ok.len(), 120, "every queued operation completed");
         assert!(failed.iter().all(|(t, _)| (1000..1005).contains(t)));
         let mut got = vec![0u8; 80 * crate::format::BLOCK];
-        crate::backend::read_exact_at(&*file, 0, &mut got).unwrap();
+        crate::fs::read_exact_at(&*file, 0, &mut got).unwrap();
         for (i, b) in got.chunks(crate::format::BLOCK).enumerate() {
             assert!(b.iter().all(|&x| x == i as u8), "block {i}");
         }
@@ -947,10 +936,9 @@ mod tests {
             return;
         };
         ring.inject_lost_completion();
-        let sleeping = AtomicBool::new(false);
         let mut out = Vec::new();
         let e = ring
-            .wait(0, None, false, &sleeping, || false, &mut out)
+            .wait(0, None, false, &NeverSleep, &mut out)
             .unwrap_err();
         assert!(e.to_string().contains("dropped 1 completion"), "{e}");
     }
@@ -966,7 +954,7 @@ mod tests {
         let ts = Box::new(types::Timespec::new().sec(3600));
         let e = opcode::Timeout::new(&*ts).build().user_data(7);
         let d = tempfile::tempdir().unwrap();
-        let file = SyncFs::default()
+        let file = PosixFs::default()
             .open(&d.path().join("f"), OpenMode::create_new(false))
             .unwrap();
         ring.held.insert(
@@ -979,8 +967,7 @@ mod tests {
         );
         std::mem::forget(ts); // the kernel copied it at submission; leaked for the test
         ring.queue(vec![e]);
-        let sleeping = AtomicBool::new(false);
-        ring.wait(0, None, false, &sleeping, || false, &mut Vec::new())
+        ring.wait(0, None, false, &NeverSleep, &mut Vec::new())
             .unwrap();
         ring.set_drop_wait(Duration::from_millis(200));
         let t = Instant::now();

@@ -1,10 +1,8 @@
-//! The file-system seam. Recovery, readers and the portable write path go through these
-//! traits, so the simulated crash disk (`sim`) can stand in for the real one (`sync`).
+//! The file-system seam. Recovery, readers and every executor go through these traits,
+//! so the simulated crash disk (`sim`) can stand in for the real one (`posix`).
 
-pub mod ring;
+pub mod posix;
 pub mod sim;
-pub mod sync;
-pub mod uring;
 
 use std::ffi::OsString;
 use std::io;

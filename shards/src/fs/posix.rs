@@ -37,7 +37,7 @@ pub enum DioAlignSource {
 
 /// The real file system, through blocking system calls.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SyncFs {
+pub struct PosixFs {
     dio: DioAlignSource,
 }
 
@@ -119,16 +119,16 @@ fn device_verdicts() -> &'static Mutex<HashMap<(u64, DioAlignSource), bool>> {
     V.get_or_init(Default::default)
 }
 
-impl SyncFs {
+impl PosixFs {
     /// The real file system, learning O_DIRECT alignment the newest way the kernel has.
-    pub fn new() -> SyncFs {
-        SyncFs::default()
+    pub fn new() -> PosixFs {
+        PosixFs::default()
     }
 
     /// The real file system, learning O_DIRECT alignment no newer way than `source`
     /// (tests run the paths of older kernels with it).
-    pub fn learning_alignment_from(source: DioAlignSource) -> SyncFs {
-        SyncFs { dio: source }
+    pub fn learning_alignment_from(source: DioAlignSource) -> PosixFs {
+        PosixFs { dio: source }
     }
 
     /// True when `file`, opened with O_DIRECT, takes our 4 KiB-aligned writes from
@@ -293,7 +293,7 @@ struct FlockGuard {
 }
 impl FsLock for FlockGuard {}
 
-impl Fs for SyncFs {
+impl Fs for PosixFs {
     fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
         std::fs::DirBuilder::new().mode(mode).create(path)
     }
@@ -376,8 +376,8 @@ mod tests {
     fn second_lock_in_same_process_conflicts_and_drop_releases() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("LOCK");
-        let a = SyncFs::new().lock_exclusive(&p, 0o600).unwrap();
-        let e = SyncFs::new()
+        let a = PosixFs::new().lock_exclusive(&p, 0o600).unwrap();
+        let e = PosixFs::new()
             .lock_exclusive(&p, 0o600)
             .err()
             .expect("second lock must fail");
@@ -386,7 +386,7 @@ mod tests {
         // A child another test forks at this instant holds the lock file's description
         // (and so the flock) until it execs: retry briefly.
         let t = std::time::Instant::now();
-        while let Err(e) = SyncFs::new().lock_exclusive(&p, 0o600) {
+        while let Err(e) = PosixFs::new().lock_exclusive(&p, 0o600) {
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(2),
                 "the lock was not released: {e}"
@@ -399,7 +399,7 @@ mod tests {
     fn direct_files_take_aligned_vectored_writes() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        let f = SyncFs::new().open(&p, OpenMode::create_new(true)).unwrap();
+        let f = PosixFs::new().open(&p, OpenMode::create_new(true)).unwrap();
         let a = crate::buffer::AlignedBuf::zeroed(BLOCK * 2);
         let b = crate::buffer::AlignedBuf::zeroed(BLOCK);
         // SAFETY: fresh buffers, no other user.
@@ -411,7 +411,7 @@ mod tests {
         f.fdatasync().unwrap();
         assert!(f.is_direct(), "ext4 supports O_DIRECT");
         // Direct handles only take aligned reads: the engine reads through its own handles.
-        let r = SyncFs::new().open(&p, OpenMode::Read).unwrap();
+        let r = PosixFs::new().open(&p, OpenMode::Read).unwrap();
         let mut got = [0u8; 10];
         r.pread(0, &mut got).unwrap();
         assert_eq!(got, [1u8; 10]);
@@ -426,7 +426,7 @@ mod tests {
             DioAlignSource::LogicalBlockSize,
             DioAlignSource::Probe,
         ] {
-            let fs = SyncFs::learning_alignment_from(source);
+            let fs = PosixFs::learning_alignment_from(source);
             let p = d.path().join(format!("{source:?}"));
             let new = fs.open(&p, OpenMode::create_new(true)).unwrap();
             assert!(new.is_direct(), "{source:?}: a new file on ext4 is direct");
@@ -453,7 +453,7 @@ mod tests {
             DioAlignSource::LogicalBlockSize,
             DioAlignSource::Probe,
         ] {
-            let f = SyncFs::learning_alignment_from(source)
+            let f = PosixFs::learning_alignment_from(source)
                 .open(
                     &ram.dir.path().join(format!("{source:?}")),
                     OpenMode::create_new(true),

@@ -1,5 +1,5 @@
 //! Running a log core's operation chains on a completion-based ring: the io_uring
-//! backend (`uring`) and the simulated ring (`sim::SimRing`, which completes
+//! ring (`uring`) and the simulated ring (`sim_ring::SimRing`, which completes
 //! operations in a seeded random order) share this logic.
 //!
 //! A chain is cut into *linked groups*: runs of consecutive writes and syncs submitted
@@ -10,9 +10,10 @@
 //! operation fails, the rest of its chain is reported cancelled without running, as the
 //! log core expects.
 
-use crate::backend::FsFile;
-use crate::driver::Driver;
+use super::files::LogFiles;
+use super::{Completed, Host};
 use crate::error::copy_io_error;
+use crate::fs::FsFile;
 use crate::log::ops::{Chain, IoData, Op, OpKind};
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -72,21 +73,27 @@ pub trait Ring {
     /// successfully; a failure (or a short write) completes the rest with
     /// `ECANCELED`. Every submission completes exactly once, by token.
     fn submit_linked(&mut self, ops: Vec<Submission>);
-}
 
-/// An operation of a log's chain, reported to its core.
-#[derive(Debug)]
-pub struct Completed {
-    /// The log (its key on the shard).
-    pub log: u64,
-    /// The core's operation id.
-    pub op: u64,
-    /// The outcome.
-    pub res: io::Result<()>,
+    /// Appends completions to `out` as (token, result). With `block`, first waits until
+    /// one may be ready, `deadline` passes, or `host` has work (see [`Host`]). An error
+    /// means the ring failed beyond repair (completions lost).
+    fn wait(
+        &mut self,
+        now: u64,
+        deadline: Option<u64>,
+        block: bool,
+        host: &dyn Host,
+        out: &mut Vec<(u64, io::Result<()>)>,
+    ) -> io::Result<()>;
+
+    /// Test hook: the next `wait` reports a completion the kernel dropped.
+    fn inject_lost_completion(&mut self) {}
 }
 
 struct Running {
     log: u64,
+    /// The log's files: inline operations run on them, writes and syncs name them.
+    files: Arc<LogFiles>,
     rest: VecDeque<Op>,
     failed: bool,
     /// Ring submissions of the current group not completed yet.
@@ -152,13 +159,13 @@ impl ChainRunner {
         self.chains.get(chain).map(|c| c.log)
     }
 
-    /// Starts a chain of `log`: inline operations run at once (their results go to
-    /// `out`), and the first linked group is submitted to `ring`.
+    /// Starts a chain of `log`, whose files are `files`: inline operations run at once
+    /// (their results go to `out`), and the first linked group is submitted to `ring`.
     pub fn start(
         &mut self,
         log: u64,
         chain: Chain,
-        driver: &mut Driver,
+        files: &Arc<LogFiles>,
         ring: &mut dyn Ring,
         out: &mut Vec<Completed>,
     ) {
@@ -168,6 +175,7 @@ impl ChainRunner {
             key,
             Running {
                 log,
+                files: files.clone(),
                 rest: chain.ops.into(),
                 failed: false,
                 waiting: 0,
@@ -176,16 +184,14 @@ impl ChainRunner {
                 group_failed: false,
             },
         );
-        self.advance(key, driver, ring, out);
+        self.advance(key, ring, out);
     }
 
-    /// Reports the completion of `token`. `driver` must be the driver of the log
-    /// [`log_of`](Self::log_of) names. A token this runner did not issue is a bug.
+    /// Reports the completion of `token`. A token this runner did not issue is a bug.
     pub fn complete(
         &mut self,
         token: u64,
         res: io::Result<()>,
-        driver: &mut Driver,
         ring: &mut dyn Ring,
         out: &mut Vec<Completed>,
     ) {
@@ -226,21 +232,15 @@ impl ChainRunner {
             // What the group left unsynced, for the next fusion decision (after a
             // failure nothing is assumed synced; the log is poisoned anyway).
             for (seg, dirty) in r.effects.drain(..) {
-                driver.set_dirty(seg, dirty || r.group_failed);
+                r.files.set_dirty(seg, dirty || r.group_failed);
             }
             r.group_failed = false;
             r.parts.clear();
-            self.advance(key, driver, ring, out);
+            self.advance(key, ring, out);
         }
     }
 
-    fn advance(
-        &mut self,
-        key: u64,
-        driver: &mut Driver,
-        ring: &mut dyn Ring,
-        out: &mut Vec<Completed>,
-    ) {
+    fn advance(&mut self, key: u64, ring: &mut dyn Ring, out: &mut Vec<Completed>) {
         let Some(r) = self.chains.get_mut(&key) else {
             return;
         };
@@ -258,7 +258,10 @@ impl ChainRunner {
                 continue;
             }
             if !is_ring_op(&op.kind) {
-                let res = driver.run(&op.kind);
+                let res = r
+                    .files
+                    .run_metadata(&op.kind)
+                    .expect("not a ring operation: a metadata one");
                 r.failed |= res.is_err();
                 out.push(Completed {
                     log: r.log,
@@ -289,11 +292,11 @@ impl ChainRunner {
                 // second round through the kernel's worker threads.
                 let fuse = match (&op.kind, group.peek().map(|o| &o.kind)) {
                     (OpKind::Write { seg, .. }, Some(OpKind::Sync { seg: s2 })) => {
-                        seg == s2 && (!driver.is_dirty(*seg) || self.fuse_into_dirty)
+                        seg == s2 && (!r.files.is_dirty(*seg) || self.fuse_into_dirty)
                     }
                     _ => false,
                 };
-                match to_ring_ops(op.kind, driver, fuse) {
+                match to_ring_ops(op.kind, &r.files, fuse) {
                     Ok(pieces) => {
                         r.parts.push((id, pieces.len(), None));
                         let mut fused = None;
@@ -347,10 +350,10 @@ fn set_effect(effects: &mut Vec<(u64, bool)>, seg: u64, dirty: bool) {
 
 /// The ring operations for one core operation: a write with more pieces than one
 /// vectored write takes is split into consecutive writes.
-fn to_ring_ops(kind: OpKind, driver: &Driver, dsync: bool) -> io::Result<Vec<RingOp>> {
+fn to_ring_ops(kind: OpKind, files: &LogFiles, dsync: bool) -> io::Result<Vec<RingOp>> {
     Ok(match kind {
         OpKind::Write { seg, offset, data } => {
-            let file = driver.file(seg)?.clone();
+            let file = files.file(seg)?;
             if data.len() <= MAX_PIECES {
                 vec![RingOp::Write {
                     file,
@@ -377,7 +380,7 @@ fn to_ring_ops(kind: OpKind, driver: &Driver, dsync: bool) -> io::Result<Vec<Rin
             }
         }
         OpKind::Sync { seg } => vec![RingOp::Sync {
-            file: driver.file(seg)?.clone(),
+            file: files.file(seg)?,
         }],
         OpKind::SyncDir { path } => vec![RingOp::SyncDir { path }],
         _ => unreachable!("only ring operations are converted"),
@@ -387,9 +390,9 @@ fn to_ring_ops(kind: OpKind, driver: &Driver, dsync: bool) -> io::Result<Vec<Rin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::sim::SimFs;
-    use crate::backend::Fs;
     use crate::buffer::AlignedBuf;
+    use crate::fs::sim::SimFs;
+    use crate::fs::Fs;
     use crate::log::ops::Op;
     use std::path::Path;
 
@@ -414,17 +417,29 @@ mod tests {
                     .collect(),
             );
         }
+
+        fn wait(
+            &mut self,
+            _: u64,
+            _: Option<u64>,
+            _: bool,
+            _: &dyn Host,
+            _: &mut Vec<(u64, io::Result<()>)>,
+        ) -> io::Result<()> {
+            Ok(())
+        }
     }
 
-    fn driver_with_segment() -> Driver {
+    fn files_with_segment() -> Arc<LogFiles> {
         let fs = SimFs::new(1);
         fs.mkdir(Path::new("/d"), 0o700).unwrap();
-        let mut d = Driver::new(Arc::new(fs), false);
-        d.run(&OpKind::Create {
+        let d = Arc::new(LogFiles::new(Arc::new(fs), false));
+        d.run_metadata(&OpKind::Create {
             seg: 0,
             path: "/d/0".into(),
             mode: 0o600,
         })
+        .unwrap()
         .unwrap();
         d
     }
@@ -449,7 +464,7 @@ mod tests {
 
     #[test]
     fn a_short_write_fails_its_op_cancels_the_rest_and_marks_the_file_dirty() {
-        let mut d = driver_with_segment();
+        let d = files_with_segment();
         let mut ring = Scripted::default();
         let mut runner = ChainRunner::new();
         let mut out = Vec::new();
@@ -459,12 +474,12 @@ mod tests {
             Chain {
                 ops: vec![write(1)],
             },
-            &mut d,
+            &d,
             &mut ring,
             &mut out,
         );
         let t = ring.groups[0][0].0;
-        runner.complete(t, Ok(()), &mut d, &mut ring, &mut out);
+        runner.complete(t, Ok(()), &mut ring, &mut out);
         assert!(d.is_dirty(0));
         // So the next write + sync pair is not fused: a linked write then sync.
         let chain = Chain {
@@ -477,14 +492,14 @@ mod tests {
                 },
             ],
         };
-        runner.start(1, chain, &mut d, &mut ring, &mut out);
+        runner.start(1, chain, &d, &mut ring, &mut out);
         let g = ring.groups[1].clone();
         assert_eq!(g.iter().map(|x| x.1).collect::<Vec<_>>(), ["write", "sync"]);
         assert!(!g[0].2, "not RWF_DSYNC: an earlier write is unsynced");
         out.clear();
         let short = io::Error::new(io::ErrorKind::WriteZero, "short write: 100 of 4096 bytes");
-        runner.complete(g[0].0, Err(short), &mut d, &mut ring, &mut out);
-        runner.complete(g[1].0, Err(cancelled()), &mut d, &mut ring, &mut out);
+        runner.complete(g[0].0, Err(short), &mut ring, &mut out);
+        runner.complete(g[1].0, Err(cancelled()), &mut ring, &mut out);
         let res: Vec<(u64, Option<i32>, bool)> = out
             .iter()
             .map(|c| {
@@ -511,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_write_then_sync_into_a_clean_file_is_one_dsync_write() {
-        let mut d = driver_with_segment();
+        let d = files_with_segment();
         let mut ring = Scripted::default();
         let mut runner = ChainRunner::new();
         let mut out = Vec::new();
@@ -520,14 +535,14 @@ mod tests {
             Chain {
                 ops: vec![write(1), sync(2)],
             },
-            &mut d,
+            &d,
             &mut ring,
             &mut out,
         );
         assert_eq!(ring.groups[0].len(), 1);
         assert_eq!(ring.groups[0][0].1, "write");
         assert!(ring.groups[0][0].2, "RWF_DSYNC");
-        runner.complete(ring.groups[0][0].0, Ok(()), &mut d, &mut ring, &mut out);
+        runner.complete(ring.groups[0][0].0, Ok(()), &mut ring, &mut out);
         let ops: Vec<u64> = out.iter().map(|c| c.op).collect();
         assert_eq!(ops, [1, 2], "both the write and the sync complete");
         assert!(out.iter().all(|c| c.res.is_ok()));

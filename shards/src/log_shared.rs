@@ -1,0 +1,267 @@
+//! The state of one log shared by its handle (the callers' side) and its host (the
+//! shard that runs its I/O): the core behind its lock, the durable-position signal,
+//! the log's files, its place in its shard's queue, and the sealed-segment mappings
+//! readers share. Both sides use this module; it uses neither, so the layers point one
+//! way (handle -> manager -> shard -> shared state).
+//!
+//! It also holds the log's **data-chain slot** (DESIGN.md, "Who commits"): at most one
+//! data chain of a log is in flight (the core hands out the next only when the last has
+//! completed), and whoever runs it holds the slot. A holder that runs the chain on its
+//! own thread takes a [`DataSlot`], which gives the slot back on drop: a holder that
+//! unwinds (a panic) fails the chain's unfinished operations, so the log is poisoned,
+//! never left waiting for a chain that will not complete.
+
+use crate::error::AofError;
+use crate::exec::files::LogFiles;
+use crate::fs::Mapping;
+use crate::log::ops::Chain;
+use crate::log::LogCore;
+use crate::signal::DurableSignal;
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How a log reaches the host that runs its I/O.
+pub trait ShardLink: Send + Sync {
+    /// Queues log `key` for the host's next turn and wakes the host if it sleeps.
+    fn ready(&self, key: u64);
+}
+
+/// State shared by a log's handle and its shard.
+pub struct LogShared {
+    /// Identifies the log on its shard.
+    pub key: u64,
+    /// The state machine (short critical sections only; no I/O under it).
+    pub core: Mutex<LogCore>,
+    /// Where the durable position is published to waiters.
+    pub signal: Arc<DurableSignal>,
+    /// Its segment files and which hold unsynced writes: used by whoever holds the
+    /// data-chain slot, and by the shard for segment preparation.
+    pub files: Arc<LogFiles>,
+    queued: AtomicBool,
+    shard: Arc<dyn ShardLink>,
+    /// Mappings of sealed segments, shared by every reader of them, so reading a
+    /// segment again faults nothing in. Sealed files never change; when retention
+    /// deletes files, it must drop their entry here first.
+    maps: Mutex<HashMap<u64, Arc<Mapping>>>,
+}
+
+/// Sealed-segment mappings kept per log (virtual address space only; the page cache
+/// stays the kernel's to reclaim). Small, because each is a VMA and a process has at
+/// most `vm.max_map_count` (65530 by default) across all of its logs.
+const MAX_CACHED_MAPS: usize = 64;
+
+impl LogShared {
+    /// A log's shared state: `core` (recovered), its `files`, its `shard`.
+    pub fn new(
+        key: u64,
+        core: LogCore,
+        files: Arc<LogFiles>,
+        shard: Arc<dyn ShardLink>,
+    ) -> LogShared {
+        let durable = core.durable_pos();
+        LogShared {
+            key,
+            core: Mutex::new(core),
+            signal: Arc::new(DurableSignal::new(durable)),
+            files,
+            // Queued from the start: the host polls a new log at once (to prepare).
+            queued: AtomicBool::new(true),
+            shard,
+            maps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Locks the core (a poisoned mutex is taken over: the core stays consistent).
+    pub fn lock_core(&self) -> MutexGuard<'_, LogCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues the log on its shard unless it is queued already.
+    pub fn wake_shard(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.shard.ready(self.key);
+        }
+    }
+
+    /// Called by the shard just before it polls the log.
+    pub fn clear_queued(&self) {
+        self.queued.store(false, Ordering::Release);
+    }
+
+    /// The shared mapping of sealed segment `id`, made by `map` if there is none.
+    pub fn mapping(
+        &self,
+        id: u64,
+        map: impl FnOnce() -> Result<Mapping, AofError>,
+    ) -> Result<Arc<Mapping>, AofError> {
+        let lock = || self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = lock().get(&id) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(map()?);
+        let mut maps = lock();
+        if maps.len() >= MAX_CACHED_MAPS {
+            // Drop one (readers holding it keep it alive).
+            if let Some(&k) = maps.keys().next() {
+                maps.remove(&k);
+            }
+        }
+        maps.insert(id, m.clone());
+        Ok(m)
+    }
+
+    /// Publishes the core's durable position (and whether the log ended) to waiters.
+    pub fn publish(&self) {
+        let core = self.lock_core();
+        let (durable, ended) = (core.durable_pos(), core.poison().is_some());
+        drop(core);
+        self.signal.publish(durable, ended);
+    }
+
+    /// Takes the data-chain slot if no data chain is in flight and the core has one to
+    /// run (`now`: monotonic ns): the chain to run on the caller's thread, and the slot,
+    /// which the caller gives back with [`DataSlot::finish`].
+    pub fn take_data_slot(&self, now: u64) -> Option<(Chain, DataSlot<'_>)> {
+        let chain = self.lock_core().poll_data_chain(now)?;
+        let ops = chain.ops.iter().map(|o| o.id).collect();
+        Some((
+            chain,
+            DataSlot {
+                shared: self,
+                ops,
+                finished: false,
+            },
+        ))
+    }
+}
+
+/// A log's data-chain slot, held while its data chain runs on the holder's thread.
+/// Dropped without [`DataSlot::finish`] (the holder unwound), it fails the chain's
+/// operations: the log is poisoned, its waiters get the error, and nothing waits for
+/// a chain that will never complete.
+pub struct DataSlot<'a> {
+    shared: &'a LogShared,
+    ops: Vec<u64>,
+    finished: bool,
+}
+
+impl DataSlot<'_> {
+    /// Reports the chain's outcomes to the core, publishes the durable position, and
+    /// gives the slot back.
+    pub fn finish(mut self, results: Vec<(u64, io::Result<()>)>) {
+        self.finished = true;
+        let mut core = self.shared.lock_core();
+        for (id, res) in results {
+            core.complete(id, res);
+        }
+        drop(core);
+        self.shared.publish();
+    }
+}
+
+impl Drop for DataSlot<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut core = self.shared.lock_core();
+        for &id in &self.ops {
+            core.complete(
+                id,
+                Err(io::Error::other(
+                    "the thread running this log's data chain panicked before it completed",
+                )),
+            );
+        }
+        drop(core);
+        self.shared.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::AofConfig;
+    use crate::exec::blocking::run_chain;
+    use crate::fs::sim::SimFs;
+    use crate::fs::Fs;
+    use crate::layout::LogPaths;
+    use crate::log::Recovered;
+    use std::path::Path;
+
+    struct Nowhere;
+    impl ShardLink for Nowhere {
+        fn ready(&self, _: u64) {}
+    }
+
+    /// A log on the simulated disk whose first segment is prepared.
+    fn log() -> LogShared {
+        let fs = Arc::new(SimFs::new(3));
+        fs.mkdir(Path::new("/l"), 0o700).unwrap();
+        fs.mkdir(Path::new("/l/segments"), 0o700).unwrap();
+        let mut cfg = AofConfig::default();
+        cfg.root_dir = "/l".into();
+        cfg.segment_min_bytes = 64 << 10;
+        cfg.segment_target_bytes = 64 << 10;
+        let core = LogCore::new(
+            cfg.normalized(),
+            LogPaths::new(Path::new("/l")),
+            Clock::default(),
+            1,
+            Recovered::default(),
+        );
+        let files = Arc::new(LogFiles::new(fs, false));
+        let shared = LogShared::new(1, core, files.clone(), Arc::new(Nowhere));
+        // Prepare the first segment (the shard's work) with blocking calls.
+        for _ in 0..100 {
+            let chains = shared.lock_core().poll(0);
+            for c in chains {
+                for (id, r) in run_chain(&files, c) {
+                    shared.lock_core().complete(id, r);
+                }
+            }
+        }
+        assert!(shared.lock_core().has_prepared_segment());
+        shared
+    }
+
+    #[test]
+    fn a_slot_holder_that_panics_poisons_the_log_instead_of_leaving_it_stuck() {
+        let shared = log();
+        let rid = shared.lock_core().append(b"first").unwrap().rid;
+        shared.lock_core().request_flush(rid.as_u64() + 1);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let (_chain, _slot) = shared.take_data_slot(0).expect("a data chain to run");
+            panic!("the holder fails mid-chain");
+        }));
+        assert!(r.is_err());
+        // The slot is free again and the log is poisoned with the reason.
+        let core = shared.lock_core();
+        let e = core.poison().expect("poisoned").to_string();
+        assert!(e.contains("panicked before it completed"), "{e}");
+        assert!(shared.signal.ended(), "waiters were released");
+        drop(core);
+        assert!(shared.take_data_slot(0).is_none(), "nothing more runs");
+    }
+
+    #[test]
+    fn a_slot_holder_runs_the_chain_and_finishes() {
+        let shared = log();
+        let rid = shared.lock_core().append(b"first").unwrap().rid;
+        shared.lock_core().request_flush(rid.as_u64() + 1);
+        let mut rounds = 0;
+        while let Some((chain, slot)) = shared.take_data_slot(0) {
+            slot.finish(run_chain(&shared.files, chain));
+            rounds += 1;
+        }
+        assert!(rounds >= 1);
+        assert!(
+            shared.signal.durable() > rid.as_u64(),
+            "durable and published"
+        );
+        assert!(shared.lock_core().poison().is_none());
+    }
+}

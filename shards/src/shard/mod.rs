@@ -1,0 +1,451 @@
+//! Shard threads. Each owns the logs placed on it and runs their I/O; callers only
+//! copy into log buffers and, on a state change (a full buffer, a flush request, a
+//! roll, a timer to arm), queue the log on its shard and wake the thread.
+//!
+//! Two ways to run the I/O, chosen at start:
+//! - io_uring (`backend::uring`): the ring is created on this thread; chains run as
+//!   linked groups and complete asynchronously, so one log's sync never holds up
+//!   another's. The thread sleeps in `io_uring_enter`; other threads wake it through
+//!   an eventfd the ring reads, written only when the shard said it is going to sleep.
+//! - portable (`driver`): each chain runs to completion with blocking calls; the thread
+//!   parks, and other threads unpark it (unpark tokens make that free of lost wake-ups).
+//!
+//! An idle shard waits with no timeout; a log with unflushed data and an interval set
+//! gives it one deadline.
+//!
+//! **A failing shard never hangs anyone.** A panic on the thread (a broken invariant)
+//! or a ring that fails beyond repair (lost completions) poisons every log on the shard
+//! with an error naming the shard and the cause, releases all their waiters, answers
+//! every close, and stops taking requests (later ones are answered on the spot); new
+//! logs go to the other shards.
+
+pub mod turn;
+
+use crate::buffer::BufferArena;
+use crate::clock::Clock;
+use crate::config::{IoBackend, UringFeature};
+use crate::error::AofError;
+use crate::exec::blocking::BlockingExecutor;
+use crate::exec::uring::{signal_eventfd, OpCounts, RingSetup, UringRing};
+use crate::exec::{Executor, Host, RingExecutor};
+use crate::fs::FsLock;
+use crate::log_shared::{LogShared, ShardLink};
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+use turn::ShardLoop;
+
+thread_local! {
+    static CURRENT_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The shard whose thread this is, if any: blocking here would deadlock.
+pub fn current_shard() -> Option<usize> {
+    CURRENT_SHARD.with(|c| c.get())
+}
+
+/// A log handed to a shard.
+pub struct Registration {
+    /// The log (its files are in its shared state).
+    pub shared: Arc<LogShared>,
+}
+
+/// A request to flush and forget a log. The directory lock travels with it and is
+/// released only once the log is drained, just before `ack`.
+pub struct CloseRequest {
+    /// The log.
+    pub key: u64,
+    /// Signalled once it is closed.
+    pub ack: Sender<()>,
+    /// Its writer lock, released just before `ack`.
+    pub lock: Option<Box<dyn FsLock>>,
+}
+
+impl CloseRequest {
+    /// Releases the lock, then tells the closer.
+    pub fn answer(self) {
+        drop(self.lock);
+        let _ = self.ack.send(());
+    }
+}
+
+/// Requests queued for a shard's next turn.
+#[derive(Default)]
+pub struct Inbox {
+    add: Vec<Registration>,
+    ready: Vec<u64>,
+    close: Vec<CloseRequest>,
+    shutdown: bool,
+    /// The thread has exited (shut down or failed): requests are answered on the spot.
+    stopped: bool,
+}
+
+/// A fault a test injects into a shard's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardFault {
+    /// The loop stops for this long at its next turn (so callers pile up waiting).
+    Pause(Duration),
+    /// The loop panics at its next turn, as a broken invariant would.
+    Panic,
+    /// The ring reports a completion the kernel dropped (a CQ overflow beyond
+    /// `IORING_FEAT_NODROP`); on the portable backend, an executor failure alike.
+    LostCompletion,
+}
+
+const FAULT_PANIC: u64 = 1;
+const FAULT_LOST: u64 = 2;
+
+/// The part of a shard other threads talk to.
+pub struct ShardCtl {
+    /// The shard's index.
+    pub id: usize,
+    /// The CPU its thread is pinned to (`None`: not pinned).
+    pub cpu: Option<usize>,
+    inbox: Mutex<Inbox>,
+    thread: OnceLock<Thread>,
+    /// Logs placed here (for placement decisions).
+    pub logs: AtomicUsize,
+    /// Wakes a shard sleeping in its ring.
+    efd: OwnedFd,
+    /// The shard runs on io_uring (set before `Shard::start` returns).
+    ring: AtomicBool,
+    /// Ring mode: the shard is about to sleep, or sleeping, in the kernel.
+    sleeping: AtomicBool,
+    /// io_uring was wanted (`Auto`) but could not be set up: the portable backend runs.
+    pub uring_fallback: AtomicBool,
+    /// The shard's registered buffer arena, where the ring has one.
+    pub arena: OnceLock<Arc<BufferArena>>,
+    /// Operations the ring submitted, by opcode.
+    pub ring_ops: Arc<OpCounts>,
+    /// Why the shard failed (a panic message or a ring failure), once it has.
+    failed: OnceLock<String>,
+    /// Injected faults (test hooks): `FAULT_*` bits, and a pause in ns.
+    faults: AtomicU64,
+    pause_ns: AtomicU64,
+}
+
+/// What a shard runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Running {
+    /// io_uring, set up as described.
+    Uring(RingSetup),
+    /// The portable backend; `fallback` says why io_uring was not used, if it was wanted.
+    Sync {
+        /// The io_uring setup error, when `Auto` fell back.
+        fallback: Option<String>,
+    },
+}
+
+impl ShardLink for ShardCtl {
+    fn ready(&self, key: u64) {
+        self.with_inbox(|i| i.ready.push(key));
+    }
+}
+
+impl ShardCtl {
+    fn new(id: usize, cpu: Option<usize>, efd: OwnedFd) -> ShardCtl {
+        ShardCtl {
+            id,
+            cpu,
+            inbox: Mutex::new(Inbox::default()),
+            thread: OnceLock::new(),
+            logs: AtomicUsize::new(0),
+            efd,
+            ring: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            uring_fallback: AtomicBool::new(false),
+            arena: OnceLock::new(),
+            ring_ops: Arc::default(),
+            failed: OnceLock::new(),
+            faults: AtomicU64::new(0),
+            pause_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// A shard with no thread of its own: whoever holds its [`ShardLoop`] runs the
+    /// turns (the crash checker, on the simulated disk).
+    pub fn detached(id: usize) -> std::io::Result<Arc<ShardCtl>> {
+        Ok(Arc::new(ShardCtl::new(id, None, new_eventfd()?)))
+    }
+
+    /// Takes what is queued.
+    fn take_inbox(&self) -> Inbox {
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes what is queued and answers later requests on the spot (the shard stopped).
+    fn stop(&self) -> Inbox {
+        let mut i = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = std::mem::take(&mut *i);
+        i.stopped = true;
+        queued
+    }
+
+    fn with_inbox(&self, f: impl FnOnce(&mut Inbox)) {
+        f(&mut self.inbox.lock().unwrap_or_else(|p| p.into_inner()));
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if self.ring.load(Ordering::Acquire) {
+            // Pairs with the shard's `sleeping` store then inbox check (both SeqCst):
+            // either it sees our request, or we see it sleeping and write.
+            if self.sleeping.swap(false, Ordering::SeqCst) {
+                signal_eventfd(self.efd.as_raw_fd());
+            }
+        } else if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Requests are queued for the thread.
+    fn has_work(&self) -> bool {
+        let i = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        !i.add.is_empty()
+            || !i.ready.is_empty()
+            || !i.close.is_empty()
+            || i.shutdown
+            || self.faults.load(Ordering::SeqCst) != 0
+            || self.pause_ns.load(Ordering::SeqCst) != 0
+    }
+
+    /// Why the shard failed, if it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// The error of a log that cannot be placed here any more.
+    fn refusal(&self) -> AofError {
+        match self.failure() {
+            Some(cause) => AofError::ShardFailed {
+                shard: self.id,
+                cause: cause.to_string(),
+            },
+            None => AofError::Startup("the AOF manager has shut down".into()),
+        }
+    }
+
+    /// Hands a log to this shard; refused (with the log not taken) once the shard has
+    /// stopped or failed.
+    pub fn add(&self, r: Registration) -> Result<(), AofError> {
+        let mut refused = None;
+        self.with_inbox(|i| {
+            if i.stopped {
+                refused = Some(r);
+            } else {
+                self.logs.fetch_add(1, Ordering::Relaxed);
+                i.add.push(r);
+            }
+        });
+        match refused {
+            Some(_) => Err(self.refusal()),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the shard to flush a log, close its files, release its lock and forget it;
+    /// `req.ack` is signalled when that is done (at once if the shard has stopped).
+    pub fn close(&self, req: CloseRequest) {
+        self.with_inbox(|i| {
+            if i.stopped {
+                req.answer();
+            } else {
+                i.close.push(req);
+            }
+        });
+    }
+
+    /// Test hook: injects `fault` into the shard's loop at its next turn.
+    pub fn inject(&self, fault: ShardFault) {
+        self.with_inbox(|_| match fault {
+            ShardFault::Pause(d) => self
+                .pause_ns
+                .store(d.as_nanos().max(1) as u64, Ordering::SeqCst),
+            ShardFault::Panic => {
+                self.faults.fetch_or(FAULT_PANIC, Ordering::SeqCst);
+            }
+            ShardFault::LostCompletion => {
+                self.faults.fetch_or(FAULT_LOST, Ordering::SeqCst);
+            }
+        });
+    }
+}
+
+/// A running shard thread.
+pub struct Shard {
+    /// How other threads reach it.
+    pub ctl: Arc<ShardCtl>,
+    /// What it runs on.
+    pub running: Running,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Shard {
+    /// Starts shard `id`, pinned to `cpu` if given, on `backend` (already resolved from
+    /// the environment). `Uring` fails if no ring can be set up; `Auto` falls back. On
+    /// io_uring, `arena_buffers` log buffers are registered with the ring where memlock
+    /// allows, and no feature in `disable` is used.
+    pub fn start(
+        id: usize,
+        cpu: Option<usize>,
+        clock: Clock,
+        backend: IoBackend,
+        arena_buffers: u32,
+        disable: &[UringFeature],
+    ) -> std::io::Result<Shard> {
+        let ctl = Arc::new(ShardCtl::new(id, cpu, new_eventfd()?));
+        let c = ctl.clone();
+        let disable = disable.to_vec();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("aof2-shard-{id}"))
+            .spawn(move || {
+                pin(&c, cpu);
+                // The ring is created here, and lives and dies on this thread.
+                let (exec, running): (Box<dyn Executor>, Running) = match backend {
+                    IoBackend::Sync => {
+                        (Box::new(BlockingExecutor), Running::Sync { fallback: None })
+                    }
+                    _ => match UringRing::new(c.efd.as_raw_fd(), arena_buffers, &disable) {
+                        Ok(mut ring) => {
+                            ring.count_ops(c.ring_ops.clone());
+                            if let Some(a) = ring.arena() {
+                                let _ = c.arena.set(a);
+                            }
+                            c.ring.store(true, Ordering::Release);
+                            let setup = ring.setup();
+                            (Box::new(RingExecutor::new(ring)), Running::Uring(setup))
+                        }
+                        Err(e) if backend == IoBackend::Uring => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                        Err(e) => {
+                            c.uring_fallback.store(true, Ordering::Release);
+                            let fallback = Some(format!("io_uring_setup failed: {e}"));
+                            (Box::new(BlockingExecutor), Running::Sync { fallback })
+                        }
+                    },
+                };
+                let _ = tx.send(Ok(running));
+                run_thread(ShardLoop::new(c.clone(), exec, clock), &c);
+            })?;
+        let _ = ctl.thread.set(thread.thread().clone());
+        let running = match rx.recv() {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(std::io::Error::other("the shard thread exited at start"));
+            }
+        };
+        thread.thread().unpark();
+        Ok(Shard {
+            ctl,
+            running,
+            thread: Some(thread),
+        })
+    }
+
+    /// Flushes and closes every log on the shard, then stops its thread.
+    pub fn shutdown(&mut self) {
+        self.ctl.with_inbox(|i| i.shutdown = true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn new_eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before being owned.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if efd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `efd` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(efd) })
+}
+
+fn pin(ctl: &ShardCtl, cpu: Option<usize>) {
+    CURRENT_SHARD.with(|c| c.set(Some(ctl.id)));
+    if let Some(cpu) = cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            log::warn!(
+                "aof2: could not pin shard {} to CPU {cpu}; it runs unpinned",
+                ctl.id
+            );
+        }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+        (Some(s), _) => format!("panicked: {s}"),
+        (_, Some(s)) => format!("panicked: {s}"),
+        _ => "panicked".to_string(),
+    }
+}
+
+/// The shard thread's readiness hook: it announces that it is going to sleep (the flag
+/// other threads check before waking it), and parks when its executor cannot sleep in
+/// the kernel.
+struct ThreadHost<'a>(&'a ShardCtl);
+
+impl Host for ThreadHost<'_> {
+    fn may_sleep(&self) -> bool {
+        // Pairs with `ShardCtl::wake` (both SeqCst): either a request queued from here
+        // on sees the flag and wakes us, or we see the request now.
+        self.0.sleeping.store(true, Ordering::SeqCst);
+        if self.0.has_work() {
+            self.0.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn awake(&self) {
+        self.0.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    fn park(&self, timeout: Option<Duration>) {
+        match timeout {
+            Some(t) => std::thread::park_timeout(t),
+            None => std::thread::park(),
+        }
+    }
+}
+
+/// Runs turns until shutdown, sleeping between them; if the shard fails (a panic, or
+/// an executor failure), fails it cleanly. The loop's state outlives the unwind.
+fn run_thread(mut lp: ShardLoop, ctl: &ShardCtl) {
+    let host = ThreadHost(ctl);
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| loop {
+        if lp.turn()?.shut_down {
+            return Ok(());
+        }
+        lp.wait(&host)?;
+    }));
+    let cause = match r {
+        Ok(Ok(())) => return,
+        Ok(Err(cause)) => cause,
+        Err(p) => panic_message(&*p),
+    };
+    lp.fail(cause);
+    // Dropping `lp` drops the executor, whose ring waits (bounded) for the kernel to
+    // finish with its memory: the waiters were released first.
+}
