@@ -287,7 +287,7 @@ impl World {
                 Box::new(exec)
             }
         };
-        let shard = ShardCtl::detached(0).expect("eventfd");
+        let shard = ShardCtl::detached(0);
         let shared = Arc::new(LogShared::new(
             self.sessions.len() as u64,
             core,

@@ -16,6 +16,9 @@ struct Waiters {
     version: u64,
     wakers: Vec<(u64, Waker)>,
     next_key: u64,
+    /// Threads blocked on the condition variable (a notify is a system call even when
+    /// nobody waits, so it is skipped then).
+    sleepers: usize,
 }
 
 /// The durable position of a log and the waiters on it.
@@ -38,6 +41,7 @@ impl DurableSignal {
                 version: 0,
                 wakers: Vec::new(),
                 next_key: 0,
+                sleepers: 0,
             }),
             cv: Condvar::new(),
         }
@@ -64,7 +68,7 @@ impl DurableSignal {
 
     /// Publishes a new durable position (and whether the log ended) and wakes everyone.
     pub fn publish(&self, durable: u64, ended: bool) {
-        let wakers = {
+        let (wakers, sleepers) = {
             let mut g = self.lock();
             // Publishers hold the lock, so nothing moves between this load and the store.
             let was = self.durable.load(Ordering::Acquire);
@@ -77,9 +81,11 @@ impl DurableSignal {
                 self.ended.store(true, Ordering::Release);
             }
             g.version += 1;
-            std::mem::take(&mut g.wakers)
+            (std::mem::take(&mut g.wakers), g.sleepers)
         };
-        self.cv.notify_all();
+        if sleepers > 0 {
+            self.cv.notify_all();
+        }
         for (_, w) in wakers {
             w.wake();
         }
@@ -90,11 +96,13 @@ impl DurableSignal {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut g = self.lock();
         while g.version == seen {
+            g.sleepers += 1;
             g = match deadline {
                 None => self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        g.sleepers -= 1;
                         return false;
                     }
                     self.cv
@@ -103,6 +111,7 @@ impl DurableSignal {
                         .0
                 }
             };
+            g.sleepers -= 1;
         }
         true
     }

@@ -111,7 +111,7 @@ pub struct ShardCtl {
     /// Logs placed here (for placement decisions).
     pub logs: AtomicUsize,
     /// Wakes a shard sleeping in its ring.
-    efd: OwnedFd,
+    efd: Option<OwnedFd>,
     /// The shard runs on io_uring (set before `Shard::start` returns).
     ring: AtomicBool,
     /// Ring mode: the shard is about to sleep, or sleeping, in the kernel.
@@ -148,7 +148,7 @@ impl ShardLink for ShardCtl {
 }
 
 impl ShardCtl {
-    fn new(id: usize, cpu: Option<usize>, efd: OwnedFd) -> ShardCtl {
+    fn new(id: usize, cpu: Option<usize>, efd: Option<OwnedFd>) -> ShardCtl {
         ShardCtl {
             id,
             cpu,
@@ -169,8 +169,8 @@ impl ShardCtl {
 
     /// A shard with no thread of its own: whoever holds its [`ShardLoop`] runs the
     /// turns (the crash checker, on the simulated disk).
-    pub fn detached(id: usize) -> std::io::Result<Arc<ShardCtl>> {
-        Ok(Arc::new(ShardCtl::new(id, None, new_eventfd()?)))
+    pub fn detached(id: usize) -> Arc<ShardCtl> {
+        Arc::new(ShardCtl::new(id, None, None))
     }
 
     /// Takes what is queued.
@@ -196,7 +196,9 @@ impl ShardCtl {
             // Pairs with the shard's `sleeping` store then inbox check (both SeqCst):
             // either it sees our request, or we see it sleeping and write.
             if self.sleeping.swap(false, Ordering::SeqCst) {
-                signal_eventfd(self.efd.as_raw_fd());
+                if let Some(efd) = &self.efd {
+                    signal_eventfd(efd.as_raw_fd());
+                }
             }
         } else if let Some(t) = self.thread.get() {
             t.unpark();
@@ -298,7 +300,8 @@ impl Shard {
         arena_buffers: u32,
         disable: &[UringFeature],
     ) -> std::io::Result<Shard> {
-        let ctl = Arc::new(ShardCtl::new(id, cpu, new_eventfd()?));
+        let ctl = Arc::new(ShardCtl::new(id, cpu, Some(new_eventfd()?)));
+        let efd = ctl.efd.as_ref().map_or(-1, |f| f.as_raw_fd());
         let c = ctl.clone();
         let disable = disable.to_vec();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -311,7 +314,7 @@ impl Shard {
                     IoBackend::Sync => {
                         (Box::new(BlockingExecutor), Running::Sync { fallback: None })
                     }
-                    _ => match UringRing::new(c.efd.as_raw_fd(), arena_buffers, &disable) {
+                    _ => match UringRing::new(efd, arena_buffers, &disable) {
                         Ok(mut ring) => {
                             ring.count_ops(c.ring_ops.clone());
                             if let Some(a) = ring.arena() {
