@@ -1,6 +1,7 @@
 //! The log core driven by a fake executor: no disk, exact control of completions.
 
-use super::ops::{Chain, OpKind};
+use super::ops::{Chain, IoData, OpKind};
+use super::prepare::PREP_RETRY_NS;
 use super::*;
 use crate::format::{HeaderState, ScanStop, SegmentFooter, SegmentHeader};
 use std::collections::HashMap;

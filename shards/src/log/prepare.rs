@@ -1,0 +1,331 @@
+//! Segment preparation: a log's next segment file is created as a temporary file,
+//! zero-written to its full size, synced, renamed into place and its directory entry
+//! synced, before any append may enter it (so a later sync never changes file
+//! metadata, and every id handed out lies in a file that exists on disk). Also the
+//! closing side of it: abandoning a preparation, and marking unused prepared files
+//! `.ready` so the next open reuses their ids. A failed preparation loses nothing and
+//! poisons nothing: it is retried when an append needs the file.
+
+use super::ops::{Chain, IoData, OpKind};
+use super::{Effect, LogCore, Progress};
+use crate::buffer::{PREP_CHUNK, PREP_STEP_QUIET};
+use crate::error::AofError;
+use std::io;
+
+/// A segment file under preparation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PrepStep {
+    Create,
+    Zero(u64),
+    Sync,
+    Rename,
+    SyncDir,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prep {
+    pub(super) id: u64,
+    pub(super) size: u64,
+    pub(super) step: PrepStep,
+    /// Bytes of the zero-write in flight.
+    pub(super) chunk: u64,
+}
+
+/// How long after a failed segment preparation an append may try again (ns).
+pub(super) const PREP_RETRY_NS: u64 = 50_000_000;
+
+/// A segment preparation that failed (a full disk, an I/O error). Unlike a failed data
+/// write it loses nothing and poisons nothing: appends that need the segment fail with
+/// it until a retry, at most every `PREP_RETRY_NS`, succeeds.
+pub(super) struct PrepFailure {
+    pub(super) path: std::path::PathBuf,
+    pub(super) error: io::Error,
+    pub(super) retry_at: u64,
+}
+
+impl PrepFailure {
+    pub(super) fn error(&self) -> AofError {
+        AofError::io(
+            "prepare the next segment file",
+            &self.path,
+            crate::error::copy_io_error(&self.error),
+        )
+    }
+}
+
+impl LogCore {
+    /// True when a prepared file is ready for the next segment.
+    pub fn has_prepared_segment(&self) -> bool {
+        self.prepared
+            .front()
+            .is_some_and(|&(id, _)| id == self.next_segment)
+    }
+
+    pub(super) fn poll_prep(&mut self) -> Option<Chain> {
+        if self.prep_io.is_some() {
+            return None;
+        }
+        if let Some((seg, path)) = self.cleanup.take() {
+            let kinds = vec![OpKind::Close { seg }, OpKind::Unlink { path }];
+            return Some(self.chain(kinds, Effect::Cleaned { seg }, true));
+        }
+        if self.closing {
+            return self.poll_close();
+        }
+        if self.prep_failure.is_some() {
+            // Retried when an append needs the file (see `append`), not in a loop.
+            return None;
+        }
+        // Files adopted by recovery are opened first, in order.
+        if let Some(&(seg, size)) = self.adopt.front() {
+            self.adopt.pop_front();
+            let kinds = vec![OpKind::Open {
+                seg,
+                path: self.paths.segment(seg),
+            }];
+            return Some(self.chain(kinds, Effect::Adopted { seg, size }, true));
+        }
+        // A blocked append waits for a file of a given size under the next id.
+        let mut next = None;
+        if self.want.is_some_and(|(id, _)| id != self.next_segment) {
+            self.want = None; // satisfied since (the appender took a file)
+        }
+        assert!(
+            self.prepared
+                .front()
+                .is_none_or(|&(id, _)| id >= self.next_segment),
+            "a prepared file below the next segment id"
+        );
+        if let Some((id, size)) = self.want {
+            match self.prepared.front().copied() {
+                Some((pid, psize)) if pid == id && psize == size => self.want = None,
+                Some((pid, _)) if pid == id => {
+                    // Prepared at another size than the record needs. A new file is
+                    // prepared and renamed over this one: the id never leaves the
+                    // disk, so recovery keeps continuing past it.
+                    self.prepared.pop_front();
+                    next = Some((id, size));
+                }
+                _ => next = Some((id, size)),
+            }
+        } else if self.prepared.is_empty() && !self.closing {
+            // Keep one file ready beyond those in use.
+            next = Some((self.next_segment, self.cfg.segment_target_bytes));
+        }
+        if self.prep.is_none() {
+            if let Some((id, size)) = next {
+                log::trace!(
+                    "aof2: preparing segment {id} ({size} bytes); want {:?}, prepared {:?}, next {}",
+                    self.want,
+                    self.prepared,
+                    self.next_segment
+                );
+                self.prep = Some(Prep {
+                    id,
+                    size,
+                    step: PrepStep::Create,
+                    chunk: 0,
+                });
+            }
+        }
+        let p = self.prep?;
+        Some(self.prep_step(p))
+    }
+
+    /// The chain for the next step of preparation `p`.
+    pub(super) fn prep_step(&mut self, p: Prep) -> Chain {
+        let kind = match p.step {
+            PrepStep::Create => {
+                // A failed earlier attempt may have left the temp file (if removing it
+                // failed too): clear it, or the create would fail for ever.
+                let kinds = vec![
+                    OpKind::Unlink {
+                        path: self.paths.temp(p.id),
+                    },
+                    OpKind::Create {
+                        seg: p.id,
+                        path: self.paths.temp(p.id),
+                        mode: self.cfg.file_mode,
+                    },
+                ];
+                return self.chain(kinds, Effect::Prep { seg: p.id }, true);
+            }
+            PrepStep::Zero(off) => {
+                // Big steps once an append waits for the file or the active segment is
+                // half full; small ones otherwise, so syncs queued behind wait less.
+                let urgent = self.want.is_some()
+                    || self
+                        .segs
+                        .back()
+                        .is_some_and(|s| s.appended_end * 2 >= s.capacity);
+                let step = if urgent { PREP_CHUNK } else { PREP_STEP_QUIET };
+                let n = (p.size - off).min(step as u64) as usize;
+                if let Some(q) = self.prep.as_mut() {
+                    q.chunk = n as u64;
+                }
+                OpKind::Write {
+                    seg: p.id,
+                    offset: off,
+                    data: vec![IoData::Zeros(n)],
+                }
+            }
+            PrepStep::Sync => OpKind::Sync { seg: p.id },
+            PrepStep::Rename => OpKind::Rename {
+                from: self.paths.temp(p.id),
+                to: self.paths.segment(p.id),
+            },
+            PrepStep::SyncDir => OpKind::SyncDir {
+                path: self.paths.segments.clone(),
+            },
+        };
+        self.chain(vec![kind], Effect::Prep { seg: p.id }, true)
+    }
+
+    /// Closing: a preparation still writing its `.tmp` file is abandoned (the file is
+    /// removed at the next open); one past that finishes. Once all data is durable, the
+    /// prepared files no append entered are renamed `.ready`, so the next open reuses
+    /// their ids and ids stay dense. (After a crash, blank `.seg` files cannot be
+    /// trusted that way and are moved past.)
+    pub(super) fn poll_close(&mut self) -> Option<Chain> {
+        if let Some(p) = self.prep {
+            match p.step {
+                PrepStep::Create => self.prep = None,
+                PrepStep::Zero(_) => {
+                    self.prep = None;
+                    let kinds = vec![OpKind::Close { seg: p.id }];
+                    return Some(self.chain(kinds, Effect::Prep { seg: p.id }, true));
+                }
+                PrepStep::Sync | PrepStep::Rename | PrepStep::SyncDir => {
+                    return Some(self.prep_step(p))
+                }
+            }
+        }
+        if self.marked_ready || !self.data_drained() {
+            return None;
+        }
+        let mut kinds = Vec::new();
+        let mut segs = Vec::new();
+        for (seg, _) in std::mem::take(&mut self.prepared) {
+            segs.push(seg);
+            kinds.push(OpKind::Close { seg });
+            kinds.push(OpKind::Rename {
+                from: self.paths.segment(seg),
+                to: self.paths.ready(seg),
+            });
+        }
+        for (seg, _) in std::mem::take(&mut self.adopt) {
+            segs.push(seg);
+            kinds.push(OpKind::Rename {
+                from: self.paths.segment(seg),
+                to: self.paths.ready(seg),
+            });
+        }
+        if kinds.is_empty() {
+            self.marked_ready = true;
+            return None;
+        }
+        kinds.push(OpKind::SyncDir {
+            path: self.paths.segments.clone(),
+        });
+        Some(self.chain(kinds, Effect::MarkedReady { segs }, true))
+    }
+
+    /// A preparation step failed: abandon the file (closed and removed later), remember
+    /// the error for the appends that need it, and keep the log running.
+    pub(super) fn prep_failed(&mut self, effect: &Effect, e: io::Error) -> Progress {
+        let seg = match effect {
+            Effect::Cleaned { seg } => {
+                // Removing the leftovers failed too; the next open removes them.
+                log::warn!(
+                    "aof2: removing {} (a failed preparation's file) failed: {e}",
+                    self.paths.temp(*seg).display()
+                );
+                return Progress::default();
+            }
+            Effect::Adopted { seg, .. } => *seg,
+            _ => match self.prep.take() {
+                Some(p) => {
+                    self.cleanup = Some((p.id, self.paths.temp(p.id)));
+                    p.id
+                }
+                // Abandoned at close: nothing waits for it.
+                None => return Progress::default(),
+            },
+        };
+        self.metrics.prepare_failures += 1;
+        let path = self.paths.segment(seg);
+        log::warn!(
+            "aof2: preparing segment file {} failed: {e}; appends that need a new segment fail until a retry succeeds",
+            path.display()
+        );
+        self.prep_failure = Some(PrepFailure {
+            path,
+            error: e,
+            retry_at: self.clock.monotonic_ns() + PREP_RETRY_NS,
+        });
+        // A blocked append is waiting for this file: wake it to see the error.
+        Progress { wake_waiters: true }
+    }
+
+    /// The error appends that need a new segment get, while preparation is failing.
+    pub fn prepare_error(&self) -> Option<AofError> {
+        self.prep_failure.as_ref().map(PrepFailure::error)
+    }
+
+    /// A preparation step of segment `seg` finished: on to the next one.
+    pub(super) fn prep_step_done(&mut self, seg: u64) -> Progress {
+        // None: the preparation was abandoned at close (its handle just closed).
+        let Some(p) = self.prep.as_mut() else {
+            return Progress::default();
+        };
+        assert_eq!(
+            p.id, seg,
+            "a preparation step completed for another segment"
+        );
+        p.step = match p.step {
+            PrepStep::Create => PrepStep::Zero(0),
+            PrepStep::Zero(off) => {
+                let next = off + p.chunk;
+                if next < p.size {
+                    PrepStep::Zero(next)
+                } else {
+                    PrepStep::Sync
+                }
+            }
+            PrepStep::Sync => PrepStep::Rename,
+            PrepStep::Rename => PrepStep::SyncDir,
+            PrepStep::SyncDir => {
+                let (id, size) = (p.id, p.size);
+                self.prep = None;
+                // Kept in id order: a replacement for the front id goes first.
+                let at = self.prepared.partition_point(|&(p, _)| p < id);
+                self.prepared.insert(at, (id, size));
+                self.metrics.segments_prepared += 1;
+                // An append may be waiting for this file.
+                return Progress { wake_waiters: true };
+            }
+        };
+        Progress::default()
+    }
+
+    /// A prepared file recovery adopted was opened: it is ready for appends.
+    pub(super) fn adopted(&mut self, seg: u64, size: u64) -> Progress {
+        assert!(
+            self.prepared.back().is_none_or(|&(p, _)| p < seg),
+            "adopted segment {seg} out of order"
+        );
+        self.prepared.push_back((seg, size));
+        Progress { wake_waiters: true }
+    }
+
+    /// Closing: the unused prepared files `segs` were renamed `.ready`, durably.
+    pub(super) fn marked_ready_done(&mut self, segs: &[u64]) -> Progress {
+        // Every unused prepared file was in the chain; none appeared since.
+        assert!(
+            self.prepared.is_empty() && self.adopt.is_empty() && !segs.is_empty(),
+            "prepared files left unmarked after marking {segs:?}"
+        );
+        self.marked_ready = true;
+        Progress { wake_waiters: true }
+    }
+}

@@ -1,0 +1,176 @@
+//! The segment a log appends to, and its in-memory buffers: where the unsafe buffer
+//! contract is kept.
+//!
+//! A segment's bytes live in aligned buffers shared by appenders, which copy frames in
+//! under the log's lock, and the executor, which writes finished ranges out without
+//! it. The rule that makes this sound: appenders write only at or past the append
+//! end, and writes read only below the append end snapshotted under the lock; the
+//! partly filled last block goes out from a separate zero-padded bounce block, never
+//! from memory an appender may still be filling.
+
+use super::ops::IoData;
+use crate::buffer::{AlignedBuf, BufferArena};
+use crate::format::{SegmentHeader, BLOCK, HEADER_LEN};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Size of each in-memory log buffer (smaller for small segments).
+pub const BUF_SIZE: usize = 1 << 20;
+
+/// Spare buffers a log keeps for reuse (fresh ones cost page faults).
+pub(super) const POOL_BUFFERS: usize = 2;
+
+/// A buffer of `size` bytes from the pool, or a new one. Contents are stale: every byte
+/// written to disk from a buffer is written by an appender first.
+pub(super) fn take_buffer(
+    pool: &mut Vec<AlignedBuf>,
+    arena: Option<&Arc<BufferArena>>,
+    size: usize,
+) -> AlignedBuf {
+    match pool.iter().position(|b| b.len() == size) {
+        Some(i) => pool.swap_remove(i),
+        None => arena
+            .and_then(|a| a.take(size))
+            .unwrap_or_else(|| AlignedBuf::zeroed(size)),
+    }
+}
+
+pub(super) const fn block_floor(x: u64) -> u64 {
+    x & !(BLOCK as u64 - 1)
+}
+
+/// A segment that is being appended to or not yet sealed.
+pub(super) struct Seg {
+    pub(super) id: u64,
+    pub(super) header: SegmentHeader,
+    pub(super) header_bytes: [u8; HEADER_LEN],
+    pub(super) seed: u32,
+    pub(super) capacity: u64,
+    pub(super) buf_size: usize,
+    /// Buffers tiling [bufs[0].0, bufs_end), each `buf_size` bytes.
+    pub(super) bufs: VecDeque<(u64, Arc<AlignedBuf>)>,
+    pub(super) bufs_end: u64,
+    pub(super) appended_end: u64,
+    pub(super) last_crc: u32,
+    pub(super) record_count: u64,
+    pub(super) last_record_offset: u32,
+    /// No more appends go here; seal once everything in it is durable.
+    pub(super) rolled: bool,
+    pub(super) header_durable: bool,
+    /// Bytes [0, written_end) are on disk (not necessarily synced).
+    pub(super) written_end: u64,
+    /// Frames below this end are durable.
+    pub(super) durable_end: u64,
+}
+
+impl Seg {
+    pub(super) fn buf_index(&self, off: u64) -> usize {
+        ((off - self.bufs[0].0) / self.buf_size as u64) as usize
+    }
+
+    /// Copies `bytes` to segment offset `off` (must be inside the buffers).
+    pub(super) fn copy_in(&self, mut off: u64, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (base, buf) = &self.bufs[self.buf_index(off)];
+            let at = (off - base) as usize;
+            let n = bytes.len().min(self.buf_size - at);
+            // SAFETY: [off, off + n) is at or past the append end, which only the holder
+            // of the log lock (us) writes; the shard reads only below the append end.
+            unsafe { buf.write(at, &bytes[..n]) };
+            off += n as u64;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Copies segment bytes [from, to) out of the buffers (below the append end).
+    pub(super) fn copy_out(&self, from: u64, dst: &AlignedBuf) {
+        let to = self.appended_end.min(from + BLOCK as u64);
+        let (base, buf) = &self.bufs[self.buf_index(from)];
+        let at = (from - base) as usize;
+        // SAFETY: below the append end (stable), and `dst` is exclusively ours.
+        unsafe { dst.write(0, buf.slice(at, (to - from) as usize)) };
+    }
+}
+
+/// The oldest unsealed segment, which every data chain targets.
+pub(super) fn front_of(segs: &mut VecDeque<Seg>, seg: u64) -> &mut Seg {
+    let s = segs.front_mut().expect("a segment in flight");
+    assert_eq!(
+        s.id, seg,
+        "completion for a segment that is not the oldest unsealed one"
+    );
+    s
+}
+
+impl Seg {
+    /// The pieces to write segment bytes [from, to): whole blocks straight from the
+    /// buffers, the partly filled last block from a zero-padded bounce copy.
+    pub(super) fn write_data(
+        &self,
+        from: u64,
+        to: u64,
+        arena: Option<&Arc<BufferArena>>,
+    ) -> Vec<IoData> {
+        let s = self;
+        let full_end = block_floor(to);
+        let mut data = Vec::new();
+        let mut at = from;
+        for (base, buf) in &s.bufs {
+            let end = base + s.buf_size as u64;
+            if end <= at {
+                continue;
+            }
+            if *base >= full_end {
+                break;
+            }
+            let b = end.min(full_end);
+            if b == at {
+                // Nothing of this buffer before the partial block: an empty piece would
+                // be refused by WRITEV_FIXED (EFAULT).
+                break;
+            }
+            data.push(IoData::Buf {
+                buf: buf.clone(),
+                off: (at - base) as usize,
+                len: (b - at) as usize,
+            });
+            at = b;
+        }
+        if to > full_end {
+            let bounce = AlignedBuf::zeroed_block(arena);
+            s.copy_out(full_end, &bounce);
+            data.push(IoData::Owned(bounce));
+        }
+        // What the partial-block rules and O_DIRECT rest on: whole, non-empty blocks,
+        // from a block boundary, never past what was appended.
+        let len: usize = data.iter().map(IoData::len).sum();
+        assert!(
+            from % BLOCK as u64 == 0
+                && to <= s.appended_end
+                && len as u64 == to.div_ceil(BLOCK as u64) * BLOCK as u64 - from
+                && data.iter().all(|d| !d.is_empty() && d.len() % BLOCK == 0),
+            "segment {}: a bad write of [{from}, {to}) (appended to {}): {len} bytes in {} pieces",
+            s.id,
+            s.appended_end,
+            data.len()
+        );
+        data
+    }
+
+    /// Drops buffers wholly below the block that the next write starts at.
+    pub(super) fn release_buffers(&mut self, pool: &mut Vec<AlignedBuf>) {
+        let s = self;
+        let keep_from = block_floor(s.written_end);
+        while let Some((base, _)) = s.bufs.front() {
+            if base + s.buf_size as u64 > keep_from {
+                break;
+            }
+            let (_, b) = s.bufs.pop_front().expect("front exists");
+            if let Ok(b) = Arc::try_unwrap(b) {
+                if pool.len() < POOL_BUFFERS {
+                    pool.push(b);
+                }
+            }
+        }
+    }
+}
