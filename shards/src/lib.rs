@@ -1,17 +1,20 @@
 #![warn(missing_docs)]
-//! The AOF2 engine: on-disk format, log core, recovery, shard threads and I/O
-//! backends. The public API is the `bop_rs::aof2` facade; this crate is its engine.
+//! The AOF2 engine: on-disk format, log core, recovery, executors, shards. The public
+//! API is the `bop_rs::aof2` facade; this crate is its engine. ARCHITECTURE.md (at the
+//! repository's top) walks the layers and the path of one append.
 //!
 //! Layers, data flowing one way:
-//! - [`format`]: pure encoding and decoding of segments and frames.
+//! - [`mod@format`]: pure encoding and decoding of segments and frames.
 //! - [`log`]: the sans-I/O state machine of one log (policy lives here).
-//! - [`backend`]: the file-system seam (`sync` real disk, `sim` crash simulator), and
-//!   [`driver`], which runs the core's operations on it.
-//! - [`shard`] / [`manager`]: pinned threads that own logs; [`log_handle`]: the
-//!   thread-safe handle callers use.
-//! - [`reader`], [`tail`], [`stream`]: reading a segment, following the tail, and
-//!   consuming a whole log in order; [`inspect`]: read-only checks of a log directory
-//!   for the command-line tools.
+//! - [`fs`]: the file-system seam (`posix` real disk, `sim` crash simulator).
+//! - [`exec`]: executors that run the log core's operation chains (blocking, or on a
+//!   ring: io_uring or the simulated ring), behind one seam any host can drive.
+//! - [`log_shared`]: one log's state shared by its handle and its shard; [`shard`]:
+//!   pinned threads that own logs and run their turns; [`manager`]: the set of shards;
+//!   [`log_handle`]: the thread-safe handle callers use.
+//! - [`recovery`]: opening a directory; [`reader`], [`tail`], [`stream`]: reading a
+//!   segment, following the tail, consuming a whole log in order; [`inspect`]:
+//!   read-only checks of a log directory for the command-line tools.
 
 pub mod buffer;
 pub mod clock;
