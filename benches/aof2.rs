@@ -1,18 +1,16 @@
-//! `cargo bench`: the same harness as `aof2 bench`, in quick mode unless
-//! AOF2_BENCH_FULL=1 (the full run is `cargo run --release -- bench`).
+//! `cargo bench`: the same harness as `aof2 bench` (it lives on the binary's side), in
+//! quick mode unless AOF2_BENCH_FULL=1 (the full run is `cargo run --release -- bench`).
 
 fn main() {
-    let quick = std::env::var("AOF2_BENCH_FULL").map_or(true, |v| v != "1");
-    let opts = bop_rs::bench::BenchOptions {
-        dir: None,
-        quick,
-        json: false,
-        allow_tmpfs: false,
-        only: vec![],
-        backend: Default::default(),
-    };
-    if let Err(e) = bop_rs::bench::run(&opts) {
-        eprintln!("bench failed: {e}");
+    let full = std::env::var("AOF2_BENCH_FULL").is_ok_and(|v| v == "1");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aof2"));
+    cmd.arg("bench");
+    if !full {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().expect("the aof2 binary runs");
+    if !status.success() {
+        eprintln!("bench failed: {status}");
         std::process::exit(1);
     }
 }

@@ -2,9 +2,3 @@
 //! bop-rs: the AOF2 append-only log. The public API is [`aof2`].
 
 pub mod aof2;
-
-#[doc(hidden)]
-pub mod bench;
-
-#[doc(hidden)]
-pub mod tools;

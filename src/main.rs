@@ -1,8 +1,10 @@
 //! The `aof2` command-line tool.
 
+mod bench;
+mod tools;
+
+use bench::BenchOptions;
 use bop_rs::aof2::config::{IoBackend, RecordId};
-use bop_rs::bench::{self, BenchOptions};
-use bop_rs::tools;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,10 +2,10 @@
 //! open a log directory without the writer's lock, so they can run beside a live
 //! writer in another process, and never change a file.
 
-use crate::aof2::config::RecordId;
-use crate::aof2::error::{AofError, AofResult};
 use aof2_shards::inspect::{LogDir, SegmentStat};
 use aof2_shards::reader::{SegmentCursor, SegmentRecord};
+use bop_rs::aof2::config::RecordId;
+use bop_rs::aof2::error::{AofError, AofResult};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,118 @@
+//! The raw baselines' tools: pre-written files written with O_DIRECT and synced with
+//! `fdatasync` directly, aligned buffers, cold-cache reads, and what file system a
+//! directory is on.
+
+use super::BenchResult;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub fn statfs_type(dir: &Path) -> std::io::Result<i64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    // SAFETY: statfs is plain old data; zeroed is a valid value.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `s` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s.f_type as i64)
+}
+
+/// A file system's name from its statfs magic.
+pub fn fs_name(magic: i64) -> &'static str {
+    match magic {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x2FC1_2FC1 => "zfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        _ => "unknown",
+    }
+}
+
+pub const TMPFS: i64 = 0x0102_1994;
+
+/// A file of `size` bytes fully written with zeros and synced, opened O_DIRECT where
+/// possible: the baseline's equivalent of a prepared segment.
+pub struct PrewrittenFile {
+    pub file: File,
+    pub size: u64,
+    pub direct: bool,
+}
+
+impl PrewrittenFile {
+    pub fn create(path: &Path, size: u64) -> std::io::Result<PrewrittenFile> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create(true).truncate(true);
+        let (file, direct) = match o.clone().custom_flags(libc::O_DIRECT).open(path) {
+            Ok(f) => (f, true),
+            Err(_) => (o.open(path)?, false),
+        };
+        let chunk = AlignedBlock::new(1 << 20);
+        let mut off = 0;
+        while off < size {
+            file.write_all_at(chunk.bytes(), off)?;
+            off += 1 << 20;
+        }
+        file.sync_all()?;
+        Ok(PrewrittenFile { file, size, direct })
+    }
+}
+
+/// An aligned buffer for the baselines' O_DIRECT writes.
+pub struct AlignedBlock {
+    buf: aof2_shards::buffer::AlignedBuf,
+}
+
+impl AlignedBlock {
+    pub fn new(len: usize) -> AlignedBlock {
+        let buf = aof2_shards::buffer::AlignedBuf::zeroed(len);
+        // SAFETY: a fresh buffer, ours alone.
+        unsafe { buf.write(0, &vec![0x5au8; len]) };
+        AlignedBlock { buf }
+    }
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: nobody writes the buffer after `new`.
+        unsafe { self.buf.slice(0, self.buf.len()) }
+    }
+}
+
+pub fn fdatasync(f: &File) -> std::io::Result<()> {
+    // SAFETY: plain syscall on an open fd.
+    if unsafe { libc::fdatasync(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Drops `path`'s clean pages from the page cache, so the next read comes from disk.
+pub fn drop_cache(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: plain syscall on an open fd.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Reads `[0, len)` of each file with 1 MiB `read`s; returns the bytes read.
+pub fn raw_read(files: &[(PathBuf, u64)], buf: &mut [u8]) -> BenchResult<u64> {
+    let mut total = 0;
+    for (path, len) in files {
+        let f = File::open(path)?;
+        let mut off = 0;
+        while off < *len {
+            let n = ((*len - off) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], off)?;
+            std::hint::black_box(&buf[..n]);
+            off += n as u64;
+        }
+        total += off;
+    }
+    Ok(total)
+}

@@ -1,0 +1,221 @@
+//! The benchmark harness behind `aof2 bench`: eight workloads (W1-W5, R1-R3), each
+//! measured against a raw baseline in the same run on the same directory, reported as a
+//! ratio (these machines are noisy; only ratios taken in one run compare). It lives
+//! on the binary's side, not in the library: one file per workload, `baseline` for the
+//! raw baselines' tools, `report` for rows and printing.
+
+mod baseline;
+mod r2;
+mod reads;
+mod report;
+mod w1;
+mod w2;
+mod w3;
+mod w4;
+mod w5;
+
+use baseline::{fs_name, statfs_type, PrewrittenFile, TMPFS};
+use report::fmt_value;
+pub use report::Row;
+
+use bop_rs::aof2::config::AofConfig;
+use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, IoBackend};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Directory to run in; a temporary directory under it is created and removed.
+    pub dir: Option<PathBuf>,
+    /// A few-second smoke run.
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    pub json: bool,
+    /// Run on tmpfs anyway (figures are then not durable-disk figures).
+    pub allow_tmpfs: bool,
+    /// Workloads to run (W1..W4, R1..R3); empty means all.
+    pub only: Vec<String>,
+    /// The I/O backend of the shards.
+    pub backend: IoBackend,
+}
+
+pub(crate) struct Ctx {
+    root: PathBuf,
+    manager: AofManager,
+    quick: bool,
+    seq: AtomicU64,
+}
+
+impl Ctx {
+    fn open(&self) -> BenchResult<Aof> {
+        let mut cfg = AofConfig::default();
+        cfg.root_dir = self
+            .root
+            .join(format!("log-{}", self.seq.fetch_add(1, Ordering::Relaxed)));
+        Ok(Aof::new(self.manager.handle(), cfg)?)
+    }
+    fn duration(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3)
+        }
+    }
+    /// Ours and the baseline alternate in this many slices, order swapped each round,
+    /// so the disk's stalls (this machine's reach ~0.7 s; see README) hit both alike.
+    fn rounds(&self) -> usize {
+        if self.quick {
+            2
+        } else {
+            6
+        }
+    }
+    fn baseline_file(&self, name: &str, size: u64) -> BenchResult<PrewrittenFile> {
+        Ok(PrewrittenFile::create(&self.root.join(name), size)?)
+    }
+}
+
+pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Runs `ours` and `base` alternately, `rounds` times each, swapping who goes first.
+pub(crate) fn alternate(
+    rounds: usize,
+    mut ours: impl FnMut() -> BenchResult<()>,
+    mut base: impl FnMut() -> BenchResult<()>,
+) -> BenchResult<()> {
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            ours()?;
+            base()?;
+        } else {
+            base()?;
+            ours()?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and prints its report. Returns the rows.
+pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
+    let parent = match &opts.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let magic = statfs_type(&parent).map_err(|e| format!("statfs {}: {e}", parent.display()))?;
+    let fs = fs_name(magic);
+    if magic == TMPFS && !opts.allow_tmpfs {
+        return Err(format!(
+            "{} is on tmpfs: fdatasync there is a no-op, so the figures would not measure durability. \
+             Pass --dir on a disk-backed file system (or --allow-tmpfs to run anyway).",
+            parent.display()
+        )
+        .into());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("aof2-bench-")
+        .tempdir_in(&parent)?;
+    let mut mcfg = AofManagerConfig::default();
+    mcfg.backend = opts.backend;
+    let manager = AofManager::with_config(mcfg)?;
+    let backend = match (manager.io_backend(), manager.io_uring_fallback()) {
+        ("io_uring", _) => "io_uring (linked writev + fdatasync)",
+        (_, true) => "sync (pwritev + fdatasync; io_uring unavailable, fell back)",
+        _ => "sync (pwritev + fdatasync)",
+    };
+    let cpus = aof2_shards::manager::affinity_cpus();
+    let ctx = Ctx {
+        root: tmp.path().to_path_buf(),
+        quick: opts.quick,
+        seq: AtomicU64::new(0),
+        manager,
+    };
+    if !opts.json {
+        println!(
+            "aof2 bench{}: {} ({fs}, statfs type {magic:#x}); {} CPU(s) in the affinity set {:?}; {} shard thread(s), backend: {backend}",
+            if opts.quick { " --quick" } else { "" },
+            tmp.path().display(),
+            cpus.len(),
+            cpus,
+            ctx.manager.shard_count(),
+        );
+        if magic == TMPFS {
+            println!(
+                "WARNING: tmpfs: fdatasync is a no-op here; these are not durable-disk figures"
+            );
+        }
+        println!(
+            "threads: W1/W2/W4/R2 one writer (R2 plus one follower), W3 64 writers, W5 16 writers on 16 logs, R1/R3 one reader; each baseline runs in this process on the same \
+             directory, alternating with aof2 in {} slices\n",
+            ctx.rounds() * 2
+        );
+    }
+    let wanted =
+        |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
+    let mut rows = Vec::new();
+    type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
+    let workloads: [(&[&str], Workload); 7] = [
+        (&["W1"], w1::w1),
+        (&["W2"], w2::w2),
+        (&["W3"], w3::w3),
+        (&["W4"], w4::w4),
+        (&["W5"], w5::w5),
+        (&["R2"], r2::r2),
+        (&["R1", "R3"], reads::reads),
+    ];
+    if !opts.json {
+        println!(
+            "{:<46} {:<18} {:>14} {:>14} {:>8}   baseline",
+            "workload", "metric", "aof2", "baseline", "ratio"
+        );
+    }
+    for (names, f) in workloads {
+        if !names.iter().any(|n| wanted(n)) {
+            continue;
+        }
+        for r in f(&ctx)? {
+            if !opts.json {
+                println!(
+                    "{:<46} {:<18} {:>14} {:>14} {:>7.2}x   {}",
+                    r.workload,
+                    r.metric,
+                    fmt_value(r.ours, r.unit),
+                    fmt_value(r.baseline, r.unit),
+                    r.ratio(),
+                    r.baseline_desc
+                );
+            }
+            rows.push(r);
+        }
+    }
+    if opts.json {
+        let v = json!({
+            "dir": tmp.path(),
+            "filesystem": fs,
+            "statfs_type": magic,
+            "quick": opts.quick,
+            "cpus": cpus,
+            "shards": ctx.manager.shard_count(),
+            "backend": backend,
+            "rows": rows.iter().map(|r| json!({
+                "workload": r.workload,
+                "metric": r.metric,
+                "unit": r.unit,
+                "aof2": r.ours,
+                "baseline": r.baseline,
+                "ratio": r.ratio(),
+                "higher_is_better": r.higher_is_better,
+                "baseline_desc": r.baseline_desc,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("\nratio = aof2 / baseline: above 1 is better for throughput, below 1 is better for latency.");
+    }
+    drop(ctx);
+    Ok(rows)
+}

@@ -1,0 +1,66 @@
+//! One measured figure against its baseline, and how figures are printed.
+
+use hdrhistogram::Histogram;
+
+/// One measured figure with its baseline.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub workload: &'static str,
+    pub metric: &'static str,
+    pub unit: &'static str,
+    pub ours: f64,
+    pub baseline: f64,
+    /// True when larger is better (throughput), false for latency.
+    pub higher_is_better: bool,
+    pub baseline_desc: &'static str,
+}
+
+impl Row {
+    /// ours / baseline for throughput, ours / baseline for latency too (so < 1 is
+    /// faster than the baseline for latency, > 1 faster for throughput).
+    pub fn ratio(&self) -> f64 {
+        if self.baseline == 0.0 {
+            return f64::NAN;
+        }
+        self.ours / self.baseline
+    }
+}
+
+pub fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// A latency row: quantile `q` of ours and of the baseline, in microseconds.
+pub fn latency_row(
+    workload: &'static str,
+    metric: &'static str,
+    q: f64,
+    (ours, base): (&Histogram<u64>, &Histogram<u64>),
+    baseline_desc: &'static str,
+) -> Row {
+    Row {
+        workload,
+        metric,
+        unit: "us",
+        ours: percentile_us(ours, q),
+        baseline: percentile_us(base, q),
+        higher_is_better: false,
+        baseline_desc,
+    }
+}
+
+pub fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+pub fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "rec/s" if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
+        "rec/s" if v >= 1e3 => format!("{:.1} k/s", v / 1e3),
+        "rec/s" => format!("{v:.0} /s"),
+        "us" => format!("{v:.0} us"),
+        "GB/s" => format!("{v:.2} GB/s"),
+        "ms" => format!("{v:.1} ms"),
+        _ => format!("{v:.2}"),
+    }
+}

@@ -1,0 +1,90 @@
+//! W2: durable latency, one writer appending 4 KiB and waiting for `flush_until`.
+
+use super::baseline::*;
+use super::report::*;
+use super::{alternate, BenchResult, Ctx};
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+/// W2: one writer, 4 KiB record then flush_until; once from an unpinned thread, once
+/// from a thread pinned to the CPU of the log's shard (the deployment the shards are
+/// built for). The baseline runs on the same thread each time.
+pub fn w2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    let mut rows = w2_on(ctx, None)?;
+    let aof = ctx.open()?;
+    if let Some(cpu) = aof.shard_cpu() {
+        drop(aof);
+        let pinned = std::thread::scope(|s| {
+            s.spawn(|| {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                    return Err("cannot pin the W2 writer".to_string());
+                }
+                w2_on(ctx, Some(cpu)).map_err(|e| e.to_string())
+            })
+            .join()
+            .map_err(|_| "W2 writer panicked".to_string())?
+        })?;
+        rows.extend(pinned);
+    }
+    Ok(rows)
+}
+
+fn w2_on(ctx: &Ctx, pinned: Option<usize>) -> BenchResult<Vec<Row>> {
+    let per_round = if ctx.quick {
+        500
+    } else {
+        10_000 / ctx.rounds()
+    };
+    let payload = vec![0x42u8; 4096];
+    let aof = ctx.open()?;
+    if pinned.is_some() && aof.shard_cpu() != pinned {
+        return Err("the W2 log landed on another shard than expected".into());
+    }
+    let f = ctx.baseline_file("w2-baseline", 64 << 20)?;
+    let block = AlignedBlock::new(4096);
+    for i in 0..100u64 {
+        let r = aof.append_record(&payload)?;
+        aof.flush_until(r)?;
+        f.file.write_all_at(block.bytes(), i * 4096)?;
+        fdatasync(&f.file)?;
+    }
+    let (mut ours, mut base) = (hist(), hist());
+    let mut off = 0u64;
+    alternate(
+        ctx.rounds(),
+        || {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                let r = aof.append_record(&payload)?;
+                aof.flush_until(r)?;
+                ours.record(t.elapsed().as_nanos() as u64)?;
+            }
+            Ok(())
+        },
+        || {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                f.file.write_all_at(block.bytes(), off % f.size)?;
+                fdatasync(&f.file)?;
+                base.record(t.elapsed().as_nanos() as u64)?;
+                off += 4096;
+            }
+            Ok(())
+        },
+    )?;
+    let workload = if pinned.is_some() {
+        "W2 same, writer pinned to the shard's CPU"
+    } else {
+        "W2 durable latency (4 KiB + flush_until)"
+    };
+    let row = |metric, q| {
+        latency_row(
+            workload,
+            metric,
+            q,
+            (&ours, &base),
+            "pwrite 4 KiB + fdatasync, pre-written file",
+        )
+    };
+    Ok(vec![row("p50", 0.5), row("p99", 0.99), row("p99.9", 0.999)])
+}
