@@ -354,7 +354,8 @@ pub enum IoBackend {
     Auto,
     /// io_uring, or a clear error from `AofManager::with_config` (strict).
     Uring,
-    /// The portable backend: `pwritev` and `fdatasync` on the shard threads.
+    /// The portable backend: the blocking executor (`exec::blocking`), `pwritev` and
+    /// `fdatasync` as system calls on the shard threads.
     Sync,
 }
 
