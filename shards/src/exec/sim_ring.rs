@@ -86,7 +86,6 @@ impl SimRing {
     }
 
     fn run(&mut self, op: &RingOp) -> io::Result<()> {
-        use RingOp;
         match op {
             RingOp::Write {
                 file,

@@ -201,6 +201,22 @@ impl State {
         None
     }
 
+    /// Creates an empty file at `path` (its parent must be a directory); the new entry
+    /// is pending until its directory is synced. Returns its inode.
+    fn create_file(&mut self, path: &Path) -> io::Result<u64> {
+        let parent = parent_of(path);
+        if self.current.get(&parent) != Some(&Node::Dir) {
+            return Err(not_found(&parent));
+        }
+        let i = self.next_inode;
+        self.next_inode += 1;
+        self.inodes.insert(i, Inode::default());
+        let op = DirOp::Put(path.to_path_buf(), Node::File(i));
+        apply(&mut self.current, &op);
+        self.pending_dir.push((parent, op));
+        Ok(i)
+    }
+
     fn dir_fault(&mut self) -> io::Result<()> {
         if self.draw(self.faults.dir_error_ppm) {
             return Err(self.error());
@@ -577,17 +593,7 @@ impl Fs for SimFs {
             }
             (OpenMode::CreateNew { .. }, None) => {
                 s.dir_fault()?;
-                let parent = parent_of(path);
-                if s.current.get(&parent) != Some(&Node::Dir) {
-                    return Err(not_found(&parent));
-                }
-                let i = s.next_inode;
-                s.next_inode += 1;
-                s.inodes.insert(i, Inode::default());
-                let op = DirOp::Put(path.to_path_buf(), Node::File(i));
-                apply(&mut s.current, &op);
-                s.pending_dir.push((parent, op));
-                i
+                s.create_file(path)?
             }
             (_, Some(Node::File(i))) => i,
             (_, Some(Node::Dir)) => {
@@ -664,16 +670,7 @@ impl Fs for SimFs {
     fn lock_exclusive(&self, path: &Path, _mode: u32) -> io::Result<Box<dyn FsLock>> {
         let mut s = self.lock();
         if !s.current.contains_key(path) {
-            let parent = parent_of(path);
-            if s.current.get(&parent) != Some(&Node::Dir) {
-                return Err(not_found(&parent));
-            }
-            let i = s.next_inode;
-            s.next_inode += 1;
-            s.inodes.insert(i, Inode::default());
-            let op = DirOp::Put(path.to_path_buf(), Node::File(i));
-            apply(&mut s.current, &op);
-            s.pending_dir.push((parent, op));
+            s.create_file(path)?;
         }
         if !s.locks.insert(path.to_path_buf()) {
             return Err(io::Error::new(
