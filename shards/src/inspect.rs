@@ -105,7 +105,8 @@ impl LogDir {
                 &format!("it has no {}/ directory", crate::layout::SEGMENT_DIR),
             ));
         }
-        let survey = settle(|| recovery::survey(&fs, &paths.segments))?;
+        let live = || lock_held(&paths.lock) != Some(false);
+        let survey = settle(live, || recovery::survey(&fs, &paths.segments))?;
         Ok(LogDir { paths, fs, survey })
     }
 
@@ -160,7 +161,10 @@ impl LogDir {
     /// Segment `id` as the directory holds it now (a new look at its header and
     /// footer): to see whether it was sealed since the survey.
     pub fn reread(&self, id: u64) -> AofResult<Option<Used>> {
-        let survey = settle(|| recovery::survey(&self.fs, &self.paths.segments))?;
+        let survey = settle(
+            || self.writer_active(),
+            || recovery::survey(&self.fs, &self.paths.segments),
+        )?;
         Ok(survey.used.into_iter().find(|u| u.id == id))
     }
 
@@ -225,13 +229,16 @@ impl LogDir {
         // Sealed segments never change: each is checked once, however many looks it
         // takes, so a look after the first costs little more than the tail.
         let mut checked = std::collections::HashMap::new();
-        let mut out = settle(|| {
-            if std::mem::take(&mut first) {
-                return self.verify_survey(&self.survey, &mut checked);
-            }
-            let fresh = recovery::survey(&self.fs, &self.paths.segments)?;
-            self.verify_survey(&fresh, &mut checked)
-        })?;
+        let mut out = settle(
+            || self.writer_active(),
+            || {
+                if std::mem::take(&mut first) {
+                    return self.verify_survey(&self.survey, &mut checked);
+                }
+                let fresh = recovery::survey(&self.fs, &self.paths.segments)?;
+                self.verify_survey(&fresh, &mut checked)
+            },
+        )?;
         self.mark_live(&mut out);
         Ok(out)
     }
@@ -419,16 +426,17 @@ impl LogDir {
 
 /// Runs `look` until it succeeds, or until it fails the same way in two looks in a
 /// row (or `LOOKS` times): a live writer's roll can make one look inconsistent, never
-/// two the same way. Errors that no race explains (a foreign file, a newer format, a
-/// directory that is not a log) are reported at once.
-fn settle<T>(mut look: impl FnMut() -> AofResult<T>) -> AofResult<T> {
+/// two the same way. With no writer holding the log (`live` false), nothing moves,
+/// so the first failure stands; so do errors no race explains (a foreign file, a newer
+/// format, a directory that is not a log).
+fn settle<T>(live: impl Fn() -> bool, mut look: impl FnMut() -> AofResult<T>) -> AofResult<T> {
     let mut last: Option<String> = None;
     for n in 1.. {
         match look() {
             Ok(v) => return Ok(v),
             Err(e @ (AofError::Corruption { .. } | AofError::Io { .. })) => {
                 let msg = e.to_string();
-                if last.as_deref() == Some(msg.as_str()) || n >= LOOKS {
+                if last.as_deref() == Some(msg.as_str()) || n >= LOOKS || !live() {
                     return Err(e);
                 }
                 log::debug!("aof2: {msg}; looking again");
