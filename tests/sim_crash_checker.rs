@@ -36,7 +36,7 @@ use aof2_shards::error::AofError;
 use aof2_shards::exec::blocking::BlockingExecutor;
 use aof2_shards::exec::files::LogFiles;
 use aof2_shards::exec::sim_ring::SimRing;
-use aof2_shards::exec::{Executor, RingExecutor};
+use aof2_shards::exec::{Executor, NeverSleep, RingExecutor};
 use aof2_shards::format;
 use aof2_shards::fs::sim::{Faults, SimFs, SimRng};
 use aof2_shards::fs::{Fs, FsLock, OpenMode};
@@ -400,7 +400,7 @@ impl World {
     fn step(&mut self, o: &mut Open) -> bool {
         let t = o
             .turns
-            .turn()
+            .turn(&NeverSleep)
             .unwrap_or_else(|e| self.fail(format!("the shard's turn failed: {e}")));
         if let Some(v) = o.ring().and_then(|r| r.violations().first().cloned()) {
             self.fail(format!("partial-block rule broken: {v}"));

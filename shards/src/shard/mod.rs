@@ -438,10 +438,9 @@ impl Host for ThreadHost<'_> {
 fn run_thread(mut lp: ShardLoop, ctl: &ShardCtl) {
     let host = ThreadHost(ctl);
     let r = std::panic::catch_unwind(AssertUnwindSafe(|| loop {
-        if lp.turn()?.shut_down {
+        if lp.turn(&host)?.shut_down {
             return Ok(());
         }
-        lp.wait(&host)?;
     }));
     let cause = match r {
         Ok(Ok(())) => return,

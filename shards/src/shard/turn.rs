@@ -1,11 +1,11 @@
 //! One shard's logs and executor, and the body of its loop as one function, a *turn*:
 //! take the requests other threads queued (new logs, logs with work, closes, shutdown),
-//! poll every log with something to do and start the chains it asks for, report the
-//! completions that are ready, and retire the logs that finished closing. The shard
-//! thread runs turns and sleeps between them ([`ShardLoop::wait`], through the
-//! executor and the thread's readiness hook); the crash checker runs the same turns on
-//! the simulated disk and virtual time, so close, drain and deadline logic is checked
-//! there too.
+//! poll every log with something to do and start the chains it asks for, retire the
+//! logs that finished closing, then wait for completions (sleeping through the
+//! executor and the host's readiness hook when there is nothing else to do) and apply
+//! them. The shard thread runs turns until shutdown; the crash checker runs the same
+//! turns on the simulated disk and virtual time, with a host that never sleeps, so
+//! close, drain and deadline logic is checked there too.
 //!
 //! The state lives outside the thread's unwind boundary: after a panic inside a turn,
 //! [`ShardLoop::fail`] can still poison every log and release every waiter.
@@ -87,25 +87,29 @@ impl ShardLoop {
         self.logs.len()
     }
 
-    /// One turn (see the module docs). An error is an executor failure beyond repair.
-    pub fn turn(&mut self) -> Result<Turned, String> {
+    /// One turn (see the module docs); `host` says how to sleep when there is nothing
+    /// to do. An error is an executor failure beyond repair.
+    pub fn turn(&mut self, host: &dyn Host) -> Result<Turned, String> {
         self.injected()?;
         self.take_inbox();
         let started = self.poll_logs();
-        let now = self.clock.monotonic_ns();
-        self.exec
-            .progress(now, None, false, &crate::exec::NeverSleep, &mut self.done)?;
-        let applied = self.apply();
-        let shut_down = self.retire_drained();
+        if self.retire_drained() {
+            return Ok(Turned {
+                shut_down: true,
+                busy: started,
+            });
+        }
+        let applied = self.wait(host)?;
         Ok(Turned {
-            shut_down,
+            shut_down: false,
             busy: started || applied,
         })
     }
 
-    /// Sleeps until there is more to do (a request, a completion, a deadline), through
-    /// the executor and `host`'s readiness hook, then applies what completed.
-    pub fn wait(&mut self, host: &dyn Host) -> Result<(), String> {
+    /// Waits until there is more to do (a request, a completion, a deadline), through
+    /// the executor and `host`'s readiness hook, then applies what completed; true if
+    /// anything did.
+    fn wait(&mut self, host: &dyn Host) -> Result<bool, String> {
         let busy = self.logs.values().any(|e| e.active);
         let mut next: Option<u64> = self.logs.values().filter_map(|e| e.deadline).min();
         if !busy && (!self.closing.is_empty() || self.shutting_down) {
@@ -115,8 +119,7 @@ impl ShardLoop {
         }
         let now = self.clock.monotonic_ns();
         self.exec.progress(now, next, !busy, host, &mut self.done)?;
-        self.apply();
-        Ok(())
+        Ok(self.apply())
     }
 
     /// The shard cannot go on: poison every log on it (and every log on its way to it),
