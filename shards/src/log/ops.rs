@@ -1,4 +1,4 @@
-//! The I/O operations the log core asks a backend to perform.
+//! The I/O operations the log core asks an executor to perform.
 
 use crate::buffer::{zero_chunk, AlignedBuf};
 use std::path::PathBuf;

@@ -2,13 +2,16 @@
 //! copy into log buffers and, on a state change (a full buffer, a flush request, a
 //! roll, a timer to arm), queue the log on its shard and wake the thread.
 //!
-//! Two ways to run the I/O, chosen at start:
-//! - io_uring (`backend::uring`): the ring is created on this thread; chains run as
-//!   linked groups and complete asynchronously, so one log's sync never holds up
-//!   another's. The thread sleeps in `io_uring_enter`; other threads wake it through
-//!   an eventfd the ring reads, written only when the shard said it is going to sleep.
-//! - portable (`driver`): each chain runs to completion with blocking calls; the thread
-//!   parks, and other threads unpark it (unpark tokens make that free of lost wake-ups).
+//! The thread loops on its turn (`turn.rs`) with one of two executors, chosen at
+//! start:
+//! - the ring executor over io_uring (`exec::uring`): the ring is created on this
+//!   thread; chains run as linked groups and complete asynchronously, so one log's sync
+//!   never holds up another's. The thread sleeps in `io_uring_enter`; other threads
+//!   wake it through an eventfd the ring reads, written only when the shard said it is
+//!   going to sleep.
+//! - the blocking executor (`exec::blocking`, the portable backend): each chain runs to
+//!   completion with blocking calls; the thread parks, and other threads unpark it
+//!   (unpark tokens make that free of lost wake-ups).
 //!
 //! An idle shard waits with no timeout; a log with unflushed data and an interval set
 //! gives it one deadline.
