@@ -236,9 +236,12 @@ impl ShardLoop {
         }
         for e in self.logs.values_mut() {
             if e.active {
-                e.deadline = e.shared.lock_core().deadline();
+                let core = e.shared.lock_core();
+                e.deadline = core.deadline();
+                let (durable, ended) = (core.durable_pos(), core.poison().is_some());
+                drop(core);
                 if std::mem::take(&mut e.publish) {
-                    e.shared.publish();
+                    e.shared.signal.publish(durable, ended);
                 }
             }
         }
