@@ -292,7 +292,7 @@ impl World {
             self.sessions.len() as u64,
             core,
             Arc::new(LogFiles::new(Arc::new(self.fs.clone()), true)),
-            shard.clone() as Arc<dyn ShardLink>,
+            &(shard.clone() as Arc<dyn ShardLink>),
         ));
         shard
             .add(Registration {

@@ -152,7 +152,7 @@ impl LogHandle {
             NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             core,
             Arc::new(LogFiles::new(fs.clone(), true)),
-            shard.clone() as Arc<dyn ShardLink>,
+            &(shard.clone() as Arc<dyn ShardLink>),
         ));
         // Refused if the shard failed since it was placed (the lock goes with `opened`).
         shard.add(Registration {

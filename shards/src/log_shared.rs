@@ -20,7 +20,7 @@ use crate::signal::DurableSignal;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// How a log reaches the host that runs its I/O.
 pub trait ShardLink: Send + Sync {
@@ -40,7 +40,9 @@ pub struct LogShared {
     /// data-chain slot, and by the shard for segment preparation.
     pub files: Arc<LogFiles>,
     queued: AtomicBool,
-    shard: Arc<dyn ShardLink>,
+    /// Weak: a shard holds its logs (and its inbox holds logs on their way to it), so a
+    /// strong link back would make a cycle that keeps both alive for ever.
+    shard: Weak<dyn ShardLink>,
     /// Mappings of sealed segments, shared by every reader of them, so reading a
     /// segment again faults nothing in. Sealed files never change; when retention
     /// deletes files, it must drop their entry here first.
@@ -58,7 +60,7 @@ impl LogShared {
         key: u64,
         core: LogCore,
         files: Arc<LogFiles>,
-        shard: Arc<dyn ShardLink>,
+        shard: &Arc<dyn ShardLink>,
     ) -> LogShared {
         let durable = core.durable_pos();
         LogShared {
@@ -68,7 +70,7 @@ impl LogShared {
             files,
             // Queued from the start: the host polls a new log at once (to prepare).
             queued: AtomicBool::new(true),
-            shard,
+            shard: Arc::downgrade(shard),
             maps: Mutex::new(HashMap::new()),
         }
     }
@@ -81,7 +83,10 @@ impl LogShared {
     /// Queues the log on its shard unless it is queued already.
     pub fn wake_shard(&self) {
         if !self.queued.swap(true, Ordering::AcqRel) {
-            self.shard.ready(self.key);
+            // Gone: the shard stopped, and the log's handle learns so on its next call.
+            if let Some(shard) = self.shard.upgrade() {
+                shard.ready(self.key);
+            }
         }
     }
 
@@ -214,7 +219,8 @@ mod tests {
             Recovered::default(),
         );
         let files = Arc::new(LogFiles::new(fs, false));
-        let shared = LogShared::new(1, core, files.clone(), Arc::new(Nowhere));
+        let nowhere: Arc<dyn ShardLink> = Arc::new(Nowhere);
+        let shared = LogShared::new(1, core, files.clone(), &nowhere);
         // Prepare the first segment (the shard's work) with blocking calls.
         for _ in 0..100 {
             let chains = shared.lock_core().poll(0);
