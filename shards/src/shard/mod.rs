@@ -454,3 +454,45 @@ fn run_thread(mut lp: ShardLoop, ctl: &ShardCtl) {
     // Dropping `lp` drops the executor, whose ring waits (bounded) for the kernel to
     // finish with its memory: the waiters were released first.
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::files::LogFiles;
+    use crate::fs::sim::SimFs;
+    use crate::layout::LogPaths;
+    use crate::log::{LogCore, Recovered};
+    use std::path::Path;
+
+    #[test]
+    fn a_log_queued_on_a_shard_is_freed_with_it() {
+        let core = LogCore::new(
+            crate::config::AofConfig::default().normalized(),
+            LogPaths::new(Path::new("/l")),
+            Clock::default(),
+            1,
+            Recovered::default(),
+        );
+        let shard = ShardCtl::detached(0);
+        let files = Arc::new(LogFiles::new(Arc::new(SimFs::new(1)), false));
+        let shared = Arc::new(LogShared::new(
+            1,
+            core,
+            files,
+            &(shard.clone() as Arc<dyn ShardLink>),
+        ));
+        // Queued, never taken by a turn: the shard's inbox holds the log.
+        shard
+            .add(Registration {
+                shared: shared.clone(),
+            })
+            .unwrap();
+        shared.wake_shard();
+        let (log, ctl) = (Arc::downgrade(&shared), Arc::downgrade(&shard));
+        drop((shared, shard));
+        assert!(
+            log.upgrade().is_none() && ctl.upgrade().is_none(),
+            "no reference cycle between a log and its shard keeps them alive"
+        );
+    }
+}
