@@ -13,7 +13,7 @@
 
 mod common;
 
-use aof2_shards::config::IoBackend;
+use aof2_shards::config::{CommitMode, IoBackend};
 use aof2_shards::exec::uring::RingSetup;
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
@@ -287,6 +287,8 @@ fn without_memlock_the_ring_works_unregistered() {
         let mut c = small_cfg(d.path());
         c.segment_target_bytes = 16 << 20; // 1 MiB log buffers, the arena's size class
         c.segment_max_bytes = 16 << 20;
+        // The shard's ring registered the arena; a caller's own ring registers nothing.
+        c.commit = CommitMode::Shard;
         let log = LogHandle::open(&set, c).unwrap();
         let before = set.fixed_writes();
         let mut rids = Vec::new();

@@ -9,7 +9,7 @@
 
 mod common;
 
-use aof2_shards::config::{AofManagerConfig, IoBackend, RecordId};
+use aof2_shards::config::{AofManagerConfig, CommitMode, IoBackend, RecordId};
 use aof2_shards::error::AofError;
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
@@ -49,12 +49,14 @@ fn shard_set(backend: IoBackend) -> Option<Arc<ShardSet>> {
     }
 }
 
-/// A log that only syncs when asked (no interval, no watermark before back-pressure).
+/// A log that only syncs when asked (no interval, no watermark before back-pressure),
+/// and only on its shard: every waiter below waits for the shard.
 fn quiet_cfg(root: &Path) -> bop_rs::aof2::AofConfig {
     let mut c = small_cfg(root);
     c.flush.flush_interval_ms = 0;
     c.flush.max_unflushed_bytes = 256 * 1024;
     c.flush.flush_watermark_bytes = 256 * 1024;
+    c.commit = CommitMode::Shard;
     c
 }
 
@@ -283,4 +285,51 @@ fn when_every_shard_has_failed_opening_a_log_is_a_clear_error() {
         matches!(e, AofError::ShardFailed { .. }) && msg.contains("every shard thread has failed"),
         "{msg}"
     );
+}
+
+/// With callers committing their own appends, a shard that fails still poisons its
+/// logs: a caller's commit that completes after the poison reports nothing durable,
+/// every later call gets the shard's error, and nothing waits for ever.
+#[test]
+fn callers_that_commit_themselves_see_their_shards_failure_too() {
+    for backend in backends() {
+        let Some(set) = shard_set(backend) else {
+            continue;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let mut c = quiet_cfg(d.path());
+        c.commit = CommitMode::Caller;
+        let log = Arc::new(LogHandle::open(&set, c).unwrap());
+        let victim = log.shard_id();
+        let rid = log.append(b"before").unwrap();
+        log.flush_until(rid).unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0.. {
+                        let r = log
+                            .append(&payload(t, i))
+                            .and_then(|rid| log.flush_until(rid));
+                        if let Err(e) = r {
+                            return e.to_string();
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        set.shards()[victim].inject(ShardFault::Panic);
+        for w in writers {
+            let msg = within(Duration::from_secs(10), "a committing caller", move || {
+                w.join().unwrap()
+            });
+            assert!(
+                msg.contains(&format!("shard thread {victim} failed")),
+                "{msg}"
+            );
+        }
+        within(Duration::from_secs(10), "close", move || log.close());
+    }
 }

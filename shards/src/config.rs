@@ -121,6 +121,24 @@ pub enum Compression {
     Zstd,
 }
 
+/// Who writes and syncs the records a blocking `flush_until` or `flush` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CommitMode {
+    /// The waiting thread commits itself when no write + sync of the log is in flight:
+    /// it writes everything appended so far and syncs it (on io_uring through a small
+    /// ring of its own), and its completion releases every waiter it covers; threads
+    /// arriving meanwhile wait for it, and the next one commits what came after
+    /// (leader/follower). No hand-off to the shard thread and back. Headers, seals,
+    /// rolls, preparation, interval and watermark flushes and async waiters stay the
+    /// shard's. Where a caller cannot get a ring (the bound on caller rings, memlock),
+    /// it uses the shard.
+    #[default]
+    Caller,
+    /// Every write and sync runs on the log's shard thread; waiters wait for it.
+    Shard,
+}
+
 /// Which sealed segments are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -153,6 +171,9 @@ pub struct AofConfig {
     pub compression: Compression,
     /// Which sealed segments are kept.
     pub retention: RetentionPolicy,
+    /// Who writes and syncs for a thread that waits for durability (default
+    /// [`CommitMode::Caller`]).
+    pub commit: CommitMode,
     /// Permission bits of every file the engine creates for this log (segments, the
     /// lock, temporary and prepared files), default `0o600`: owner only. Directories it
     /// creates (`root_dir` and missing parents, `segments/`) get the same bits plus
@@ -172,6 +193,7 @@ impl Default for AofConfig {
             flush: FlushConfig::default(),
             compression: Compression::None,
             retention: RetentionPolicy::KeepAll,
+            commit: CommitMode::default(),
             file_mode: DEFAULT_FILE_MODE,
         }
     }
@@ -291,6 +313,11 @@ pub struct AofManagerConfig {
     /// the shard starts, and is charged to `RLIMIT_MEMLOCK` unless the process has
     /// `CAP_IPC_LOCK`; where that refuses it, the ring runs with unregistered buffers.
     pub registered_buffer_bytes: u64,
+    /// At most this many threads get an io_uring ring of their own for committing
+    /// their appends ([`CommitMode::Caller`]); threads past the bound commit through
+    /// the shard (default 64). Each ring is small (8 entries) and goes when its thread
+    /// exits.
+    pub caller_rings: usize,
     /// io_uring features the shards must not use even where the kernel has them
     /// (default: none). Each has a plain path (see [`UringFeature`]), so this makes a
     /// new kernel behave like an older one: the test suite runs the paths of every
@@ -334,6 +361,7 @@ impl Default for AofManagerConfig {
             pin_shards: true,
             backend: IoBackend::Auto,
             registered_buffer_bytes: 8 << 20,
+            caller_rings: 64,
             io_uring_disable: Vec::new(),
         }
     }

@@ -3,13 +3,14 @@
 //! poll (the engine has no runtime of its own).
 
 use crate::clock::Clock;
-use crate::config::{AofConfig, Compression, RecordId, SegmentId};
+use crate::config::{AofConfig, CommitMode, Compression, RecordId, SegmentId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
+use crate::exec::caller::{run_commit, CallerExec, CallerRings};
 use crate::exec::files::{io_mode, LogFiles};
 use crate::fs::{Fs, FsLock};
 use crate::layout::LogPaths;
 use crate::log::{pos, Located, LogCore, SegmentInfo};
-use crate::log_shared::{LogShared, ShardLink};
+use crate::log_shared::{Commit, LogShared, ShardLink};
 use crate::manager::ShardSet;
 use crate::metrics::FlushMetricsSnapshot;
 use crate::reader::SegmentReader;
@@ -30,6 +31,11 @@ pub struct LogHandle {
     paths: LogPaths,
     lock: Mutex<Option<Box<dyn FsLock>>>,
     backpressure_waits: AtomicU64,
+    /// Who commits for a blocking wait.
+    commit: CommitMode,
+    /// The manager's caller rings, where its shards run io_uring (`None`: callers
+    /// commit with blocking calls, as the portable executor does).
+    callers: Option<Arc<CallerRings>>,
 }
 
 /// The read side of a log, cheap to clone: what followers and streams hold. It keeps
@@ -144,6 +150,7 @@ impl LogHandle {
             .map_err(|e| AofError::io("resolve root_dir", &cfg.root_dir, e))?;
         let paths = LogPaths::new(&root);
         let opened = recovery::open_log(&*fs, &paths, &clock, cfg.file_mode)?;
+        let commit = cfg.commit;
         let mut core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
         if let Some(arena) = shard.arena.get() {
             core.set_arena(arena.clone());
@@ -165,6 +172,8 @@ impl LogHandle {
             paths,
             lock: Mutex::new(Some(opened.lock)),
             backpressure_waits: AtomicU64::new(0),
+            commit,
+            callers: set.caller_rings(),
         };
         log.wait_ready()?;
         Ok(log)
@@ -264,8 +273,9 @@ impl LogHandle {
         }
     }
 
-    /// Asks for `rid` to be synced; `Ok(true)` if it already is.
-    fn request(&self, rid: RecordId) -> AofResult<bool> {
+    /// Asks for `rid` to be synced; `Ok(true)` if it already is. The shard is woken
+    /// for it if `wake` (a caller that commits itself does not need it).
+    fn request(&self, rid: RecordId, wake: bool) -> AofResult<bool> {
         if (rid.segment_offset() as usize) < crate::format::HEADER_LEN {
             // Never a record: checked before the fast path below would call it durable.
             return self.shared.lock_core().check_rid(rid).map(|_| true);
@@ -281,12 +291,64 @@ impl LogHandle {
         if let Some(e) = core.poison() {
             return Err(e);
         }
-        let wake = core.request_flush(rid.as_u64() + 1);
+        let wake = core.request_flush(rid.as_u64() + 1) && wake;
         drop(core);
         if wake {
             self.shared.wake_shard();
         }
         Ok(false)
+    }
+
+    /// True when a blocking wait commits itself rather than waiting for the shard.
+    fn commits_itself(&self) -> bool {
+        self.commit == CommitMode::Caller
+    }
+
+    /// Waits for `target` as a caller that commits: whenever the log's data-chain slot
+    /// is free and the next data chain is a commit, this thread runs it (everything
+    /// appended so far, one write and its sync) and its completion releases every
+    /// waiter it covers; while another commit is in flight, it waits for that one.
+    fn commit_until(&self, target: u64) -> AofResult<()> {
+        loop {
+            let seen = self.shared.signal.version();
+            if let Some(r) = self.settled(target) {
+                return r;
+            }
+            if !self.try_commit() {
+                self.shared.signal.wait_change(seen, None);
+            }
+        }
+    }
+
+    /// One attempt to commit on this thread; true if a commit ran (look again at once),
+    /// false if the caller should wait (a chain in flight, or the shard's turn).
+    fn try_commit(&self) -> bool {
+        match &self.callers {
+            None => self.commit_with(CallerExec::Blocking),
+            Some(rings) => rings.with_ring(|ring| match ring {
+                Some(r) => self.commit_with(CallerExec::Ring(r)),
+                // No ring for this thread: the shard commits for it.
+                None => {
+                    self.shared.wake_shard();
+                    false
+                }
+            }),
+        }
+    }
+
+    fn commit_with(&self, exec: CallerExec<'_>) -> bool {
+        match self.shared.take_commit() {
+            Commit::Run(chain, slot) => {
+                let results = run_commit(exec, self.shared.key, chain, &self.shared.files);
+                slot.finish(results);
+                true
+            }
+            Commit::Shard => {
+                self.shared.wake_shard();
+                false
+            }
+            Commit::Busy | Commit::Idle => false,
+        }
     }
 
     /// `Some(result)` once waiting on `target` is over.
@@ -309,10 +371,14 @@ impl LogHandle {
     /// Returns once every record up to and including `rid` is covered by a completed
     /// `fdatasync`.
     pub fn flush_until(&self, rid: RecordId) -> AofResult<()> {
-        if self.request(rid)? {
+        let itself = self.commits_itself() && current_shard().is_none();
+        if self.request(rid, !itself)? {
             return Ok(());
         }
         Self::no_blocking_here("flush_until")?;
+        if itself {
+            return self.commit_until(rid.as_u64() + 1);
+        }
         self.wait_sync(rid.as_u64() + 1)
     }
 
@@ -328,7 +394,8 @@ impl LogHandle {
 
     /// Async `flush_until`.
     pub async fn flush_until_async(&self, rid: RecordId) -> AofResult<()> {
-        if self.request(rid)? {
+        // An async caller never blocks its executor's thread: the shard commits.
+        if self.request(rid, true)? {
             return Ok(());
         }
         let target = rid.as_u64() + 1;
@@ -343,17 +410,21 @@ impl LogHandle {
 
     /// Syncs everything appended so far.
     pub fn flush(&self) -> AofResult<()> {
+        let itself = self.commits_itself() && current_shard().is_none();
         let target = {
             let mut core = self.shared.lock_core();
             core.check_open()?;
             let end = core.end_pos();
-            if core.request_flush_all() {
+            if core.request_flush_all() && !itself {
                 drop(core);
                 self.shared.wake_shard();
             }
             end
         };
         Self::no_blocking_here("flush")?;
+        if itself {
+            return self.commit_until(target);
+        }
         self.wait_sync(target)
     }
 

@@ -15,7 +15,7 @@ use crate::error::AofError;
 use crate::exec::files::LogFiles;
 use crate::fs::Mapping;
 use crate::log::ops::Chain;
-use crate::log::LogCore;
+use crate::log::{CommitTurn, LogCore};
 use crate::signal::DurableSignal;
 use std::collections::HashMap;
 use std::io;
@@ -125,48 +125,77 @@ impl LogShared {
         self.signal.publish(durable, ended);
     }
 
-    /// Takes the data-chain slot if no data chain is in flight and the core has one to
-    /// run (`now`: monotonic ns): the chain to run on the caller's thread, and the slot,
-    /// which the caller gives back with [`DataSlot::finish`].
-    pub fn take_data_slot(&self, now: u64) -> Option<(Chain, DataSlot<'_>)> {
-        let chain = self.lock_core().poll_data_chain(now)?;
-        let ops = chain.ops.iter().map(|o| o.id).collect();
-        Some((
-            chain,
-            DataSlot {
-                shared: self,
-                ops,
-                finished: false,
-            },
-        ))
+    /// For a thread waiting for durability: takes the data-chain slot with the commit
+    /// chain to run on its own thread, if the slot is free and the next data chain is a
+    /// commit (see [`LogCore::take_commit_chain`]).
+    pub fn take_commit(self: &Arc<Self>) -> Commit {
+        match self.lock_core().take_commit_chain() {
+            CommitTurn::Run(chain) => {
+                let ops = chain.ops.iter().map(|o| o.id).collect();
+                Commit::Run(
+                    chain,
+                    DataSlot {
+                        shared: self.clone(),
+                        ops,
+                        finished: false,
+                    },
+                )
+            }
+            CommitTurn::Busy => Commit::Busy,
+            CommitTurn::Shard => Commit::Shard,
+            CommitTurn::Idle => Commit::Idle,
+        }
     }
+}
+
+/// What [`LogShared::take_commit`] found.
+pub enum Commit {
+    /// Run this chain and [`finish`](DataSlot::finish) the slot with its outcomes.
+    Run(Chain, DataSlot),
+    /// A data chain is in flight (the shard's or another caller's): wait for it.
+    Busy,
+    /// The next data chain is the shard's: wake it and wait.
+    Shard,
+    /// Nothing to write.
+    Idle,
 }
 
 /// A log's data-chain slot, held while its data chain runs on the holder's thread.
 /// Dropped without [`DataSlot::finish`] (the holder unwound), it fails the chain's
 /// operations: the log is poisoned, its waiters get the error, and nothing waits for
 /// a chain that will never complete.
-pub struct DataSlot<'a> {
-    shared: &'a LogShared,
+pub struct DataSlot {
+    shared: Arc<LogShared>,
     ops: Vec<u64>,
     finished: bool,
 }
 
-impl DataSlot<'_> {
-    /// Reports the chain's outcomes to the core, publishes the durable position, and
-    /// gives the slot back.
+impl DataSlot {
+    /// The log whose slot this is.
+    pub fn log(&self) -> &Arc<LogShared> {
+        &self.shared
+    }
+
+    /// Reports the chain's outcomes to the core, publishes the durable position, gives
+    /// the slot back, and wakes the shard if the next data chain is its to run (a seal,
+    /// a header, write-behind).
     pub fn finish(mut self, results: Vec<(u64, io::Result<()>)>) {
         self.finished = true;
         let mut core = self.shared.lock_core();
         for (id, res) in results {
             core.complete(id, res);
         }
+        let shard_work = core.shard_has_data_work();
+        let (durable, ended) = (core.durable_pos(), core.poison().is_some());
         drop(core);
-        self.shared.publish();
+        self.shared.signal.publish(durable, ended);
+        if shard_work {
+            self.shared.wake_shard();
+        }
     }
 }
 
-impl Drop for DataSlot<'_> {
+impl Drop for DataSlot {
     fn drop(&mut self) {
         if self.finished {
             return;
@@ -203,7 +232,7 @@ mod tests {
     }
 
     /// A log on the simulated disk whose first segment is prepared.
-    fn log() -> LogShared {
+    fn log() -> Arc<LogShared> {
         let fs = Arc::new(SimFs::new(3));
         fs.mkdir(Path::new("/l"), 0o700).unwrap();
         fs.mkdir(Path::new("/l/segments"), 0o700).unwrap();
@@ -220,7 +249,7 @@ mod tests {
         );
         let files = Arc::new(LogFiles::new(fs, false));
         let nowhere: Arc<dyn ShardLink> = Arc::new(Nowhere);
-        let shared = LogShared::new(1, core, files.clone(), &nowhere);
+        let shared = Arc::new(LogShared::new(1, core, files.clone(), &nowhere));
         // Prepare the first segment (the shard's work) with blocking calls.
         for _ in 0..100 {
             let chains = shared.lock_core().poll(0);
@@ -231,16 +260,31 @@ mod tests {
             }
         }
         assert!(shared.lock_core().has_prepared_segment());
+        // A first record made durable by shard-style polls: the segment's header is
+        // durable, so what follows is a plain commit.
+        let rid = shared.lock_core().append(b"first").unwrap().rid;
+        shared.lock_core().request_flush(rid.as_u64() + 1);
+        for _ in 0..10 {
+            let chains = shared.lock_core().poll(0);
+            for c in chains {
+                for (id, r) in run_chain(&files, c) {
+                    shared.lock_core().complete(id, r);
+                }
+            }
+        }
+        assert!(shared.lock_core().durable_pos() > rid.as_u64());
         shared
     }
 
     #[test]
     fn a_slot_holder_that_panics_poisons_the_log_instead_of_leaving_it_stuck() {
         let shared = log();
-        let rid = shared.lock_core().append(b"first").unwrap().rid;
+        let rid = shared.lock_core().append(b"second").unwrap().rid;
         shared.lock_core().request_flush(rid.as_u64() + 1);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let (_chain, _slot) = shared.take_data_slot(0).expect("a data chain to run");
+            let Commit::Run(_chain, _slot) = shared.take_commit() else {
+                panic!("not a commit to run")
+            };
             panic!("the holder fails mid-chain");
         }));
         assert!(r.is_err());
@@ -250,16 +294,19 @@ mod tests {
         assert!(e.contains("panicked before it completed"), "{e}");
         assert!(shared.signal.ended(), "waiters were released");
         drop(core);
-        assert!(shared.take_data_slot(0).is_none(), "nothing more runs");
+        assert!(
+            matches!(shared.take_commit(), Commit::Idle),
+            "nothing more runs"
+        );
     }
 
     #[test]
     fn a_slot_holder_runs_the_chain_and_finishes() {
         let shared = log();
-        let rid = shared.lock_core().append(b"first").unwrap().rid;
+        let rid = shared.lock_core().append(b"second").unwrap().rid;
         shared.lock_core().request_flush(rid.as_u64() + 1);
         let mut rounds = 0;
-        while let Some((chain, slot)) = shared.take_data_slot(0) {
+        while let Commit::Run(chain, slot) = shared.take_commit() {
             slot.finish(run_chain(&shared.files, chain));
             rounds += 1;
         }

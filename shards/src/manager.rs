@@ -3,6 +3,7 @@
 use crate::clock::Clock;
 use crate::config::{AofManagerConfig, IoBackend};
 use crate::error::{AofError, AofResult};
+use crate::exec::caller::CallerRings;
 use crate::fs::posix::PosixFs;
 use crate::fs::Fs;
 use crate::shard::{Running, Shard, ShardCtl};
@@ -16,6 +17,8 @@ pub struct ShardSet {
     fs: Arc<dyn Fs>,
     cpus: Vec<Option<usize>>,
     running: Vec<Running>,
+    /// Rings of threads that commit their own appends (where the shards run io_uring).
+    callers: Option<Arc<CallerRings>>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -83,13 +86,22 @@ impl ShardSet {
             );
         }
         log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}: {running:?}");
+        let callers = matches!(running.first(), Some(Running::Uring(_)))
+            .then(|| CallerRings::new(cfg.caller_rings, &cfg.io_uring_disable));
         Ok(ShardSet {
             shards: Mutex::new(shards),
             ctls,
             fs,
             cpus: pinned,
             running,
+            callers,
         })
+    }
+
+    /// The caller rings of committing threads (`None` where the shards run the
+    /// portable executor: callers then commit with blocking calls).
+    pub fn caller_rings(&self) -> Option<Arc<CallerRings>> {
+        self.callers.clone()
     }
 
     /// What each shard runs on.

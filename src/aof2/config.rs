@@ -1,8 +1,10 @@
 //! Configuration and identifiers: [`AofConfig`], [`FlushConfig`], [`Compression`],
-//! [`RetentionPolicy`], [`AofManagerConfig`], [`IoBackend`], [`UringFeature`], [`RecordId`],
+//! [`RetentionPolicy`], [`CommitMode`], [`AofManagerConfig`], [`IoBackend`], [`UringFeature`],
+//! [`RecordId`],
 //! [`SegmentId`].
 
 pub use aof2_shards::config::{
-    AofConfig, AofManagerConfig, Compression, FlushConfig, IoBackend, RecordId, RetentionPolicy,
-    SegmentId, UringFeature, DEFAULT_FILE_MODE, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    AofConfig, AofManagerConfig, CommitMode, Compression, FlushConfig, IoBackend, RecordId,
+    RetentionPolicy, SegmentId, UringFeature, DEFAULT_FILE_MODE, MAX_SEGMENT_BYTES,
+    MIN_SEGMENT_BYTES,
 };

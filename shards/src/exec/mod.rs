@@ -23,6 +23,7 @@
 //! data-chain slot reaches them.
 
 pub mod blocking;
+pub mod caller;
 pub mod chains;
 pub mod files;
 pub mod sim_ring;

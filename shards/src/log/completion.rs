@@ -37,6 +37,11 @@ impl LogCore {
         if let Some(e) = f.failed {
             return self.fail(&f.effect, e);
         }
+        if self.poisoned.is_some() {
+            // Poisoned while the chain ran (its shard failed, or another chain failed):
+            // nothing is reported durable after the poison, whoever ran the chain.
+            return Progress { wake_waiters: true };
+        }
         self.apply(f.effect)
     }
 
@@ -110,11 +115,10 @@ impl LogCore {
                     self.metrics.bytes_written += block_floor(end + BLOCK as u64 - 1) - from;
                 }
                 self.metrics.syncs += 1;
-                if self.durable >= self.end_pos() {
-                    // Nothing unflushed: the interval timer has nothing to do.
-                    self.timer_armed = false;
-                    self.deadline = None;
-                }
+                // The interval timer stays armed even with nothing unflushed: it fires
+                // once more and finds nothing, whereas disarming it here would make the
+                // next append wake the shard again to re-arm it, once per commit of a
+                // caller that commits its own appends.
                 Progress { wake_waiters: true }
             }
             Effect::Sealed { seg, footer } => {

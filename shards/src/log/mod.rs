@@ -25,6 +25,7 @@
 
 mod completion;
 mod data;
+pub use data::CommitTurn;
 pub mod ops;
 mod prepare;
 mod segment;
@@ -539,17 +540,6 @@ impl LogCore {
             out.push(c);
         }
         out
-    }
-
-    /// The next data chain only (no preparation), for a holder of the log's data-chain
-    /// slot running it on its own thread: `None` while one is in flight or nothing is
-    /// to be written.
-    pub fn poll_data_chain(&mut self, now: u64) -> Option<Chain> {
-        if self.poisoned.is_some() {
-            return None;
-        }
-        self.tick(now);
-        self.poll_data()
     }
 
     fn tick(&mut self, now: u64) {

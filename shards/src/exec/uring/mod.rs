@@ -119,6 +119,8 @@ pub struct UringRing {
     injected_lost: u32,
     /// How long `Drop` waits for operations in the kernel before leaking them.
     drop_wait: Duration,
+    /// Blocking waits wait for every operation in flight, not the first (caller rings).
+    wait_all: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -146,6 +148,12 @@ impl UringRing {
     /// Linked groups waiting for room in the submission queue.
     pub fn unqueued(&self) -> usize {
         self.unqueued.len()
+    }
+
+    /// Blocking waits wait for every operation in flight (a caller's ring, whose thread
+    /// waits for its own chain and nothing else).
+    pub fn set_wait_all(&mut self, yes: bool) {
+        self.wait_all = yes;
     }
 
     /// How long dropping the ring waits for operations in the kernel (tests shorten it).
@@ -237,7 +245,8 @@ impl UringRing {
 
     /// Arms the read of the wake-up eventfd, if it is not armed.
     fn arm_eventfd(&mut self) {
-        if self.efd_armed {
+        // A caller's ring has no wake-up eventfd: its thread waits only for its own I/O.
+        if self.efd_armed || self.efd < 0 {
             return;
         }
         let e = if self.setup.features.read {
@@ -343,7 +352,14 @@ impl Ring for UringRing {
         self.push_unqueued();
         // Groups still waiting for room go in after this enter: do not sleep on them.
         let block = block && out.is_empty() && self.unqueued.is_empty() && host.may_sleep();
-        let r = self.enter(u32::from(block));
+        // A caller's ring waits for all it submitted at once (one wake-up for a linked
+        // write and sync); a shard's for the first of anything.
+        let want = match (block, self.wait_all) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => self.held.len().max(1) as u32,
+        };
+        let r = self.enter(want);
         if block {
             host.awake();
         }

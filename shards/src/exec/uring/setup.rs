@@ -57,7 +57,7 @@ const LINUX_5_5_OPS: [u8; 5] = [
 
 impl UringRing {
     /// Creates a ring on the calling thread (the shard thread), reading wake-ups from
-    /// `efd` (an eventfd that outlives the ring), registering `arena_buffers` log
+    /// `efd` (an eventfd that outlives the ring; negative for none), registering `arena_buffers` log
     /// buffers where memlock allows, and using no feature listed in `disable`. Fails
     /// when `io_uring_setup` does (blocked by seccomp, disabled by
     /// `kernel.io_uring_disabled`, too old a kernel) or an opcode the engine cannot do
@@ -233,6 +233,7 @@ impl UringRing {
             overflow_base,
             injected_lost: 0,
             drop_wait: DROP_WAIT,
+            wait_all: false,
             _not_send: PhantomData,
         })
     }
