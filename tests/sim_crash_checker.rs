@@ -36,13 +36,14 @@ use aof2_shards::error::AofError;
 use aof2_shards::exec::blocking::BlockingExecutor;
 use aof2_shards::exec::files::LogFiles;
 use aof2_shards::exec::sim_ring::SimRing;
+use aof2_shards::exec::Completed;
 use aof2_shards::exec::{Executor, NeverSleep, RingExecutor};
 use aof2_shards::format;
 use aof2_shards::fs::sim::{Faults, SimFs, SimRng};
 use aof2_shards::fs::{Fs, FsLock, OpenMode};
 use aof2_shards::layout::LogPaths;
 use aof2_shards::log::LogCore;
-use aof2_shards::log_shared::{LogShared, ShardLink};
+use aof2_shards::log_shared::{Commit, DataSlot, LogShared, ShardLink};
 use aof2_shards::recovery;
 use aof2_shards::shard::turn::ShardLoop;
 use aof2_shards::shard::{CloseRequest, Registration, ShardCtl};
@@ -102,6 +103,12 @@ struct Open {
     turns: ShardLoop,
     shared: Arc<LogShared>,
     lock: Option<Box<dyn FsLock>>,
+    /// A caller committing its own appends, on its own executor (its own simulated
+    /// ring on the ring model), interleaved with the shard's turns.
+    caller: Box<dyn Executor>,
+    /// The caller's commit in flight: the log's data-chain slot it holds, and what
+    /// completed so far.
+    commit: Option<(DataSlot, Vec<Completed>)>,
 }
 
 impl Open {
@@ -299,12 +306,26 @@ impl World {
                 shared: shared.clone(),
             })
             .expect("a new shard takes logs");
+        let caller: Box<dyn Executor> = match self.model {
+            Model::Blocking => Box::new(BlockingExecutor),
+            Model::Ring => {
+                let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
+                let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
+                ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
+                let mut exec = RingExecutor::new(ring);
+                exec.runner_mut()
+                    .fuse_into_dirty_files(self.fuse_into_dirty);
+                Box::new(exec)
+            }
+        };
         Open {
             poisoned_at: None,
             turns: ShardLoop::new(shard.clone(), exec, self.clock()),
             shard,
             shared,
             lock: Some(opened.lock),
+            caller,
+            commit: None,
         }
     }
 
@@ -405,7 +426,61 @@ impl World {
         if let Some(v) = o.ring().and_then(|r| r.violations().first().cloned()) {
             self.fail(format!("partial-block rule broken: {v}"));
         }
-        t.busy
+        let committing = o.commit.is_some();
+        self.advance_commit(o);
+        t.busy || committing
+    }
+
+    /// A caller that waits for `upto` commits itself, as a blocking `flush_until` does
+    /// (`CommitMode::Caller`): it takes the log's data-chain slot if it is free and the
+    /// next data chain is a commit, and starts it on its own executor; otherwise it
+    /// wakes the shard when the next chain is the shard's.
+    fn caller_commit(&mut self, o: &mut Open, upto: u64) {
+        if o.commit.is_some() {
+            return; // this caller is committing already
+        }
+        o.core().request_flush(upto);
+        match o.shared.take_commit() {
+            Commit::Run(chain, slot) => {
+                self.say(|| format!("caller commits {chain:?}"));
+                let mut done = Vec::new();
+                o.caller
+                    .start(o.shared.key, chain, &o.shared.files, &mut done);
+                o.commit = Some((slot, done));
+                self.advance_commit(o);
+                self.observe(o);
+            }
+            Commit::Shard => o.shared.wake_shard(),
+            Commit::Busy | Commit::Idle => {}
+        }
+    }
+
+    /// Completes some of the caller's operations in flight (on the ring model) and
+    /// finishes its commit once its chain has ended.
+    fn advance_commit(&mut self, o: &mut Open) {
+        let Some((slot, mut done)) = o.commit.take() else {
+            return;
+        };
+        let key = o.shared.key;
+        if o.caller.has_chains(key) {
+            o.caller
+                .progress(0, None, false, &NeverSleep, &mut done)
+                .unwrap_or_else(|e| self.fail(format!("the caller's ring failed: {e}")));
+        }
+        let ring = o
+            .caller
+            .as_any_mut()
+            .downcast_mut::<RingExecutor<SimRing>>()
+            .map(|r| r.ring_mut());
+        if let Some(v) = ring.and_then(|r| r.violations().first().cloned()) {
+            self.fail(format!("partial-block rule broken by a caller: {v}"));
+        }
+        if o.caller.has_chains(key) {
+            o.commit = Some((slot, done));
+            return;
+        }
+        self.say(|| "the caller's commit completed".into());
+        slot.finish(done.into_iter().map(|c| (c.op, c.res)).collect());
     }
 
     /// Power loss: on the ring, writes in flight may or may not have reached the disk.
@@ -413,6 +488,16 @@ impl World {
         if let Some(ring) = o.ring() {
             ring.crash();
         }
+        let caller = o
+            .caller
+            .as_any_mut()
+            .downcast_mut::<RingExecutor<SimRing>>()
+            .map(|r| r.ring_mut());
+        if let Some(ring) = caller {
+            ring.crash();
+        }
+        // The caller's commit dies with the process (dropping its slot fails the chain
+        // in a core that is about to vanish anyway).
         drop(o);
         self.fs.crash();
     }
@@ -554,8 +639,13 @@ impl World {
                     let recs = &self.sessions.last().unwrap().records;
                     if !recs.is_empty() {
                         let rid = recs[self.rng.below(recs.len() as u64) as usize].0;
-                        self.say(|| format!("flush_until {rid}"));
-                        o.request_flush(rid.as_u64() + 1);
+                        if self.rng.chance(1, 2) {
+                            self.say(|| format!("flush_until {rid} (the shard commits)"));
+                            o.request_flush(rid.as_u64() + 1);
+                        } else {
+                            self.say(|| format!("flush_until {rid} (the caller commits)"));
+                            self.caller_commit(&mut o, rid.as_u64() + 1);
+                        }
                     }
                 }
                 60..=84 => {

@@ -87,16 +87,17 @@ impl LogCore {
         }
     }
 
-    /// True when the next data chain is one only the shard runs (a header, a seal,
-    /// write-behind) and nothing is in flight: a committer that finished wakes the
-    /// shard for it.
+    /// True when, with nothing in flight, the shard has work a committer that just
+    /// finished must wake it for: a data chain only the shard runs (a header, a seal,
+    /// write-behind), or a close waiting for the commit to drain the log.
     pub fn shard_has_data_work(&self) -> bool {
-        self.poisoned.is_none()
-            && self.data_io.is_none()
-            && matches!(
-                self.data_plan(),
-                Some(DataPlan::Header | DataPlan::Seal | DataPlan::Behind(_))
-            )
+        self.data_io.is_none()
+            && (self.closing
+                || (self.poisoned.is_none()
+                    && matches!(
+                        self.data_plan(),
+                        Some(DataPlan::Header | DataPlan::Seal | DataPlan::Behind(_))
+                    )))
     }
 
     pub(super) fn poll_data(&mut self) -> Option<Chain> {
