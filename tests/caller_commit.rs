@@ -92,25 +92,34 @@ fn a_callers_failed_sync_poisons_the_log_for_every_waiter() {
     assert!(matches!(log.append(b"x"), Err(AofError::Poisoned { .. })));
 }
 
+/// 64 threads appending and waiting share each sync; a sync wakes the waiters it
+/// releases and one more (the next leader), not all of them; a committer's ring makes
+/// one `io_uring_enter` per commit (submit and wait in one call).
 #[test]
-fn many_waiters_share_each_sync() {
+fn many_waiters_share_each_sync_and_wake_only_whom_it_concerns() {
+    init_log();
+    let set = Arc::new(ShardSet::start(&AofManagerConfig::default()).unwrap());
     let d = tempfile::tempdir().unwrap();
-    let m = manager();
     let mut c = caller_cfg(d.path());
     c.segment_target_bytes = 16 << 20;
     c.segment_max_bytes = 16 << 20;
-    let aof = Arc::new(open(&m, c));
+    let log = Arc::new(LogHandle::open(&set, c).unwrap());
+    let enters = |set: &ShardSet| {
+        set.caller_rings()
+            .map(|r| r.counts().enters.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let enters_before = enters(&set);
     let threads = 64;
     let per_thread = 40;
     let start = Arc::new(Barrier::new(threads));
     let writers: Vec<_> = (0..threads)
         .map(|t| {
-            let (aof, start) = (aof.clone(), start.clone());
+            let (log, start) = (log.clone(), start.clone());
             std::thread::spawn(move || {
                 start.wait();
                 for _ in 0..per_thread {
-                    let rid = aof.append_record(&[t as u8; 4096]).unwrap();
-                    aof.flush_until(rid).unwrap();
+                    let rid = log.append(&[t as u8; 4096]).unwrap();
+                    log.flush_until(rid).unwrap();
                 }
             })
         })
@@ -120,18 +129,38 @@ fn many_waiters_share_each_sync() {
             w.join().unwrap()
         });
     }
-    let m = aof.flush_metrics();
+    let m = log.metrics();
     let records = (threads * per_thread) as u64;
+    let enters = enters(&set).zip(enters_before).map(|(a, b)| a - b);
     println!(
-        "{records} durable records from {threads} threads in {} syncs ({:.1} records per sync)",
+        "{records} durable records from {threads} threads in {} syncs ({:.1} records per sync); \
+         {} caller commits, {enters:?} io_uring_enter calls of caller rings; \
+         {} waiter wake-ups, {} of them spurious ({:.2} per sync)",
         m.syncs,
-        records as f64 / m.syncs as f64
+        records as f64 / m.syncs as f64,
+        m.caller_commits,
+        m.waiter_wakeups,
+        m.spurious_wakeups,
+        m.spurious_wakeups as f64 / m.syncs as f64
     );
     assert!(
         m.syncs * 4 <= records,
         "64 waiting threads share syncs: {} syncs for {records} records",
         m.syncs
     );
+    assert!(
+        m.spurious_wakeups <= 2 * m.syncs,
+        "a sync wakes whom it releases and one more: {} spurious wake-ups for {} syncs",
+        m.spurious_wakeups,
+        m.syncs
+    );
+    if let Some(enters) = enters {
+        assert!(
+            enters <= 2 * m.caller_commits,
+            "{enters} io_uring_enter calls for {} caller commits",
+            m.caller_commits
+        );
+    }
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn variants() -> Vec<Variant> {
         uring("no registered buffers", vec![RegisteredBuffers]),
         uring("no WRITE_FIXED", vec![WriteFixed]),
         uring("no WRITEV_FIXED (before 6.15)", vec![WritevFixed]),
+        uring("no RWF_DSYNC writes (write, then fsync)", vec![DsyncWrite]),
     ];
     v.push(Variant {
         name: "Linux 5.15",

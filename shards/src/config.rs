@@ -352,6 +352,10 @@ pub enum UringFeature {
     /// `IORING_OP_WRITEV_FIXED` (Linux 6.15): several pieces from registered memory.
     /// Without it: `WRITEV`.
     WritevFixed,
+    /// A write and the `fdatasync` after it, into a file holding no other unsynced
+    /// write, go out as one `RWF_DSYNC` write (every kernel with io_uring has it).
+    /// Without it: the write and an `FSYNC` linked to it, two operations.
+    DsyncWrite,
 }
 
 impl Default for AofManagerConfig {

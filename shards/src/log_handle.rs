@@ -31,6 +31,11 @@ pub struct LogHandle {
     paths: LogPaths,
     lock: Mutex<Option<Box<dyn FsLock>>>,
     backpressure_waits: AtomicU64,
+    /// Commits this handle's callers ran, their wake-ups, and wake-ups that found
+    /// nothing to do (see `FlushMetricsSnapshot`).
+    caller_commits: AtomicU64,
+    waiter_wakeups: AtomicU64,
+    spurious_wakeups: AtomicU64,
     /// Who commits for a blocking wait.
     commit: CommitMode,
     /// The manager's caller rings, where its shards run io_uring (`None`: callers
@@ -172,6 +177,9 @@ impl LogHandle {
             paths,
             lock: Mutex::new(Some(opened.lock)),
             backpressure_waits: AtomicU64::new(0),
+            caller_commits: AtomicU64::new(0),
+            waiter_wakeups: AtomicU64::new(0),
+            spurious_wakeups: AtomicU64::new(0),
             commit,
             callers: set.caller_rings(),
         };
@@ -309,14 +317,22 @@ impl LogHandle {
     /// appended so far, one write and its sync) and its completion releases every
     /// waiter it covers; while another commit is in flight, it waits for that one.
     fn commit_until(&self, target: u64) -> AofResult<()> {
+        let mut woke = false;
         loop {
             let seen = self.shared.signal.version();
             if let Some(r) = self.settled(target) {
                 return r;
             }
-            if !self.try_commit() {
-                self.shared.signal.wait_change(seen, None);
+            if self.try_commit() {
+                woke = false;
+                continue;
             }
+            if std::mem::take(&mut woke) {
+                self.spurious_wakeups.fetch_add(1, Ordering::Relaxed);
+            }
+            self.shared.signal.wait_for(target, seen, true);
+            self.waiter_wakeups.fetch_add(1, Ordering::Relaxed);
+            woke = true;
         }
     }
 
@@ -341,6 +357,7 @@ impl LogHandle {
             Commit::Run(chain, slot) => {
                 let results = run_commit(exec, self.shared.key, chain, &self.shared.files);
                 slot.finish(results);
+                self.caller_commits.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Commit::Shard => {
@@ -383,12 +400,18 @@ impl LogHandle {
     }
 
     fn wait_sync(&self, target: u64) -> AofResult<()> {
+        let mut woke = false;
         loop {
             let seen = self.shared.signal.version();
             if let Some(r) = self.settled(target) {
                 return r;
             }
-            self.shared.signal.wait_change(seen, None);
+            if std::mem::take(&mut woke) {
+                self.spurious_wakeups.fetch_add(1, Ordering::Relaxed);
+            }
+            self.shared.signal.wait_for(target, seen, false);
+            self.waiter_wakeups.fetch_add(1, Ordering::Relaxed);
+            woke = true;
         }
     }
 
@@ -472,6 +495,9 @@ impl LogHandle {
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
             io_uring_fallback: u64::from(self.shard.uring_fallback.load(Ordering::Relaxed)),
             direct_io: u64::from(self.shared.files.io_mode() == io_mode::DIRECT),
+            caller_commits: self.caller_commits.load(Ordering::Relaxed),
+            waiter_wakeups: self.waiter_wakeups.load(Ordering::Relaxed),
+            spurious_wakeups: self.spurious_wakeups.load(Ordering::Relaxed),
             ..m
         }
     }

@@ -35,6 +35,13 @@ pub struct FlushMetricsSnapshot {
     /// 1 when the log's shard runs the portable backend because io_uring was wanted
     /// (`IoBackend::Auto`) but could not be set up; 0 otherwise.
     pub io_uring_fallback: u64,
+    /// Commits run by a waiting caller on its own thread (`CommitMode::Caller`).
+    pub caller_commits: u64,
+    /// Times a blocking `flush_until`/`flush` woke up from waiting.
+    pub waiter_wakeups: u64,
+    /// Of those, wake-ups that found its record not durable and nothing it could run
+    /// (another commit in flight): it went back to waiting.
+    pub spurious_wakeups: u64,
     /// 1 when the log's segment files are written with O_DIRECT; 0 when through the
     /// page cache (a file system that refuses O_DIRECT or our 4 KiB alignment, such as
     /// tmpfs), which `fdatasync` makes just as durable.

@@ -44,6 +44,9 @@ impl FlushMetricsExporter {
             ("aof_backpressure_waits_total", s.backpressure_waits),
             ("aof_io_uring_fallback", s.io_uring_fallback),
             ("aof_direct_io", s.direct_io),
+            ("aof_caller_commits_total", s.caller_commits),
+            ("aof_waiter_wakeups_total", s.waiter_wakeups),
+            ("aof_waiter_spurious_wakeups_total", s.spurious_wakeups),
         ]
         .into_iter()
         .map(|(name, value)| MetricSample { name, value })

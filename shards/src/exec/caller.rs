@@ -13,7 +13,7 @@
 
 use super::blocking::run_chain;
 use super::files::LogFiles;
-use super::uring::UringRing;
+use super::uring::{OpCounts, UringRing};
 use super::{Completed, Executor, Host, RingExecutor};
 use crate::config::UringFeature;
 use crate::log::ops::Chain;
@@ -31,6 +31,8 @@ pub struct CallerRings {
     limit: usize,
     disable: Vec<UringFeature>,
     live: AtomicUsize,
+    /// Operations and `io_uring_enter` calls of every caller ring of the manager.
+    counts: Arc<OpCounts>,
 }
 
 impl CallerRings {
@@ -44,12 +46,18 @@ impl CallerRings {
             limit,
             disable,
             live: AtomicUsize::new(0),
+            counts: Arc::default(),
         })
     }
 
     /// Caller rings alive now.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// What the caller rings submitted, and their `io_uring_enter` calls.
+    pub fn counts(&self) -> &OpCounts {
+        &self.counts
     }
 
     /// Runs `f` with this thread's ring, creating it if the bound allows; `None` when
@@ -84,6 +92,7 @@ impl CallerRings {
         match UringRing::with_entries(-1, 0, &self.disable, CALLER_RING_ENTRIES) {
             Ok(mut ring) => {
                 ring.set_wait_all(true);
+                ring.count_ops(self.counts.clone());
                 Thread::Ready(Box::new(CallerRing {
                     exec: RingExecutor::new(ring),
                     rings: self.clone(),

@@ -88,6 +88,11 @@ pub trait Ring {
 
     /// Test hook: the next `wait` reports a completion the kernel dropped.
     fn inject_lost_completion(&mut self) {}
+
+    /// True when a write and its sync may go out as one `RWF_DSYNC` write.
+    fn dsync_writes(&self) -> bool {
+        true
+    }
 }
 
 struct Running {
@@ -292,7 +297,9 @@ impl ChainRunner {
                 // second round through the kernel's worker threads.
                 let fuse = match (&op.kind, group.peek().map(|o| &o.kind)) {
                     (OpKind::Write { seg, .. }, Some(OpKind::Sync { seg: s2 })) => {
-                        seg == s2 && (!r.files.is_dirty(*seg) || self.fuse_into_dirty)
+                        seg == s2
+                            && ring.dsync_writes()
+                            && (!r.files.is_dirty(*seg) || self.fuse_into_dirty)
                     }
                     _ => false,
                 };

@@ -195,6 +195,7 @@ impl UringRing {
     /// any other error means the ring cannot be trusted any more.
     fn enter(&mut self, min_complete: u32) -> io::Result<usize> {
         let to_submit = self.ring.submission().len() as u32;
+        bump(&self.counts.enters);
         loop {
             // SAFETY: no extra argument is passed; the queue entries are valid (see
             // `push_unqueued`).
@@ -373,6 +374,10 @@ impl Ring for UringRing {
     /// that even `IORING_FEAT_NODROP` could not hold would.
     fn inject_lost_completion(&mut self) {
         self.injected_lost += 1;
+    }
+
+    fn dsync_writes(&self) -> bool {
+        self.setup.features.dsync_write
     }
 
     fn submit_linked(&mut self, ops: Vec<Submission>) {

@@ -32,6 +32,8 @@ pub struct RingFeatures {
     pub write_fixed: bool,
     /// `IORING_OP_WRITEV_FIXED` (6.15), with registered buffers allowed.
     pub writev_fixed: bool,
+    /// `RWF_DSYNC` writes stand in for a write and its `fdatasync` into a clean file.
+    pub dsync_write: bool,
 }
 
 /// How the ring was set up.
@@ -153,6 +155,7 @@ impl UringRing {
             writev_fixed: registered
                 && has(opcode::WritevFixed::CODE)
                 && !off(UringFeature::WritevFixed),
+            dsync_write: !off(UringFeature::DsyncWrite),
         };
         let zeros = zero_chunk();
         let zero_iov = libc::iovec {

@@ -32,6 +32,8 @@ pub struct OpCounts {
     pub readv: AtomicU64,
     /// Writes of log data, headers and footers from the registered arena.
     pub arena_writes: AtomicU64,
+    /// `io_uring_enter` system calls (submitting, waiting, or both).
+    pub enters: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64) {
