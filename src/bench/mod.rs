@@ -5,6 +5,9 @@
 //! raw baselines' tools, `report` for rows and printing.
 
 mod baseline;
+mod paths;
+#[cfg(feature = "peers")]
+mod peers;
 mod r2;
 mod reads;
 mod report;
@@ -86,16 +89,36 @@ pub(crate) fn alternate(
     mut ours: impl FnMut() -> BenchResult<()>,
     mut base: impl FnMut() -> BenchResult<()>,
 ) -> BenchResult<()> {
+    rotate(rounds, &mut [&mut ours, &mut base])
+}
+
+/// Runs every contender once per round, `rounds` times, each round starting with the
+/// next one, so the disk's slow spells hit all of them alike.
+pub(crate) fn rotate(
+    rounds: usize,
+    contenders: &mut [&mut dyn FnMut() -> BenchResult<()>],
+) -> BenchResult<()> {
+    let n = contenders.len();
     for r in 0..rounds {
-        if r % 2 == 0 {
-            ours()?;
-            base()?;
-        } else {
-            base()?;
-            ours()?;
+        for k in 0..n {
+            (contenders[(r + k) % n])()?;
         }
     }
     Ok(())
+}
+
+/// P1, where the peers were compiled in (`--features peers`).
+fn peer_rows(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    #[cfg(feature = "peers")]
+    return peers::p1(ctx);
+    #[cfg(not(feature = "peers"))]
+    {
+        let _ = ctx;
+        println!(
+            "(P1, okaywal side by side: not compiled in; run with `cargo run --release --features peers -- bench`)"
+        );
+        Ok(Vec::new())
+    }
 }
 
 /// Runs the benchmark and prints its report. Returns the rows.
@@ -158,7 +181,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 7] = [
+    let workloads: [(&[&str], Workload); 9] = [
         (&["W1"], w1::w1),
         (&["W2"], w2::w2),
         (&["W3"], w3::w3),
@@ -166,6 +189,8 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         (&["W5"], w5::w5),
         (&["R2"], r2::r2),
         (&["R1", "R3"], reads::reads),
+        (&["C1"], paths::c1),
+        (&["P1"], peer_rows),
     ];
     if !opts.json {
         println!(

@@ -135,6 +135,7 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             baseline: gb(b_base, t_base),
             higher_is_better: true,
             baseline_desc: "1 MiB pread of the same frames, warm cache",
+            median_ratio: None,
         },
         Row {
             workload: if ctx.quick {
@@ -148,6 +149,7 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             baseline: t_raw_cold.as_secs_f64() * 1e3,
             higher_is_better: false,
             baseline_desc: "1 MiB pread of the whole log, cold cache",
+            median_ratio: None,
         },
         Row {
             workload: "R3 aof2 verify (every byte checked)",
@@ -157,6 +159,7 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             baseline: gb(n_raw, t_raw),
             higher_is_better: true,
             baseline_desc: "1 MiB pread of every segment's frames, cold cache",
+            median_ratio: None,
         },
     ])
 }

@@ -62,5 +62,6 @@ pub fn w1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         baseline: m as f64 / t_base.as_secs_f64(),
         higher_is_better: true,
         baseline_desc: "memcpy of the same frames into a buffer",
+        median_ratio: None,
     }])
 }

@@ -82,6 +82,7 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             baseline: n_base as f64 / t_base.as_secs_f64(),
             higher_is_better: true,
             baseline_desc: desc,
+            median_ratio: None,
         },
         latency_row(w, "p99", 0.99, (&ours, &base), desc),
     ])

@@ -58,5 +58,6 @@ pub fn w4(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         } else {
             "1 MiB pwrite (buffered: no O_DIRECT here) + fdatasync, pre-written file"
         },
+        median_ratio: None,
     }])
 }
