@@ -118,11 +118,21 @@ impl LogShared {
     }
 
     /// Publishes the core's durable position (and whether the log ended) to waiters.
+    /// Set under the core's lock, so concurrent publishers (the shard, committing
+    /// callers) publish positions in the order the core reached them; waiters are woken
+    /// after it is released.
     pub fn publish(&self) {
-        let core = self.lock_core();
-        let (durable, ended) = (core.durable_pos(), core.poison().is_some());
+        self.publish_with(|_| false);
+    }
+
+    /// As [`Self::publish`], marking the log ended also when `ended(core)` says so
+    /// (a retired log), and with whatever `ended` reads from the core under its lock.
+    pub fn publish_with(&self, ended: impl FnOnce(&mut LogCore) -> bool) {
+        let mut core = self.lock_core();
+        let end = ended(&mut core) || core.poison().is_some();
+        let wakes = self.signal.set(core.durable_pos(), end);
         drop(core);
-        self.signal.publish(durable, ended);
+        wakes.wake();
     }
 
     /// For a thread waiting for durability: takes the data-chain slot with the commit
@@ -181,14 +191,14 @@ impl DataSlot {
     /// a header, write-behind).
     pub fn finish(mut self, results: Vec<(u64, io::Result<()>)>) {
         self.finished = true;
-        let mut core = self.shared.lock_core();
-        for (id, res) in results {
-            core.complete(id, res);
-        }
-        let shard_work = core.shard_has_data_work();
-        let (durable, ended) = (core.durable_pos(), core.poison().is_some());
-        drop(core);
-        self.shared.signal.publish(durable, ended);
+        let mut shard_work = false;
+        self.shared.publish_with(|core| {
+            for (id, res) in results {
+                core.complete(id, res);
+            }
+            shard_work = core.shard_has_data_work();
+            false
+        });
         if shard_work {
             self.shared.wake_shard();
         }

@@ -30,6 +30,31 @@ struct Waiters {
     targets: Vec<TargetWaiter>,
 }
 
+/// Whom a publication wakes, once the publisher has released the log's lock.
+#[must_use = "nobody is woken until `wake` is called"]
+pub struct Wakes<'a> {
+    signal: &'a DurableSignal,
+    threads: Vec<TargetWaiter>,
+    notify: bool,
+    wakers: Vec<(u64, Waker)>,
+}
+
+impl Wakes<'_> {
+    /// Wakes them.
+    pub fn wake(self) {
+        for w in self.threads {
+            w.woken.store(true, Ordering::Release);
+            w.thread.unpark();
+        }
+        if self.notify {
+            self.signal.cv.notify_all();
+        }
+        for (_, w) in self.wakers {
+            w.wake();
+        }
+    }
+}
+
 /// A thread parked until the durable position reaches `target`.
 struct TargetWaiter {
     target: u64,
@@ -88,7 +113,16 @@ impl DurableSignal {
     /// Publishes a new durable position (and whether the log ended) and wakes whoever
     /// it concerns: every task and follower; of the threads waiting for a position,
     /// those it covers (all of them once the log ended) and the next leader.
+    ///
+    /// With several publishers (the shard, committing callers), call [`Self::set`]
+    /// under the log's lock instead, so positions are published in the order the core
+    /// reached them, and wake after releasing it.
     pub fn publish(&self, durable: u64, ended: bool) {
+        self.set(durable, ended).wake();
+    }
+
+    /// Sets the durable position (and whether the log ended); returns who to wake.
+    pub fn set(&self, durable: u64, ended: bool) -> Wakes<'_> {
         let mut woken: Vec<TargetWaiter>;
         let (wakers, sleepers) = {
             let mut g = self.lock();
@@ -118,15 +152,11 @@ impl DurableSignal {
             }
             (std::mem::take(&mut g.wakers), g.sleepers)
         };
-        for w in woken {
-            w.woken.store(true, Ordering::Release);
-            w.thread.unpark();
-        }
-        if sleepers > 0 {
-            self.cv.notify_all();
-        }
-        for (_, w) in wakers {
-            w.wake();
+        Wakes {
+            signal: self,
+            threads: woken,
+            notify: sleepers > 0,
+            wakers,
         }
     }
 

@@ -52,8 +52,7 @@ pub struct ShardLoop {
 /// Forgets a drained log: closes its files and tells its waiters it ended.
 fn retire(ctl: &ShardCtl, e: Entry) {
     e.shared.files.close_all();
-    let durable = e.shared.lock_core().durable_pos();
-    e.shared.signal.publish(durable, true);
+    e.shared.publish_with(|_| true);
     ctl.logs.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -236,12 +235,14 @@ impl ShardLoop {
         }
         for e in self.logs.values_mut() {
             if e.active {
-                let core = e.shared.lock_core();
-                e.deadline = core.deadline();
-                let (durable, ended) = (core.durable_pos(), core.poison().is_some());
-                drop(core);
+                let deadline = &mut e.deadline;
                 if std::mem::take(&mut e.publish) {
-                    e.shared.signal.publish(durable, ended);
+                    e.shared.publish_with(|core| {
+                        *deadline = core.deadline();
+                        false
+                    });
+                } else {
+                    *deadline = e.shared.lock_core().deadline();
                 }
             }
         }
