@@ -61,6 +61,17 @@ impl PrewrittenFile {
         file.sync_all()?;
         Ok(PrewrittenFile { file, size, direct })
     }
+
+    /// The same file reopened without O_DIRECT: writes go through the page cache and
+    /// `fdatasync` writes them out (how okaywal writes).
+    pub fn buffered(&self, path: &Path) -> std::io::Result<PrewrittenFile> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(PrewrittenFile {
+            file,
+            size: self.size,
+            direct: false,
+        })
+    }
 }
 
 /// An aligned buffer for the baselines' O_DIRECT writes.

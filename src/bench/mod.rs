@@ -204,13 +204,18 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         }
         for r in f(&ctx)? {
             if !opts.json {
+                let (base, ratio) = if r.baseline.is_nan() {
+                    ("-".to_string(), "-".to_string())
+                } else {
+                    (fmt_value(r.baseline, r.unit), format!("{:.2}x", r.ratio()))
+                };
                 println!(
-                    "{:<46} {:<18} {:>14} {:>14} {:>7.2}x   {}",
+                    "{:<46} {:<18} {:>14} {:>14} {:>8}   {}",
                     r.workload,
                     r.metric,
                     fmt_value(r.ours, r.unit),
-                    fmt_value(r.baseline, r.unit),
-                    r.ratio(),
+                    base,
+                    ratio,
                     r.baseline_desc
                 );
             }

@@ -7,8 +7,8 @@
 //! Paths: this engine with the caller committing on its own ring (`RWF_DSYNC`, the
 //! default), on its own ring with a write then an `fsync`, with blocking `pwritev` +
 //! `fdatasync` calls (the portable executor), and with the shard committing; raw
-//! O_DIRECT `pwrite` + `fdatasync` and raw `pwritev2(RWF_DSYNC)` on a pre-written file;
-//! okaywal with `--features peers`.
+//! O_DIRECT `pwrite` + `fdatasync`, raw buffered `pwrite` + `fdatasync` and raw
+//! `pwritev2(RWF_DSYNC)` on a pre-written file; okaywal with `--features peers`.
 
 use super::baseline::*;
 use super::report::*;
@@ -64,6 +64,8 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let blocking = open(ctx, &blocking_m, "c1-blocking", CommitMode::Caller)?;
     let shard = open(ctx, &ctx.manager, "c1-shard", CommitMode::Shard)?;
     let f = ctx.baseline_file("c1-baseline", 64 << 20)?;
+    let g = ctx.baseline_file("c1-baseline-buffered", 64 << 20)?;
+    let g = g.buffered(&ctx.root.join("c1-baseline-buffered"))?;
     let block = AlignedBlock::new(4096);
     let off = std::sync::atomic::AtomicU64::new(0);
     let next = || off.fetch_add(4096, std::sync::atomic::Ordering::Relaxed) % f.size;
@@ -95,6 +97,15 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             op: Box::new(|| {
                 f.file.write_all_at(block.bytes(), next())?;
                 fdatasync(&f.file)?;
+                Ok(())
+            }),
+        },
+        Path {
+            name: "raw buffered pwrite + fdatasync",
+            raw: true,
+            op: Box::new(|| {
+                g.file.write_all_at(block.bytes(), next())?;
+                fdatasync(&g.file)?;
                 Ok(())
             }),
         },
