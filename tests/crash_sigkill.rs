@@ -3,11 +3,14 @@
 //! moment (mid-append, mid-roll, mid-seal, mid-preparation), several rounds on the same
 //! directory. After each kill every acknowledged record must come back byte for byte,
 //! and what is on disk must be, per round, a gap-free prefix of what was appended.
+//! Even rounds commit from the writing thread ([`CommitMode::Caller`], the default),
+//! odd rounds through the shard ([`CommitMode::Shard`]).
 //!
 //! `AOF2_CRASH_ROUNDS=N` sets the number of kills (default 12).
 
 mod common;
 
+use aof2_shards::config::CommitMode;
 use aof2_shards::format;
 use aof2_shards::inspect::LogDir;
 use aof2_shards::layout::LogPaths;
@@ -31,6 +34,14 @@ fn record(round: u64, seq: u64) -> Vec<u8> {
     p
 }
 
+fn commit_mode(round: u64) -> CommitMode {
+    if round % 2 == 0 {
+        CommitMode::Caller
+    } else {
+        CommitMode::Shard
+    }
+}
+
 /// The writer, run in a child process.
 #[test]
 fn child_writer() {
@@ -46,9 +57,11 @@ fn child_writer() {
     cfg.segment_target_bytes = 128 * 1024;
     cfg.flush.flush_interval_ms = 2;
     cfg.flush.flush_watermark_bytes = 64 * 1024;
+    cfg.commit = commit_mode(round);
     let aof = open(&m, cfg);
     println!("READY");
     let mut seq = 0u64;
+    let mut reported = 0;
     loop {
         let batch = 1 + seq % 13;
         let mut rids = Vec::new();
@@ -59,6 +72,11 @@ fn child_writer() {
         aof.flush_until(rids.last().unwrap().1).unwrap();
         for (s, rid) in rids {
             println!("ACK {s} {}", rid.as_u64());
+        }
+        let commits = aof.flush_metrics().caller_commits;
+        if commits != reported {
+            println!("CALLER_COMMITS {commits}");
+            reported = commits;
         }
         if seq % 101 == 0 {
             aof.seal_active().unwrap();
@@ -75,6 +93,7 @@ fn acknowledged_records_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<Vec<(u64, RecordId)>> = Vec::new();
     let mut rng = 0x9e37_79b9_u64;
+    let mut caller_commits = [0u64; 2];
     for round in 0..rounds {
         let mut c = child("child_writer")
             .env("AOF2_CRASH_DIR", dir.path())
@@ -117,6 +136,10 @@ fn acknowledged_records_survive_sigkill() {
                 let seq: u64 = it.next().unwrap().parse().unwrap();
                 let rid = RecordId::from_u64(it.next().unwrap().parse().unwrap());
                 mine.push((seq, rid));
+            } else if let Some(n) = l.strip_prefix("CALLER_COMMITS ") {
+                let n: u64 = n.parse().unwrap();
+                let k = (round % 2) as usize;
+                caller_commits[k] = caller_commits[k].max(n);
             }
         }
         acked.push(mine);
@@ -127,7 +150,19 @@ fn acknowledged_records_survive_sigkill() {
         total > 100,
         "the children acknowledged only {total} records"
     );
-    println!("{rounds} kills, {total} acknowledged records, all recovered");
+    // The writing threads did commit in the caller rounds, and never in the shard ones.
+    assert!(
+        caller_commits[0] > 0 || rounds < 2,
+        "no caller commit in the caller rounds"
+    );
+    assert_eq!(
+        caller_commits[1], 0,
+        "a caller committed with CommitMode::Shard"
+    );
+    println!(
+        "{rounds} kills, {total} acknowledged records, all recovered; \
+         caller commits seen {caller_commits:?}"
+    );
 }
 
 /// Reopens the log (recovering it) and checks every acknowledged record, then walks

@@ -157,11 +157,15 @@ fn a_full_disk_fails_the_roll_clearly_keeps_every_acked_record_and_recovers() {
     let aof = open(&m, cfg_on(&root));
     let filler = fill(lo.path(), 300 << 10);
 
-    let (acked, err) = within(Duration::from_secs(60), "appending until full", move || {
-        let r = append_until_full(&aof);
-        (r, aof)
-    })
-    .0;
+    let ((acked, err), caller_commits, full) =
+        within(Duration::from_secs(60), "appending until full", move || {
+            let r = append_until_full(&aof);
+            let commits = aof.flush_metrics().caller_commits;
+            (r, commits, aof)
+        });
+    drop(full); // closed before the reopen below
+                // The default commit mode: the appending thread itself wrote and synced.
+    assert!(caller_commits > 0, "no caller commit");
     let msg = err.to_string();
     assert!(
         matches!(err, AofError::Io { .. })
