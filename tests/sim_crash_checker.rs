@@ -8,7 +8,10 @@
 //! - every record the engine reported durable is back, byte for byte, at its id;
 //! - what came back from each session is a prefix of what it appended (nothing
 //!   reordered, nothing half-visible), and closed sessions came back whole;
-//! - ids handed out after a reopen are above every id handed out before.
+//! - ids handed out after a reopen are above every id handed out before;
+//! - releases (`release_before` of random records): the log starts at or after every
+//!   release that was reported durable and never after what was asked for; records
+//!   below that start are exempt from the rules above, all others are not.
 //!
 //! Each seed runs on both backends' execution models: the portable one (each chain run
 //! to completion with blocking calls) and the io_uring one (chains cut into linked
@@ -42,7 +45,7 @@ use aof2_shards::format;
 use aof2_shards::fs::sim::{Faults, SimFs, SimRng};
 use aof2_shards::fs::{Fs, FsLock, OpenMode};
 use aof2_shards::layout::LogPaths;
-use aof2_shards::log::LogCore;
+use aof2_shards::log::{LogCore, ReleaseTicket};
 use aof2_shards::log_shared::{Commit, DataSlot, LogShared, ShardLink};
 use aof2_shards::recovery;
 use aof2_shards::shard::turn::ShardLoop;
@@ -93,6 +96,11 @@ struct World {
     /// Negative control: the ring fuses a write and sync into files holding other
     /// unsynced writes, which a crash can lose. The checker must catch it.
     fuse_into_dirty: bool,
+    /// The highest first-kept segment a release was reported durable for: the log
+    /// never starts before it again.
+    released_durable: u64,
+    /// The highest first-kept segment asked for: the log never starts after it.
+    released_asked: u64,
 }
 
 /// One open session: the log on a shard with no thread, whose turns the checker runs.
@@ -109,6 +117,8 @@ struct Open {
     /// The caller's commit in flight: the log's data-chain slot it holds, and what
     /// completed so far.
     commit: Option<(DataSlot, Vec<Completed>)>,
+    /// Releases asked for and not settled yet.
+    releases: Vec<ReleaseTicket>,
 }
 
 impl Open {
@@ -202,6 +212,8 @@ impl World {
             cache: Default::default(),
             buf_size,
             fuse_into_dirty: false,
+            released_durable: 0,
+            released_asked: 0,
         }
     }
 
@@ -326,11 +338,26 @@ impl World {
             lock: Some(opened.lock),
             caller,
             commit: None,
+            releases: Vec::new(),
         }
     }
 
     /// Everything in the recovered segments, checked against what each session appended.
     fn verify(&mut self, rec: &aof2_shards::log::Recovered, use_cache: bool) {
+        let first_kept = rec.mark.first_segment;
+        if first_kept < self.released_durable {
+            self.fail(format!(
+                "released segments came back: the log starts at segment {first_kept}, but a \
+                 release up to {} was reported durable",
+                self.released_durable
+            ));
+        }
+        if first_kept > self.released_asked {
+            self.fail(format!(
+                "the log starts at segment {first_kept}, but releases asked only up to {}",
+                self.released_asked
+            ));
+        }
         let mut found: Vec<(RecordId, Vec<u8>)> = Vec::new();
         for s in &rec.sealed {
             if use_cache {
@@ -370,7 +397,10 @@ impl World {
         }
         let mut it = found.iter().peekable();
         for (i, sess) in self.sessions.iter().enumerate() {
-            let mut k = 0;
+            // Records of released segments are gone, as asked.
+            let mut k = sess
+                .records
+                .partition_point(|r| u64::from(r.0.segment_index()) < first_kept);
             while let Some((rid, p)) = it.peek() {
                 if k < sess.records.len() && sess.records[k].0 == *rid {
                     if sess.records[k].1 != *p {
@@ -527,6 +557,52 @@ impl World {
         while s.acked < s.records.len() && s.records[s.acked].0.as_u64() < durable {
             s.acked += 1;
         }
+        let mut settled = Vec::new();
+        let mut pending = std::mem::take(&mut o.releases);
+        {
+            let core = o.core();
+            pending.retain(|t| match core.release_outcome(t) {
+                None => true,
+                Some(r) => {
+                    settled.push((*t, r.map_err(|e| e.to_string())));
+                    false
+                }
+            });
+        }
+        o.releases = pending;
+        for (t, r) in settled {
+            match r {
+                Ok(n) => {
+                    self.say(|| format!("release up to segment {} durable ({n})", t.first_kept));
+                    self.released_durable = self.released_durable.max(t.first_kept);
+                }
+                Err(e) if self.fs.faults_injected() > 0 => {
+                    self.say(|| format!("release up to segment {} failed: {e}", t.first_kept));
+                }
+                Err(e) => self.fail(format!("a release failed without a fault injected: {e}")),
+            }
+        }
+    }
+
+    /// `release_before` of a random record of this session: asked, then settled as the
+    /// shard's turns run it (see `observe`).
+    fn release(&mut self, o: &mut Open) {
+        let recs = &self.sessions.last().unwrap().records;
+        if recs.is_empty() {
+            return;
+        }
+        let rid = recs[self.rng.below(recs.len() as u64) as usize].0;
+        let r = o.core().request_release(rid);
+        match r {
+            Ok(t) => {
+                self.say(|| format!("release_before {rid}: up to segment {}", t.first_kept));
+                self.released_asked = self.released_asked.max(t.first_kept);
+                o.releases.push(t);
+                o.shared.wake_shard();
+            }
+            Err(AofError::Poisoned { .. }) if o.poisoned_at.is_some() => {}
+            Err(e) => self.fail(format!("release_before {rid} failed: {e}")),
+        }
     }
 
     fn append(&mut self, o: &mut Open) {
@@ -652,10 +728,11 @@ impl World {
                     let n = 1 + self.rng.below(6) as usize;
                     self.pump(&mut o, n);
                 }
-                85..=90 => {
+                85..=88 => {
                     let ms = self.rng.below(8);
                     self.time.fetch_add(ms * 1_000_000, Ordering::Relaxed);
                 }
+                89..=90 => self.release(&mut o),
                 91..=92 => {
                     let r = o.core().seal_active();
                     if r.as_ref().is_ok_and(|x| x.1) {

@@ -12,6 +12,14 @@ pub enum Clock {
     System,
     /// Virtual nanoseconds set by a test; both clocks read the same value.
     Manual(Arc<AtomicU64>),
+    /// Virtual clocks set apart by a test: `wall` can step back and forth while `mono`
+    /// only moves forward (a wall-clock step under time-based retention).
+    Split {
+        /// Read by `realtime_ns`.
+        wall: Arc<AtomicU64>,
+        /// Read by `monotonic_ns`.
+        mono: Arc<AtomicU64>,
+    },
 }
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
@@ -30,6 +38,7 @@ impl Clock {
         match self {
             Clock::System => clock_ns(libc::CLOCK_REALTIME),
             Clock::Manual(t) => t.load(Ordering::Relaxed),
+            Clock::Split { wall, .. } => wall.load(Ordering::Relaxed),
         }
     }
     /// Nanoseconds on a clock that never goes backwards.
@@ -37,6 +46,7 @@ impl Clock {
         match self {
             Clock::System => clock_ns(libc::CLOCK_MONOTONIC),
             Clock::Manual(t) => t.load(Ordering::Relaxed),
+            Clock::Split { mono, .. } => mono.load(Ordering::Relaxed),
         }
     }
 }

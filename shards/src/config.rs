@@ -139,13 +139,33 @@ pub enum CommitMode {
     Shard,
 }
 
-/// Which sealed segments are kept.
+/// Which sealed segments are kept. Retention is the operator's explicit choice: `Time`
+/// and `Size` release sealed segments (oldest first, never the active one) whether or
+/// not anyone has read them, as Kafka does. A service that must not lose unconsumed
+/// records keeps `KeepAll` and calls `Aof::release_before` once they are consumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RetentionPolicy {
-    /// Every segment is kept (the only policy implemented so far).
+    /// Every segment is kept until `release_before` releases it.
     #[default]
     KeepAll,
+    /// A sealed segment is released once its newest record is older than `ttl_seconds`
+    /// (measured on the monotonic clock from when the log first saw the segment sealed,
+    /// so a step of the wall clock neither releases early nor never). The active
+    /// segment is sealed after `AofConfig::segment_max_age_seconds` (default: the ttl),
+    /// so a slow log expires too.
+    Time {
+        /// Age of a segment's newest record after which the segment is released.
+        ttl_seconds: u64,
+    },
+    /// Sealed segments are released, oldest first, while their files total more than
+    /// `max_total_bytes`. On disk the log then takes at most `max_total_bytes` plus the
+    /// active segment, the prepared next one, the spares and one file being removed
+    /// (README, "Retention").
+    Size {
+        /// Bytes of sealed segment files to keep at most.
+        max_total_bytes: u64,
+    },
 }
 
 /// Configuration of one log. Build it from `Default` and assign fields.
@@ -174,6 +194,13 @@ pub struct AofConfig {
     /// Who writes and syncs for a thread that waits for durability (default
     /// [`CommitMode::Caller`]).
     pub commit: CommitMode,
+    /// Released segment files kept per file size for reuse as later segments, which
+    /// then need no zero-writing (default 2; 0 removes every released file).
+    pub spare_segments: usize,
+    /// Seal the active segment once it is this old (it holds a record this old), so
+    /// time-based retention reaches a log that writes slowly. `None` (the default): the
+    /// ttl of `RetentionPolicy::Time`, never under the other policies.
+    pub segment_max_age_seconds: Option<u64>,
     /// Permission bits of every file the engine creates for this log (segments, the
     /// lock, temporary and prepared files), default `0o600`: owner only. Directories it
     /// creates (`root_dir` and missing parents, `segments/`) get the same bits plus
@@ -194,6 +221,8 @@ impl Default for AofConfig {
             compression: Compression::None,
             retention: RetentionPolicy::KeepAll,
             commit: CommitMode::default(),
+            spare_segments: 2,
+            segment_max_age_seconds: None,
             file_mode: DEFAULT_FILE_MODE,
         }
     }
@@ -278,6 +307,26 @@ impl AofConfig {
                  read and write (0o600)",
                 self.file_mode
             ));
+        }
+        match self.retention {
+            RetentionPolicy::Time { ttl_seconds: 0 } => {
+                return bad(
+                    "retention Time { ttl_seconds: 0 } would release every segment as \
+                     soon as it is sealed"
+                        .into(),
+                )
+            }
+            RetentionPolicy::Size { max_total_bytes: 0 } => {
+                return bad(
+                    "retention Size { max_total_bytes: 0 } would release every segment \
+                     as soon as it is sealed"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if self.segment_max_age_seconds == Some(0) {
+            return bad("segment_max_age_seconds is 0".into());
         }
         if self.flush.flush_interval_ms > 3_600_000 {
             return bad(format!(

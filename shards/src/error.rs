@@ -111,6 +111,20 @@ pub enum AofError {
         segment: u64,
     },
 
+    /// The segment was released (`Aof::release_before` or retention): its records are
+    /// gone for good. The log now starts at a later segment (`Aof::first_record`).
+    #[error(
+        "segment {segment} of {path} was released; the log now starts at segment {first_kept}"
+    )]
+    Released {
+        /// The log's directory.
+        path: PathBuf,
+        /// The segment asked for.
+        segment: u64,
+        /// The first segment the log keeps.
+        first_kept: u64,
+    },
+
     /// Every segment id a `RecordId` can hold (2^32) has been used in this directory.
     #[error("log {path} has used every segment id a record id can hold (2^32): start a new log")]
     SegmentIdsExhausted {

@@ -24,6 +24,7 @@ use crate::layout::LogPaths;
 use crate::log::SealedSegment;
 use crate::reader::{SegmentCursor, SegmentReader};
 use crate::recovery::{self, corruption, io_err, Survey, Used};
+use crate::release_mark::ReleaseMark;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,15 @@ pub struct SegmentStat {
 pub struct LogDir {
     paths: LogPaths,
     fs: PosixFs,
+    mark: ReleaseMark,
     survey: Survey,
+}
+
+/// The release mark and the segment directory, read together (one look).
+fn look(fs: &PosixFs, paths: &LogPaths) -> AofResult<(ReleaseMark, Survey)> {
+    let mark = recovery::read_mark(fs, paths)?;
+    let survey = recovery::survey(fs, &paths.segments, mark.first_segment)?;
+    Ok((mark, survey))
 }
 
 fn not_a_log(root: &Path, reason: &str) -> AofError {
@@ -106,8 +115,13 @@ impl LogDir {
             ));
         }
         let live = || lock_held(&paths.lock) != Some(false);
-        let survey = settle(live, || recovery::survey(&fs, &paths.segments))?;
-        Ok(LogDir { paths, fs, survey })
+        let (mark, survey) = settle(live, || look(&fs, &paths))?;
+        Ok(LogDir {
+            paths,
+            fs,
+            mark,
+            survey,
+        })
     }
 
     /// True when a writer holds the log's lock now (from `/proc/locks`, without
@@ -133,6 +147,16 @@ impl LogDir {
     /// Prepared segment files not used yet (blank or marked ready).
     pub fn prepared_files(&self) -> usize {
         self.survey.blank.len() + self.survey.readies.len()
+    }
+
+    /// Spare files (released files kept for reuse).
+    pub fn spare_files(&self) -> usize {
+        self.survey.spares.len()
+    }
+
+    /// Where the log starts: segments below the mark's first segment were released.
+    pub fn release_mark(&self) -> ReleaseMark {
+        self.mark
     }
 
     /// The log's directory.
@@ -161,10 +185,7 @@ impl LogDir {
     /// Segment `id` as the directory holds it now (a new look at its header and
     /// footer): to see whether it was sealed since the survey.
     pub fn reread(&self, id: u64) -> AofResult<Option<Used>> {
-        let survey = settle(
-            || self.writer_active(),
-            || recovery::survey(&self.fs, &self.paths.segments),
-        )?;
+        let (_, survey) = settle(|| self.writer_active(), || look(&self.fs, &self.paths))?;
         Ok(survey.used.into_iter().find(|u| u.id == id))
     }
 
@@ -233,10 +254,10 @@ impl LogDir {
             || self.writer_active(),
             || {
                 if std::mem::take(&mut first) {
-                    return self.verify_survey(&self.survey, &mut checked);
+                    return self.verify_survey(self.mark, &self.survey, &mut checked);
                 }
-                let fresh = recovery::survey(&self.fs, &self.paths.segments)?;
-                self.verify_survey(&fresh, &mut checked)
+                let (mark, fresh) = look(&self.fs, &self.paths)?;
+                self.verify_survey(mark, &fresh, &mut checked)
             },
         )?;
         self.mark_live(&mut out);
@@ -245,13 +266,16 @@ impl LogDir {
 
     fn verify_survey(
         &self,
+        mark: ReleaseMark,
         survey: &Survey,
         checked: &mut std::collections::HashMap<u64, SegmentStat>,
     ) -> AofResult<Vec<SegmentStat>> {
         let used = &survey.used;
         recovery::check_only_last_unsealed(used)?;
         let mut out = Vec::with_capacity(used.len());
-        let mut records = used.first().map_or(0, |u| u.header.base_record_index);
+        // The first segment kept starts where the release mark says: any later, and
+        // records between were lost rather than released.
+        let mut records = mark.first_record_index;
         for u in used {
             if u.header.base_record_index != records {
                 return Err(corruption(

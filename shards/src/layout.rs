@@ -2,9 +2,14 @@
 //!
 //! ```text
 //! <root_dir>/LOCK                       flock()ed by the one writer
+//! <root_dir>/RELEASED                   the release mark: where the log starts (see
+//!                                       `release_mark`); absent until a first release
+//! <root_dir>/RELEASED.tmp               a release mark being written (removed at open)
 //! <root_dir>/segments/<id:020>.seg        a segment (blank-headed when prepared, unused)
 //! <root_dir>/segments/<id:020>.seg.tmp    a segment being prepared (removed at open)
 //! <root_dir>/segments/<id:020>.seg.ready  a prepared segment a clean close proved unused
+//! <root_dir>/segments/<id:020>.spare      a released segment's file kept for reuse (its
+//!                                       contents are stale; named by its old id)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -13,6 +18,10 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = "LOCK";
 /// Name of the segment directory in the root directory.
 pub const SEGMENT_DIR: &str = "segments";
+/// Name of the release mark in the root directory.
+pub const RELEASED_FILE: &str = "RELEASED";
+/// Name of a release mark being written, in the root directory.
+pub const RELEASED_TMP: &str = "RELEASED.tmp";
 
 /// File name of segment `id`.
 pub fn segment_file_name(id: u64) -> String {
@@ -29,6 +38,11 @@ pub fn ready_file_name(id: u64) -> String {
     format!("{id:020}.seg.ready")
 }
 
+/// File name of the spare file that was segment `id`.
+pub fn spare_file_name(id: u64) -> String {
+    format!("{id:020}.spare")
+}
+
 /// What a name in the segment directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentName {
@@ -38,6 +52,8 @@ pub enum SegmentName {
     Temp(u64),
     /// `<id>.seg.ready`: a prepared file a clean close proved unused.
     Ready(u64),
+    /// `<id>.spare`: a released segment's file, kept for reuse.
+    Spare(u64),
 }
 
 /// Parses a name the engine itself creates; `None` for anything else.
@@ -49,6 +65,8 @@ pub fn parse_name(name: &str) -> Option<SegmentName> {
         (d, SegmentName::Ready)
     } else if let Some(d) = name.strip_suffix(".seg") {
         (d, SegmentName::Segment)
+    } else if let Some(d) = name.strip_suffix(".spare") {
+        (d, SegmentName::Spare)
     } else {
         return None;
     };
@@ -71,6 +89,10 @@ pub struct LogPaths {
     pub segments: PathBuf,
     /// `root_dir/LOCK`.
     pub lock: PathBuf,
+    /// `root_dir/RELEASED`.
+    pub released: PathBuf,
+    /// `root_dir/RELEASED.tmp`.
+    pub released_tmp: PathBuf,
 }
 
 impl LogPaths {
@@ -80,6 +102,8 @@ impl LogPaths {
             root: root.to_path_buf(),
             segments: root.join(SEGMENT_DIR),
             lock: root.join(LOCK_FILE),
+            released: root.join(RELEASED_FILE),
+            released_tmp: root.join(RELEASED_TMP),
         }
     }
     /// Segment `id`'s file.
@@ -93,6 +117,10 @@ impl LogPaths {
     /// Segment `id`'s file after a clean close proved it unused.
     pub fn ready(&self, id: u64) -> PathBuf {
         self.segments.join(ready_file_name(id))
+    }
+    /// The spare file that was segment `id`.
+    pub fn spare(&self, id: u64) -> PathBuf {
+        self.segments.join(spare_file_name(id))
     }
 }
 
@@ -110,6 +138,10 @@ mod tests {
         assert_eq!(
             parse_name(&ready_file_name(42)),
             Some(SegmentName::Ready(42))
+        );
+        assert_eq!(
+            parse_name(&spare_file_name(42)),
+            Some(SegmentName::Spare(42))
         );
         for bad in [
             "42.seg",

@@ -32,6 +32,7 @@ pub mod manager;
 pub mod metrics;
 pub mod reader;
 pub mod recovery;
+pub mod release_mark;
 pub mod shard;
 pub mod signal;
 pub mod stream;

@@ -9,7 +9,7 @@ use crate::exec::caller::{run_commit, CallerExec, CallerRings};
 use crate::exec::files::{io_mode, LogFiles};
 use crate::fs::{Fs, FsLock};
 use crate::layout::LogPaths;
-use crate::log::{pos, Located, LogCore, SegmentInfo};
+use crate::log::{pos, Located, LogCore, ReleaseTicket, SegmentInfo, SegmentPin};
 use crate::log_shared::{Commit, LogShared, ShardLink};
 use crate::manager::ShardSet;
 use crate::metrics::FlushMetricsSnapshot;
@@ -69,16 +69,28 @@ impl LogView {
         &self.paths.root
     }
 
-    /// Opens a reader over what `located` describes.
-    pub fn reader(&self, located: Located) -> AofResult<SegmentReader> {
-        match located {
+    /// Finds segment `id`, or the first readable one after it, and pins it for a
+    /// reader, in one look under the log's lock (a release decided later sees the pin
+    /// and never reuses the file). `Err(Released)` if `id` was released.
+    pub fn locate_pinned(&self, id: u64) -> AofResult<Option<(Located, Arc<SegmentPin>)>> {
+        let mut core = self.lock_core();
+        core.check_kept(id)?;
+        Ok(core.locate(id).map(|l| {
+            let pin = core.pin(l.segment_id());
+            (l, pin)
+        }))
+    }
+
+    /// Opens a reader over what `located` describes, holding `pin`.
+    pub fn reader(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
+        let r = match located {
             Located::Sealed(s) => {
                 let id = s.header.segment_id;
                 let path = self.paths.segment(id);
                 let map = self
                     .shared
                     .mapping(id, || SegmentReader::map_sealed(&*self.fs, &path, &s))?;
-                Ok(SegmentReader::sealed_mapped(path, s, map))
+                SegmentReader::sealed_mapped(path, s, map)
             }
             Located::Unsealed {
                 header,
@@ -92,18 +104,18 @@ impl LogView {
                     header,
                     seed,
                     durable_end,
-                )
+                )?
             }
-        }
+        };
+        Ok(r.pinned(pin))
     }
 
     /// Opens a reader over segment `id`: sealed segments are memory-mapped; an unsealed
     /// one is read with `pread` up to its durable end at the time of the call.
     pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {
         let idx = id.as_u64();
-        let located = self.lock_core().locate(idx);
-        match located {
-            Some(l) if l.segment_id() == idx => self.reader(l),
+        match self.locate_pinned(idx)? {
+            Some((l, pin)) if l.segment_id() == idx => self.reader(l, pin),
             _ => Err(AofError::SegmentNotFound {
                 path: self.paths.root.clone(),
                 segment: idx,
@@ -462,6 +474,54 @@ impl LogHandle {
         Self::no_blocking_here("seal_active")?;
         self.wait_sync(pos(id + 1, 0))?;
         Ok(Some(SegmentId::new(id)))
+    }
+
+    /// Asks for the release of every sealed segment whose records all precede `rid`;
+    /// true with the ticket when it is settled already (nothing to wait for).
+    fn request_release(&self, rid: RecordId) -> AofResult<(ReleaseTicket, bool)> {
+        let mut core = self.shared.lock_core();
+        let t = core.request_release(rid)?;
+        let done = core.release_outcome(&t).is_some();
+        drop(core);
+        if !done {
+            self.shared.wake_shard();
+        }
+        Ok((t, done))
+    }
+
+    /// Releases every sealed segment whose records all precede `rid` (never the active
+    /// one) and returns how many this call released (0 if they were released already).
+    /// Durable when it returns: a reopen or a crash never brings them back. Reading a
+    /// released record is `AofError::Released`.
+    pub fn release_before(&self, rid: RecordId) -> AofResult<usize> {
+        let (t, done) = self.request_release(rid)?;
+        if !done {
+            Self::no_blocking_here("release_before")?;
+        }
+        loop {
+            let seen = self.shared.signal.version();
+            if let Some(r) = self.shared.lock_core().release_outcome(&t) {
+                return r;
+            }
+            self.shared.signal.wait_change(seen, None);
+        }
+    }
+
+    /// Async [`Self::release_before`].
+    pub async fn release_before_async(&self, rid: RecordId) -> AofResult<usize> {
+        let (t, _) = self.request_release(rid)?;
+        loop {
+            let seen = self.shared.signal.version();
+            if let Some(r) = self.shared.lock_core().release_outcome(&t) {
+                return r;
+            }
+            self.shared.signal.changed(seen).await;
+        }
+    }
+
+    /// Where the log starts: the id the first record it keeps has (or will have).
+    pub fn first_record(&self) -> RecordId {
+        self.shared.lock_core().first_record()
     }
 
     /// Opens a reader over segment `id` (see [`LogView::open_reader`]).

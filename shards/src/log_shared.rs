@@ -19,7 +19,7 @@ use crate::log::{CommitTurn, LogCore};
 use crate::signal::DurableSignal;
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// How a log reaches the host that runs its I/O.
@@ -47,6 +47,8 @@ pub struct LogShared {
     /// segment again faults nothing in. Sealed files never change; when retention
     /// deletes files, it must drop their entry here first.
     maps: Mutex<HashMap<u64, Arc<Mapping>>>,
+    /// Mappings below this segment were dropped (released).
+    maps_floor: AtomicU64,
 }
 
 /// Sealed-segment mappings kept per log (virtual address space only; the page cache
@@ -72,6 +74,7 @@ impl LogShared {
             queued: AtomicBool::new(true),
             shard: Arc::downgrade(shard),
             maps: Mutex::new(HashMap::new()),
+            maps_floor: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +118,17 @@ impl LogShared {
         }
         maps.insert(id, m.clone());
         Ok(m)
+    }
+
+    /// Drops the cached mappings of segments below `first_kept` (released): before a
+    /// released file is reused, no mapping of it may remain but readers' own, which
+    /// pin it.
+    pub fn forget_released_maps(&self, first_kept: u64) {
+        if self.maps_floor.swap(first_kept, Ordering::AcqRel) >= first_kept {
+            return;
+        }
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.retain(|&id, _| id >= first_kept);
     }
 
     /// Publishes the core's durable position (and whether the log ended) to waiters.

@@ -42,6 +42,14 @@ pub struct FlushMetricsSnapshot {
     /// Of those, wake-ups that found its record not durable and nothing it could run
     /// (another commit in flight): it went back to waiting.
     pub spurious_wakeups: u64,
+    /// Segments released (`release_before` or retention; durable in the release mark).
+    pub segments_released: u64,
+    /// Released segment files removed from the directory (unlinked, or kept as spares).
+    pub segment_files_removed: u64,
+    /// Segment files prepared by reusing a spare (no zero-writing).
+    pub segments_recycled: u64,
+    /// Failed release or removal steps (the log stays usable; they are retried).
+    pub release_failures: u64,
     /// 1 when the log's segment files are written with O_DIRECT; 0 when through the
     /// page cache (a file system that refuses O_DIRECT or our 4 KiB alignment, such as
     /// tmpfs), which `fdatasync` makes just as durable.

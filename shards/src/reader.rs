@@ -43,6 +43,9 @@ pub struct SegmentReader {
     record_count: Option<u64>,
     sealed: bool,
     source: Source,
+    /// Keeps the segment's file from being reused while this reader lives (the log's
+    /// readers only; the tools read without one).
+    _pin: Option<Arc<crate::log::SegmentPin>>,
 }
 
 /// One record read from a segment.
@@ -109,6 +112,7 @@ impl SegmentReader {
             record_count: Some(s.footer.record_count),
             sealed: true,
             source: Source::Mapped(map),
+            _pin: None,
         }
     }
 
@@ -131,7 +135,14 @@ impl SegmentReader {
             record_count: None,
             sealed: false,
             source: Source::Pread(file),
+            _pin: None,
         })
+    }
+
+    /// This reader holds `pin`: its segment's file is not reused while it lives.
+    pub(crate) fn pinned(mut self, pin: Arc<crate::log::SegmentPin>) -> SegmentReader {
+        self._pin = Some(pin);
+        self
     }
 
     /// The segment's id.

@@ -15,6 +15,13 @@
 //!   id, so after clean closes ids stay dense.
 //! - The last used segment unsealed, ending in a torn write or not. Its valid frames
 //!   are kept, it is sealed at the last one, and appends continue in a new segment.
+//! - `RELEASED` (in the root): the release mark. Segment files below its first segment
+//!   are leftovers of a release a crash interrupted: they are moved to the spare pool
+//!   unread. The first segment kept must start at the mark's record index; if it starts
+//!   later, records were lost, which is an error. `RELEASED.tmp` is a mark that was
+//!   never put in place: removed.
+//! - `*.spare`: released files kept for reuse. Their contents are stale; only their
+//!   size matters.
 //!
 //! Anything else (an unsealed segment before the last, a damaged header or footer, a
 //! gap in the ids, a frame that fails its checksum although a later frame proves it was
@@ -31,6 +38,7 @@ use crate::format::{
 use crate::fs::{EntryKind, Fs, FsFile, FsLock, OpenMode};
 use crate::layout::{parse_name, LogPaths, SegmentName};
 use crate::log::{Recovered, SealedSegment};
+use crate::release_mark::ReleaseMark;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,17 +154,49 @@ pub struct Survey {
     pub readies: Vec<(u64, PathBuf)>,
     /// `.seg.tmp` files (unfinished preparations).
     pub temps: Vec<PathBuf>,
+    /// `.spare` files (released files kept for reuse): (old id, path).
+    pub spares: Vec<(u64, PathBuf)>,
+    /// `.seg` files below the release mark (released; a crash stopped their removal):
+    /// (id, path). Never read.
+    pub released: Vec<(u64, PathBuf)>,
 }
 
-/// Lists and classifies the segment directory `dir`, reading every header and footer.
-/// Anything the engine would not have written there (a foreign file, a damaged
-/// header or footer, a blank header before a used one) is an error naming the path.
-pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
+/// Reads the release mark of the log at `paths` (the default, nothing released, when
+/// there is none).
+pub fn read_mark(fs: &dyn Fs, paths: &LogPaths) -> AofResult<ReleaseMark> {
+    let path = &paths.released;
+    if fs.kind(path).map_err(io_err("stat", path))?.is_none() {
+        return Ok(ReleaseMark::default());
+    }
+    let file = fs
+        .open(path, OpenMode::Read)
+        .map_err(io_err("open", path))?;
+    let mut b = vec![0u8; BLOCK];
+    let n = file.pread(0, &mut b).map_err(io_err("read", path))?;
+    ReleaseMark::decode(&b[..n]).map_err(|e| AofError::Corruption {
+        path: path.clone(),
+        segment: 0,
+        offset: 0,
+        reason: format!(
+            "release mark: {e} (it is only ever replaced whole by a rename, so this is \
+                 damage, not a torn write)"
+        ),
+    })
+}
+
+/// Lists and classifies the segment directory `dir`, reading every header and footer of
+/// segments from `first_kept` on (the release mark's first segment; those below are
+/// released and listed unread). Anything the engine would not have written there (a
+/// foreign file, a damaged header or footer, a blank header before a used one) is an
+/// error naming the path.
+pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
     let mut names = fs.list_dir(dir).map_err(io_err("list", dir))?;
     names.sort();
     let mut temps = Vec::new();
     let mut readies = Vec::new();
     let mut segments = Vec::new();
+    let mut spares = Vec::new();
+    let mut released = Vec::new();
     for name in names {
         let path = dir.join(&name);
         let parsed = name.to_str().and_then(parse_name);
@@ -169,7 +209,11 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
         match (parsed, kind) {
             (Some(SegmentName::Temp(_)), Some(EntryKind::File)) => temps.push(path),
             (Some(SegmentName::Ready(id)), Some(EntryKind::File)) => readies.push((id, path)),
+            (Some(SegmentName::Segment(id)), Some(EntryKind::File)) if id < first_kept => {
+                released.push((id, path))
+            }
             (Some(SegmentName::Segment(id)), Some(EntryKind::File)) => segments.push((id, path)),
+            (Some(SegmentName::Spare(id)), Some(EntryKind::File)) => spares.push((id, path)),
             _ => return Err(AofError::ForeignFile { path }),
         }
     }
@@ -280,11 +324,15 @@ pub fn survey(fs: &dyn Fs, dir: &Path) -> AofResult<Survey> {
     }
 
     readies.sort();
+    released.sort();
+    spares.sort();
     Ok(Survey {
         used,
         blank,
         readies,
         temps,
+        spares,
+        released,
     })
 }
 
@@ -310,17 +358,68 @@ pub fn check_only_last_unsealed(used: &[Used]) -> AofResult<()> {
 
 fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered> {
     let dir = &paths.segments;
+    let mark = read_mark(fs, paths)?;
+    if mark != ReleaseMark::default() {
+        // The mark may have been renamed into place without its directory being synced
+        // (a session that failed or crashed right there): make it durable before acting
+        // on it, or a crash could bring back an older mark after the files below this
+        // one were moved away.
+        fs.fsync_dir(&paths.root)
+            .map_err(io_err("fsync directory", &paths.root))?;
+    }
+    if fs
+        .kind(&paths.released_tmp)
+        .map_err(io_err("stat", &paths.released_tmp))?
+        .is_some()
+    {
+        // A mark that was never renamed into place: nothing it describes happened.
+        fs.unlink(&paths.released_tmp)
+            .map_err(io_err("remove", &paths.released_tmp))?;
+        fs.fsync_dir(&paths.root)
+            .map_err(io_err("fsync directory", &paths.root))?;
+    }
     let Survey {
         mut used,
         blank,
         readies,
         temps,
-    } = survey(fs, dir)?;
+        spares,
+        released,
+    } = survey(fs, dir, mark.first_segment)?;
 
     check_only_last_unsealed(&used)?;
 
     let mut last_ts = 0u64;
     let mut dir_changed = false;
+    // Released files a crash left behind go to the spare pool (the log trims it).
+    let mut spare_paths = spares;
+    for (id, path) in released {
+        log::info!(
+            "aof2: {} is below the release mark (segment {}): finishing its release",
+            path.display(),
+            mark.first_segment
+        );
+        let to = paths.spare(id);
+        fs.rename(&path, &to).map_err(io_err("rename", &path))?;
+        // The rename replaced a spare of the same id, if there was one.
+        spare_paths.retain(|s| s.0 != id);
+        spare_paths.push((id, to));
+        dir_changed = true;
+    }
+    let mut spares = Vec::new();
+    for (id, path) in spare_paths {
+        let (_, size, _) = read_head(fs, &path)?;
+        if valid_prepared_size(size) {
+            spares.push((id, size));
+        } else {
+            log::warn!(
+                "aof2: spare file {} has {size} bytes, not a segment size: removed",
+                path.display()
+            );
+            fs.unlink(&path).map_err(io_err("remove", &path))?;
+            dir_changed = true;
+        }
+    }
     if let Some(u) = used.last_mut() {
         if u.footer.is_none() {
             let footer = seal_unsealed(fs, u, clock)?;
@@ -328,7 +427,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         }
     }
     let mut sealed = Vec::with_capacity(used.len());
-    let mut records_total = 0;
+    let mut records_total = mark.first_record_index;
     for u in &used {
         let footer = u.footer.expect("every used segment is sealed now");
         // Ids may skip (a crash leaves blank files that are moved past), records may
@@ -339,9 +438,18 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
                 u.id,
                 0,
                 format!(
-                    "segment starts at record {} but the segments before it hold {records_total}: \
+                    "segment starts at record {} but {} records come before it{}: \
                      records are missing (a segment file lost?)",
-                    u.header.base_record_index
+                    u.header.base_record_index,
+                    records_total,
+                    if sealed.is_empty() && mark.first_segment > 0 {
+                        format!(
+                            " (the release mark says the log starts at segment {} with record {})",
+                            mark.first_segment, mark.first_record_index
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
         }
@@ -368,7 +476,8 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     // A `.ready` file vouches only for its own id: ids below it may have been handed
     // out (in a session that crashed before the one that closed cleanly), so never
     // continue below the first one.
-    let floor = max_on_disk.map_or(0, |m| m + 1);
+    // Nor below the release mark: ids of released segments are never handed out again.
+    let floor = max_on_disk.map_or(0, |m| m + 1).max(mark.first_segment);
     let next_segment = readies.first().map_or(floor, |r| floor.max(r.0));
     let mut prepared = Vec::new();
     let mut forward = Vec::new();
@@ -435,6 +544,8 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         sealed,
         prepared,
         last_timestamp_ns: last_ts,
+        mark,
+        spares,
     })
 }
 

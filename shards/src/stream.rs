@@ -45,6 +45,9 @@ impl StreamSegment {
 /// called again.
 pub struct SealedSegmentStream {
     view: LogView,
+    /// Nothing handed out yet from a stream made by `new`: it starts wherever the log
+    /// starts (after any release), rather than failing with `Released`.
+    fresh: bool,
     /// Where the next frame to deliver is (`RecordId` layout; an offset below the
     /// header means the start of that segment, or of the first one after it).
     progress: Arc<AtomicU64>,
@@ -55,6 +58,7 @@ impl SealedSegmentStream {
     pub fn new(view: LogView) -> SealedSegmentStream {
         SealedSegmentStream {
             view,
+            fresh: true,
             progress: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -62,8 +66,9 @@ impl SealedSegmentStream {
     /// A stream whose first record is `start` (from the beginning for `None`). `start`
     /// must be the id of a durable record of this log.
     pub fn with_start_from(view: LogView, start: Option<RecordId>) -> AofResult<Self> {
-        let s = Self::new(view);
+        let mut s = Self::new(view);
         if let Some(rid) = start {
+            s.fresh = false;
             let mut c = s.cursor_at(rid)?;
             c.seek(rid)?;
             s.progress.store(rid.as_u64(), Ordering::Release);
@@ -74,7 +79,8 @@ impl SealedSegmentStream {
     /// A stream whose first record is the one after `last` (a consumer resuming after
     /// the last record it processed). `last` must be the id of a durable record.
     pub fn with_start_after(view: LogView, last: RecordId) -> AofResult<Self> {
-        let s = Self::new(view);
+        let mut s = Self::new(view);
+        s.fresh = false;
         let mut c = s.cursor_at(last)?;
         c.seek_after(last)?;
         s.progress.store(c.position().as_u64(), Ordering::Release);
@@ -83,9 +89,10 @@ impl SealedSegmentStream {
 
     fn cursor_at(&self, rid: RecordId) -> AofResult<SegmentCursor> {
         let seg = rid.segment_index() as u64;
-        let located = self.view.lock_core().locate(seg);
-        match located {
-            Some(l) if l.segment_id() == seg => Ok(SegmentCursor::new(self.view.reader(l)?)),
+        match self.view.locate_pinned(seg)? {
+            Some((l, pin)) if l.segment_id() == seg => {
+                Ok(SegmentCursor::new(self.view.reader(l, pin)?))
+            }
             _ => Err(AofError::RecordNotFound {
                 rid: rid.to_string(),
                 reason: format!(
@@ -107,17 +114,21 @@ impl SealedSegmentStream {
         loop {
             // Read before the state: if the log had ended by then, the state is final.
             let ended = self.view.signal().ended();
-            let at = self.progress.load(Ordering::Acquire);
+            let mut at = self.progress.load(Ordering::Acquire);
+            if self.fresh {
+                at = at.max(pos(self.view.lock_core().first_kept(), 0));
+            }
             let (seg, off) = (at >> 32, at & u32::MAX as u64);
-            let (located, poison) = {
-                let core = self.view.lock_core();
-                (core.locate(seg), core.poison())
+            // A stream that fell behind a release learns so, rather than skipping.
+            let (located, poison) = match self.view.locate_pinned(seg) {
+                Ok(l) => (l, self.view.lock_core().poison()),
+                Err(e) => return Some(Err(e)),
             };
             let finish = move || match poison {
                 Some(e) => Some(Err(e)),
                 None => Some(Ok(None)),
             };
-            let Some(l) = located else {
+            let Some((l, pin)) = located else {
                 return if ended { finish() } else { None };
             };
             let id = l.segment_id();
@@ -140,9 +151,10 @@ impl SealedSegmentStream {
             // Cursors handed out before stop counting: they publish to the old cell.
             let progress = Arc::new(AtomicU64::new(pos(id, start)));
             self.progress = progress.clone();
+            self.fresh = false;
             let made = self
                 .view
-                .reader(l)
+                .reader(l, pin)
                 .and_then(|r| SegmentCursor::with_progress(r, start, progress));
             return Some(made.map(|c| {
                 Some(if sealed {

@@ -47,6 +47,10 @@ impl FlushMetricsExporter {
             ("aof_caller_commits_total", s.caller_commits),
             ("aof_waiter_wakeups_total", s.waiter_wakeups),
             ("aof_waiter_spurious_wakeups_total", s.spurious_wakeups),
+            ("aof_segments_released_total", s.segments_released),
+            ("aof_segment_files_removed_total", s.segment_files_removed),
+            ("aof_segments_recycled_total", s.segments_recycled),
+            ("aof_release_failures_total", s.release_failures),
         ]
         .into_iter()
         .map(|(name, value)| MetricSample { name, value })

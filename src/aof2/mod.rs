@@ -144,6 +144,29 @@ impl Aof {
         self.log.seal_active()
     }
 
+    /// Releases every sealed segment whose records all precede `rid` (never the active
+    /// segment) and returns how many this call released: 0 when they were released
+    /// already, so it is idempotent. The release is durable when this returns: a
+    /// reopen, or a crash at any point, never brings those records back. Reading one
+    /// afterwards, or streaming from before [`Aof::first_record`], is
+    /// [`AofError::Released`]. Released files are reused for later segments (no
+    /// zero-writing) or removed in the background. Blocking: on a shard's own thread
+    /// use [`Aof::release_before_async`].
+    pub fn release_before(&self, rid: RecordId) -> AofResult<usize> {
+        self.log.release_before(rid)
+    }
+
+    /// Async [`Aof::release_before`].
+    pub async fn release_before_async(&self, rid: RecordId) -> AofResult<usize> {
+        self.log.release_before_async(rid).await
+    }
+
+    /// Where the log now starts: the id of the first record it keeps (of the first
+    /// segment kept; if that segment holds no record yet, the id its first will have).
+    pub fn first_record(&self) -> RecordId {
+        self.log.first_record()
+    }
+
     /// Opens a reader over a segment: sealed segments are memory-mapped, the active one
     /// is read up to its durable end.
     pub fn open_reader(&self, id: SegmentId) -> AofResult<SegmentReader> {

@@ -17,6 +17,8 @@ impl LogCore {
             &mut self.data_io
         } else if self.prep_io.as_ref().is_some_and(|f| f.ids.contains(&id)) {
             &mut self.prep_io
+        } else if self.house_io.as_ref().is_some_and(|f| f.ids.contains(&id)) {
+            &mut self.house_io
         } else {
             // Every completion answers an operation this core handed out: anything else
             // is a bug in an executor, which must not be skipped silently.
@@ -49,6 +51,11 @@ impl LogCore {
         if let Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } = effect {
             return self.prep_failed(effect, e);
         }
+        if let Effect::MarkDurable { .. } | Effect::Removed { .. } | Effect::SpareDropped { .. } =
+            effect
+        {
+            return self.release_failed(effect, e);
+        }
         self.metrics.failures += 1;
         if self.poisoned.is_none() {
             let (what, seg) = match effect {
@@ -61,8 +68,13 @@ impl LogCore {
                     "marking unused prepared files of",
                     segs.first().copied().unwrap_or(self.next_segment),
                 ),
-                Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } => {
-                    unreachable!("handled by prep_failed")
+                Effect::Prep { .. }
+                | Effect::Adopted { .. }
+                | Effect::Cleaned { .. }
+                | Effect::MarkDurable { .. }
+                | Effect::Removed { .. }
+                | Effect::SpareDropped { .. } => {
+                    unreachable!("handled by prep_failed or release_failed")
                 }
             };
             let path = self.paths.segment(seg);
@@ -135,11 +147,19 @@ impl LogCore {
                     }
                 }
                 self.pool.truncate(POOL_BUFFERS);
-                self.sealed.push(SealedSegment {
+                let sealed = SealedSegment {
                     header: s.header,
                     seed: s.seed,
                     footer,
-                });
+                };
+                self.sealed.push(sealed);
+                // Its age runs on the monotonic clock from its newest record's append.
+                let newest_mono = if s.record_count > 0 {
+                    s.newest_mono
+                } else {
+                    self.clock.monotonic_ns()
+                };
+                self.retain_sealed(&sealed, super::retention::Newest::Mono(newest_mono));
                 self.advance_durable(pos(seg + 1, HEADER_LEN as u64));
                 self.metrics.syncs += 1;
                 self.metrics.segments_sealed += 1;
@@ -148,6 +168,9 @@ impl LogCore {
             Effect::MarkedReady { segs } => self.marked_ready_done(&segs),
             Effect::Prep { seg } => self.prep_step_done(seg),
             Effect::Adopted { seg, size } => self.adopted(seg, size),
+            Effect::MarkDurable { mark, count } => self.mark_durable(mark, count),
+            Effect::Removed { seg, size, spare } => self.removed(seg, size, spare),
+            Effect::SpareDropped { seg } => self.spare_dropped(seg),
         }
     }
 

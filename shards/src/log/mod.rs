@@ -28,6 +28,9 @@ mod data;
 pub use data::CommitTurn;
 pub mod ops;
 mod prepare;
+mod release;
+pub use release::{ReleaseTicket, SegmentPin};
+mod retention;
 mod segment;
 mod views;
 
@@ -42,6 +45,7 @@ use crate::layout::LogPaths;
 use crate::metrics::FlushMetricsSnapshot;
 use ops::{Chain, Op, OpKind};
 use prepare::{Prep, PrepFailure};
+use release::Releases;
 pub use segment::BUF_SIZE;
 use segment::{take_buffer, Seg};
 use std::collections::VecDeque;
@@ -68,6 +72,10 @@ pub struct Recovered {
     pub prepared: Vec<(u64, u64)>,
     /// Latest record timestamp seen, so timestamps never go backwards across a reopen.
     pub last_timestamp_ns: u64,
+    /// The release mark: segments below its `first_segment` were released.
+    pub mark: crate::release_mark::ReleaseMark,
+    /// Spare files found (released files kept for reuse): (old id, size).
+    pub spares: Vec<(u64, u64)>,
 }
 
 /// What a chain achieves when every operation in it succeeds.
@@ -103,6 +111,21 @@ enum Effect {
     },
     /// The leftovers of segment `seg`'s failed preparation were removed.
     Cleaned {
+        seg: u64,
+    },
+    /// The release mark was replaced: the first `count` sealed segments are released.
+    MarkDurable {
+        mark: crate::release_mark::ReleaseMark,
+        count: usize,
+    },
+    /// A released segment's file left the directory (renamed to a spare if `spare`).
+    Removed {
+        seg: u64,
+        size: u64,
+        spare: bool,
+    },
+    /// A spare file beyond the pool's size was removed (named by its old id).
+    SpareDropped {
         seg: u64,
     },
 }
@@ -159,6 +182,9 @@ pub struct LogCore {
     cleanup: Option<(u64, std::path::PathBuf)>,
     data_io: Option<InFlight>,
     prep_io: Option<InFlight>,
+    /// The release chain in flight (the mark, or a released file's removal).
+    house_io: Option<InFlight>,
+    rel: Releases,
     next_op: u64,
     pool: Vec<AlignedBuf>,
     /// The shard's registered memory, if any: buffers and blocks come from it first.
@@ -182,7 +208,7 @@ impl LogCore {
         rec: Recovered,
     ) -> LogCore {
         let max_record = cfg.max_record_bytes();
-        LogCore {
+        let mut core = LogCore {
             max_record,
             paths,
             clock,
@@ -207,6 +233,15 @@ impl LogCore {
             cleanup: None,
             data_io: None,
             prep_io: None,
+            house_io: None,
+            rel: Releases {
+                first_kept: rec.mark.first_segment,
+                first_record_index: rec.mark.first_record_index,
+                want: rec.mark.first_segment,
+                spares: rec.spares,
+                timed: matches!(cfg.retention, crate::config::RetentionPolicy::Time { .. }),
+                ..Releases::default()
+            },
             next_op: 1,
             pool: Vec::new(),
             arena: None,
@@ -216,7 +251,11 @@ impl LogCore {
             marked_ready: false,
             metrics: FlushMetricsSnapshot::default(),
             cfg,
+        };
+        for s in core.sealed.clone() {
+            core.retain_sealed(&s, retention::Newest::Wall(s.footer.sealed_at_ns));
         }
+        core
     }
 
     // ------------------------------------------------------------------ append side
@@ -303,6 +342,10 @@ impl LogCore {
         s.appended_end = end;
         s.record_count += 1;
         s.last_record_offset = off as u32;
+        s.newest_ts = ts;
+        if self.rel.timed {
+            s.newest_mono = self.clock.monotonic_ns();
+        }
         let rid = RecordId::from_parts(
             u32::try_from(s.id).expect("segment ids fit 32 bits (checked before a segment opens)"),
             u32::try_from(off).expect("segments are smaller than 4 GiB"),
@@ -370,6 +413,9 @@ impl LogCore {
             last_crc: seed,
             record_count: 0,
             last_record_offset: format::NO_RECORD,
+            newest_ts: 0,
+            newest_mono: 0,
+            opened_mono: self.clock.monotonic_ns(),
             rolled: false,
             header_durable: false,
             written_end: 0,
@@ -494,7 +540,9 @@ impl LogCore {
         self.closing
             && self.data_io.is_none()
             && self.prep_io.is_none()
-            && (self.poisoned.is_some() || (self.data_drained() && self.marked_ready))
+            && self.house_io.is_none()
+            && (self.poisoned.is_some()
+                || (self.data_drained() && self.marked_ready && !self.release_pending()))
     }
 
     /// Everything appended is durable and every roll is sealed.
@@ -520,7 +568,14 @@ impl LogCore {
         if self.poisoned.is_some() {
             return None;
         }
-        self.deadline
+        [
+            self.deadline,
+            self.release_deadline(),
+            self.retention_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ------------------------------------------------------------------ shard side
@@ -533,10 +588,14 @@ impl LogCore {
             return out;
         }
         self.tick(now);
+        self.apply_retention(now);
         if let Some(c) = self.poll_prep() {
             out.push(c);
         }
         if let Some(c) = self.poll_data() {
+            out.push(c);
+        }
+        if let Some(c) = self.poll_house(now) {
             out.push(c);
         }
         out
@@ -604,5 +663,7 @@ fn generation(nonce: u64, id: u64) -> u32 {
     x as u32
 }
 
+#[cfg(test)]
+mod release_tests;
 #[cfg(test)]
 mod tests;

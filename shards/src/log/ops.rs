@@ -95,8 +95,10 @@ impl std::fmt::Debug for OpKind {
             }
             OpKind::Sync { seg } => write!(f, "Sync({seg})"),
             OpKind::Close { seg } => write!(f, "Close({seg})"),
-            OpKind::Rename { to, .. } => write!(f, "Rename(-> {})", to.display()),
-            OpKind::SyncDir { .. } => write!(f, "SyncDir"),
+            OpKind::Rename { from, to } => {
+                write!(f, "Rename({} -> {})", from.display(), to.display())
+            }
+            OpKind::SyncDir { path } => write!(f, "SyncDir({})", path.display()),
             OpKind::Unlink { path } => write!(f, "Unlink({})", path.display()),
         }
     }

@@ -112,7 +112,7 @@ impl LogCore {
             // Keep one file ready beyond those in use.
             next = Some((self.next_segment, self.cfg.segment_target_bytes));
         }
-        if self.prep.is_none() {
+        if self.prep.is_none() && !self.removal_lags() {
             if let Some((id, size)) = next {
                 log::trace!(
                     "aof2: preparing segment {id} ({size} bytes); want {:?}, prepared {:?}, next {}",

@@ -61,6 +61,13 @@ pub(super) struct Seg {
     pub(super) written_end: u64,
     /// Frames below this end are durable.
     pub(super) durable_end: u64,
+    /// Timestamp of its newest record (ns since the epoch; 0 while it holds none).
+    pub(super) newest_ts: u64,
+    /// When its newest record was appended (monotonic ns; kept only under time
+    /// retention, which measures a record's age on this clock while the log is open).
+    pub(super) newest_mono: u64,
+    /// When it was opened (monotonic ns): the age `segment_max_age_seconds` limits.
+    pub(super) opened_mono: u64,
 }
 
 impl Seg {

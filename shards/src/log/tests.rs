@@ -9,7 +9,7 @@ use std::path::Path;
 
 const KIB: u64 = 1024;
 
-fn cfg(f: impl FnOnce(&mut AofConfig)) -> AofConfig {
+pub(super) fn cfg(f: impl FnOnce(&mut AofConfig)) -> AofConfig {
     let mut c = AofConfig::default();
     c.root_dir = "/fake".into();
     c.segment_min_bytes = 64 * KIB;
@@ -22,7 +22,7 @@ fn cfg(f: impl FnOnce(&mut AofConfig)) -> AofConfig {
     c.normalized()
 }
 
-fn core(c: AofConfig) -> LogCore {
+pub(super) fn core(c: AofConfig) -> LogCore {
     let paths = LogPaths::new(Path::new("/fake"));
     LogCore::new(
         c,
@@ -35,12 +35,12 @@ fn core(c: AofConfig) -> LogCore {
 
 /// Executes operations against in-memory files and records what ran.
 #[derive(Default)]
-struct Fake {
-    files: HashMap<u64, Vec<u8>>,
-    ops: Vec<String>,
-    fail_syncs: bool,
+pub(super) struct Fake {
+    pub(super) files: HashMap<u64, Vec<u8>>,
+    pub(super) ops: Vec<String>,
+    pub(super) fail_syncs: bool,
     /// Fail file creation with ENOSPC (a full disk when preparing a segment).
-    fail_creates: bool,
+    pub(super) fail_creates: bool,
 }
 
 impl Fake {
@@ -77,7 +77,7 @@ impl Fake {
         Ok(())
     }
 
-    fn run_chain(&mut self, core: &mut LogCore, chain: Chain) {
+    pub(super) fn run_chain(&mut self, core: &mut LogCore, chain: Chain) {
         let mut failed = false;
         let mut results = Vec::new();
         for op in chain.ops {
@@ -95,7 +95,7 @@ impl Fake {
     }
 
     /// Runs everything the core asks for until it is idle.
-    fn drain(&mut self, core: &mut LogCore, now: u64) {
+    pub(super) fn drain(&mut self, core: &mut LogCore, now: u64) {
         loop {
             let chains = core.poll(now);
             if chains.is_empty() {
@@ -107,7 +107,7 @@ impl Fake {
         }
     }
 
-    fn index_of(&self, op: &str) -> usize {
+    pub(super) fn index_of(&self, op: &str) -> usize {
         self.ops
             .iter()
             .position(|o| o == op)
@@ -116,7 +116,7 @@ impl Fake {
 }
 
 /// Appends, running the executor while a roll waits for its prepared file.
-fn append(c: &mut LogCore, fake: &mut Fake, payload: &[u8]) -> RecordId {
+pub(super) fn append(c: &mut LogCore, fake: &mut Fake, payload: &[u8]) -> RecordId {
     loop {
         match c.append(payload) {
             Ok(a) => return a.rid,
@@ -126,7 +126,7 @@ fn append(c: &mut LogCore, fake: &mut Fake, payload: &[u8]) -> RecordId {
     }
 }
 
-fn is_durable(core: &LogCore, rid: RecordId) -> bool {
+pub(super) fn is_durable(core: &LogCore, rid: RecordId) -> bool {
     rid.as_u64() < core.durable_pos()
 }
 

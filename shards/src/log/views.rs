@@ -92,7 +92,15 @@ impl LogCore {
     }
 
     /// The id of the first sealed segment after `after` (the first of all for `None`).
+    /// If segments after `after` were released since, the first of those ids: a
+    /// follower that fell behind a release then gets `Released` opening it, rather
+    /// than skipping it unawares.
     pub fn sealed_after(&self, after: Option<u64>) -> Option<u64> {
+        if let Some(a) = after {
+            if a + 1 < self.rel.first_kept {
+                return Some(a + 1);
+            }
+        }
         let i = match after {
             Some(a) => self.sealed.partition_point(|s| s.header.segment_id <= a),
             None => 0,

@@ -210,8 +210,14 @@ impl ShardLoop {
                 // Requests arriving from here on queue the log again.
                 e.shared.clear_queued();
                 e.active = false;
-                let chains = e.shared.lock_core().poll(now);
-                e.deadline = e.shared.lock_core().deadline();
+                let chains = {
+                    let mut core = e.shared.lock_core();
+                    // Before a removal is planned: released files keep no cached map.
+                    e.shared.forget_released_maps(core.first_kept());
+                    let chains = core.poll(now);
+                    e.deadline = core.deadline();
+                    chains
+                };
                 for c in chains {
                     started = true;
                     self.exec.start(key, c, &e.shared.files, &mut self.done);

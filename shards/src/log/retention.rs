@@ -1,0 +1,160 @@
+//! Retention policies: which sealed segments to release without being asked, and when
+//! to seal an active segment that has grown old. They only raise the release target
+//! (`Releases::want`); `release.rs` does the rest, as for `release_before`.
+//!
+//! Time: a sealed segment's deadline is on the monotonic clock: a ttl after its newest
+//! record was appended, so a step of the wall clock neither releases it early nor
+//! never. Only segments found sealed at open are aged by the wall clock, once, at open
+//! (their seal time stands for their newest record's; the age is clamped to the ttl).
+//! Size: the oldest sealed segments go while the kept ones total more than the limit.
+
+use super::{LogCore, SealedSegment};
+use crate::config::RetentionPolicy;
+
+const NS: u64 = 1_000_000_000;
+
+/// When a sealed segment's newest record was written.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Newest {
+    /// Appended in this process at this monotonic time.
+    Mono(u64),
+    /// Found at open: the wall-clock time (ns since the epoch) it was sealed.
+    Wall(u64),
+}
+
+impl LogCore {
+    /// The ttl of time-based retention, in ns.
+    fn ttl_ns(&self) -> Option<u64> {
+        match self.cfg.retention {
+            RetentionPolicy::Time { ttl_seconds } => Some(ttl_seconds.saturating_mul(NS)),
+            _ => None,
+        }
+    }
+
+    /// How old the active segment may get before it is sealed, in ns.
+    fn max_age_ns(&self) -> Option<u64> {
+        match self.cfg.segment_max_age_seconds {
+            Some(s) => Some(s.saturating_mul(NS)),
+            None => self.ttl_ns(),
+        }
+    }
+
+    /// Takes note of a sealed segment (sealed now, or found sealed at open).
+    pub(super) fn retain_sealed(&mut self, s: &SealedSegment, newest: Newest) {
+        self.rel.sealed_bytes += s.header.file_size;
+        if let Some(ttl) = self.ttl_ns() {
+            let deadline = match newest {
+                Newest::Mono(t) => t.saturating_add(ttl),
+                Newest::Wall(ts) => {
+                    let age = self.clock.realtime_ns().saturating_sub(ts);
+                    self.clock.monotonic_ns() + ttl.saturating_sub(age)
+                }
+            };
+            self.rel.expiry.push_back((s.header.segment_id, deadline));
+        }
+    }
+
+    /// Forgets released segments' retention state.
+    pub(super) fn forget_released(&mut self, s: &SealedSegment) {
+        self.rel.sealed_bytes -= s.header.file_size;
+        while self
+            .rel
+            .expiry
+            .front()
+            .is_some_and(|&(id, _)| id <= s.header.segment_id)
+        {
+            self.rel.expiry.pop_front();
+        }
+    }
+
+    /// Applies the policy at monotonic time `now`: raises the release target over the
+    /// sealed segments it no longer keeps, and rolls an active segment past its age.
+    pub(super) fn apply_retention(&mut self, now: u64) {
+        if let Some(max_age) = self.max_age_ns() {
+            if let Some(s) = self.segs.back_mut() {
+                if !s.rolled && s.record_count > 0 && now >= s.opened_mono + max_age {
+                    log::debug!(
+                        "aof2: sealing segment {} of {}: max age",
+                        s.id,
+                        self.paths.root.display()
+                    );
+                    s.rolled = true;
+                }
+            }
+        }
+        // A prefix of the sealed segments, never beyond the first unsealed one.
+        let mut k = 0;
+        match self.cfg.retention {
+            RetentionPolicy::Time { .. } => {
+                let expired = self
+                    .rel
+                    .expiry
+                    .iter()
+                    .take_while(|&&(_, deadline)| deadline <= now)
+                    .count();
+                k = expired.min(self.sealed.len());
+            }
+            RetentionPolicy::Size { max_total_bytes } => {
+                let mut total = self.rel.sealed_bytes;
+                while total > max_total_bytes && k < self.sealed.len() {
+                    total -= self.sealed[k].header.file_size;
+                    k += 1;
+                }
+            }
+            _ => {}
+        }
+        if k == 0 {
+            return;
+        }
+        let target = match self.sealed.get(k) {
+            Some(s) => s.header.segment_id,
+            None => self.first_unsealed(),
+        };
+        if target > self.rel.want {
+            log::debug!(
+                "aof2: retention releases segments below {target} of {}",
+                self.paths.root.display()
+            );
+            self.rel.want = target;
+        }
+    }
+
+    /// When the policy next has something to do (monotonic ns), if it waits on time.
+    pub(super) fn retention_deadline(&self) -> Option<u64> {
+        // Segments already asked for wait for the release, not for time.
+        let expiry = self.ttl_ns().and_then(|_| {
+            self.rel
+                .expiry
+                .iter()
+                .find(|&&(id, _)| id >= self.rel.want)
+                .map(|&(_, d)| d)
+        });
+        let age = self.max_age_ns().and_then(|max_age| {
+            self.segs
+                .back()
+                .filter(|s| !s.rolled && s.record_count > 0)
+                .map(|s| s.opened_mono + max_age)
+        });
+        match (expiry, age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Under `Size`, preparing a new segment file waits while two or more files the
+    /// policy let go are still on disk (released or about to be, not yet removed), so a
+    /// writer faster than removal (a directory fsync per file) slows to its pace
+    /// instead of overrunning the limit. A failing release does not hold it up.
+    pub(super) fn removal_lags(&self) -> bool {
+        if !matches!(self.cfg.retention, RetentionPolicy::Size { .. }) || self.rel.failure.is_some()
+        {
+            return false;
+        }
+        let unreleased = self
+            .sealed
+            .iter()
+            .take_while(|s| s.header.segment_id < self.rel.want)
+            .count();
+        self.rel.removing.len() + unreleased >= 2
+    }
+}
