@@ -254,6 +254,7 @@ fn a_log_with_an_empty_segment_left_by_a_crash_after_a_roll_reopens() {
         base_record_index: 20,
         created_at_ns: 1,
         file_size: img.len() as u64,
+        recycled: false,
     };
     img[..format::HEADER_LEN].copy_from_slice(&header.encode().0);
     std::fs::write(&blank, &img).unwrap();

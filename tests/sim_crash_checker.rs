@@ -64,6 +64,8 @@ struct Session {
     closed: bool,
     /// Faults injected before the session began.
     faults_at_start: u64,
+    /// Segments that started in recycled files (last seen).
+    recycled: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +294,7 @@ impl World {
             acked: 0,
             closed: false,
             faults_at_start: self.fs.faults_injected(),
+            recycled: 0,
         });
         let exec: Box<dyn Executor> = match self.model {
             Model::Blocking => Box::new(BlockingExecutor),
@@ -561,6 +564,7 @@ impl World {
         let mut pending = std::mem::take(&mut o.releases);
         {
             let core = o.core();
+            self.sessions.last_mut().unwrap().recycled = core.metrics().segments_recycled;
             pending.retain(|t| match core.release_outcome(t) {
                 None => true,
                 Some(r) => {
@@ -843,6 +847,7 @@ fn acknowledged_records_survive_simulated_crashes() {
     let start = std::time::Instant::now();
     let mut acked = 0usize;
     let mut crashes = 0usize;
+    let mut recycled = 0u64;
     let mut slowest = (std::time::Duration::ZERO, 0);
     for seed in first..first + seeds {
         // Every seed on one model, alternating (both get a different half).
@@ -852,10 +857,11 @@ fn acknowledged_records_survive_simulated_crashes() {
         w.run(400);
         slowest = slowest.max((t.elapsed(), seed));
         acked += w.sessions.iter().map(|s| s.acked).sum::<usize>();
+        recycled += w.sessions.iter().map(|s| s.recycled).sum::<u64>();
         crashes += w.sessions.len();
     }
     println!(
-        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified in {:.1?} (slowest: seed {} {:.1?})",
+        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified, {recycled} segments in recycled files, in {:.1?} (slowest: seed {} {:.1?})",
         start.elapsed(),
         slowest.1,
         slowest.0

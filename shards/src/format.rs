@@ -5,9 +5,14 @@
 //! ```text
 //! [0, 64)                      segment header
 //! [64, data_end)               record and padding frames, each 8-byte aligned
-//! [data_end, size - 4096)      zeros (the file is zero-written before use)
+//! [data_end, size - 4096)      zeros (the file is zero-written before use), or, in a
+//!                              recycled file (header flag), stale bytes of its earlier use
 //! [size - 4096, size)          footer region: the seal footer in its first 80 bytes once sealed
 //! ```
+//!
+//! A recycled file's stale bytes may hold whole frames of its earlier use; they never
+//! validate, because every checksum here is seeded with the header's checksum, and a
+//! recycled file gets a new header (new id, new random generation).
 //!
 //! Every checksum is CRC-32 (IEEE, `crc32fast`). Frame and footer checksums are seeded
 //! with the header checksum, which covers the segment id and a per-segment random
@@ -129,7 +134,13 @@ pub struct SegmentHeader {
     pub created_at_ns: u64,
     /// Size of the file, footer region included.
     pub file_size: u64,
+    /// The file was used before (a recycled spare): bytes past the frames are stale,
+    /// not zeros (flags bit 0).
+    pub recycled: bool,
 }
+
+/// Header flag: the file is recycled (see [`SegmentHeader::recycled`]).
+pub const HEADER_FLAG_RECYCLED: u32 = 1;
 
 /// What the first bytes of a segment file hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +158,12 @@ impl SegmentHeader {
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-        // 12..16 flags: zero in v1.
+        let flags = if self.recycled {
+            HEADER_FLAG_RECYCLED
+        } else {
+            0
+        };
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..28].copy_from_slice(&self.generation.to_le_bytes());
         // 28..32 reserved.
@@ -187,7 +203,10 @@ impl SegmentHeader {
         if u16_at(b, 10) as usize != HEADER_LEN {
             return Err(FormatError::BadField("header_len"));
         }
-        if u32_at(b, 12) != 0 || u32_at(b, 28) != 0 || u32_at(b, 56) != 0 {
+        if u32_at(b, 12) & !HEADER_FLAG_RECYCLED != 0 {
+            return Err(FormatError::BadField("flags"));
+        }
+        if u32_at(b, 28) != 0 || u32_at(b, 56) != 0 {
             return Err(FormatError::BadField("reserved"));
         }
         let h = SegmentHeader {
@@ -196,6 +215,7 @@ impl SegmentHeader {
             base_record_index: u64_at(b, 32),
             created_at_ns: u64_at(b, 40),
             file_size: u64_at(b, 48),
+            recycled: u32_at(b, 12) & HEADER_FLAG_RECYCLED != 0,
         };
         if h.file_size < MIN_SEGMENT_FILE
             || h.file_size > MAX_SEGMENT_FILE
@@ -678,6 +698,7 @@ mod tests {
             base_record_index: 1234,
             created_at_ns: 1_700_000_000_000_000_000,
             file_size: 1 << 20,
+            recycled: false,
         }
     }
 

@@ -228,6 +228,11 @@ impl LogDir {
                 st.data_end = scan.data_end;
                 st.records = scan.record_count;
                 if let ScanStop::Invalid { offset, reason } = scan.stop {
+                    let reason = if u.header.recycled {
+                        format!("{reason}: a torn write or stale bytes of a recycled file")
+                    } else {
+                        reason
+                    };
                     st.torn_tail = Some((offset, reason));
                 }
             }
@@ -360,10 +365,13 @@ impl LogDir {
             ));
         }
         let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
-        let zeros = [
-            (f.data_end as usize, footer_at),
-            (footer_at + FOOTER_LEN, image.len()),
-        ];
+        // Past the data end: zeros, or a recycled file's stale bytes (never read).
+        let data_tail = if u.header.recycled {
+            (footer_at, footer_at)
+        } else {
+            (f.data_end as usize, footer_at)
+        };
+        let zeros = [data_tail, (footer_at + FOOTER_LEN, image.len())];
         for (a, b) in zeros {
             if let Some(i) = image[a..b].iter().position(|&x| x != 0) {
                 return Err(bad(
@@ -395,6 +403,7 @@ impl LogDir {
         } else if let Some(i) = image[st.data_end as usize..cap as usize]
             .iter()
             .position(|&x| x != 0)
+            .filter(|_| !u.header.recycled)
         {
             let off = st.data_end + i as u64;
             st.torn_tail = Some((off, "non-zero bytes after the last frame".into()));

@@ -454,6 +454,13 @@ impl SegmentCursor {
             }
             let (h, payload_at) = match self.frame_at(off) {
                 Ok(x) => x,
+                // A recycled file's stale bytes end the written frames, as zeros do.
+                Err(AofError::Corruption { .. })
+                    if self.open_ended && self.reader.header().recycled =>
+                {
+                    self.window.clear();
+                    return Ok(None);
+                }
                 Err(e) if self.open_ended => {
                     self.window.clear();
                     return Err(e);

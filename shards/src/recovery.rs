@@ -562,12 +562,14 @@ fn read_head(fs: &dyn Fs, path: &Path) -> AofResult<(Arc<dyn FsFile>, u64, Vec<u
     Ok((file, size, head))
 }
 
-/// True when every byte of the file after the header is zero (no frame was written).
+/// True when the rest of the first block after the header is zero: no frame was
+/// written (the first frame starts right after the header, and every write of frames
+/// covers it until the block is full). Only the first block is looked at, since a
+/// recycled file holds stale bytes past it (zeroed with the header when recycled).
 fn zero_after_header(file: &dyn FsFile, path: &Path) -> AofResult<bool> {
-    let image = file.map().map_err(io_err("map", path))?;
-    Ok(image
-        .get(format::HEADER_LEN..)
-        .is_some_and(|rest| rest.iter().all(|&b| b == 0)))
+    let mut block = vec![0u8; BLOCK];
+    let n = file.pread(0, &mut block).map_err(io_err("read", path))?;
+    Ok(n == BLOCK && block[format::HEADER_LEN..].iter().all(|&b| b == 0))
 }
 
 /// A size the engine prepares segment files at.
@@ -609,20 +611,34 @@ fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFoote
                 ),
             ));
         }
-        log::warn!(
-            "aof2: segment {} ends in a torn write at offset {offset} ({reason}): records from there \
-             were never acknowledged; sealing at the last valid frame",
-            u.path.display()
-        );
+        if u.header.recycled {
+            log::info!(
+                "aof2: recycled segment {} ends at offset {offset} ({reason}: a torn write or \
+                 the stale bytes of its earlier use); sealing at the last valid frame",
+                u.path.display()
+            );
+        } else {
+            log::warn!(
+                "aof2: segment {} ends in a torn write at offset {offset} ({reason}): records \
+                 from there were never acknowledged; sealing at the last valid frame",
+                u.path.display()
+            );
+        }
     }
     // Zero the torn tail before sealing: it was never acknowledged, and a sealed
     // segment holds nothing but zeros past its data end, so `aof2 verify` can check
     // every byte of it.
-    let tail_end = image[..capacity as usize]
-        .iter()
-        .rposition(|&b| b != 0)
-        .map(|i| i as u64 + 1)
-        .filter(|&e| e > scan.data_end);
+    // A recycled file's tail is stale bytes by definition (the format allows them):
+    // only the block the data ends in is rewritten, its tail zeroed.
+    let tail_end = if u.header.recycled {
+        Some(scan.data_end).filter(|e| e % BLOCK as u64 != 0)
+    } else {
+        image[..capacity as usize]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map(|i| i as u64 + 1)
+            .filter(|&e| e > scan.data_end)
+    };
     let from = scan.data_end & !(BLOCK as u64 - 1);
     let kept = image[from as usize..scan.data_end as usize].to_vec();
     drop(image);

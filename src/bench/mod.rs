@@ -11,6 +11,7 @@ mod peers;
 mod r2;
 mod reads;
 mod report;
+mod small;
 mod w1;
 mod w2;
 mod w3;
@@ -54,10 +55,15 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn open(&self) -> BenchResult<Aof> {
+        self.open_with(|_| {})
+    }
+    /// A log with the default configuration changed by `f`.
+    fn open_with(&self, f: impl FnOnce(&mut AofConfig)) -> BenchResult<Aof> {
         let mut cfg = AofConfig::default();
         cfg.root_dir = self
             .root
             .join(format!("log-{}", self.seq.fetch_add(1, Ordering::Relaxed)));
+        f(&mut cfg);
         Ok(Aof::new(self.manager.handle(), cfg)?)
     }
     fn duration(&self) -> Duration {
@@ -181,7 +187,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 9] = [
+    let workloads: [(&[&str], Workload); 10] = [
         (&["W1"], w1::w1),
         (&["W2"], w2::w2),
         (&["W3"], w3::w3),
@@ -189,6 +195,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         (&["W5"], w5::w5),
         (&["R2"], r2::r2),
         (&["R1", "R3"], reads::reads),
+        (&["S1"], small::s1),
         (&["C1"], paths::c1),
         (&["P1"], peer_rows),
     ];

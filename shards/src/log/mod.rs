@@ -174,12 +174,15 @@ pub struct LogCore {
     sealed: Vec<SealedSegment>,
     prepared: VecDeque<(u64, u64)>,
     adopt: VecDeque<(u64, u64)>,
+    /// Prepared (or adopted) files that may hold stale bytes past their header: their
+    /// segments' headers say so (the recycled flag).
+    recycled: std::collections::BTreeSet<u64>,
     /// (id, size) of the segment a blocked append waits for.
     want: Option<(u64, u64)>,
     prep: Option<Prep>,
     prep_failure: Option<PrepFailure>,
     /// A failed preparation's file to close and remove: (segment, temp path).
-    cleanup: Option<(u64, std::path::PathBuf)>,
+    cleanup: Option<(u64, Vec<std::path::PathBuf>)>,
     data_io: Option<InFlight>,
     prep_io: Option<InFlight>,
     /// The release chain in flight (the mark, or a released file's removal).
@@ -226,6 +229,8 @@ impl LogCore {
             durable: pos(rec.next_segment, HEADER_LEN as u64),
             sealed: rec.sealed,
             prepared: VecDeque::new(),
+            // A file recovery found prepared may be a recycled one: flag it.
+            recycled: rec.prepared.iter().map(|p| p.0).collect(),
             adopt: rec.prepared.into(),
             want: None,
             prep: None,
@@ -397,6 +402,7 @@ impl LogCore {
             base_record_index: self.records_total,
             created_at_ns: self.clock.realtime_ns(),
             file_size,
+            recycled: self.recycled.remove(&id),
         };
         let (header_bytes, seed) = header.encode();
         let buf_size = (self.buf_size as u64).min(file_size) as usize;

@@ -1,7 +1,10 @@
 //! Segment preparation: a log's next segment file is created as a temporary file,
 //! zero-written to its full size, synced, renamed into place and its directory entry
 //! synced, before any append may enter it (so a later sync never changes file
-//! metadata, and every id handed out lies in a file that exists on disk). Also the
+//! metadata, and every id handed out lies in a file that exists on disk). A spare file
+//! of the right size (a released segment's, see `release.rs`) is recycled instead: its
+//! first block and footer block are zeroed and synced (the rest keeps its stale bytes,
+//! which the new segment's header flags), then it is renamed into place. Also the
 //! closing side of it: abandoning a preparation, and marking unused prepared files
 //! `.ready` so the next open reuses their ids. A failed preparation loses nothing and
 //! poisons nothing: it is retried when an append needs the file.
@@ -29,6 +32,8 @@ pub(super) struct Prep {
     pub(super) step: PrepStep,
     /// Bytes of the zero-write in flight.
     pub(super) chunk: u64,
+    /// Recycling this spare (named by its old id) instead of creating a file.
+    pub(super) spare: Option<u64>,
 }
 
 /// How long after a failed segment preparation an append may try again (ns).
@@ -65,8 +70,9 @@ impl LogCore {
         if self.prep_io.is_some() {
             return None;
         }
-        if let Some((seg, path)) = self.cleanup.take() {
-            let kinds = vec![OpKind::Close { seg }, OpKind::Unlink { path }];
+        if let Some((seg, paths)) = self.cleanup.take() {
+            let mut kinds = vec![OpKind::Close { seg }];
+            kinds.extend(paths.into_iter().map(|path| OpKind::Unlink { path }));
             return Some(self.chain(kinds, Effect::Cleaned { seg }, true));
         }
         if self.closing {
@@ -120,11 +126,19 @@ impl LogCore {
                     self.prepared,
                     self.next_segment
                 );
+                // A spare of that size, if the pool has one (oldest first).
+                let spare = self
+                    .rel
+                    .spares
+                    .iter()
+                    .position(|s| s.1 == size)
+                    .map(|i| self.rel.spares.remove(i).0);
                 self.prep = Some(Prep {
                     id,
                     size,
                     step: PrepStep::Create,
                     chunk: 0,
+                    spare,
                 });
             }
         }
@@ -132,9 +146,38 @@ impl LogCore {
         Some(self.prep_step(p))
     }
 
+    /// Where preparation `p`'s file is until it is renamed into place.
+    fn prep_path(&self, p: Prep) -> std::path::PathBuf {
+        match p.spare {
+            Some(old) => self.paths.spare(old),
+            None => self.paths.temp(p.id),
+        }
+    }
+
     /// The chain for the next step of preparation `p`.
     pub(super) fn prep_step(&mut self, p: Prep) -> Chain {
         let kind = match p.step {
+            PrepStep::Create if p.spare.is_some() => OpKind::Open {
+                seg: p.id,
+                path: self.prep_path(p),
+            },
+            PrepStep::Zero(_) if p.spare.is_some() => {
+                // Only what recovery reads to classify a file: the header block (blank:
+                // prepared, never used) and the footer block (blank: not sealed).
+                let kinds = vec![
+                    OpKind::Write {
+                        seg: p.id,
+                        offset: 0,
+                        data: vec![IoData::Zeros(crate::format::BLOCK)],
+                    },
+                    OpKind::Write {
+                        seg: p.id,
+                        offset: p.size - crate::format::BLOCK as u64,
+                        data: vec![IoData::Zeros(crate::format::BLOCK)],
+                    },
+                ];
+                return self.chain(kinds, Effect::Prep { seg: p.id }, true);
+            }
             PrepStep::Create => {
                 // A failed earlier attempt may have left the temp file (if removing it
                 // failed too): clear it, or the create would fail for ever.
@@ -171,7 +214,7 @@ impl LogCore {
             }
             PrepStep::Sync => OpKind::Sync { seg: p.id },
             PrepStep::Rename => OpKind::Rename {
-                from: self.paths.temp(p.id),
+                from: self.prep_path(p),
                 to: self.paths.segment(p.id),
             },
             PrepStep::SyncDir => OpKind::SyncDir {
@@ -244,8 +287,22 @@ impl LogCore {
             }
             Effect::Adopted { seg, .. } => *seg,
             _ => match self.prep.take() {
+                Some(p) if p.spare.is_some() => {
+                    // A spare that fails is dropped, and the next preparation starts
+                    // at once, from another spare or a new file: nothing waits on a
+                    // damaged spare. (If the rename was done, `<id>.seg` is a blank
+                    // prepared file, which the next preparation renames over.)
+                    let paths = vec![self.prep_path(p)];
+                    log::warn!(
+                        "aof2: recycling spare file {} failed: {e}; removing it",
+                        self.prep_path(p).display()
+                    );
+                    self.cleanup = Some((p.id, paths));
+                    self.metrics.prepare_failures += 1;
+                    return Progress::default();
+                }
                 Some(p) => {
-                    self.cleanup = Some((p.id, self.paths.temp(p.id)));
+                    self.cleanup = Some((p.id, vec![self.paths.temp(p.id)]));
                     p.id
                 }
                 // Abandoned at close: nothing waits for it.
@@ -284,6 +341,7 @@ impl LogCore {
         );
         p.step = match p.step {
             PrepStep::Create => PrepStep::Zero(0),
+            PrepStep::Zero(_) if p.spare.is_some() => PrepStep::Sync,
             PrepStep::Zero(off) => {
                 let next = off + p.chunk;
                 if next < p.size {
@@ -296,6 +354,10 @@ impl LogCore {
             PrepStep::Rename => PrepStep::SyncDir,
             PrepStep::SyncDir => {
                 let (id, size) = (p.id, p.size);
+                if p.spare.is_some() {
+                    self.recycled.insert(id);
+                    self.metrics.segments_recycled += 1;
+                }
                 self.prep = None;
                 // Kept in id order: a replacement for the front id goes first.
                 let at = self.prepared.partition_point(|&(p, _)| p < id);

@@ -285,6 +285,8 @@ impl LogCore {
     /// crash left below the mark, or a smaller `spare_segments` than before).
     fn trim_spares(&mut self) -> Option<Chain> {
         let &(seg, _) = self.excess_spare()?;
+        // Out of the pool now, so no preparation recycles it meanwhile.
+        self.rel.spares.retain(|s| s.0 != seg);
         let kinds = vec![
             OpKind::Unlink {
                 path: self.paths.spare(seg),
@@ -304,14 +306,11 @@ impl LogCore {
             .find(|&&(_, size)| self.rel.spares.iter().filter(|s| s.1 == size).count() > keep)
     }
 
-    /// Spare `seg` was removed.
+    /// Spare `seg` was removed (it left the pool when its removal started).
     pub(super) fn spare_dropped(&mut self, seg: u64) -> Progress {
-        let before = self.rel.spares.len();
-        self.rel.spares.retain(|s| s.0 != seg);
-        assert_eq!(
-            before,
-            self.rel.spares.len() + 1,
-            "dropped an unknown spare {seg}"
+        assert!(
+            self.rel.spares.iter().all(|s| s.0 != seg),
+            "spare {seg} dropped while still in the pool"
         );
         self.rel.failure = None;
         self.metrics.segment_files_removed += 1;

@@ -272,3 +272,66 @@ fn time_retention_ignores_wall_clock_steps_and_seals_a_slow_log() {
     );
     assert!(matches!(c.check_kept(seg), Err(AofError::Released { .. })));
 }
+
+/// Appends 12 KiB records until a record lands in segment `seg`.
+fn fill_to(c: &mut LogCore, fake: &mut Fake, seg: u32) {
+    while append(c, fake, &[3u8; 12 * 1024]).segment_index() < seg {}
+    c.request_flush_all();
+    fake.drain(c, 0);
+}
+
+#[test]
+fn a_spare_is_recycled_as_the_next_segment_without_zero_writing() {
+    let (mut c, mut fake, segs) = log_with_sealed(2, 2);
+    c.request_release(segs[2][0]).unwrap();
+    fake.drain(&mut c, 0);
+    // Segment 3 was prepared before the release; 4 is prepared from a spare.
+    let start = fake.ops.len();
+    fill_to(&mut c, &mut fake, 3);
+    let ops = ops_from(&fake, start);
+    let size = 64 * 1024 - 4096;
+    let expect = [
+        "Open(4)".to_string(),
+        "Write(4 @0 +4096)".into(),
+        format!("Write(4 @{size} +4096)"),
+        "Sync(4)".into(),
+        "Rename(/fake/segments/00000000000000000000.spare -> /fake/segments/00000000000000000004.seg)"
+            .into(),
+        "SyncDir(/fake/segments)".into(),
+    ];
+    let mine: Vec<_> = ops
+        .iter()
+        .filter(|o| o.contains("(4") || o.contains(".spare") || o.starts_with("SyncDir"))
+        .cloned()
+        .collect();
+    assert_eq!(mine, expect, "{ops:?}");
+    assert_eq!(c.metrics().segments_recycled, 1);
+    assert_eq!(c.rel.spares.len(), 1);
+    // The segment that starts in it says its file is recycled; fresh ones do not.
+    fill_to(&mut c, &mut fake, 4);
+    let header = |id: u64| match SegmentHeader::decode(&fake.files[&id][..64]).unwrap() {
+        crate::format::HeaderState::Valid(h, _) => h,
+        other => panic!("{other:?}"),
+    };
+    assert!(header(4).recycled);
+    assert!(!header(3).recycled);
+}
+
+#[test]
+fn a_spare_that_fails_is_dropped_and_a_new_file_prepared_at_once() {
+    let (mut c, mut fake, segs) = log_with_sealed(2, 2);
+    c.request_release(segs[2][0]).unwrap();
+    fake.drain(&mut c, 0);
+    assert_eq!(c.rel.spares.len(), 2);
+    fake.fail_opens = true;
+    fill_to(&mut c, &mut fake, 4);
+    fake.fail_opens = false;
+    // Both spares failed and were removed; the file came from a create, no pause.
+    assert!(c.rel.spares.is_empty());
+    fake.index_of("Unlink(/fake/segments/00000000000000000000.spare)");
+    fake.index_of("Unlink(/fake/segments/00000000000000000001.spare)");
+    fake.index_of("Create(4)");
+    assert!(c.prepare_error().is_none());
+    assert!(c.check_open().is_ok());
+    assert_eq!(c.metrics().segments_recycled, 0);
+}

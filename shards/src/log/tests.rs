@@ -41,6 +41,8 @@ pub(super) struct Fake {
     pub(super) fail_syncs: bool,
     /// Fail file creation with ENOSPC (a full disk when preparing a segment).
     pub(super) fail_creates: bool,
+    /// Fail opening files with EIO (a damaged spare).
+    pub(super) fail_opens: bool,
 }
 
 impl Fake {
@@ -52,6 +54,12 @@ impl Fake {
             }
             OpKind::Create { seg, .. } => {
                 self.files.insert(*seg, Vec::new());
+            }
+            OpKind::Open { .. } if self.fail_opens => {
+                return Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            OpKind::Open { seg, .. } => {
+                self.files.entry(*seg).or_default();
             }
             OpKind::Write { seg, offset, data } => {
                 assert!(
