@@ -174,11 +174,17 @@ fn try_append_reports_the_cap_instead_of_waiting() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager();
     let mut cfg = small_cfg(dir.path());
-    cfg.segment_target_bytes = 1024 * 1024; // rolls are rare: the cap is what stops it
+    // Rolls are rare: the cap is what stops it.
+    cfg.segment_min_bytes = 1024 * 1024;
+    cfg.segment_target_bytes = 1024 * 1024;
     cfg.flush.max_unflushed_bytes = 64 * 1024;
     cfg.flush.flush_watermark_bytes = 64 * 1024;
     cfg.flush.flush_interval_ms = 0;
     let aof = open(&m, cfg);
+    // The first segment's file is prepared for the first append (a try_ append would
+    // get WouldBlock(Rollover) meanwhile).
+    aof.flush_until(aof.append_record(b"first").unwrap())
+        .unwrap();
     let big = vec![1u8; 20 * 1024];
     let mut appended = 0;
     let e = loop {

@@ -286,7 +286,9 @@ fn without_memlock_the_ring_works_unregistered() {
         );
         let d = tempfile::tempdir().unwrap();
         let mut c = small_cfg(d.path());
-        c.segment_target_bytes = 16 << 20; // 1 MiB log buffers, the arena's size class
+        // 1 MiB log buffers (the arena's size class) from the first segment on.
+        c.segment_min_bytes = 16 << 20;
+        c.segment_target_bytes = 16 << 20;
         c.segment_max_bytes = 16 << 20;
         // The shard's ring registered the arena; a caller's own ring registers nothing.
         c.commit = CommitMode::Shard;

@@ -32,6 +32,8 @@ fn write_log(root: &Path, n: u64) -> Vec<RecordId> {
             r
         })
         .collect();
+    drop(aof);
+    unseal_last(root);
     rids
 }
 
@@ -237,16 +239,19 @@ fn a_log_with_an_empty_segment_left_by_a_crash_after_a_roll_reopens() {
     drop(open(&m, small_cfg(dir.path()))); // reopening seals the last used segment
                                            // What a crash right after a roll leaves: the header of the next segment, written
                                            // into its prepared (blank) file and synced, and no frame. Build it with the format
-                                           // module in the blank file the log would roll into.
-    let ready = segments(dir.path())
-        .into_iter()
-        .find(|p| p.to_str().unwrap().ends_with(".seg.ready"))
-        .expect("a prepared file ahead, marked ready by the clean close");
-    let next: u64 = ready.file_name().unwrap().to_str().unwrap()[..20]
-        .parse()
-        .unwrap();
+                                           // module in a blank file under the next id, as preparation leaves it.
+    let next = segments(dir.path())
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            name.ends_with(".seg")
+                .then(|| name[..20].parse::<u64>().ok())?
+        })
+        .max()
+        .expect("segments")
+        + 1;
     let blank = dir.path().join("segments").join(format!("{next:020}.seg"));
-    std::fs::rename(&ready, &blank).unwrap();
+    std::fs::write(&blank, vec![0u8; 64 * 1024]).unwrap();
     let mut img = std::fs::read(&blank).unwrap();
     let header = SegmentHeader {
         segment_id: next,

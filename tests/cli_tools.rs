@@ -24,7 +24,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Writes `n` text records (`record-<i>`), sealing once in the middle; the last
-/// segment is left unsealed (active) when the log closes.
+/// segment is left unsealed (active), as a crash after the last sync leaves it.
 fn write_log(root: &Path, n: u64) -> Vec<RecordId> {
     let m = manager();
     let aof = open(&m, small_cfg(root));
@@ -38,6 +38,8 @@ fn write_log(root: &Path, n: u64) -> Vec<RecordId> {
         }
     }
     aof.flush().unwrap();
+    drop(aof);
+    unseal_last(root);
     rids
 }
 
@@ -191,7 +193,8 @@ fn verify_tells_a_torn_tail_from_damaged_synced_frames_in_an_unsealed_segment() 
             aof.flush_until(rid).unwrap(); // each record synced before the next
             rids.push(rid);
         }
-    } // closed, not sealed
+    } // closed
+    unseal_last(&root); // as a crash after the last sync leaves it
     let dir = LogDir::open(&root).unwrap();
     let seg = dir.segments().last().unwrap().clone();
     assert!(seg.footer.is_none());

@@ -352,6 +352,8 @@ fn tail_followers_report_durable_advances_seals_and_the_end() {
     let rid = aof.append_record(b"last").unwrap();
     aof.flush_until(rid).unwrap();
     aof.close();
+    // A clean close seals the active segment too.
+    sealed.push(SegmentId::new(rid.segment_index() as u64));
     for h in blocking {
         let events = within(Duration::from_secs(30), "follower", move || {
             h.join().unwrap()

@@ -93,6 +93,8 @@ fn fail_a_shard_under_load(backend: IoBackend, fault: ShardFault, cause: &str) {
     }
     a.flush_until(acked.last().unwrap().0).unwrap();
     let unsynced = a.append(b"never synced").unwrap();
+    // c's first append waits for its first segment's file: before the shard pauses.
+    c.append(&payload(3, 0)).unwrap();
 
     // Hold the shard still, so that every call below is waiting when it fails.
     set.shards()[victim].inject(ShardFault::Pause(Duration::from_millis(500)));
@@ -170,11 +172,18 @@ fn fail_a_shard_under_load(backend: IoBackend, fault: ShardFault, cause: &str) {
         ));
     }
     {
-        // An append held by back-pressure: c's unflushed bytes at the limit.
+        // An append held by back-pressure: c's unflushed bytes at the limit, or its next
+        // segment's file not prepared (the shard is paused).
         let c2 = c.clone();
-        let mut n = 0u64;
-        while c.try_append(&payload(3, n)).is_ok() {
-            n += 1;
+        // (c's first record, appended before the pause, opened its first segment.)
+        let mut n = 1u64;
+        // Until it would wait: at the cap, or for its next segment's file.
+        loop {
+            match c.try_append(&payload(3, n)) {
+                Ok(_) => n += 1,
+                Err(AofError::WouldBlock(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
         }
         waiters.push((
             "append under back-pressure",

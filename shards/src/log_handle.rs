@@ -195,31 +195,9 @@ impl LogHandle {
             commit,
             callers: set.caller_rings(),
         };
-        log.wait_ready()?;
+        // No segment file is prepared at open: the first append asks for one (a log
+        // that is opened and never written costs no file).
         Ok(log)
-    }
-
-    /// Waits until a prepared segment is ready, so the first append does not wait for
-    /// a file to be zero-written. Errors if preparing it failed.
-    fn wait_ready(&self) -> AofResult<()> {
-        if current_shard().is_some() {
-            return Ok(());
-        }
-        loop {
-            let seen = self.shared.signal.version();
-            {
-                let core = self.shared.lock_core();
-                if let Some(e) = core.poison() {
-                    return Err(e);
-                }
-                // A failed preparation (a full disk) does not stop the open: the log
-                // reads and syncs; appends needing a segment report the error.
-                if core.has_prepared_segment() || core.prepare_error().is_some() {
-                    return Ok(());
-                }
-            }
-            self.shared.signal.wait_change(seen, None);
-        }
     }
 
     fn no_blocking_here(call: &'static str) -> AofResult<()> {

@@ -274,7 +274,9 @@ mod tests {
         let files = Arc::new(LogFiles::new(fs, false));
         let nowhere: Arc<dyn ShardLink> = Arc::new(Nowhere);
         let shared = Arc::new(LogShared::new(1, core, files.clone(), &nowhere));
-        // Prepare the first segment (the shard's work) with blocking calls.
+        // The first append asks for the first segment; prepare it (the shard's work)
+        // with blocking calls.
+        assert!(shared.lock_core().append(b"first").is_err());
         for _ in 0..100 {
             let chains = shared.lock_core().poll(0);
             for c in chains {

@@ -50,6 +50,8 @@ pub struct FlushMetricsSnapshot {
     pub segments_recycled: u64,
     /// Failed release or removal steps (the log stays usable; they are retried).
     pub release_failures: u64,
+    /// Times the log went idle and gave its buffers back.
+    pub idle_buffer_releases: u64,
     /// 1 when the log's segment files are written with O_DIRECT; 0 when through the
     /// page cache (a file system that refuses O_DIRECT or our 4 KiB alignment, such as
     /// tmpfs), which `fdatasync` makes just as durable.

@@ -51,6 +51,7 @@ impl FlushMetricsExporter {
             ("aof_segment_files_removed_total", s.segment_files_removed),
             ("aof_segments_recycled_total", s.segments_recycled),
             ("aof_release_failures_total", s.release_failures),
+            ("aof_idle_buffer_releases_total", s.idle_buffer_releases),
         ]
         .into_iter()
         .map(|(name, value)| MetricSample { name, value })

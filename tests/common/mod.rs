@@ -146,3 +146,19 @@ pub fn flip(path: &Path, offset: u64) {
     b[0] ^= 0x01;
     f.write_all_at(&b, offset).unwrap();
 }
+
+/// Leaves the last segment of a cleanly closed log as a crash after its last sync would
+/// (a clean close seals it): its footer region zeroed.
+#[allow(dead_code)]
+pub fn unseal_last(root: &Path) {
+    let last = std::fs::read_dir(root.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let mut b = std::fs::read(&last).unwrap();
+    let n = b.len();
+    b[n - 4096..].fill(0);
+    std::fs::write(&last, &b).unwrap();
+}

@@ -32,15 +32,14 @@ mod release;
 pub use release::{ReleaseTicket, SegmentPin};
 mod retention;
 mod segment;
+mod sizing;
 mod views;
 
 use crate::buffer::{AlignedBuf, BufferArena};
 use crate::clock::Clock;
 use crate::config::{AofConfig, RecordId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
-use crate::format::{
-    self, FrameKind, SegmentFooter, SegmentHeader, BLOCK, FOOTER_REGION, HEADER_LEN,
-};
+use crate::format::{self, FrameKind, SegmentFooter, SegmentHeader, BLOCK, HEADER_LEN};
 use crate::layout::LogPaths;
 use crate::metrics::FlushMetricsSnapshot;
 use ops::{Chain, Op, OpKind};
@@ -76,6 +75,10 @@ pub struct Recovered {
     pub mark: crate::release_mark::ReleaseMark,
     /// Spare files found (released files kept for reuse): (old id, size).
     pub spares: Vec<(u64, u64)>,
+    /// Directories whose entries (of directories this open created) are not synced
+    /// yet: synced with the first segment file's directory, before any record in it is
+    /// acknowledged.
+    pub unsynced_dirs: Vec<std::path::PathBuf>,
 }
 
 /// What a chain achieves when every operation in it succeeds.
@@ -194,6 +197,12 @@ pub struct LogCore {
     arena: Option<Arc<BufferArena>>,
     /// Size of each log buffer ([`BUF_SIZE`] unless a test shrinks it).
     buf_size: usize,
+    /// Size of the next segment files (grows toward the target as segments fill fast).
+    seg_size: u64,
+    /// Armed when the log turned quiet: (records then, when to give buffers back).
+    idle_at: Option<(u64, u64)>,
+    /// See [`Recovered::unsynced_dirs`].
+    unsynced_dirs: Vec<std::path::PathBuf>,
     poisoned: Option<AofError>,
     closing: bool,
     /// Closing, and the unused prepared files were renamed `.ready` (durably).
@@ -251,6 +260,9 @@ impl LogCore {
             pool: Vec::new(),
             arena: None,
             buf_size: BUF_SIZE,
+            seg_size: cfg.segment_min_bytes,
+            idle_at: None,
+            unsynced_dirs: rec.unsynced_dirs,
             poisoned: None,
             closing: false,
             marked_ready: false,
@@ -294,15 +306,18 @@ impl LogCore {
             }
             // An id is handed out only in a segment whose file is durably prepared, so
             // recovery, which continues past every file on disk, never reuses one.
-            let size = self.segment_size_for(frame);
             match self.prepared.front() {
-                Some(&(id, psize)) if id == self.next_segment && psize == size => {
+                Some(&(id, psize)) if id == self.next_segment && Self::fits(psize, frame) => {
                     self.prepared.pop_front();
                     self.want = None;
                     if let Some(s) = self.segs.back_mut() {
-                        s.rolled = true;
+                        if !s.rolled {
+                            let opened = s.opened_mono;
+                            s.rolled = true;
+                            self.filled(opened, self.clock.monotonic_ns());
+                        }
                     }
-                    self.open_segment(size);
+                    self.open_segment(psize);
                     wake = true;
                 }
                 _ => {
@@ -312,7 +327,7 @@ impl LogCore {
                         }
                         self.prep_failure = None; // try again now
                     }
-                    self.want = Some((self.next_segment, size));
+                    self.want = Some((self.next_segment, self.segment_size_for(frame)));
                     return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
                 }
             }
@@ -327,6 +342,10 @@ impl LogCore {
             let buf = take_buffer(&mut self.pool, self.arena.as_ref(), s.buf_size);
             s.bufs.push_back((s.bufs_end, Arc::new(buf)));
             s.bufs_end += s.buf_size as u64;
+        }
+        if let Some(tail) = s.parked_tail.take() {
+            // Back from idle: the partly filled block's prefix, as it was.
+            s.copy_in(segment::block_floor(off), &tail);
         }
         // A buffer filled up: the shard can write it behind.
         wake |= s.bufs_end != first_new_buffer && s.bufs.len() > 1;
@@ -375,18 +394,6 @@ impl LogCore {
         })
     }
 
-    /// File size of a new segment whose first frame is `frame` bytes: the target, or
-    /// larger for a record that does not fit in it.
-    fn segment_size_for(&self, frame: u64) -> u64 {
-        let target = self.cfg.segment_target_bytes;
-        let need = HEADER_LEN as u64 + frame + FOOTER_REGION;
-        if need <= target {
-            target
-        } else {
-            (need.div_ceil(BLOCK as u64) * BLOCK as u64).max(self.cfg.segment_min_bytes)
-        }
-    }
-
     /// Starts segment `next_segment` in a prepared file of `file_size` bytes.
     fn open_segment(&mut self, file_size: u64) {
         let id = self.next_segment;
@@ -405,7 +412,7 @@ impl LogCore {
             recycled: self.recycled.remove(&id),
         };
         let (header_bytes, seed) = header.encode();
-        let buf_size = (self.buf_size as u64).min(file_size) as usize;
+        let buf_size = self.buffer_size_for(file_size);
         let s = Seg {
             id,
             header,
@@ -422,6 +429,7 @@ impl LogCore {
             newest_ts: 0,
             newest_mono: 0,
             opened_mono: self.clock.monotonic_ns(),
+            parked_tail: None,
             rolled: false,
             header_durable: false,
             written_end: 0,
@@ -535,9 +543,15 @@ impl LogCore {
             .map(|e| AofError::poisoned(&self.paths.root, e))
     }
 
-    /// Stops taking appends; the shard flushes what was appended.
+    /// Stops taking appends; the shard flushes what was appended and seals the active
+    /// segment, so the next open reads its footer instead of scanning it.
     pub fn begin_close(&mut self) {
         self.closing = true;
+        if let Some(s) = self.segs.back_mut() {
+            if s.record_count > 0 {
+                s.rolled = true;
+            }
+        }
         self.request_flush_all();
     }
 
@@ -578,6 +592,7 @@ impl LogCore {
             self.deadline,
             self.release_deadline(),
             self.retention_deadline(),
+            self.idle_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -604,6 +619,7 @@ impl LogCore {
         if let Some(c) = self.poll_house(now) {
             out.push(c);
         }
+        self.poll_idle(now);
         out
     }
 
@@ -671,5 +687,7 @@ fn generation(nonce: u64, id: u64) -> u32 {
 
 #[cfg(test)]
 mod release_tests;
+#[cfg(test)]
+mod sizing_tests;
 #[cfg(test)]
 mod tests;

@@ -104,7 +104,7 @@ impl LogCore {
         );
         if let Some((id, size)) = self.want {
             match self.prepared.front().copied() {
-                Some((pid, psize)) if pid == id && psize == size => self.want = None,
+                Some((pid, psize)) if pid == id && psize >= size => self.want = None,
                 Some((pid, _)) if pid == id => {
                     // Prepared at another size than the record needs. A new file is
                     // prepared and renamed over this one: the id never leaves the
@@ -114,9 +114,9 @@ impl LogCore {
                 }
                 _ => next = Some((id, size)),
             }
-        } else if self.prepared.is_empty() && !self.closing {
-            // Keep one file ready beyond those in use.
-            next = Some((self.next_segment, self.cfg.segment_target_bytes));
+        } else if self.prepared.is_empty() && !self.closing && self.active_is_filling() {
+            // Keep one file ready beyond those in use, once the active one fills.
+            next = Some((self.next_segment, self.seg_size));
         }
         if self.prep.is_none() && !self.removal_lags() {
             if let Some((id, size)) = next {
@@ -217,9 +217,19 @@ impl LogCore {
                 from: self.prep_path(p),
                 to: self.paths.segment(p.id),
             },
-            PrepStep::SyncDir => OpKind::SyncDir {
-                path: self.paths.segments.clone(),
-            },
+            PrepStep::SyncDir => {
+                // The first file of a log this open created: its directories' entries
+                // too (deferred from the open, so opening costs no fsync).
+                let mut kinds = vec![OpKind::SyncDir {
+                    path: self.paths.segments.clone(),
+                }];
+                kinds.extend(
+                    self.unsynced_dirs
+                        .iter()
+                        .map(|d| OpKind::SyncDir { path: d.clone() }),
+                );
+                return self.chain(kinds, Effect::Prep { seg: p.id }, true);
+            }
         };
         self.chain(vec![kind], Effect::Prep { seg: p.id }, true)
     }
@@ -354,6 +364,7 @@ impl LogCore {
             PrepStep::Rename => PrepStep::SyncDir,
             PrepStep::SyncDir => {
                 let (id, size) = (p.id, p.size);
+                self.unsynced_dirs.clear();
                 if p.spare.is_some() {
                     self.recycled.insert(id);
                     self.metrics.segments_recycled += 1;

@@ -68,6 +68,10 @@ pub(super) struct Seg {
     pub(super) newest_mono: u64,
     /// When it was opened (monotonic ns): the age `segment_max_age_seconds` limits.
     pub(super) opened_mono: u64,
+    /// Idle: the buffers were given back, and this is the partly filled last block's
+    /// prefix (`[block_floor(appended_end), appended_end)`), for the next append to put
+    /// back into a fresh buffer.
+    pub(super) parked_tail: Option<Vec<u8>>,
 }
 
 impl Seg {
@@ -87,6 +91,16 @@ impl Seg {
             off += n as u64;
             bytes = &bytes[n..];
         }
+    }
+
+    /// Copies segment bytes [from, from + dst.len()) (below the append end) into `dst`.
+    pub(super) fn copy_to(&self, from: u64, dst: &mut [u8]) {
+        assert!(from + dst.len() as u64 <= self.appended_end);
+        let (base, buf) = &self.bufs[self.buf_index(from)];
+        let at = (from - base) as usize;
+        assert!(at + dst.len() <= self.buf_size, "a copy across buffers");
+        // SAFETY: below the append end (stable while we hold the log lock).
+        dst.copy_from_slice(unsafe { buf.slice(at, dst.len()) });
     }
 
     /// Copies segment bytes [from, to) out of the buffers (below the append end).

@@ -134,6 +134,14 @@ pub(super) fn append(c: &mut LogCore, fake: &mut Fake, payload: &[u8]) -> Record
     }
 }
 
+/// Appends a first record (its segment prepared on demand) and makes it durable.
+fn rids_first(c: &mut LogCore, fake: &mut Fake) -> RecordId {
+    let rid = append(c, fake, b"first");
+    c.request_flush_all();
+    fake.drain(c, 0);
+    rid
+}
+
 pub(super) fn is_durable(core: &LogCore, rid: RecordId) -> bool {
     rid.as_u64() < core.durable_pos()
 }
@@ -269,7 +277,11 @@ fn back_pressure_admits_one_record_when_nothing_is_unflushed() {
         c.flush.flush_watermark_bytes = 64 * KIB;
     }));
     let mut fake = Fake::default();
-    fake.drain(&mut c, 0); // segment 0 prepared at the 64 KiB target
+    // Segment 0 a quarter full: segment 1 is prepared ahead at the 64 KiB target.
+    append(&mut c, &mut fake, &[1u8; 20 * KIB as usize]);
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(c.prepared.front().is_some_and(|p| p.0 == 1));
     let big = vec![7u8; 100 * KIB as usize];
     // The prepared 64 KiB file is too small: the append waits while it is replaced.
     assert!(matches!(
@@ -288,13 +300,13 @@ fn back_pressure_admits_one_record_when_nothing_is_unflushed() {
     assert_eq!(
         fake.ops
             .iter()
-            .filter(|o| o.starts_with("Create(0)"))
+            .filter(|o| o.starts_with("Create(1)"))
             .count(),
         2,
         "{:?}",
         fake.ops
     );
-    assert!(fake.files[&0].len() as u64 > 100 * KIB);
+    assert!(fake.files[&1].len() as u64 > 100 * KIB);
 }
 
 #[test]
@@ -346,7 +358,7 @@ fn the_interval_timer_flushes_once_and_disarms() {
         is_durable(&c, rid),
         "the interval flush synced with no further calls"
     );
-    assert_eq!(c.deadline(), None, "disarmed once nothing is unflushed");
+    assert_eq!(c.deadline, None, "disarmed once nothing is unflushed");
     assert_eq!(c.metrics().flushes_interval, 1);
 }
 
@@ -467,7 +479,7 @@ fn a_failed_preparation_fails_the_roll_not_the_log_and_is_retried() {
         Recovered::default(),
     );
     let mut fake = Fake::default();
-    fake.drain(&mut c, 0); // segment 0 prepared
+    rids_first(&mut c, &mut fake); // segment 0 prepared and in use
     fake.fail_creates = true;
     // Fill segment 0; the next segment's preparation fails with ENOSPC.
     let mut rids = Vec::new();

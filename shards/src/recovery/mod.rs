@@ -28,6 +28,8 @@
 //! synced, a file the engine does not name) is an error naming the path and offset,
 //! and nothing is changed on disk.
 
+mod seal;
+
 use crate::buffer::AlignedBuf;
 use crate::clock::Clock;
 use crate::error::{AofError, AofResult};
@@ -72,11 +74,18 @@ pub(crate) fn corruption(
     }
 }
 
-/// Creates `dir` and any missing parents with permission bits `mode`, making each new
-/// entry durable.
-fn mkdir_durable(fs: &dyn Fs, dir: &Path, mode: u32) -> AofResult<()> {
+/// Creates `dir` and any missing parents with permission bits `mode`. The parents whose
+/// new entries are not synced yet are added to `unsynced` (the log syncs them with its
+/// first segment file, before any record is acknowledged: until then nothing in them
+/// needs to survive a crash). Returns true if `dir` was created.
+fn mkdir_deferred(
+    fs: &dyn Fs,
+    dir: &Path,
+    mode: u32,
+    unsynced: &mut Vec<PathBuf>,
+) -> AofResult<bool> {
     match fs.kind(dir).map_err(io_err("stat", dir))? {
-        Some(EntryKind::Dir) => return Ok(()),
+        Some(EntryKind::Dir) => return Ok(false),
         Some(_) => {
             return Err(AofError::InvalidConfig(format!(
                 "{} exists and is not a directory",
@@ -89,21 +98,24 @@ fn mkdir_durable(fs: &dyn Fs, dir: &Path, mode: u32) -> AofResult<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    mkdir_durable(fs, parent, mode)?;
+    mkdir_deferred(fs, parent, mode, unsynced)?;
     match fs.mkdir(dir, mode) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(AofError::io("create directory", dir, e)),
     }
-    fs.fsync_dir(parent)
-        .map_err(io_err("fsync directory", parent))
+    if !unsynced.iter().any(|d| d == parent) {
+        unsynced.push(parent.to_path_buf());
+    }
+    Ok(true)
 }
 
 /// Opens (creating if needed) the log at `paths`, recovering it. Files it creates get
 /// permission bits `file_mode`, directories the same plus search where read is set.
 pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock, file_mode: u32) -> AofResult<Opened> {
     let dir_mode = crate::config::dir_mode(file_mode);
-    mkdir_durable(fs, &paths.root, dir_mode)?;
+    let mut unsynced = Vec::new();
+    mkdir_deferred(fs, &paths.root, dir_mode, &mut unsynced)?;
     let lock = match fs.lock_exclusive(&paths.lock, file_mode) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -113,14 +125,18 @@ pub fn open_log(fs: &dyn Fs, paths: &LogPaths, clock: &Clock, file_mode: u32) ->
         }
         Err(e) => return Err(AofError::io("create lock file", &paths.lock, e)),
     };
-    mkdir_durable(fs, &paths.segments, dir_mode)?;
+    let created = mkdir_deferred(fs, &paths.segments, dir_mode, &mut unsynced)?;
     // Trust only what is on the disk: a previous session may have ended with unsynced
-    // writes, or with a failed sync whose pages still look written in the cache.
-    fs.settle_dir(&paths.segments).map_err(io_err(
-        "sync the file system and drop cached pages of",
-        &paths.segments,
-    ))?;
-    let recovered = recover(fs, paths, clock)?;
+    // writes, or with a failed sync whose pages still look written in the cache. (A
+    // directory created just now holds nothing to settle.)
+    if !created {
+        fs.settle_dir(&paths.segments).map_err(io_err(
+            "sync the file system and drop cached pages of",
+            &paths.segments,
+        ))?;
+    }
+    let mut recovered = recover(fs, paths, clock)?;
+    recovered.unsynced_dirs = unsynced;
     Ok(Opened { recovered, lock })
 }
 
@@ -422,7 +438,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     }
     if let Some(u) = used.last_mut() {
         if u.footer.is_none() {
-            let footer = seal_unsealed(fs, u, clock)?;
+            let footer = seal::seal_unsealed(fs, u, clock)?;
             u.footer = Some(footer);
         }
     }
@@ -546,6 +562,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         last_timestamp_ns: last_ts,
         mark,
         spares,
+        unsynced_dirs: Vec::new(),
     })
 }
 
@@ -585,108 +602,4 @@ fn backend_read(
     path: &Path,
 ) -> AofResult<()> {
     crate::fs::read_exact_at(file, at, buf).map_err(io_err("read", path))
-}
-
-/// Verifies the frames of the last, unsealed segment and seals it at its last valid
-/// frame. A torn tail (bytes of writes no sync covered) is zeroed (and synced) first;
-/// damage to synced frames is an error and nothing is changed.
-fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<SegmentFooter> {
-    let file = fs
-        .open(&u.path, OpenMode::Read)
-        .map_err(io_err("open", &u.path))?;
-    let image = file.map().map_err(io_err("map", &u.path))?;
-    let capacity = format::data_capacity(u.header.file_size);
-    let scan = format::scan_frames(u.seed, &image, capacity);
-    if let ScanStop::Invalid { offset, reason } = &scan.stop {
-        if let Some(proof) =
-            format::find_frame_proving_corruption(u.seed, &image, *offset, capacity)
-        {
-            return Err(corruption(
-                &u.path,
-                u.id,
-                *offset,
-                format!(
-                    "{reason}; the frame at offset {proof} was appended after this offset was durable, \
-                     so synced data is damaged (not a torn write). Nothing was changed on disk"
-                ),
-            ));
-        }
-        if u.header.recycled {
-            log::info!(
-                "aof2: recycled segment {} ends at offset {offset} ({reason}: a torn write or \
-                 the stale bytes of its earlier use); sealing at the last valid frame",
-                u.path.display()
-            );
-        } else {
-            log::warn!(
-                "aof2: segment {} ends in a torn write at offset {offset} ({reason}): records \
-                 from there were never acknowledged; sealing at the last valid frame",
-                u.path.display()
-            );
-        }
-    }
-    // Zero the torn tail before sealing: it was never acknowledged, and a sealed
-    // segment holds nothing but zeros past its data end, so `aof2 verify` can check
-    // every byte of it.
-    // A recycled file's tail is stale bytes by definition (the format allows them):
-    // only the block the data ends in is rewritten, its tail zeroed.
-    let tail_end = if u.header.recycled {
-        Some(scan.data_end).filter(|e| e % BLOCK as u64 != 0)
-    } else {
-        image[..capacity as usize]
-            .iter()
-            .rposition(|&b| b != 0)
-            .map(|i| i as u64 + 1)
-            .filter(|&e| e > scan.data_end)
-    };
-    let from = scan.data_end & !(BLOCK as u64 - 1);
-    let kept = image[from as usize..scan.data_end as usize].to_vec();
-    drop(image);
-    let w = fs
-        .open(&u.path, OpenMode::Write { direct: true })
-        .map_err(io_err("open", &u.path))?;
-    if let Some(end) = tail_end {
-        let end = end.div_ceil(BLOCK as u64) * BLOCK as u64;
-        let mut at = from;
-        while at < end {
-            let len = (end - at).min(crate::buffer::PREP_CHUNK as u64) as usize;
-            let chunk = AlignedBuf::zeroed(len);
-            if at == from {
-                // SAFETY: a fresh buffer, ours alone; `kept` is shorter than a block.
-                unsafe { chunk.write(0, &kept) };
-            }
-            // SAFETY: ours alone, as above.
-            let bytes = unsafe { chunk.slice(0, len) };
-            crate::fs::write_all_at(&*w, at, &[bytes])
-                .map_err(io_err("zero torn tail", &u.path))?;
-            at += len as u64;
-        }
-        w.fdatasync().map_err(io_err("fdatasync", &u.path))?;
-    }
-    let footer = SegmentFooter {
-        segment_id: u.id,
-        record_count: scan.record_count,
-        data_end: scan.data_end,
-        last_frame_crc: scan.last_crc,
-        last_record_offset: scan.last_record_offset,
-        sealed_at_ns: clock.realtime_ns().max(scan.last_timestamp_ns),
-        index_offset: 0,
-        index_len: 0,
-        index_crc: 0,
-    };
-    let block = AlignedBuf::zeroed(BLOCK);
-    // SAFETY: a fresh block, ours alone.
-    unsafe { block.write(0, &footer.encode(u.seed)) };
-    // SAFETY: ours alone, as above.
-    let bytes = unsafe { block.slice(0, BLOCK) };
-    crate::fs::write_all_at(&*w, u.header.file_size - FOOTER_REGION, &[bytes])
-        .map_err(io_err("write seal footer", &u.path))?;
-    w.fdatasync().map_err(io_err("fdatasync", &u.path))?;
-    log::info!(
-        "aof2: sealed {} at offset {} with {} records",
-        u.path.display(),
-        scan.data_end,
-        scan.record_count
-    );
-    Ok(footer)
 }

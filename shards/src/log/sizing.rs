@@ -1,0 +1,111 @@
+//! What a log holds as it grows and as it goes quiet: segment sizes that start at
+//! `segment_min_bytes` and double toward `segment_target_bytes` while segments fill
+//! fast; buffers sized to their segment; the next file prepared only once the active
+//! segment is filling; and an idle log's buffers given back.
+
+use super::segment::block_floor;
+use super::{LogCore, BUF_SIZE};
+use crate::format::{BLOCK, FOOTER_REGION, HEADER_LEN};
+
+/// A segment that filled within this long after it opened asks for a bigger next one.
+pub(super) const GROW_WINDOW_NS: u64 = 10_000_000_000;
+
+/// A log with nothing appended for this long, everything durable, gives its buffers
+/// back (the shard wakes once for it).
+pub(super) const IDLE_NS: u64 = 50_000_000;
+
+/// The smallest buffer a segment gets: 16 per segment, but never smaller than this.
+const MIN_BUF: usize = 64 << 10;
+
+impl LogCore {
+    /// Size of a new segment file for a record of `frame` bytes: the current size, or
+    /// what an oversize record needs.
+    pub(super) fn segment_size_for(&self, frame: u64) -> u64 {
+        let need = HEADER_LEN as u64 + frame + FOOTER_REGION;
+        if need <= self.seg_size {
+            self.seg_size
+        } else {
+            (need.div_ceil(BLOCK as u64) * BLOCK as u64).max(self.cfg.segment_min_bytes)
+        }
+    }
+
+    /// A prepared file of `size` bytes takes a record of `frame` bytes.
+    pub(super) fn fits(size: u64, frame: u64) -> bool {
+        HEADER_LEN as u64 + frame + FOOTER_REGION <= size
+    }
+
+    /// The active segment, opened at monotonic `opened_mono`, filled up (a record did
+    /// not fit) at `now`: if it filled fast, later segments are twice as big, up to the
+    /// target.
+    pub(super) fn filled(&mut self, opened_mono: u64, now: u64) {
+        if now.saturating_sub(opened_mono) < GROW_WINDOW_NS {
+            self.seg_size = (self.seg_size * 2).min(self.cfg.segment_target_bytes);
+        }
+    }
+
+    /// Bytes per buffer of a segment of `file_size` bytes: the log's buffer size (1 MiB,
+    /// the registered arena's size class) from the target size on; below it, while the
+    /// log is small, a sixteenth of the segment, at least 64 KiB.
+    pub(super) fn buffer_size_for(&self, file_size: u64) -> usize {
+        let want = if file_size >= self.cfg.segment_target_bytes {
+            BUF_SIZE
+        } else {
+            ((file_size / 16) as usize).clamp(MIN_BUF, BUF_SIZE)
+        };
+        want.min(self.buf_size).min(file_size as usize)
+    }
+
+    /// The next segment file is prepared ahead once the active segment is a quarter
+    /// full (not at open: a log that never fills its first segment never needs one).
+    pub(super) fn active_is_filling(&self) -> bool {
+        self.segs
+            .back()
+            .is_some_and(|s| s.rolled || s.appended_end * 4 >= s.capacity)
+    }
+
+    /// Nothing in flight, nothing unflushed, no roll pending: the log could sleep.
+    fn quiet(&self) -> bool {
+        self.data_io.is_none()
+            && self.durable >= self.end_pos()
+            && self.segs.len() <= 1
+            && self.segs.back().is_none_or(|s| {
+                !s.rolled && s.written_end >= s.appended_end && s.durable_end >= s.appended_end
+            })
+    }
+
+    /// Gives an idle log's buffers back at monotonic `now`: armed when the log turns
+    /// quiet, done `IDLE_NS` later if nothing was appended meanwhile. The active
+    /// segment keeps only a copy of its partly filled last block, put back in a fresh
+    /// buffer by the next append.
+    pub(super) fn poll_idle(&mut self, now: u64) {
+        let holds = !self.pool.is_empty() || self.segs.back().is_some_and(|s| !s.bufs.is_empty());
+        if !holds || !self.quiet() {
+            self.idle_at = None;
+            return;
+        }
+        match self.idle_at {
+            Some((records, at)) if records == self.records_total && now >= at => {
+                self.idle_at = None;
+                self.pool.clear();
+                if let Some(s) = self.segs.back_mut() {
+                    let from = block_floor(s.appended_end);
+                    let mut tail = vec![0u8; (s.appended_end - from) as usize];
+                    if !tail.is_empty() {
+                        s.copy_to(from, &mut tail);
+                    }
+                    s.bufs.clear();
+                    s.bufs_end = from;
+                    s.parked_tail = Some(tail);
+                }
+                self.metrics.idle_buffer_releases += 1;
+            }
+            Some((records, _)) if records == self.records_total => {}
+            _ => self.idle_at = Some((self.records_total, now + IDLE_NS)),
+        }
+    }
+
+    /// When an idle log gives its buffers back (monotonic ns), if armed.
+    pub(super) fn idle_deadline(&self) -> Option<u64> {
+        self.idle_at.map(|(_, at)| at)
+    }
+}
