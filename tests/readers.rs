@@ -370,9 +370,11 @@ fn tail_followers_report_durable_advances_seals_and_the_end() {
             .iter()
             .filter(|e| matches!(e, TailEvent::Activated(_)))
             .count();
+        // Seals are reported once each; activations may coalesce for a follower that
+        // looks after two rolls (it reports the newest active segment).
         assert!(
-            activations >= 5,
-            "the segment after each seal was activated"
+            activations >= 3,
+            "the segments after the seals were activated: {activations}"
         );
         assert!(events.len() > 10, "durable advances were reported");
     }

@@ -199,6 +199,8 @@ pub struct LogCore {
     buf_size: usize,
     /// Size of the next segment files (grows toward the target as segments fill fast).
     seg_size: u64,
+    /// A segment filled up in this session: files are prepared ahead at once.
+    filled_once: bool,
     /// Armed when the log turned quiet: (records then, when to give buffers back).
     idle_at: Option<(u64, u64)>,
     /// See [`Recovered::unsynced_dirs`].
@@ -261,6 +263,7 @@ impl LogCore {
             arena: None,
             buf_size: BUF_SIZE,
             seg_size: cfg.segment_min_bytes,
+            filled_once: false,
             idle_at: None,
             unsynced_dirs: rec.unsynced_dirs,
             poisoned: None,
@@ -312,9 +315,9 @@ impl LogCore {
                     self.want = None;
                     if let Some(s) = self.segs.back_mut() {
                         if !s.rolled {
-                            let opened = s.opened_mono;
+                            let (size, opened) = (s.header.file_size, s.opened_mono);
                             s.rolled = true;
-                            self.filled(opened, self.clock.monotonic_ns());
+                            self.filled(size, opened, self.clock.monotonic_ns());
                         }
                     }
                     self.open_segment(psize);

@@ -288,10 +288,16 @@ fn a_spare_is_recycled_as_the_next_segment_without_zero_writing() {
     // The next file prepared comes from a spare (oldest first).
     let start = fake.ops.len();
     let next = c.next_segment;
-    fill_to(&mut c, &mut fake, next as u32 + 1);
+    fill_to(&mut c, &mut fake, next as u32 + 2);
     let ops = ops_from(&fake, start);
     let size = 64 * 1024 - 4096;
-    let n = next;
+    let spare0 = "Rename(/fake/segments/00000000000000000000.spare -> /fake/segments/";
+    let n: u64 = ops
+        .iter()
+        .find_map(|o| o.strip_prefix(spare0))
+        .expect("spare 0 recycled")[..20]
+        .parse()
+        .unwrap();
     let expect = [
         format!("Open({n})"),
         format!("Write({n} @0 +4096)"),

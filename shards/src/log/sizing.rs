@@ -1,13 +1,14 @@
 //! What a log holds as it grows and as it goes quiet: segment sizes that start at
-//! `segment_min_bytes` and double toward `segment_target_bytes` while segments fill
-//! fast; buffers sized to their segment; the next file prepared only once the active
-//! segment is filling; and an idle log's buffers given back.
+//! `segment_min_bytes` and grow toward `segment_target_bytes` as the write rate asks
+//! (a segment should take about `GROW_WINDOW_NS` to fill); buffers sized to their
+//! segment; the next file prepared only once the active segment is filling (or the
+//! log has shown it is busy); and an idle log's buffers given back.
 
 use super::segment::block_floor;
 use super::{LogCore, BUF_SIZE};
 use crate::format::{BLOCK, FOOTER_REGION, HEADER_LEN};
 
-/// A segment that filled within this long after it opened asks for a bigger next one.
+/// Segments are sized to fill in about this long at the rate the last one filled.
 pub(super) const GROW_WINDOW_NS: u64 = 10_000_000_000;
 
 /// A log with nothing appended for this long, everything durable, gives its buffers
@@ -34,13 +35,19 @@ impl LogCore {
         HEADER_LEN as u64 + frame + FOOTER_REGION <= size
     }
 
-    /// The active segment, opened at monotonic `opened_mono`, filled up (a record did
-    /// not fit) at `now`: if it filled fast, later segments are twice as big, up to the
-    /// target.
-    pub(super) fn filled(&mut self, opened_mono: u64, now: u64) {
-        if now.saturating_sub(opened_mono) < GROW_WINDOW_NS {
-            self.seg_size = (self.seg_size * 2).min(self.cfg.segment_target_bytes);
-        }
+    /// The active segment of `size` bytes, opened at monotonic `opened_mono`, filled up
+    /// (a record did not fit) at `now`: later segments get the size that would take
+    /// `GROW_WINDOW_NS` to fill at that rate (a power of two, up to the target). Sizes
+    /// never shrink within a session.
+    pub(super) fn filled(&mut self, size: u64, opened_mono: u64, now: u64) {
+        let took = now.saturating_sub(opened_mono).max(1);
+        let want = (size as u128 * GROW_WINDOW_NS as u128 / took as u128)
+            .min(self.cfg.segment_target_bytes as u128) as u64;
+        let want = want
+            .next_power_of_two()
+            .clamp(self.cfg.segment_min_bytes, self.cfg.segment_target_bytes);
+        self.seg_size = self.seg_size.max(want);
+        self.filled_once = true;
     }
 
     /// Bytes per buffer of a segment of `file_size` bytes: the log's buffer size (1 MiB,
@@ -56,11 +63,14 @@ impl LogCore {
     }
 
     /// The next segment file is prepared ahead once the active segment is a quarter
-    /// full (not at open: a log that never fills its first segment never needs one).
+    /// full, or at once (spread over the whole segment, in small steps) once the log has
+    /// filled a segment in this session: it is busy. Not at open: a log that never
+    /// fills its first segment never needs a second file.
     pub(super) fn active_is_filling(&self) -> bool {
+        let busy = self.filled_once;
         self.segs
             .back()
-            .is_some_and(|s| s.rolled || s.appended_end * 4 >= s.capacity)
+            .is_some_and(|s| busy || s.rolled || s.appended_end * 4 >= s.capacity)
     }
 
     /// Nothing in flight, nothing unflushed, no roll pending: the log could sleep.
@@ -73,18 +83,24 @@ impl LogCore {
             })
     }
 
-    /// Gives an idle log's buffers back at monotonic `now`: armed when the log turns
-    /// quiet, done `IDLE_NS` later if nothing was appended meanwhile. The active
-    /// segment keeps only a copy of its partly filled last block, put back in a fresh
-    /// buffer by the next append.
+    /// Gives an idle log's buffers back at monotonic `now`: a coarse timer runs while
+    /// the log holds buffers (so a busy log does not move the shard's deadline on every
+    /// flush); when it fires and nothing was appended since it was armed, and the log
+    /// is quiet, the buffers go. The active segment keeps only a copy of its partly
+    /// filled last block, put back in a fresh buffer by the next append.
     pub(super) fn poll_idle(&mut self, now: u64) {
         let holds = !self.pool.is_empty() || self.segs.back().is_some_and(|s| !s.bufs.is_empty());
-        if !holds || !self.quiet() {
+        if !holds {
             self.idle_at = None;
             return;
         }
         match self.idle_at {
-            Some((records, at)) if records == self.records_total && now >= at => {
+            None => self.idle_at = Some((self.records_total, now + IDLE_NS)),
+            Some((records, at)) if now >= at => {
+                if records != self.records_total || !self.quiet() {
+                    self.idle_at = Some((self.records_total, now + IDLE_NS));
+                    return;
+                }
                 self.idle_at = None;
                 self.pool.clear();
                 if let Some(s) = self.segs.back_mut() {
@@ -99,8 +115,7 @@ impl LogCore {
                 }
                 self.metrics.idle_buffer_releases += 1;
             }
-            Some((records, _)) if records == self.records_total => {}
-            _ => self.idle_at = Some((self.records_total, now + IDLE_NS)),
+            Some(_) => {}
         }
     }
 

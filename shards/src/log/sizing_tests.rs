@@ -43,37 +43,41 @@ fn nothing_is_prepared_at_open_and_the_first_append_gets_a_min_size_file() {
     assert!(!fake.ops.iter().any(|o| o.starts_with("Create(1)")));
 }
 
-#[test]
-fn segments_double_toward_the_target_while_they_fill_fast_and_not_when_slow() {
+/// Sizes of the first `n` segments of a log of 64 KiB..512 KiB segments appending 8 KiB
+/// records, the clock moving `step` ns per record.
+fn sizes(n: usize, step: u64) -> Vec<u64> {
     let (mut c, time) = timed_core(small_then_growing());
     let mut fake = Fake::default();
     let mut sizes = Vec::new();
-    while sizes.len() < 6 {
+    while sizes.len() < n {
         let rid = append(&mut c, &mut fake, &[2u8; 8 * KIB as usize]);
-        let id = u64::from(rid.segment_index());
-        if sizes.len() as u64 <= id {
+        if sizes.len() as u64 <= u64::from(rid.segment_index()) {
             sizes.push(c.segs.back().unwrap().header.file_size / KIB);
         }
+        time.fetch_add(step, Ordering::Relaxed);
     }
-    // The file prepared while a segment fills has the size known then: growth shows
-    // one segment later.
-    assert_eq!(sizes, [64, 64, 128, 256, 512, 512], "KiB");
-    // A segment that took longer than the window to fill asks for no more.
-    let (mut c, time2) = timed_core(cfg(|c| {
-        c.segment_min_bytes = 64 * KIB;
-        c.segment_target_bytes = 512 * KIB;
-    }));
-    let mut sizes = Vec::new();
-    while sizes.len() < 4 {
-        let rid = append(&mut c, &mut fake, &[2u8; 8 * KIB as usize]);
-        let id = u64::from(rid.segment_index());
-        if sizes.len() as u64 <= id {
-            sizes.push(c.segs.back().unwrap().header.file_size / KIB);
-        }
-        time2.fetch_add(sizing::GROW_WINDOW_NS / 4, Ordering::Relaxed);
-    }
-    assert_eq!(sizes, [64, 64, 64, 64], "KiB");
-    drop(time);
+    sizes
+}
+
+#[test]
+fn segments_grow_toward_the_target_as_the_write_rate_asks() {
+    // Eight records per 64 KiB segment. Instantly full: the target next (the file
+    // prepared while the first filled was sized before, so it shows one segment later).
+    assert_eq!(sizes(4, 0), [64, 64, 512, 512], "KiB");
+    // 64 KiB in 2 s fills 320 KiB in the window: 512 KiB next.
+    assert_eq!(sizes(3, sizing::GROW_WINDOW_NS / 40), [64, 64, 512], "KiB");
+    // 64 KiB in 8 s: 80 KiB per window, 128 KiB next.
+    assert_eq!(
+        sizes(4, sizing::GROW_WINDOW_NS / 10),
+        [64, 64, 128, 128],
+        "KiB"
+    );
+    // Slower than a segment per window: the minimum stays.
+    assert_eq!(
+        sizes(4, sizing::GROW_WINDOW_NS / 4),
+        [64, 64, 64, 64],
+        "KiB"
+    );
 }
 
 #[test]
