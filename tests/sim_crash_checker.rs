@@ -186,6 +186,14 @@ impl World {
             .flush
             .flush_watermark_bytes
             .min(cfg.flush.max_unflushed_bytes);
+        // Segments that grow with the write rate, in some seeds.
+        cfg.segment_target_bytes = [64 * 1024, 128 * 1024, 256 * 1024][rng.below(3) as usize];
+        // Retention releasing in the background, in a quarter of the seeds.
+        if rng.below(4) == 0 {
+            cfg.retention = aof2_shards::config::RetentionPolicy::Size {
+                max_total_bytes: [128 * 1024, 512 * 1024][rng.below(2) as usize],
+            };
+        }
         let cfg = cfg.normalized();
         let faults = (seed % 3 == 2).then(|| Faults {
             write_error_ppm: rng.below(5_000) as u32,
@@ -355,7 +363,11 @@ impl World {
                 self.released_durable
             ));
         }
-        if first_kept > self.released_asked {
+        let retained = !matches!(
+            self.cfg.retention,
+            aof2_shards::config::RetentionPolicy::KeepAll
+        );
+        if first_kept > self.released_asked && !retained {
             self.fail(format!(
                 "the log starts at segment {first_kept}, but releases asked only up to {}",
                 self.released_asked
@@ -565,6 +577,9 @@ impl World {
         {
             let core = o.core();
             self.sessions.last_mut().unwrap().recycled = core.metrics().segments_recycled;
+            // Whatever released them (release_before or retention), segments below a
+            // durable mark must never come back.
+            self.released_durable = self.released_durable.max(core.first_kept());
             pending.retain(|t| match core.release_outcome(t) {
                 None => true,
                 Some(r) => {
