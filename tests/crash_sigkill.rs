@@ -4,13 +4,16 @@
 //! directory. After each kill every acknowledged record must come back byte for byte,
 //! and what is on disk must be, per round, a gap-free prefix of what was appended.
 //! Even rounds commit from the writing thread ([`CommitMode::Caller`], the default),
-//! odd rounds through the shard ([`CommitMode::Shard`]).
+//! odd rounds through the shard ([`CommitMode::Shard`]). Every third round runs `Size`
+//! retention, which releases and recycles segments in the background while the child
+//! is killed: whatever a durable release let go never comes back, everything
+//! acknowledged after it does.
 //!
 //! `AOF2_CRASH_ROUNDS=N` sets the number of kills (default 12).
 
 mod common;
 
-use aof2_shards::config::CommitMode;
+use aof2_shards::config::{CommitMode, RetentionPolicy};
 use aof2_shards::format;
 use aof2_shards::inspect::LogDir;
 use aof2_shards::layout::LogPaths;
@@ -32,6 +35,10 @@ fn record(round: u64, seq: u64) -> Vec<u8> {
         round.to_le_bytes().into_iter().chain(seq.to_le_bytes()),
     );
     p
+}
+
+fn retains(round: u64) -> bool {
+    round % 3 == 2
 }
 
 fn commit_mode(round: u64) -> CommitMode {
@@ -58,7 +65,14 @@ fn child_writer() {
     cfg.flush.flush_interval_ms = 2;
     cfg.flush.flush_watermark_bytes = 64 * 1024;
     cfg.commit = commit_mode(round);
+    if retains(round) {
+        cfg.retention = RetentionPolicy::Size {
+            max_total_bytes: 512 * 1024,
+        };
+    }
     let aof = open(&m, cfg);
+    let mut first = aof.first_record().segment_index();
+    println!("FIRST {first}");
     println!("READY");
     let mut seq = 0u64;
     let mut reported = 0;
@@ -72,6 +86,12 @@ fn child_writer() {
         aof.flush_until(rids.last().unwrap().1).unwrap();
         for (s, rid) in rids {
             println!("ACK {s} {}", rid.as_u64());
+        }
+        // Where the log starts, once its release is durable.
+        let now_first = aof.first_record().segment_index();
+        if now_first != first {
+            first = now_first;
+            println!("FIRST {first}");
         }
         let commits = aof.flush_metrics().caller_commits;
         if commits != reported {
@@ -94,6 +114,7 @@ fn acknowledged_records_survive_sigkill() {
     let mut acked: Vec<Vec<(u64, RecordId)>> = Vec::new();
     let mut rng = 0x9e37_79b9_u64;
     let mut caller_commits = [0u64; 2];
+    let mut floor = 0u64;
     for round in 0..rounds {
         let mut c = child("child_writer")
             .env("AOF2_CRASH_DIR", dir.path())
@@ -136,6 +157,8 @@ fn acknowledged_records_survive_sigkill() {
                 let seq: u64 = it.next().unwrap().parse().unwrap();
                 let rid = RecordId::from_u64(it.next().unwrap().parse().unwrap());
                 mine.push((seq, rid));
+            } else if let Some(f) = l.strip_prefix("FIRST ") {
+                floor = floor.max(f.parse().unwrap());
             } else if let Some(n) = l.strip_prefix("CALLER_COMMITS ") {
                 let n: u64 = n.parse().unwrap();
                 let k = (round % 2) as usize;
@@ -143,7 +166,7 @@ fn acknowledged_records_survive_sigkill() {
             }
         }
         acked.push(mine);
-        verify(dir.path(), &acked);
+        verify(dir.path(), &acked, floor);
     }
     let total: usize = acked.iter().map(|a| a.len()).sum();
     assert!(
@@ -161,19 +184,28 @@ fn acknowledged_records_survive_sigkill() {
     );
     println!(
         "{rounds} kills, {total} acknowledged records, all recovered; \
-         caller commits seen {caller_commits:?}"
+         caller commits seen {caller_commits:?}; retention released up to segment {floor}"
     );
 }
 
-/// Reopens the log (recovering it) and checks every acknowledged record, then walks
-/// every segment's frames to check each round left a gap-free prefix.
-fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>]) {
+/// Reopens the log (recovering it) and checks every acknowledged record not released,
+/// then walks every segment's frames to check each round left a gap-free run (a prefix
+/// but for what retention released).
+fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) {
     let m = manager();
     let aof = open(&m, small_cfg(root));
+    let first_kept = aof.first_record().segment_index() as u64;
+    assert!(
+        first_kept >= floor,
+        "released segments came back: the log starts at {first_kept}, a release up to {floor} was durable"
+    );
     let mut readers = std::collections::HashMap::new();
     for (round, recs) in acked.iter().enumerate() {
         for (seq, rid) in recs {
             let seg = rid.segment_index() as u64;
+            if seg < first_kept {
+                continue; // released (by retention), durably
+            }
             let r = readers.entry(seg).or_insert_with(|| {
                 aof.open_reader(SegmentId::new(seg)).unwrap_or_else(|e| {
                     panic!("round {round}: segment of acknowledged record {seq} ({rid}): {e}")
@@ -192,7 +224,7 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>]) {
     drop(readers);
     // The stream reads every record back in order, each round a gap-free prefix.
     aof.close();
-    let mut stream_seq = vec![0u64; acked.len()];
+    let mut stream_seq: Vec<Option<u64>> = vec![None; acked.len()];
     let mut s = SealedSegmentStream::new(&aof).unwrap();
     while let Some(seg) = s.next_segment_blocking().unwrap() {
         let mut c = seg.into_cursor();
@@ -200,9 +232,11 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>]) {
             let p = r.payload();
             let round = u64::from_le_bytes(p[..8].try_into().unwrap()) as usize;
             let seq = u64::from_le_bytes(p[8..16].try_into().unwrap());
-            assert_eq!(seq, stream_seq[round], "stream: round {round} out of order");
+            if let Some(last) = stream_seq[round] {
+                assert_eq!(seq, last + 1, "stream: round {round} out of order");
+            }
             assert_eq!(p, record(round as u64, seq));
-            stream_seq[round] += 1;
+            stream_seq[round] = Some(seq);
         }
     }
     drop(aof); // the log sealed everything at open; now read the files directly
@@ -210,13 +244,16 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>]) {
     let checked = LogDir::open(root).unwrap().verify().unwrap();
     assert!(checked.iter().all(|s| s.torn_tail.is_none()));
     let paths = LogPaths::new(root);
-    let mut next_seq = vec![0u64; acked.len()];
+    let mut last_seq: Vec<Option<u64>> = vec![None; acked.len()];
     let mut names: Vec<_> = std::fs::read_dir(&paths.segments)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     names.sort();
     for path in names {
+        if path.extension().is_none_or(|x| x != "seg") {
+            continue; // a spare (released), or the release mark's neighbours
+        }
         let img = std::fs::read(&path).unwrap();
         let format::HeaderState::Valid(h, seed) = format::SegmentHeader::decode(&img).unwrap()
         else {
@@ -232,9 +269,16 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>]) {
             });
             let round = u64::from_le_bytes(fr.payload[..8].try_into().unwrap()) as usize;
             let seq = u64::from_le_bytes(fr.payload[8..16].try_into().unwrap());
+            // Rounds start at record 0 unless retention released segments (then the
+            // rest of a round must still be gap-free, and hold everything acknowledged).
+            let expect = match last_seq[round] {
+                Some(last) => last + 1,
+                None if first_kept == 0 => 0,
+                None => seq,
+            };
             assert_eq!(
                 seq,
-                next_seq[round],
+                expect,
                 "round {round}: records out of order or missing in {}",
                 path.display()
             );
@@ -243,14 +287,18 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>]) {
                 record(round as u64, seq),
                 "round {round} record {seq}"
             );
-            next_seq[round] += 1;
+            last_seq[round] = Some(seq);
         }
     }
-    assert_eq!(stream_seq, next_seq, "the stream and the files agree");
+    assert_eq!(stream_seq, last_seq, "the stream and the files agree");
     for (round, recs) in acked.iter().enumerate() {
-        assert!(
-            next_seq[round] >= recs.len() as u64,
-            "round {round}: fewer records on disk than acknowledged"
-        );
+        if let Some((seq, rid)) = recs.last() {
+            if rid.segment_index() as u64 >= first_kept {
+                assert!(
+                    last_seq[round].is_some_and(|l| l >= *seq),
+                    "round {round}: fewer records on disk than acknowledged"
+                );
+            }
+        }
     }
 }
