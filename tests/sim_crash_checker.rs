@@ -304,19 +304,7 @@ impl World {
             faults_at_start: self.fs.faults_injected(),
             recycled: 0,
         });
-        let exec: Box<dyn Executor> = match self.model {
-            Model::Blocking => Box::new(BlockingExecutor),
-            Model::Ring => {
-                let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
-                // Slow syncs: held back ten times as often as they stall the clock.
-                let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
-                ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
-                let mut exec = RingExecutor::new(ring);
-                exec.runner_mut()
-                    .fuse_into_dirty_files(self.fuse_into_dirty);
-                Box::new(exec)
-            }
-        };
+        let exec = self.executor();
         let shard = ShardCtl::detached(0);
         let shared = Arc::new(LogShared::new(
             self.sessions.len() as u64,
@@ -329,18 +317,7 @@ impl World {
                 shared: shared.clone(),
             })
             .expect("a new shard takes logs");
-        let caller: Box<dyn Executor> = match self.model {
-            Model::Blocking => Box::new(BlockingExecutor),
-            Model::Ring => {
-                let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
-                let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
-                ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
-                let mut exec = RingExecutor::new(ring);
-                exec.runner_mut()
-                    .fuse_into_dirty_files(self.fuse_into_dirty);
-                Box::new(exec)
-            }
-        };
+        let caller = self.executor();
         Open {
             poisoned_at: None,
             turns: ShardLoop::new(shard.clone(), exec, self.clock()),
@@ -350,6 +327,23 @@ impl World {
             caller,
             commit: None,
             releases: Vec::new(),
+        }
+    }
+
+    /// An executor of this world's model (the shard's, or a committing caller's).
+    fn executor(&mut self) -> Box<dyn Executor> {
+        match self.model {
+            Model::Blocking => Box::new(BlockingExecutor),
+            Model::Ring => {
+                let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
+                // Slow syncs: held back ten times as often as they stall the clock.
+                let slow = self.faults.as_ref().map_or(0, |f| f.slow_sync_ppm);
+                ring.set_slow_syncs(slow.saturating_mul(10).min(500_000));
+                let mut exec = RingExecutor::new(ring);
+                exec.runner_mut()
+                    .fuse_into_dirty_files(self.fuse_into_dirty);
+                Box::new(exec)
+            }
         }
     }
 

@@ -317,12 +317,16 @@ impl LogCore {
         Progress::default()
     }
 
-    fn mark_chain(&mut self) -> Chain {
-        let k = self
-            .sealed
+    /// How many of the oldest sealed segments a release asked for (not released yet).
+    pub(super) fn sealed_wanted(&self) -> usize {
+        self.sealed
             .iter()
             .take_while(|s| s.header.segment_id < self.rel.want)
-            .count();
+            .count()
+    }
+
+    fn mark_chain(&mut self) -> Chain {
+        let k = self.sealed_wanted();
         let first_record_index = match self.sealed.get(k) {
             Some(s) => s.header.base_record_index,
             None => match self.segs.front() {

@@ -150,11 +150,6 @@ impl LogCore {
         {
             return false;
         }
-        let unreleased = self
-            .sealed
-            .iter()
-            .take_while(|s| s.header.segment_id < self.rel.want)
-            .count();
-        self.rel.removing.len() + unreleased >= 2
+        self.rel.removing.len() + self.sealed_wanted() >= 2
     }
 }

@@ -22,7 +22,7 @@ impl LogCore {
     /// Size of a new segment file for a record of `frame` bytes: the current size, or
     /// what an oversize record needs.
     pub(super) fn segment_size_for(&self, frame: u64) -> u64 {
-        let need = HEADER_LEN as u64 + frame + FOOTER_REGION;
+        let need = Self::file_bytes_for(frame);
         if need <= self.seg_size {
             self.seg_size
         } else {
@@ -32,7 +32,12 @@ impl LogCore {
 
     /// A prepared file of `size` bytes takes a record of `frame` bytes.
     pub(super) fn fits(size: u64, frame: u64) -> bool {
-        HEADER_LEN as u64 + frame + FOOTER_REGION <= size
+        Self::file_bytes_for(frame) <= size
+    }
+
+    /// The smallest file a segment whose first record is `frame` bytes needs.
+    fn file_bytes_for(frame: u64) -> u64 {
+        HEADER_LEN as u64 + frame + FOOTER_REGION
     }
 
     /// The active segment of `size` bytes, opened at monotonic `opened_mono`, filled up
