@@ -24,6 +24,21 @@ fn build_read_log(ctx: &Ctx, bytes: u64) -> BenchResult<PathBuf> {
         aof.flush_until(last.expect("256 appends"))?;
         written += 256 * 4096;
     }
+    drop(aof);
+    // A clean close sealed the last segment; zero its footer, as a crash after the
+    // last sync leaves it, so R3 measures recovery's scan and seal of it.
+    let mut last = std::fs::read_dir(root.join("segments"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect::<Vec<_>>();
+    last.sort();
+    if let Some(path) = last.last() {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        let size = f.metadata()?.len();
+        f.write_all_at(&[0u8; 4096], size - 4096)?;
+        f.sync_data()?;
+    }
     Ok(root)
 }
 
