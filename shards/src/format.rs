@@ -69,6 +69,8 @@ pub enum FormatError {
     BadField(&'static str),
 }
 
+impl std::error::Error for FormatError {}
+
 impl std::fmt::Display for FormatError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -17,6 +17,7 @@ mod w2;
 mod w3;
 mod w4;
 mod w5;
+mod z1;
 
 use baseline::{fs_name, statfs_type, PrewrittenFile, TMPFS};
 use report::fmt_value;
@@ -187,7 +188,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 10] = [
+    let workloads: [(&[&str], Workload); 11] = [
         (&["W1"], w1::w1),
         (&["W2"], w2::w2),
         (&["W3"], w3::w3),
@@ -196,6 +197,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         (&["R2"], r2::r2),
         (&["R1", "R3"], reads::reads),
         (&["S1"], small::s1),
+        (&["Z1"], z1::z1),
         (&["C1"], paths::c1),
         (&["P1"], peer_rows),
     ];
