@@ -18,11 +18,13 @@
 mod common;
 
 use aof2_shards::clock::Clock;
+use aof2_shards::compressed_format::CompressedSegment;
 use aof2_shards::format::{self, FrameDecode, HeaderState, SegmentFooter, SegmentHeader};
 use aof2_shards::fs::sim::{SimFs, SimRng};
 use aof2_shards::fs::{Fs, OpenMode};
 use aof2_shards::layout::{segment_file_name, LogPaths};
 use aof2_shards::recovery;
+use aof2_shards::release_mark::ReleaseMark;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -206,12 +208,26 @@ fn decode_all(img: &[u8]) {
             }
         }
     }
+    let _ = ReleaseMark::decode(img);
+    if let Ok(c) = CompressedSegment::parse(img) {
+        for i in 0..c.chunks.len() {
+            let _ = c.inflate(i);
+        }
+        let _ = c.chunk_for(img.len() as u64 / 2);
+    }
 }
 
 fn decoder_input(rng: &mut SimRng, corpus: &[(String, Vec<u8>)]) -> Inputs {
     let i = rng.below(corpus.len() as u64) as usize;
     let j = rng.below(corpus.len() as u64) as usize;
     let mut img = corpus[i].1.clone();
+    // Now and then the compressed form of a sealed corpus segment, so the compressed
+    // decoder gets past its trailer and index checks.
+    if rng.chance(1, 4) {
+        if let Ok(z) = aof2_shards::compressed_format::compress_segment(&img, 1, 4096) {
+            img = z;
+        }
+    }
     mutate(rng, &mut img, &corpus[j].1);
     vec![("input.seg".into(), img)]
 }
@@ -256,6 +272,8 @@ fn directory_input(rng: &mut SimRng, corpus: &[(String, Vec<u8>)]) -> Inputs {
         }
         let name = if rng.chance(1, 10) {
             format!("{}.tmp", segment_file_name(id))
+        } else if rng.chance(1, 10) {
+            format!("{id:020}.spare")
         } else {
             segment_file_name(id)
         };
@@ -277,6 +295,28 @@ fn recovery_target(rng: &mut SimRng, files: &Inputs) {
             .unwrap();
         if !img.is_empty() {
             f.pwritev(0, &[img]).unwrap();
+        }
+        f.fdatasync().unwrap();
+    }
+    if rng.chance(1, 6) {
+        // A release mark: valid, mutated, or cut short.
+        let mark = ReleaseMark {
+            first_segment: rng.below(3),
+            first_record_index: rng.below(200),
+        };
+        let mut b = mark.encode().to_vec();
+        if rng.chance(1, 2) {
+            let at = rng.below(b.len() as u64) as usize;
+            b[at] ^= 1 << rng.below(8);
+        }
+        if rng.chance(1, 4) {
+            b.truncate(rng.below(b.len() as u64) as usize);
+        }
+        let f = fs
+            .open(&paths.released, OpenMode::create_new(false))
+            .unwrap();
+        if !b.is_empty() {
+            f.pwritev(0, &[&b]).unwrap();
         }
         f.fdatasync().unwrap();
     }
