@@ -81,8 +81,20 @@ impl LogView {
         }))
     }
 
-    /// Opens a reader over what `located` describes, holding `pin`.
+    /// Opens a reader over what `located` describes, holding `pin`. A release that
+    /// became durable between the look and the open (the pin keeps a file from reuse,
+    /// not from removal) is `Released`, as if it had come first.
     pub fn reader(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
+        let id = located.segment_id();
+        self.open_located(located, pin).map_err(|e| match e {
+            AofError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                self.lock_core().check_kept(id).err().unwrap_or(e)
+            }
+            e => e,
+        })
+    }
+
+    fn open_located(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
         let r = match located {
             Located::Sealed(s) => {
                 let id = s.header.segment_id;

@@ -110,6 +110,11 @@ impl LogShared {
         }
         let m = Arc::new(map()?);
         let mut maps = lock();
+        // Released meanwhile (`forget_released_maps` raised the floor first): the
+        // caller's reader holds this mapping, with its pin; the cache must not.
+        if id < self.maps_floor.load(Ordering::Acquire) {
+            return Ok(m);
+        }
         if maps.len() >= MAX_CACHED_MAPS {
             // Drop one (readers holding it keep it alive).
             if let Some(&k) = maps.keys().next() {
