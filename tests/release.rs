@@ -309,3 +309,39 @@ fn readers_racing_releases_of_their_segments_see_their_bytes_or_released_never_g
         aof.flush_metrics().segments_recycled > 0 || aof.flush_metrics().segment_files_removed > 0
     );
 }
+
+#[test]
+fn a_lost_segment_above_the_release_mark_is_an_error_not_a_released_head() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manager();
+    let aof = open(&m, small_cfg(d.path()));
+    let rids = fill(&aof, 10, 60);
+    let cut = *rids.iter().find(|r| r.segment_index() == 2).unwrap();
+    assert_eq!(aof.release_before(cut).unwrap(), 2);
+    wait_removed(d.path(), 2);
+    drop(aof);
+    // The first kept segment goes missing: not a release (the mark says the log starts
+    // there), so the open refuses, naming what is missing, and touches nothing.
+    let first = d.path().join("segments").join(format!("{:020}.seg", 2));
+    std::fs::rename(&first, d.path().join("aside")).unwrap();
+    let before = seg_files(d.path(), "");
+    let e = bop_rs::aof2::Aof::new(m.handle(), small_cfg(d.path()))
+        .err()
+        .unwrap();
+    assert!(matches!(e, AofError::Corruption { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("missing") && msg.contains("release mark"),
+        "{msg}"
+    );
+    assert_eq!(seg_files(d.path(), ""), before, "nothing touched");
+    // Put back, the log opens where it starts, with every kept record.
+    std::fs::rename(d.path().join("aside"), &first).unwrap();
+    let aof = open(&m, small_cfg(d.path()));
+    assert_eq!(aof.first_record(), cut);
+    for (i, rid) in rids.iter().enumerate() {
+        if rid.segment_index() >= 2 {
+            assert_eq!(read_back(&aof, *rid), record(10, i as u64));
+        }
+    }
+}
