@@ -275,27 +275,35 @@ impl<'a> CompressedSegment<'a> {
 
     /// Inflates chunk `i`: its raw bytes, after checking its frame's CRC and length.
     pub fn inflate(&self, i: usize) -> Result<Vec<u8>, FormatError> {
-        let c = self.chunks[i];
-        let z = &self.file[c.comp_off as usize..(c.comp_off + u64::from(c.comp_len)) as usize];
-        let computed = crc32fast::hash(z);
-        if computed != c.comp_crc {
-            return Err(FormatError::BadChecksum {
-                stored: c.comp_crc,
-                computed,
-            });
-        }
-        let raw = zstd::bulk::decompress(z, c.raw_len as usize)
-            .map_err(|_| FormatError::BadField("zstd frame"))?;
-        if raw.len() != c.raw_len as usize {
-            return Err(FormatError::BadField("inflated length"));
-        }
-        Ok(raw)
+        inflate_chunk(self.file, &self.chunks[i])
     }
 
     /// Bytes of the raw data region (header excluded) this file holds.
     pub fn raw_data_bytes(&self) -> u64 {
         self.footer.data_end - HEADER_LEN as u64
     }
+}
+
+/// Inflates chunk `c` of the compressed file `file` (checked by
+/// [`CompressedSegment::parse`]): its raw bytes, after checking its zstd frame's CRC and
+/// the inflated length.
+pub fn inflate_chunk(file: &[u8], c: &Chunk) -> Result<Vec<u8>, FormatError> {
+    let z = file
+        .get(c.comp_off as usize..(c.comp_off + u64::from(c.comp_len)) as usize)
+        .ok_or(FormatError::BadField("chunk outside the file"))?;
+    let computed = crc32fast::hash(z);
+    if computed != c.comp_crc {
+        return Err(FormatError::BadChecksum {
+            stored: c.comp_crc,
+            computed,
+        });
+    }
+    let raw = zstd::bulk::decompress(z, c.raw_len as usize)
+        .map_err(|_| FormatError::BadField("zstd frame"))?;
+    if raw.len() != c.raw_len as usize {
+        return Err(FormatError::BadField("inflated length"));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]

@@ -2,9 +2,12 @@
 //! frame's offset) and [`SegmentCursor`] walks the frames in order. Sealed segments are
 //! memory-mapped and payloads borrow the mapping (no copy); an unsealed segment is read
 //! with `pread` up to the durable end captured when the reader was opened, never
-//! mapped. Every read checks the frame's checksum; a cursor also checks the chain of
-//! checksums from frame to frame, so a dropped, duplicated or stale frame is an error.
+//! mapped. A compressed sealed segment (`.zst`, see `compressed_format.rs`) is mapped
+//! and read one inflated chunk at a time. Every read checks the frame's checksum; a
+//! cursor also checks the chain of checksums from frame to frame, so a dropped,
+//! duplicated or stale frame is an error.
 
+use crate::compressed_format::{inflate_chunk, Chunk, CompressedSegment};
 use crate::config::RecordId;
 use crate::error::{AofError, AofResult};
 use crate::format::{
@@ -30,6 +33,8 @@ pub fn readers_opened() -> u64 {
 enum Source {
     Mapped(Arc<Mapping>),
     Pread(Arc<dyn FsFile>),
+    /// A compressed file's mapping and its (checked) chunk index.
+    Compressed(Arc<Mapping>, Arc<Vec<Chunk>>),
 }
 
 /// A reader over one segment.
@@ -139,6 +144,56 @@ impl SegmentReader {
         })
     }
 
+    /// A reader over a compressed sealed segment file (`.zst`): its trailer, index,
+    /// header and footer are checked now, each chunk when it is inflated.
+    pub fn compressed(fs: &dyn Fs, path: PathBuf) -> AofResult<SegmentReader> {
+        let file = fs
+            .open(&path, OpenMode::Read)
+            .map_err(|e| AofError::io("open", &path, e))?;
+        let map = file.map().map_err(|e| AofError::io("map", &path, e))?;
+        let c = CompressedSegment::parse(&map).map_err(|e| AofError::Corruption {
+            path: path.clone(),
+            // The header may be what failed: the id from the file's name.
+            segment: path
+                .file_name()
+                .and_then(|n| n.to_str()?.get(..20)?.parse().ok())
+                .unwrap_or(0),
+            offset: 0,
+            reason: format!("compressed segment: {e}"),
+        })?;
+        let (header, seed, footer, chunks) = (c.header, c.seed, c.footer, c.chunks);
+        READERS_OPENED.fetch_add(1, Ordering::Relaxed);
+        Ok(SegmentReader {
+            path,
+            header,
+            seed,
+            data_end: footer.data_end,
+            record_count: Some(footer.record_count),
+            sealed: true,
+            source: Source::Compressed(Arc::new(map), Arc::new(chunks)),
+            _pin: None,
+        })
+    }
+
+    /// Inflates the chunk of a compressed segment holding raw offset `off`: (its raw
+    /// start, its bytes). A chunk that fails its checks is `Corruption` naming its
+    /// offset.
+    fn inflate_at(&self, map: &Mapping, chunks: &[Chunk], off: u64) -> AofResult<(u64, Vec<u8>)> {
+        let i = chunks.partition_point(|c| c.raw_start <= off);
+        let c = i
+            .checked_sub(1)
+            .and_then(|i| chunks.get(i))
+            .filter(|c| off < c.raw_start + u64::from(c.raw_len))
+            .ok_or_else(|| self.corrupt(off, "no compressed chunk holds this offset".into()))?;
+        let raw = inflate_chunk(map, c).map_err(|e| {
+            self.corrupt(
+                c.raw_start,
+                format!("compressed chunk at {}: {e}", c.comp_off),
+            )
+        })?;
+        Ok((c.raw_start, raw))
+    }
+
     /// This reader holds `pin`: its segment's file is not reused while it lives.
     pub(crate) fn pinned(mut self, pin: Arc<crate::log::SegmentPin>) -> SegmentReader {
         self._pin = Some(pin);
@@ -190,6 +245,11 @@ impl SegmentReader {
         let off = self.check_rid(rid)?;
         let frame: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(m) => Cow::Borrowed(&m[off as usize..self.data_end as usize]),
+            Source::Compressed(m, chunks) => {
+                let (start, raw) = self.inflate_at(m, chunks, off)?;
+                let at = (off - start) as usize;
+                Cow::Owned(raw[at..].to_vec())
+            }
             Source::Pread(f) => {
                 let mut head = [0u8; FRAME_HEADER_LEN];
                 read_exact_at(&**f, off, &mut head)
@@ -393,6 +453,18 @@ impl SegmentCursor {
         let end = (off + len as u64).min(self.reader.data_end);
         match &self.reader.source {
             Source::Mapped(m) => Ok(&m[off as usize..end as usize]),
+            Source::Compressed(m, chunks) => {
+                // Chunks hold whole frames: the window is the chunk holding `off`.
+                let have = self.window_start + self.window.len() as u64;
+                if off < self.window_start || end > have {
+                    let (start, raw) = self.reader.inflate_at(m, chunks, off)?;
+                    self.window = raw;
+                    self.window_start = start;
+                }
+                let a = (off - self.window_start) as usize;
+                let b = ((end - self.window_start) as usize).min(self.window.len());
+                Ok(&self.window[a..b])
+            }
             Source::Pread(f) => {
                 let have = self.window_start + self.window.len() as u64;
                 if off < self.window_start || end > have {
