@@ -175,12 +175,12 @@ pub struct AofConfig {
     /// Directory of the log: `LOCK` and `segments/` live in it. Created if missing.
     /// Default: `aof2-data`, relative to the working directory.
     pub root_dir: PathBuf,
-    /// Smallest segment file (default 1 MiB). Validated and normalized, but it has
-    /// no effect yet: every segment file is `segment_target_bytes` (or larger, for a
-    /// record that needs it). It gets its effect with retention.
+    /// Size of a log's first segment file in each session (default 1 MiB): a small log
+    /// never needs more.
     pub segment_min_bytes: u64,
-    /// Size of each segment file; the log rolls to a new segment when the next record
-    /// does not fit (default 16 MiB).
+    /// Size segment files grow to (default 16 MiB): later segments are sized to fill in
+    /// about ten seconds at the rate the last one filled, up to this. The log rolls to a
+    /// new segment when the next record does not fit.
     pub segment_target_bytes: u64,
     /// Largest segment file: a record too large for a target-sized segment gets a
     /// segment of its own up to this size; larger records are refused (default 256 MiB).
