@@ -85,9 +85,10 @@ impl Drop for AofManager {
 
 /// One log. Every method takes `&self`; share it across threads with `Arc`.
 ///
-/// Dropping it syncs everything appended, closes its files and releases the
-/// directory lock before returning (an open segment stays unsealed; the next open
-/// verifies and seals it).
+/// Dropping it syncs everything appended, seals the active segment (so the next open
+/// reads its footer instead of scanning it), closes its files and releases the
+/// directory lock before returning. After a crash, the next open verifies the unsealed
+/// segment and seals it.
 pub struct Aof {
     pub(crate) log: LogHandle,
     _set: Arc<ShardSet>,
@@ -95,7 +96,8 @@ pub struct Aof {
 
 impl Aof {
     /// Opens the log in `cfg.root_dir` (creating it, or recovering what is there) and
-    /// places it on the least loaded shard. `cfg` is validated, then normalized.
+    /// places it on the least loaded shard. `cfg` is validated, then normalized. No
+    /// segment file is prepared here: the first append waits for its file.
     pub fn new(handle: AofManagerHandle, cfg: AofConfig) -> AofResult<Aof> {
         let log = LogHandle::open(&handle.set, cfg)?;
         Ok(Aof {
@@ -195,7 +197,8 @@ impl Aof {
         self.log.view().catalog()
     }
 
-    /// Syncs everything appended, closes the files and releases the directory lock;
+    /// Syncs everything appended, seals the active segment, closes the files and
+    /// releases the directory lock;
     /// later appends fail with [`AofError::Closed`], and followers and streams end once
     /// they have read what was durable. Dropping the `Aof` does the same. Idempotent.
     pub fn close(&self) {
