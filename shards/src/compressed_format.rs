@@ -268,9 +268,7 @@ impl<'a> CompressedSegment<'a> {
 
     /// The chunk holding raw offset `off`, if it lies in the data.
     pub fn chunk_for(&self, off: u64) -> Option<usize> {
-        let i = self.chunks.partition_point(|c| c.raw_start <= off);
-        let c = self.chunks.get(i.checked_sub(1)?)?;
-        (off < c.raw_start + u64::from(c.raw_len)).then_some(i - 1)
+        chunk_index(&self.chunks, off)
     }
 
     /// Inflates chunk `i`: its raw bytes, after checking its frame's CRC and length.
@@ -282,6 +280,13 @@ impl<'a> CompressedSegment<'a> {
     pub fn raw_data_bytes(&self) -> u64 {
         self.footer.data_end - HEADER_LEN as u64
     }
+}
+
+/// Which of `chunks` (in raw order, tiling the data) holds raw offset `off`, if any.
+pub fn chunk_index(chunks: &[Chunk], off: u64) -> Option<usize> {
+    let i = chunks.partition_point(|c| c.raw_start <= off);
+    let c = chunks.get(i.checked_sub(1)?)?;
+    (off < c.raw_start + u64::from(c.raw_len)).then_some(i - 1)
 }
 
 /// Inflates chunk `c` of the compressed file `file` (checked by

@@ -7,7 +7,7 @@
 //! cursor also checks the chain of checksums from frame to frame, so a dropped,
 //! duplicated or stale frame is an error.
 
-use crate::compressed_format::{inflate_chunk, Chunk, CompressedSegment};
+use crate::compressed_format::{chunk_index, inflate_chunk, Chunk, CompressedSegment};
 use crate::config::RecordId;
 use crate::error::{AofError, AofResult};
 use crate::format::{
@@ -179,11 +179,8 @@ impl SegmentReader {
     /// start, its bytes). A chunk that fails its checks is `Corruption` naming its
     /// offset.
     fn inflate_at(&self, map: &Mapping, chunks: &[Chunk], off: u64) -> AofResult<(u64, Vec<u8>)> {
-        let i = chunks.partition_point(|c| c.raw_start <= off);
-        let c = i
-            .checked_sub(1)
-            .and_then(|i| chunks.get(i))
-            .filter(|c| off < c.raw_start + u64::from(c.raw_len))
+        let c = chunk_index(chunks, off)
+            .map(|i| &chunks[i])
             .ok_or_else(|| self.corrupt(off, "no compressed chunk holds this offset".into()))?;
         let raw = inflate_chunk(map, c).map_err(|e| {
             self.corrupt(
