@@ -243,9 +243,18 @@ impl SegmentReader {
         let frame: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(m) => Cow::Borrowed(&m[off as usize..self.data_end as usize]),
             Source::Compressed(m, chunks) => {
-                let (start, raw) = self.inflate_at(m, chunks, off)?;
+                let (start, mut raw) = self.inflate_at(m, chunks, off)?;
                 let at = (off - start) as usize;
-                Cow::Owned(raw[at..].to_vec())
+                // Just the frame (its length from its header; checked when decoded).
+                let len = raw
+                    .get(at + 12..at + 16)
+                    .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                let end = at
+                    .saturating_add(format::frame_size(len as usize))
+                    .min(raw.len());
+                raw.truncate(end);
+                raw.drain(..at);
+                Cow::Owned(raw)
             }
             Source::Pread(f) => {
                 let mut head = [0u8; FRAME_HEADER_LEN];
