@@ -125,3 +125,128 @@ fn a_damaged_chunk_is_corruption_naming_segment_and_offset_and_the_rest_reads() 
     let e = SegmentReader::compressed(&fs, zst.clone()).err().unwrap();
     assert!(e.to_string().contains(zst.to_str().unwrap()), "{e}");
 }
+
+/// A log with segments 0..=2 sealed; segment 1 also as `<1>.zst` in `segments/`.
+fn log_with_a_compressed_copy(
+    root: &std::path::Path,
+) -> (Vec<(RecordId, Vec<u8>)>, PathBuf, PathBuf) {
+    let (raw, _, zst) = sealed_and_compressed(root);
+    // Every record of the log, read before the compressed copy is in place.
+    let all = read_all(root);
+    let to = root.join("segments").join(format!("{:020}.zst", 1));
+    std::fs::rename(&zst, &to).unwrap();
+    (all, raw, to)
+}
+
+fn read_all(root: &std::path::Path) -> Vec<(RecordId, Vec<u8>)> {
+    let m = manager();
+    let aof = open(&m, small_cfg(root));
+    let mut all = Vec::new();
+    let mut s = bop_rs::aof2::reader::SealedSegmentStream::new(&aof).unwrap();
+    aof.close();
+    while let Some(seg) = s.next_segment_blocking().unwrap() {
+        let mut c = seg.into_cursor();
+        while let Some(r) = c.next().unwrap() {
+            all.push((r.record_id(), r.payload().to_vec()));
+        }
+    }
+    for (rid, p) in all.iter().step_by(17) {
+        assert_eq!(read_back(&aof, *rid), *p);
+    }
+    all
+}
+
+fn aof2(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_aof2"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_log_with_a_compressed_segment_opens_reads_and_verifies_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    let (all, raw, zst) = log_with_a_compressed_copy(d.path());
+    // A swap cut short after the rename: both files; the valid .zst wins.
+    assert!(raw.exists() && zst.exists());
+    assert_eq!(read_all(d.path()), all);
+    assert!(
+        !raw.exists(),
+        "the raw copy goes once the compressed one validated"
+    );
+    assert!(zst.exists());
+    // The tools read it too.
+    let r = d.path().to_str().unwrap();
+    let out = aof2(&["verify", r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = aof2(&["dump", r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        all.len()
+    );
+    // Releasing it removes the compressed file (never kept as a spare).
+    let m = manager();
+    let aof = open(&m, small_cfg(d.path()));
+    let cut = all.iter().find(|(r, _)| r.segment_index() == 2).unwrap().0;
+    assert_eq!(aof.release_before(cut).unwrap(), 2);
+    let start = std::time::Instant::now();
+    while zst.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(aof);
+    let spares: Vec<_> = std::fs::read_dir(d.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".spare"))
+        .collect();
+    assert!(
+        spares
+            .iter()
+            .all(|n| !n.starts_with("00000000000000000001")),
+        "{spares:?}"
+    );
+}
+
+#[test]
+fn a_half_written_compressed_file_is_dropped_and_the_raw_copy_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let (all, raw, zst) = log_with_a_compressed_copy(d.path());
+    // Cut short (a crash before its sync), beside the raw copy; and a temp file.
+    let b = std::fs::read(&zst).unwrap();
+    std::fs::write(&zst, &b[..b.len() / 2]).unwrap();
+    let tmp = d.path().join("segments").join(format!("{:020}.zst.tmp", 2));
+    std::fs::write(&tmp, b"partial").unwrap();
+    assert_eq!(read_all(d.path()), all);
+    assert!(raw.exists() && !zst.exists() && !tmp.exists());
+}
+
+#[test]
+fn a_damaged_compressed_file_with_no_raw_copy_is_an_error_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, raw, zst) = log_with_a_compressed_copy(d.path());
+    std::fs::remove_file(&raw).unwrap();
+    let mut b = std::fs::read(&zst).unwrap();
+    let n = b.len();
+    b[n - 20] ^= 1; // the trailer
+    std::fs::write(&zst, &b).unwrap();
+    let m = manager();
+    let e = bop_rs::aof2::Aof::new(m.handle(), small_cfg(d.path()))
+        .err()
+        .unwrap();
+    assert!(matches!(e, AofError::Corruption { segment: 1, .. }), "{e}");
+    assert!(e.to_string().contains(zst.to_str().unwrap()), "{e}");
+    assert!(zst.exists(), "the only copy is never removed");
+}

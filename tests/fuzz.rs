@@ -274,6 +274,16 @@ fn directory_input(rng: &mut SimRng, corpus: &[(String, Vec<u8>)]) -> Inputs {
             format!("{}.tmp", segment_file_name(id))
         } else if rng.chance(1, 10) {
             format!("{id:020}.spare")
+        } else if rng.chance(1, 8) {
+            // A compressed segment (valid when the corpus file was a sealed segment of
+            // this id and the mutation spared it), maybe beside its raw copy.
+            if let Ok(z) = aof2_shards::compressed_format::compress_segment(&corpus[i].1, 1, 4096) {
+                img = z;
+                if rng.chance(1, 3) {
+                    mutate(rng, &mut img, &corpus[j].1);
+                }
+            }
+            format!("{id:020}.zst")
         } else {
             segment_file_name(id)
         };

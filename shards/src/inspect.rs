@@ -14,6 +14,7 @@
 //! held, as `/proc/locks` tells) is reported as being written, checked up to its last
 //! complete frame.
 
+use crate::compressed_format::CompressedSegment;
 use crate::error::{AofError, AofResult};
 use crate::format::{
     self, ScanStop, SegmentFooter, FOOTER_LEN, FOOTER_REGION, HEADER_LEN, NO_RECORD,
@@ -309,6 +310,9 @@ impl LogDir {
     }
 
     fn verify_sealed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
+        if u.compressed {
+            return self.verify_compressed(u, f);
+        }
         let file = self.open_file(&u.path)?;
         // Sealed: immutable, so mapped (no copy) rather than read.
         let image = file.map().map_err(io_err("map", &u.path))?;
@@ -325,45 +329,7 @@ impl LogDir {
         }
         let image = &image[..u.header.file_size as usize];
         let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
-        let mut it = format::frames(u.seed, image, f.data_end);
-        let (mut count, mut last_record) = (0u64, NO_RECORD);
-        for fr in it.by_ref() {
-            let fr = fr.map_err(|(off, why)| bad(off, why))?;
-            if fr.header.kind == format::FrameKind::Record {
-                count += 1;
-                last_record = fr.offset as u32;
-            }
-        }
-        if let Some(ScanStop::Blank) = it.stop() {
-            return Err(bad(
-                it.position(),
-                format!("zeros where the footer says frames run to {}", f.data_end),
-            ));
-        }
-        if it.position() != f.data_end {
-            return Err(bad(
-                it.position(),
-                format!(
-                    "the last frame ends past the sealed data end {}",
-                    f.data_end
-                ),
-            ));
-        }
-        if count != f.record_count || last_record != f.last_record_offset {
-            return Err(bad(
-                f.data_end,
-                format!(
-                    "the footer says {} records (last at {}), the frames hold {count} (last at {last_record})",
-                    f.record_count, f.last_record_offset
-                ),
-            ));
-        }
-        if it.last_crc() != f.last_frame_crc {
-            return Err(bad(
-                f.data_end,
-                "the footer does not seal the last frame (checksum differs)".into(),
-            ));
-        }
+        check_sealed_frames(u, f, image)?;
         let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
         // Past the data end: zeros, or a recycled file's stale bytes (never read).
         let data_tail = if u.header.recycled {
@@ -380,6 +346,29 @@ impl LogDir {
                 ));
             }
         }
+        self.segment_stat(u)
+    }
+
+    /// A compressed segment: its structures, every chunk inflated, and the frames they
+    /// hold checked as a raw segment's are.
+    fn verify_compressed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
+        let file = self.open_file(&u.path)?;
+        let map = file.map().map_err(io_err("map", &u.path))?;
+        let c = CompressedSegment::parse(&map)
+            .map_err(|e| corruption(&u.path, u.id, 0, format!("compressed segment: {e}")))?;
+        let mut image = map[..HEADER_LEN].to_vec();
+        for (i, chunk) in c.chunks.iter().enumerate() {
+            let raw = c.inflate(i).map_err(|e| {
+                corruption(
+                    &u.path,
+                    u.id,
+                    chunk.raw_start,
+                    format!("compressed chunk at {}: {e}", chunk.comp_off),
+                )
+            })?;
+            image.extend_from_slice(&raw);
+        }
+        check_sealed_frames(u, f, &image)?;
         self.segment_stat(u)
     }
 
@@ -436,6 +425,12 @@ impl LogDir {
     /// A cursor over segment `u` from its first frame: sealed segments through a
     /// mapping, an unsealed one through `pread`, reading frames until a zero header.
     pub fn cursor(&self, u: &Used) -> AofResult<SegmentCursor> {
+        if u.compressed {
+            return Ok(SegmentCursor::new(SegmentReader::compressed(
+                &self.fs,
+                u.path.clone(),
+            )?));
+        }
         match u.footer {
             Some(footer) => Ok(SegmentCursor::new(SegmentReader::sealed(
                 &self.fs,
@@ -444,6 +439,7 @@ impl LogDir {
                     header: u.header,
                     seed: u.seed,
                     footer,
+                    compressed: false,
                 },
             )?)),
             None => Ok(SegmentCursor::open_ended(SegmentReader::unsealed(
@@ -455,6 +451,52 @@ impl LogDir {
             )?)),
         }
     }
+}
+
+/// The frames of sealed segment `u` in `image` (from offset 0): every checksum and
+/// link, and that they end where footer `f` says, with its count, last record and CRC.
+fn check_sealed_frames(u: &Used, f: &SegmentFooter, image: &[u8]) -> AofResult<()> {
+    let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
+    let mut it = format::frames(u.seed, image, f.data_end);
+    let (mut count, mut last_record) = (0u64, NO_RECORD);
+    for fr in it.by_ref() {
+        let fr = fr.map_err(|(off, why)| bad(off, why))?;
+        if fr.header.kind == format::FrameKind::Record {
+            count += 1;
+            last_record = fr.offset as u32;
+        }
+    }
+    if let Some(ScanStop::Blank) = it.stop() {
+        return Err(bad(
+            it.position(),
+            format!("zeros where the footer says frames run to {}", f.data_end),
+        ));
+    }
+    if it.position() != f.data_end {
+        return Err(bad(
+            it.position(),
+            format!(
+                "the last frame ends past the sealed data end {}",
+                f.data_end
+            ),
+        ));
+    }
+    if count != f.record_count || last_record != f.last_record_offset {
+        return Err(bad(
+                f.data_end,
+                format!(
+                    "the footer says {} records (last at {}), the frames hold {count} (last at {last_record})",
+                    f.record_count, f.last_record_offset
+                ),
+            ));
+    }
+    if it.last_crc() != f.last_frame_crc {
+        return Err(bad(
+            f.data_end,
+            "the footer does not seal the last frame (checksum differs)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `look` until it succeeds, or until it fails the same way in two looks in a

@@ -10,6 +10,10 @@
 //! <root_dir>/segments/<id:020>.seg.ready  a prepared segment a clean close proved unused
 //! <root_dir>/segments/<id:020>.spare      a released segment's file kept for reuse (its
 //!                                       contents are stale; named by its old id)
+//! <root_dir>/segments/<id:020>.zst        a sealed segment, compressed (see
+//!                                       `compressed_format`); replaces `<id>.seg`
+//! <root_dir>/segments/<id:020>.zst.tmp    a compressed segment being written (removed at
+//!                                       open)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,6 +47,16 @@ pub fn spare_file_name(id: u64) -> String {
     format!("{id:020}.spare")
 }
 
+/// File name of compressed segment `id`.
+pub fn compressed_file_name(id: u64) -> String {
+    format!("{id:020}.zst")
+}
+
+/// File name of compressed segment `id` while it is written.
+pub fn compressed_temp_name(id: u64) -> String {
+    format!("{id:020}.zst.tmp")
+}
+
 /// What a name in the segment directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentName {
@@ -54,6 +68,10 @@ pub enum SegmentName {
     Ready(u64),
     /// `<id>.spare`: a released segment's file, kept for reuse.
     Spare(u64),
+    /// `<id>.zst`: a sealed segment, compressed.
+    Compressed(u64),
+    /// `<id>.zst.tmp`: a compressed segment that was being written.
+    CompressedTemp(u64),
 }
 
 /// Parses a name the engine itself creates; `None` for anything else.
@@ -67,6 +85,10 @@ pub fn parse_name(name: &str) -> Option<SegmentName> {
         (d, SegmentName::Segment)
     } else if let Some(d) = name.strip_suffix(".spare") {
         (d, SegmentName::Spare)
+    } else if let Some(d) = name.strip_suffix(".zst.tmp") {
+        (d, SegmentName::CompressedTemp)
+    } else if let Some(d) = name.strip_suffix(".zst") {
+        (d, SegmentName::Compressed)
     } else {
         return None;
     };
@@ -122,6 +144,14 @@ impl LogPaths {
     pub fn spare(&self, id: u64) -> PathBuf {
         self.segments.join(spare_file_name(id))
     }
+    /// Segment `id`'s compressed file.
+    pub fn compressed(&self, id: u64) -> PathBuf {
+        self.segments.join(compressed_file_name(id))
+    }
+    /// Segment `id`'s compressed file while it is written.
+    pub fn compressed_temp(&self, id: u64) -> PathBuf {
+        self.segments.join(compressed_temp_name(id))
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +165,14 @@ mod tests {
             Some(SegmentName::Segment(42))
         );
         assert_eq!(parse_name(&temp_file_name(42)), Some(SegmentName::Temp(42)));
+        assert_eq!(
+            parse_name(&compressed_file_name(42)),
+            Some(SegmentName::Compressed(42))
+        );
+        assert_eq!(
+            parse_name(&compressed_temp_name(42)),
+            Some(SegmentName::CompressedTemp(42))
+        );
         assert_eq!(
             parse_name(&ready_file_name(42)),
             Some(SegmentName::Ready(42))

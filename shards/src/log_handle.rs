@@ -96,6 +96,9 @@ impl LogView {
 
     fn open_located(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
         let r = match located {
+            Located::Sealed(s) if s.compressed => {
+                SegmentReader::compressed(&*self.fs, self.paths.compressed(s.header.segment_id))?
+            }
             Located::Sealed(s) => {
                 let id = s.header.segment_id;
                 let path = self.paths.segment(id);

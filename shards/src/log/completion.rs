@@ -151,6 +151,7 @@ impl LogCore {
                     header: s.header,
                     seed: s.seed,
                     footer,
+                    compressed: false,
                 };
                 self.sealed.push(sealed);
                 // Its age runs on the monotonic clock from its newest record's append.

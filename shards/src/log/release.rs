@@ -62,7 +62,7 @@ pub(super) struct Releases {
     pub(super) want: u64,
     /// Released segments whose files are still in the directory, oldest first:
     /// (id, file size).
-    pub(super) removing: VecDeque<(u64, u64)>,
+    pub(super) removing: VecDeque<(u64, u64, bool)>,
     /// Spare files (released files kept for reuse): (old id, file size).
     pub(super) spares: Vec<(u64, u64)>,
     /// Readers' pins, by segment.
@@ -250,12 +250,17 @@ impl LogCore {
         if self.closing {
             return None;
         }
-        let Some(&(id, size)) = self.rel.removing.front() else {
+        let Some(&(id, size, compressed)) = self.rel.removing.front() else {
             return self.trim_spares();
         };
-        let path = self.paths.segment(id);
+        // A compressed file is never a spare (it is not a segment file's size or shape).
+        let path = if compressed {
+            self.paths.compressed(id)
+        } else {
+            self.paths.segment(id)
+        };
         let same_size = self.rel.spares.iter().filter(|s| s.1 == size).count();
-        let spare = !self.pinned(id) && same_size < self.cfg.spare_segments;
+        let spare = !compressed && !self.pinned(id) && same_size < self.cfg.spare_segments;
         self.rel.pins.remove(&id);
         let first = if spare {
             OpKind::Rename {
@@ -393,7 +398,7 @@ impl LogCore {
             assert!(s.header.segment_id < mark.first_segment);
             self.rel
                 .removing
-                .push_back((s.header.segment_id, s.header.file_size));
+                .push_back((s.header.segment_id, s.header.file_size, s.compressed));
             self.forget_released(s);
         }
         self.rel.first_kept = mark.first_segment;
@@ -424,7 +429,13 @@ impl LogCore {
         let (op, path) = match effect {
             Effect::MarkDurable { .. } => ("replace the release mark", self.paths.released.clone()),
             Effect::Removed { seg, .. } => {
-                ("remove the released segment file", self.paths.segment(*seg))
+                let compressed = self.rel.removing.front().is_some_and(|r| r.2);
+                let path = if compressed {
+                    self.paths.compressed(*seg)
+                } else {
+                    self.paths.segment(*seg)
+                };
+                ("remove the released segment file", path)
             }
             Effect::SpareDropped { seg } => ("remove the spare file", self.paths.spare(*seg)),
             _ => unreachable!("not a release effect"),

@@ -13,6 +13,8 @@ pub struct SealedSegment {
     pub seed: u32,
     /// Its seal footer.
     pub footer: SegmentFooter,
+    /// Stored compressed (`<id>.zst`) rather than raw (`<id>.seg`).
+    pub compressed: bool,
 }
 
 /// A segment as readers see it (see [`LogCore::locate`]).

@@ -28,7 +28,10 @@
 //! synced, a file the engine does not name) is an error naming the path and offset,
 //! and nothing is changed on disk.
 
+mod compressed;
 mod seal;
+
+pub use compressed::CompressedFindings;
 
 use crate::buffer::AlignedBuf;
 use crate::clock::Clock;
@@ -157,6 +160,8 @@ pub struct Used {
     /// footer write cut short (a crash or a short write while sealing) on the last
     /// segment, which is then sealed again; damage anywhere else.
     pub damaged_footer: Option<String>,
+    /// Stored compressed: `path` is the `.zst` file.
+    pub compressed: bool,
 }
 
 /// Every file of a segment directory, classified. Reads only.
@@ -175,6 +180,8 @@ pub struct Survey {
     /// `.seg` files below the release mark (released; a crash stopped their removal):
     /// (id, path). Never read.
     pub released: Vec<(u64, PathBuf)>,
+    /// What the compressed files ask recovery to do (see `compressed.rs`).
+    pub compressed: CompressedFindings,
 }
 
 /// Reads the release mark of the log at `paths` (the default, nothing released, when
@@ -213,6 +220,8 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
     let mut segments = Vec::new();
     let mut spares = Vec::new();
     let mut released = Vec::new();
+    let mut zsts = Vec::new();
+    let mut findings = CompressedFindings::default();
     for name in names {
         let path = dir.join(&name);
         let parsed = name.to_str().and_then(parse_name);
@@ -230,6 +239,10 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
             }
             (Some(SegmentName::Segment(id)), Some(EntryKind::File)) => segments.push((id, path)),
             (Some(SegmentName::Spare(id)), Some(EntryKind::File)) => spares.push((id, path)),
+            (Some(SegmentName::Compressed(id)), Some(EntryKind::File)) => zsts.push((id, path)),
+            (Some(SegmentName::CompressedTemp(_)), Some(EntryKind::File)) => {
+                findings.drop.push(path)
+            }
             _ => return Err(AofError::ForeignFile { path }),
         }
     }
@@ -334,10 +347,12 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
                     seed,
                     footer,
                     damaged_footer,
+                    compressed: false,
                 });
             }
         }
     }
+    compressed::survey_compressed(fs, zsts, &mut used, first_kept, &mut findings)?;
 
     readies.sort();
     released.sort();
@@ -349,6 +364,7 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
         temps,
         spares,
         released,
+        compressed: findings,
     })
 }
 
@@ -401,12 +417,26 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         temps,
         spares,
         released,
+        compressed: findings,
     } = survey(fs, dir, mark.first_segment)?;
 
     check_only_last_unsealed(&used)?;
 
     let mut last_ts = 0u64;
     let mut dir_changed = false;
+    // A swap cut short: the compressed file is complete (it validated); make its
+    // rename durable before the raw copy goes.
+    if !findings.superseded.is_empty() {
+        fs.fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    }
+    for path in findings.superseded.iter().chain(&findings.drop) {
+        log::info!(
+            "aof2: removing {} (finishing or undoing a compression swap)",
+            path.display()
+        );
+        fs.unlink(path).map_err(io_err("remove", path))?;
+        dir_changed = true;
+    }
     // Released files a crash left behind go to the spare pool (the log trims it).
     let mut spare_paths = spares;
     for (id, path) in released {
@@ -475,6 +505,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             header: u.header,
             seed: u.seed,
             footer,
+            compressed: u.compressed,
         });
     }
     // Continue past every id on disk, blank files included: an append may have been
