@@ -148,6 +148,14 @@ impl LogPaths {
     pub fn compressed(&self, id: u64) -> PathBuf {
         self.segments.join(compressed_file_name(id))
     }
+    /// Sealed segment `id`'s file: compressed (`.zst`) or raw (`.seg`).
+    pub fn sealed(&self, id: u64, compressed: bool) -> PathBuf {
+        if compressed {
+            self.compressed(id)
+        } else {
+            self.segment(id)
+        }
+    }
     /// Segment `id`'s compressed file while it is written.
     pub fn compressed_temp(&self, id: u64) -> PathBuf {
         self.segments.join(compressed_temp_name(id))

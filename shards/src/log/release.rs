@@ -254,11 +254,7 @@ impl LogCore {
             return self.trim_spares();
         };
         // A compressed file is never a spare (it is not a segment file's size or shape).
-        let path = if compressed {
-            self.paths.compressed(id)
-        } else {
-            self.paths.segment(id)
-        };
+        let path = self.paths.sealed(id, compressed);
         let same_size = self.rel.spares.iter().filter(|s| s.1 == size).count();
         let spare = !compressed && !self.pinned(id) && same_size < self.cfg.spare_segments;
         self.rel.pins.remove(&id);
@@ -430,12 +426,10 @@ impl LogCore {
             Effect::MarkDurable { .. } => ("replace the release mark", self.paths.released.clone()),
             Effect::Removed { seg, .. } => {
                 let compressed = self.rel.removing.front().is_some_and(|r| r.2);
-                let path = if compressed {
-                    self.paths.compressed(*seg)
-                } else {
-                    self.paths.segment(*seg)
-                };
-                ("remove the released segment file", path)
+                (
+                    "remove the released segment file",
+                    self.paths.sealed(*seg, compressed),
+                )
             }
             Effect::SpareDropped { seg } => ("remove the spare file", self.paths.spare(*seg)),
             _ => unreachable!("not a release effect"),
