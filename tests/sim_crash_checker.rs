@@ -34,6 +34,8 @@
 //! and prints its steps. A failure names its seed and model.
 
 use aof2_shards::clock::Clock;
+use aof2_shards::compress::swap::{Stepped, Swap};
+use aof2_shards::compressed_format::CompressedSegment;
 use aof2_shards::config::{AofConfig, RecordId};
 use aof2_shards::error::AofError;
 use aof2_shards::exec::blocking::BlockingExecutor;
@@ -45,7 +47,7 @@ use aof2_shards::format;
 use aof2_shards::fs::sim::{Faults, SimFs, SimRng};
 use aof2_shards::fs::{Fs, FsLock, OpenMode};
 use aof2_shards::layout::LogPaths;
-use aof2_shards::log::{LogCore, ReleaseTicket};
+use aof2_shards::log::{LogCore, ReleaseTicket, Swapped};
 use aof2_shards::log_shared::{Commit, DataSlot, LogShared, ShardLink};
 use aof2_shards::recovery;
 use aof2_shards::shard::turn::ShardLoop;
@@ -121,6 +123,8 @@ struct Open {
     commit: Option<(DataSlot, Vec<Completed>)>,
     /// Releases asked for and not settled yet.
     releases: Vec<ReleaseTicket>,
+    /// The compression worker's swap in progress.
+    swap: Option<Swap>,
 }
 
 impl Open {
@@ -193,6 +197,12 @@ impl World {
             cfg.retention = aof2_shards::config::RetentionPolicy::Size {
                 max_total_bytes: [128 * 1024, 512 * 1024][rng.below(2) as usize],
             };
+        }
+        // Compression in the background, in a third of the seeds: the checker runs the
+        // worker's swap steps between the shard's turns (see `compress_step`).
+        if rng.below(3) == 0 {
+            cfg.compression = aof2_shards::config::Compression::Zstd;
+            cfg.compression_level = 1;
         }
         let cfg = cfg.normalized();
         let faults = (seed % 3 == 2).then(|| Faults {
@@ -327,6 +337,7 @@ impl World {
             caller,
             commit: None,
             releases: Vec::new(),
+            swap: None,
         }
     }
 
@@ -376,11 +387,14 @@ impl World {
                 }
             }
             let first = found.len();
-            let path = self.paths.segment(s.header.segment_id);
-            let img = self
+            let path = self.paths.sealed(s.header.segment_id, s.compressed);
+            let mut img = self
                 .fs
                 .read_file(&path)
                 .unwrap_or_else(|e| self.fail(format!("{}: {e}", path.display())));
+            if s.compressed {
+                img = self.inflate(&path, &img, s.header.file_size);
+            }
             let mut frames = format::frames(s.seed, &img, s.footer.data_end);
             for f in frames.by_ref() {
                 match f {
@@ -443,6 +457,70 @@ impl World {
         }
     }
 
+    /// The raw image a compressed segment file holds (every chunk inflated).
+    fn inflate(&self, path: &Path, file: &[u8], size: u64) -> Vec<u8> {
+        let c = CompressedSegment::parse(file)
+            .unwrap_or_else(|e| self.fail(format!("{}: {e}", path.display())));
+        let mut img = vec![0u8; size as usize];
+        img[..format::HEADER_LEN].copy_from_slice(&file[..format::HEADER_LEN]);
+        for (i, ch) in c.chunks.iter().enumerate() {
+            let b = c
+                .inflate(i)
+                .unwrap_or_else(|e| self.fail(format!("{} chunk {i}: {e}", path.display())));
+            img[ch.raw_start as usize..ch.raw_start as usize + b.len()].copy_from_slice(&b);
+        }
+        img
+    }
+
+    /// One step of the compression worker's swap (starting one if the core wants it),
+    /// as the worker thread runs them, so crashes land between any two.
+    fn compress_step(&mut self, o: &mut Open) {
+        if o.swap.is_none() {
+            let job = o.core().next_compression();
+            let Some(job) = job else { return };
+            self.say(|| format!("compress segment {}", job.segment));
+            o.swap = Some(Swap::new(job));
+        }
+        let swap = o.swap.as_mut().expect("a swap");
+        let id = swap.segment();
+        let shared = o.shared.clone();
+        let stop = || !shared.lock_core().compression_continues();
+        let r = swap.step(&self.fs, &stop);
+        match r {
+            Ok(Stepped::More) => return,
+            Ok(Stepped::Done { disk_bytes }) => {
+                let swapped = o.core().compression_done(id, disk_bytes);
+                o.shared.forget_map(id);
+                self.say(|| format!("segment {id} compressed ({disk_bytes} bytes): {swapped:?}"));
+                if swapped == Swapped::Released {
+                    let t = o.swap.as_ref().unwrap().target().to_path_buf();
+                    let _ = self.fs.unlink(&t);
+                    let _ = self.fs.fsync_dir(&self.paths.segments);
+                }
+            }
+            Ok(Stepped::Stopped) => {
+                self.say(|| format!("compression of segment {id} stopped"));
+                o.swap.as_mut().unwrap().clean_up(&self.fs);
+                o.core().compression_stopped(id);
+            }
+            Err(e) => {
+                if self.fs.faults_injected() == 0 {
+                    self.fail(format!(
+                        "compression failed without a fault injected: {} {}: {}",
+                        e.op,
+                        e.path.display(),
+                        e.error
+                    ));
+                }
+                self.say(|| format!("compression of segment {id} failed: {}", e.error));
+                o.swap.as_mut().unwrap().clean_up(&self.fs);
+                o.core().compression_failed(id, e.op, &e.path, &e.error);
+            }
+        }
+        o.swap = None;
+        o.shared.wake_shard();
+    }
+
     fn pump(&mut self, o: &mut Open, max_steps: usize) {
         self.say(|| format!("pump {max_steps}"));
         for _ in 0..max_steps {
@@ -467,7 +545,11 @@ impl World {
         }
         let committing = o.commit.is_some();
         self.advance_commit(o);
-        t.busy || committing
+        let compressing = o.swap.is_some() || o.core().compression_wanted();
+        if compressing && self.rng.chance(1, 2) {
+            self.compress_step(o);
+        }
+        t.busy || committing || compressing
     }
 
     /// A caller that waits for `upto` commits itself, as a blocking `flush_until` does
@@ -803,8 +885,9 @@ impl World {
         for name in self.fs.list_dir(&self.paths.segments).unwrap() {
             let p = self.paths.segments.join(&name);
             let f = self.fs.open(&p, OpenMode::Read).unwrap();
+            let zst = name.to_string_lossy().ends_with(".zst");
             assert!(
-                f.size().unwrap() % 4096 == 0,
+                zst || f.size().unwrap() % 4096 == 0,
                 "seed {}: {} is not block-sized",
                 self.seed,
                 p.display()

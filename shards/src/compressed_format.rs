@@ -95,6 +95,17 @@ pub fn compress_segment(
     level: i32,
     chunk_target: usize,
 ) -> Result<Vec<u8>, FormatError> {
+    compress_segment_until(raw, level, chunk_target, &|| false).map(|c| c.expect("never stopped"))
+}
+
+/// As [`compress_segment`], asking `stop` before each chunk: `Ok(None)` once it says
+/// to stop (a closing log does not wait for a whole segment).
+pub fn compress_segment_until(
+    raw: &[u8],
+    level: i32,
+    chunk_target: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Vec<u8>>, FormatError> {
     let HeaderState::Valid(header, seed) = SegmentHeader::decode(raw)? else {
         return Err(FormatError::BadField(
             "a blank segment has nothing to compress",
@@ -133,6 +144,9 @@ pub fn compress_segment(
         .copy_from_slice(&raw[footer_at..footer_at + FOOTER_LEN]);
     let mut chunks = Vec::with_capacity(cuts.len());
     for w in cuts.windows(2) {
+        if stop() {
+            return Ok(None);
+        }
         let (a, b) = (w[0], w[1]);
         let z = zstd::bulk::compress(&raw[a..b], level)
             .map_err(|_| FormatError::BadField("zstd refused the level"))?;
@@ -168,7 +182,29 @@ pub fn compress_segment(
     h.update(&t[0..60]);
     t[60..64].copy_from_slice(&h.finalize().to_le_bytes());
     out.extend_from_slice(&t);
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// Checks that compressed file `file` holds exactly raw segment `raw`: it parses, and
+/// every chunk inflates to the raw bytes at its offset. Run before a raw file is given
+/// up for its compressed copy.
+pub fn matches_raw(file: &[u8], raw: &[u8]) -> Result<(), FormatError> {
+    let c = CompressedSegment::parse(file)?;
+    if c.header.file_size != raw.len() as u64 || file[..HEADER_LEN] != raw[..HEADER_LEN] {
+        return Err(FormatError::BadField(
+            "the compressed file holds another segment header",
+        ));
+    }
+    for (i, ch) in c.chunks.iter().enumerate() {
+        let bytes = c.inflate(i)?;
+        let at = ch.raw_start as usize;
+        if raw.get(at..at + bytes.len()) != Some(&bytes[..]) {
+            return Err(FormatError::BadField(
+                "a chunk inflates to other bytes than the raw segment's",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl<'a> CompressedSegment<'a> {

@@ -178,6 +178,14 @@ pub enum AofError {
 }
 
 impl AofError {
+    /// The kind of the operating system's error, for an `Io` error.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            AofError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+
     /// Wraps an `io::Error` with the operation and path it concerns.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> AofError {
         AofError::Io {

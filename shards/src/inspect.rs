@@ -440,6 +440,7 @@ impl LogDir {
                     seed: u.seed,
                     footer,
                     compressed: false,
+                    disk_bytes: u.header.file_size,
                 },
             )?)),
             None => Ok(SegmentCursor::open_ended(SegmentReader::unsealed(

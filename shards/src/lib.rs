@@ -18,6 +18,7 @@
 
 pub mod buffer;
 pub mod clock;
+pub mod compress;
 pub mod compressed_format;
 pub mod config;
 pub mod error;

@@ -19,7 +19,7 @@ use crate::shard::{current_shard, CloseRequest, Registration, ShardCtl};
 use crate::signal::DurableSignal;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A log placed on a shard. Dropping it flushes what was appended, closes its files
 /// and releases the directory lock before returning.
@@ -86,12 +86,21 @@ impl LogView {
     /// not from removal) is `Released`, as if it had come first.
     pub fn reader(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
         let id = located.segment_id();
-        self.open_located(located, pin).map_err(|e| match e {
-            AofError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                self.lock_core().check_kept(id).err().unwrap_or(e)
+        let compressed = matches!(located, Located::Sealed(s) if s.compressed);
+        let e = match self.open_located(located, pin) {
+            Err(e @ AofError::Io { .. }) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => e,
+            r => return r,
+        };
+        if !compressed {
+            // Its raw file may have been replaced by a compressed copy meanwhile.
+            if let Some((l @ Located::Sealed(s), pin)) = self.locate_pinned(id)? {
+                if s.compressed && l.segment_id() == id {
+                    return self.open_located(l, pin);
+                }
             }
-            e => e,
-        })
+        }
+        // Released meanwhile (the pin keeps a file from reuse, not from removal).
+        Err(self.lock_core().check_kept(id).err().unwrap_or(e))
     }
 
     fn open_located(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
@@ -104,7 +113,7 @@ impl LogView {
                 let path = self.paths.segment(id);
                 let map = self
                     .shared
-                    .mapping(id, || SegmentReader::map_sealed(&*self.fs, &path, &s))?;
+                    .mapping(id, &pin, || SegmentReader::map_sealed(&*self.fs, &path, &s))?;
                 SegmentReader::sealed_mapped(path, s, map)
             }
             Located::Unsealed {
@@ -168,14 +177,6 @@ impl LogHandle {
     ) -> AofResult<LogHandle> {
         cfg.validate()?;
         let cfg = cfg.normalized();
-        if cfg.compression == Compression::Zstd {
-            static ONCE: Once = Once::new();
-            ONCE.call_once(|| {
-                log::warn!(
-                    "aof2: Compression::Zstd is accepted but not applied yet: segments are stored uncompressed"
-                )
-            });
-        }
         let shard = set.place()?;
         // Absolute, so a later chdir by the application cannot redirect the log.
         let root = std::path::absolute(&cfg.root_dir)
@@ -193,6 +194,9 @@ impl LogHandle {
             Arc::new(LogFiles::new(fs.clone(), true)),
             &(shard.clone() as Arc<dyn ShardLink>),
         ));
+        if shared.lock_core().config().compression == Compression::Zstd {
+            shared.set_compressor(set.compressor()?);
+        }
         // Refused if the shard failed since it was placed (the lock goes with `opened`).
         shard.add(Registration {
             shared: shared.clone(),

@@ -15,18 +15,27 @@ use crate::error::AofError;
 use crate::exec::files::LogFiles;
 use crate::fs::Mapping;
 use crate::log::ops::Chain;
-use crate::log::{CommitTurn, LogCore};
+use crate::log::{CommitTurn, LogCore, SegmentPin};
 use crate::signal::DurableSignal;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// How a log reaches the host that runs its I/O.
 pub trait ShardLink: Send + Sync {
     /// Queues log `key` for the host's next turn and wakes the host if it sleeps.
     fn ready(&self, key: u64);
 }
+
+/// How a log reaches the compression worker (`Compression::Zstd`).
+pub trait CompressLink: Send + Sync {
+    /// Queues `log` for a swap.
+    fn queue(&self, log: Weak<LogShared>);
+}
+
+/// A cached mapping of a sealed segment, with the pin that keeps its file from reuse.
+type CachedMap = (Arc<Mapping>, Arc<SegmentPin>);
 
 /// State shared by a log's handle and its shard.
 pub struct LogShared {
@@ -44,11 +53,16 @@ pub struct LogShared {
     /// strong link back would make a cycle that keeps both alive for ever.
     shard: Weak<dyn ShardLink>,
     /// Mappings of sealed segments, shared by every reader of them, so reading a
-    /// segment again faults nothing in. Sealed files never change; when retention
-    /// deletes files, it must drop their entry here first.
-    maps: Mutex<HashMap<u64, Arc<Mapping>>>,
+    /// segment again faults nothing in. Sealed files never change; each entry holds
+    /// its segment's pin, so a file with a cached mapping is never reused (release
+    /// and compression drop entries before removing files, so they can be).
+    maps: Mutex<HashMap<u64, CachedMap>>,
     /// Mappings below this segment were dropped (released).
     maps_floor: AtomicU64,
+    /// The compression worker, for `Compression::Zstd` logs.
+    compressor: OnceLock<Arc<dyn CompressLink>>,
+    /// In the worker's queue.
+    compress_queued: AtomicBool,
 }
 
 /// Sealed-segment mappings kept per log (virtual address space only; the page cache
@@ -75,6 +89,8 @@ impl LogShared {
             shard: Arc::downgrade(shard),
             maps: Mutex::new(HashMap::new()),
             maps_floor: AtomicU64::new(0),
+            compressor: OnceLock::new(),
+            compress_queued: AtomicBool::new(false),
         }
     }
 
@@ -98,15 +114,38 @@ impl LogShared {
         self.queued.store(false, Ordering::Release);
     }
 
-    /// The shared mapping of sealed segment `id`, made by `map` if there is none.
+    /// Hands the log's sealed segments to the compression worker `c` from now on.
+    pub fn set_compressor(&self, c: Arc<dyn CompressLink>) {
+        let _ = self.compressor.set(c);
+    }
+
+    /// Queues the log for the compression worker unless it is queued already (the
+    /// shard calls this when the core wants a swap).
+    pub fn wake_compressor(self: &Arc<Self>) {
+        let Some(c) = self.compressor.get() else {
+            return;
+        };
+        if !self.compress_queued.swap(true, Ordering::AcqRel) {
+            c.queue(Arc::downgrade(self));
+        }
+    }
+
+    /// Called by the worker as it takes the log from its queue.
+    pub fn compression_dequeued(&self) {
+        self.compress_queued.store(false, Ordering::Release);
+    }
+
+    /// The shared mapping of sealed segment `id`, made by `map` if there is none;
+    /// `pin` is the caller's pin of the segment (the cache keeps a copy).
     pub fn mapping(
         &self,
         id: u64,
+        pin: &Arc<SegmentPin>,
         map: impl FnOnce() -> Result<Mapping, AofError>,
     ) -> Result<Arc<Mapping>, AofError> {
         let lock = || self.maps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = lock().get(&id) {
-            return Ok(m.clone());
+            return Ok(m.0.clone());
         }
         let m = Arc::new(map()?);
         let mut maps = lock();
@@ -121,8 +160,17 @@ impl LogShared {
                 maps.remove(&k);
             }
         }
-        maps.insert(id, m.clone());
+        maps.insert(id, (m.clone(), pin.clone()));
         Ok(m)
+    }
+
+    /// Drops the cached mapping of segment `id` (its raw file was replaced by a
+    /// compressed one), so the raw file can be reused once readers let go.
+    pub fn forget_map(&self, id: u64) {
+        self.maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// Drops the cached mappings of segments below `first_kept` (released): before a

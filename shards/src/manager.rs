@@ -1,6 +1,7 @@
 //! The set of shard threads behind an `AofManager`.
 
 use crate::clock::Clock;
+use crate::compress::worker::Compressor;
 use crate::config::{AofManagerConfig, IoBackend};
 use crate::error::{AofError, AofResult};
 use crate::exec::caller::CallerRings;
@@ -19,6 +20,8 @@ pub struct ShardSet {
     running: Vec<Running>,
     /// Rings of threads that commit their own appends (where the shards run io_uring).
     callers: Option<Arc<CallerRings>>,
+    /// The compression worker, started with the first `Compression::Zstd` log.
+    compressor: Mutex<Option<Arc<Compressor>>>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -95,6 +98,7 @@ impl ShardSet {
             cpus: pinned,
             running,
             callers,
+            compressor: Mutex::new(None),
         })
     }
 
@@ -173,10 +177,31 @@ impl ShardSet {
         })
     }
 
-    /// Flushes and closes every log, then stops the threads. Idempotent.
+    /// The compression worker, started on first use.
+    pub fn compressor(&self) -> AofResult<Arc<Compressor>> {
+        let mut c = self.compressor.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &*c {
+            return Ok(c.clone());
+        }
+        let started = Compressor::start()
+            .map_err(|e| AofError::Startup(format!("cannot start the compression thread: {e}")))?;
+        *c = Some(started.clone());
+        Ok(started)
+    }
+
+    /// Flushes and closes every log, then stops the threads (the compression worker
+    /// last: closing logs wait for its swaps to stop). Idempotent.
     pub fn shutdown(&self) {
         let shards = std::mem::take(&mut *self.shards.lock().unwrap_or_else(|p| p.into_inner()));
         drop(shards);
+        let c = self
+            .compressor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = c {
+            c.stop();
+        }
     }
 }
 

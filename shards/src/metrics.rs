@@ -56,4 +56,16 @@ pub struct FlushMetricsSnapshot {
     /// page cache (a file system that refuses O_DIRECT or our 4 KiB alignment, such as
     /// tmpfs), which `fdatasync` makes just as durable.
     pub direct_io: u64,
+    /// Sealed segments compressed (`Compression::Zstd`; swap durable).
+    pub segments_compressed: u64,
+    /// Raw bytes of the segments compressed.
+    pub compression_raw_bytes: u64,
+    /// Bytes of the compressed files they became.
+    pub compression_disk_bytes: u64,
+    /// Failed compressions (the raw segment stays; retried after 10 s).
+    pub compression_failures: u64,
+    /// Sealed segments waiting to be compressed: how far the worker lags.
+    pub compression_backlog_segments: u64,
+    /// Their raw bytes.
+    pub compression_backlog_bytes: u64,
 }

@@ -52,6 +52,15 @@ impl FlushMetricsExporter {
             ("aof_segments_recycled_total", s.segments_recycled),
             ("aof_release_failures_total", s.release_failures),
             ("aof_idle_buffer_releases_total", s.idle_buffer_releases),
+            ("aof_segments_compressed_total", s.segments_compressed),
+            ("aof_compression_raw_bytes_total", s.compression_raw_bytes),
+            ("aof_compression_disk_bytes_total", s.compression_disk_bytes),
+            ("aof_compression_failures_total", s.compression_failures),
+            (
+                "aof_compression_backlog_segments",
+                s.compression_backlog_segments,
+            ),
+            ("aof_compression_backlog_bytes", s.compression_backlog_bytes),
         ]
         .into_iter()
         .map(|(name, value)| MetricSample { name, value })

@@ -51,8 +51,10 @@ impl LogCore {
         if let Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } = effect {
             return self.prep_failed(effect, e);
         }
-        if let Effect::MarkDurable { .. } | Effect::Removed { .. } | Effect::SpareDropped { .. } =
-            effect
+        if let Effect::MarkDurable { .. }
+        | Effect::Removed { .. }
+        | Effect::SpareDropped { .. }
+        | Effect::RawRemoved { .. } = effect
         {
             return self.release_failed(effect, e);
         }
@@ -73,7 +75,8 @@ impl LogCore {
                 | Effect::Cleaned { .. }
                 | Effect::MarkDurable { .. }
                 | Effect::Removed { .. }
-                | Effect::SpareDropped { .. } => {
+                | Effect::SpareDropped { .. }
+                | Effect::RawRemoved { .. } => {
                     unreachable!("handled by prep_failed or release_failed")
                 }
             };
@@ -152,6 +155,7 @@ impl LogCore {
                     seed: s.seed,
                     footer,
                     compressed: false,
+                    disk_bytes: s.header.file_size,
                 };
                 self.sealed.push(sealed);
                 // Its age runs on the monotonic clock from its newest record's append.
@@ -172,6 +176,7 @@ impl LogCore {
             Effect::MarkDurable { mark, count } => self.mark_durable(mark, count),
             Effect::Removed { seg, size, spare } => self.removed(seg, size, spare),
             Effect::SpareDropped { seg } => self.spare_dropped(seg),
+            Effect::RawRemoved { seg, size, spare } => self.raw_removed(seg, size, spare),
         }
     }
 

@@ -24,6 +24,8 @@
 //! do; `views` what readers see; [`ops`] the operations executors run.
 
 mod completion;
+mod compression;
+pub use compression::{CompressJob, Swapped, COMPRESS_RETRY_NS};
 mod data;
 pub use data::CommitTurn;
 pub mod ops;
@@ -131,6 +133,12 @@ enum Effect {
     SpareDropped {
         seg: u64,
     },
+    /// A compressed segment's raw file left the directory (a spare if `spare`).
+    RawRemoved {
+        seg: u64,
+        size: u64,
+        spare: bool,
+    },
 }
 
 struct InFlight {
@@ -191,6 +199,7 @@ pub struct LogCore {
     /// The release chain in flight (the mark, or a released file's removal).
     house_io: Option<InFlight>,
     rel: Releases,
+    comp: compression::Compressions,
     next_op: u64,
     pool: Vec<AlignedBuf>,
     /// The shard's registered memory, if any: buffers and blocks come from it first.
@@ -258,6 +267,7 @@ impl LogCore {
                 timed: matches!(cfg.retention, crate::config::RetentionPolicy::Time { .. }),
                 ..Releases::default()
             },
+            comp: compression::Compressions::default(),
             next_op: 1,
             pool: Vec::new(),
             arena: None,
@@ -564,6 +574,7 @@ impl LogCore {
             && self.data_io.is_none()
             && self.prep_io.is_none()
             && self.house_io.is_none()
+            && !self.compression_running()
             && (self.poisoned.is_some()
                 || (self.data_drained() && self.marked_ready && !self.release_pending()))
     }
@@ -575,8 +586,11 @@ impl LogCore {
 
     /// The counters, with the current backlog (`backpressure_waits` is the handle's).
     pub fn metrics(&self) -> FlushMetricsSnapshot {
+        let (segs, bytes) = self.compression_backlog();
         FlushMetricsSnapshot {
             backlog_bytes: self.unflushed_bytes(),
+            compression_backlog_segments: segs,
+            compression_backlog_bytes: bytes,
             ..self.metrics
         }
     }

@@ -224,6 +224,16 @@ impl LogCore {
         self.rel.pins.get(&id).is_some_and(|w| w.strong_count() > 0)
     }
 
+    /// Whether segment `id`'s raw file (of `size` bytes), leaving the directory, may
+    /// become a spare: nobody maps it (no pin) and the pool for its size has room.
+    /// Its pin entry goes either way: the segment is on its way out.
+    pub(super) fn may_spare(&mut self, id: u64, size: u64) -> bool {
+        let same_size = self.rel.spares.iter().filter(|s| s.1 == size).count();
+        let spare = !self.pinned(id) && same_size < self.cfg.spare_segments;
+        self.rel.pins.remove(&id);
+        spare
+    }
+
     /// True while a release step is wanted or running (a close waits for the mark).
     pub(super) fn release_pending(&self) -> bool {
         self.house_io.is_some() || (self.mark_wanted() && self.rel.failure.is_none())
@@ -251,13 +261,11 @@ impl LogCore {
             return None;
         }
         let Some(&(id, size, compressed)) = self.rel.removing.front() else {
-            return self.trim_spares();
+            return self.poll_superseded().or_else(|| self.trim_spares());
         };
         // A compressed file is never a spare (it is not a segment file's size or shape).
         let path = self.paths.sealed(id, compressed);
-        let same_size = self.rel.spares.iter().filter(|s| s.1 == size).count();
-        let spare = !compressed && !self.pinned(id) && same_size < self.cfg.spare_segments;
-        self.rel.pins.remove(&id);
+        let spare = !compressed && self.may_spare(id, size);
         let first = if spare {
             OpKind::Rename {
                 from: path,
@@ -369,7 +377,7 @@ impl LogCore {
         self.house_chain(kinds, Effect::MarkDurable { mark, count: k })
     }
 
-    fn house_chain(&mut self, kinds: Vec<OpKind>, effect: Effect) -> Chain {
+    pub(super) fn house_chain(&mut self, kinds: Vec<OpKind>, effect: Effect) -> Chain {
         let ops: Vec<_> = kinds.into_iter().map(|k| self.op(k)).collect();
         self.house_io = Some(super::InFlight {
             ids: ops.iter().map(|o| o.id).collect(),
@@ -432,6 +440,10 @@ impl LogCore {
                 )
             }
             Effect::SpareDropped { seg } => ("remove the spare file", self.paths.spare(*seg)),
+            Effect::RawRemoved { seg, .. } => (
+                "remove the raw file of the compressed segment",
+                self.paths.segment(*seg),
+            ),
             _ => unreachable!("not a release effect"),
         };
         log::warn!(
@@ -453,7 +465,10 @@ impl LogCore {
     /// When a failed release step is retried, if one waits.
     pub(super) fn release_deadline(&self) -> Option<u64> {
         let f = self.rel.failure.as_ref()?;
-        (self.mark_wanted() || !self.rel.removing.is_empty() || self.excess_spare().is_some())
-            .then_some(f.retry_at)
+        (self.mark_wanted()
+            || !self.rel.removing.is_empty()
+            || !self.comp.superseded.is_empty()
+            || self.excess_spare().is_some())
+        .then_some(f.retry_at)
     }
 }

@@ -41,7 +41,7 @@ impl LogCore {
 
     /// Takes note of a sealed segment (sealed now, or found sealed at open).
     pub(super) fn retain_sealed(&mut self, s: &SealedSegment, newest: Newest) {
-        self.rel.sealed_bytes += s.header.file_size;
+        self.rel.sealed_bytes += s.disk_bytes;
         if let Some(ttl) = self.ttl_ns() {
             let deadline = match newest {
                 Newest::Mono(t) => t.saturating_add(ttl),
@@ -56,7 +56,7 @@ impl LogCore {
 
     /// Forgets released segments' retention state.
     pub(super) fn forget_released(&mut self, s: &SealedSegment) {
-        self.rel.sealed_bytes -= s.header.file_size;
+        self.rel.sealed_bytes -= s.disk_bytes;
         while self
             .rel
             .expiry
@@ -97,7 +97,7 @@ impl LogCore {
             RetentionPolicy::Size { max_total_bytes } => {
                 let mut total = self.rel.sealed_bytes;
                 while total > max_total_bytes && k < self.sealed.len() {
-                    total -= self.sealed[k].header.file_size;
+                    total -= self.sealed[k].disk_bytes;
                     k += 1;
                 }
             }

@@ -15,6 +15,9 @@ pub struct SealedSegment {
     pub footer: SegmentFooter,
     /// Stored compressed (`<id>.zst`) rather than raw (`<id>.seg`).
     pub compressed: bool,
+    /// Bytes its file takes in the directory: the `.zst` file's length when
+    /// compressed, else the segment file's size (`header.file_size`).
+    pub disk_bytes: u64,
 }
 
 /// A segment as readers see it (see [`LogCore::locate`]).
@@ -52,8 +55,13 @@ pub struct SegmentInfo {
     pub sealed: bool,
     /// Records in every segment before it.
     pub base_record_index: u64,
-    /// Size of the file.
+    /// Size of the segment file, uncompressed.
     pub file_size: u64,
+    /// Stored compressed (`<id>.zst`, sealed segments only).
+    pub compressed: bool,
+    /// Bytes its file takes in the directory (the compressed file's length when
+    /// compressed, else `file_size`).
+    pub disk_bytes: u64,
     /// End of its durable frames (the data end, once sealed).
     pub durable_bytes: u64,
     /// Records in it (for an unsealed segment: appended so far, durable or not).
@@ -125,6 +133,8 @@ impl LogCore {
             sealed: true,
             base_record_index: s.header.base_record_index,
             file_size: s.header.file_size,
+            compressed: s.compressed,
+            disk_bytes: s.disk_bytes,
             durable_bytes: s.footer.data_end,
             record_count: s.footer.record_count,
             created_at_ns: s.header.created_at_ns,
@@ -138,6 +148,8 @@ impl LogCore {
                 sealed: false,
                 base_record_index: s.header.base_record_index,
                 file_size: s.header.file_size,
+                compressed: false,
+                disk_bytes: s.header.file_size,
                 durable_bytes: s.durable_end,
                 record_count: s.record_count,
                 created_at_ns: s.header.created_at_ns,

@@ -84,5 +84,6 @@ fn read_compressed(fs: &dyn Fs, id: u64, path: &Path) -> AofResult<Used> {
         footer: Some(c.footer),
         damaged_footer: None,
         compressed: true,
+        disk_bytes: map.len() as u64,
     })
 }

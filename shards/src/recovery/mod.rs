@@ -162,6 +162,8 @@ pub struct Used {
     pub damaged_footer: Option<String>,
     /// Stored compressed: `path` is the `.zst` file.
     pub compressed: bool,
+    /// The file's length.
+    pub disk_bytes: u64,
 }
 
 /// Every file of a segment directory, classified. Reads only.
@@ -348,6 +350,7 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
                     footer,
                     damaged_footer,
                     compressed: false,
+                    disk_bytes: header.file_size,
                 });
             }
         }
@@ -506,6 +509,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             seed: u.seed,
             footer,
             compressed: u.compressed,
+            disk_bytes: u.disk_bytes,
         });
     }
     // Continue past every id on disk, blank files included: an append may have been

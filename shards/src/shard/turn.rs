@@ -210,14 +210,17 @@ impl ShardLoop {
                 // Requests arriving from here on queue the log again.
                 e.shared.clear_queued();
                 e.active = false;
-                let chains = {
+                let (chains, compress) = {
                     let mut core = e.shared.lock_core();
                     // Before a removal is planned: released files keep no cached map.
                     e.shared.forget_released_maps(core.first_kept());
                     let chains = core.poll(now);
                     e.deadline = core.deadline();
-                    chains
+                    (chains, core.compression_wanted())
                 };
+                if compress {
+                    e.shared.wake_compressor();
+                }
                 for c in chains {
                     started = true;
                     self.exec.start(key, c, &e.shared.files, &mut self.done);

@@ -1,0 +1,186 @@
+//! The compression worker: one thread per manager, at the lowest CPU priority (nice
+//! 19), that swaps the sealed segments of `Compression::Zstd` logs to compressed files,
+//! one segment at a time, never on a shard. Its queue holds each log at most once
+//! (a flag on the log), so it stays as long as the number of logs however far the
+//! worker lags; the lag itself is each log's backlog (sealed segments not compressed
+//! yet, metrics `aof_compression_backlog_*`), which costs only disk: retention still
+//! counts those raw files, and no writer ever waits for compression.
+//!
+//! A closing log stops its swap before the rename (its close waits for that); a failed
+//! swap leaves the raw file and is retried after [`COMPRESS_RETRY_NS`].
+
+use super::swap::{Stepped, Swap, SwapError};
+use crate::log::{Swapped, COMPRESS_RETRY_NS};
+use crate::log_shared::{CompressLink, LogShared};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct State {
+    logs: VecDeque<Weak<LogShared>>,
+    /// Logs whose last swap failed, and when to try them again.
+    retry: Vec<(Instant, Weak<LogShared>)>,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopping(&self) -> bool {
+        self.lock().stop
+    }
+
+    /// The next log with work, waiting for one; `None` once stopped.
+    fn next(&self) -> Option<Weak<LogShared>> {
+        let mut st = self.lock();
+        loop {
+            if st.stop {
+                return None;
+            }
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.retry)
+                .into_iter()
+                .partition(|r| r.0 <= now);
+            st.retry = later;
+            st.logs.extend(due.into_iter().map(|r| r.1));
+            if let Some(l) = st.logs.pop_front() {
+                return Some(l);
+            }
+            st = match st.retry.iter().map(|r| r.0).min() {
+                Some(t) => {
+                    self.cv
+                        .wait_timeout(st, t - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+}
+
+/// The compression worker of a manager.
+pub struct Compressor {
+    queue: Arc<Queue>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl CompressLink for Compressor {
+    fn queue(&self, log: Weak<LogShared>) {
+        self.queue.lock().logs.push_back(log);
+        self.queue.cv.notify_one();
+    }
+}
+
+impl Compressor {
+    /// Starts the worker thread.
+    pub fn start() -> std::io::Result<Arc<Compressor>> {
+        let queue = Arc::new(Queue::default());
+        let q = queue.clone();
+        let thread = std::thread::Builder::new()
+            .name("aof2-compress".into())
+            .spawn(move || run(&q))?;
+        Ok(Arc::new(Compressor {
+            queue,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Stops the worker (a swap in progress stops before its rename) and waits for it.
+    pub fn stop(&self) {
+        self.queue.lock().stop = true;
+        self.queue.cv.notify_all();
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Lowers the calling thread's CPU priority to the minimum (nice 19): compression uses
+/// what the shards and the application leave.
+fn lower_priority() {
+    // SAFETY: setpriority takes no pointers; on Linux PRIO_PROCESS with who = 0 sets
+    // the nice value of the calling thread only.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, 19) };
+    if r != 0 {
+        log::debug!(
+            "aof2: lowering the compression thread's priority failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn run(q: &Queue) {
+    lower_priority();
+    while let Some(weak) = q.next() {
+        let Some(log) = weak.upgrade() else { continue };
+        log.compression_dequeued();
+        let job = log.lock_core().next_compression();
+        let Some(job) = job else { continue };
+        let mut swap = Swap::new(job);
+        let fs = log.files.fs().clone();
+        let stop = || q.stopping() || !log.lock_core().compression_continues();
+        let outcome = loop {
+            match swap.step(&*fs, &stop) {
+                Ok(Stepped::More) => {}
+                other => break other,
+            }
+        };
+        let id = swap.segment();
+        match outcome {
+            Ok(Stepped::Done { disk_bytes }) => {
+                let swapped = log.lock_core().compression_done(id, disk_bytes);
+                // New readers open the compressed file; the raw one's cached mapping
+                // (and its pin) goes before its removal is planned.
+                log.forget_map(id);
+                if swapped == Swapped::Released {
+                    remove_orphan(&*fs, swap.target());
+                }
+            }
+            Ok(_) => {
+                swap.clean_up(&*fs);
+                log.lock_core().compression_stopped(id);
+            }
+            Err(SwapError { op, path, error }) => {
+                swap.clean_up(&*fs);
+                log.lock_core().compression_failed(id, op, &path, &error);
+                let at = Instant::now() + Duration::from_nanos(COMPRESS_RETRY_NS);
+                q.lock().retry.push((at, weak.clone()));
+            }
+        }
+        drop(swap);
+        // The shard removes the raw file, or finishes a close that waited for this.
+        log.wake_shard();
+        log.wake_compressor();
+    }
+}
+
+/// Removes the compressed file of a segment released while it was compressed.
+fn remove_orphan(fs: &dyn crate::fs::Fs, path: &std::path::Path) {
+    let r = fs
+        .unlink(path)
+        .and_then(|()| fs.fsync_dir(path.parent().expect("in the segment directory")));
+    if let Err(e) = r {
+        log::warn!(
+            "aof2: removing {} (its segment was released) failed: {e}; the next open removes it",
+            path.display()
+        );
+    }
+}

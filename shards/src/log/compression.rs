@@ -1,0 +1,233 @@
+//! Compression of sealed segments (`Compression::Zstd`): the core's side. It decides
+//! which segment the background worker compresses next (oldest first, never one being
+//! released), takes note when a swap is finished (the segment is read from its `.zst`
+//! from then on, and its raw file goes: into the spare pool if nobody maps it, else
+//! unlinked), and holds a failed swap back for a while. The worker does the work
+//! (`crate::compress`); nothing here does I/O, and no compression runs on a shard.
+//!
+//! Order on disk (the worker's swap, then the raw removal here): `<id>.zst.tmp`
+//! written and synced, renamed to `<id>.zst`, the directory synced; only then does the
+//! core hear of it, and only then is the raw file removed (a house chain, its own
+//! directory sync). A crash anywhere leaves a whole copy; recovery removes the other.
+
+use super::ops::{Chain, OpKind};
+use super::release::SegmentPin;
+use super::{Effect, LogCore, Progress};
+use crate::config::Compression;
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How long after a failed swap the log's next one starts (ns): a full disk gets time.
+pub const COMPRESS_RETRY_NS: u64 = 10_000_000_000;
+
+/// The compression state of a log.
+#[derive(Default)]
+pub(super) struct Compressions {
+    /// The segment the worker is compressing.
+    pub(super) running: Option<u64>,
+    /// Raw files a compressed copy replaced, still to remove, oldest first: (id, size).
+    pub(super) superseded: VecDeque<(u64, u64)>,
+    /// After a failed swap: no new one before this (monotonic ns).
+    pub(super) retry_at: Option<u64>,
+}
+
+/// One swap for the worker: everything it needs without the log's lock.
+#[derive(Debug, Clone)]
+pub struct CompressJob {
+    /// The segment.
+    pub segment: u64,
+    /// Its raw file (read only).
+    pub raw: PathBuf,
+    /// The compressed file while it is written.
+    pub temp: PathBuf,
+    /// The compressed file's name.
+    pub target: PathBuf,
+    /// The directory to sync after the rename.
+    pub dir: PathBuf,
+    /// zstd level.
+    pub level: i32,
+    /// Permission bits of the compressed file.
+    pub mode: u32,
+    /// Keeps the raw file from reuse while the worker reads it.
+    pub pin: Arc<SegmentPin>,
+}
+
+/// What a finished swap changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swapped {
+    /// The segment is read from its compressed file from now on.
+    Kept,
+    /// The segment was released while it was compressed: the compressed file is an
+    /// orphan, for the worker to remove (a reopen would, too: it is below the mark).
+    Released,
+}
+
+impl LogCore {
+    fn compression_on(&self) -> bool {
+        self.cfg.compression == Compression::Zstd && !self.closing && self.poisoned.is_none()
+    }
+
+    /// The oldest sealed segment that is neither compressed nor on its way out.
+    fn next_raw(&self) -> Option<usize> {
+        self.sealed
+            .iter()
+            .position(|s| !s.compressed && s.header.segment_id >= self.rel.want)
+    }
+
+    /// True when the worker has a swap to start on this log now.
+    pub fn compression_wanted(&self) -> bool {
+        self.compression_on()
+            && self.comp.running.is_none()
+            && self
+                .comp
+                .retry_at
+                .is_none_or(|t| self.clock.monotonic_ns() >= t)
+            && self.next_raw().is_some()
+    }
+
+    /// False once a swap in progress should stop before its rename: the log is
+    /// closing (or poisoned).
+    pub fn compression_continues(&self) -> bool {
+        self.compression_on()
+    }
+
+    /// The next swap, marked running (one per log at a time).
+    pub fn next_compression(&mut self) -> Option<CompressJob> {
+        if !self.compression_wanted() {
+            return None;
+        }
+        let id = self.sealed[self.next_raw()?].header.segment_id;
+        self.comp.running = Some(id);
+        self.comp.retry_at = None;
+        Some(CompressJob {
+            segment: id,
+            raw: self.paths.segment(id),
+            temp: self.paths.compressed_temp(id),
+            target: self.paths.compressed(id),
+            dir: self.paths.segments.clone(),
+            level: self.cfg.compression_level,
+            mode: self.cfg.file_mode,
+            pin: self.pin(id),
+        })
+    }
+
+    fn end_running(&mut self, id: u64) {
+        assert_eq!(
+            self.comp.running,
+            Some(id),
+            "a compression of segment {id} of {} ended that was not running",
+            self.paths.root.display()
+        );
+        self.comp.running = None;
+    }
+
+    /// The swap of segment `id` is durable: its compressed file of `disk_bytes` bytes
+    /// is in place (directory synced). Its raw file is queued for removal.
+    pub fn compression_done(&mut self, id: u64, disk_bytes: u64) -> Swapped {
+        self.end_running(id);
+        let Some(s) = self.sealed.iter_mut().find(|s| s.header.segment_id == id) else {
+            return Swapped::Released;
+        };
+        assert!(!s.compressed, "segment {id} compressed twice");
+        let raw = s.header.file_size;
+        s.compressed = true;
+        s.disk_bytes = disk_bytes;
+        self.rel.sealed_bytes = self.rel.sealed_bytes - raw + disk_bytes;
+        self.comp.superseded.push_back((id, raw));
+        self.metrics.segments_compressed += 1;
+        self.metrics.compression_raw_bytes += raw;
+        self.metrics.compression_disk_bytes += disk_bytes;
+        Swapped::Kept
+    }
+
+    /// The swap of segment `id` failed (`op` on `path`): nothing changed (the raw file
+    /// stands); the log's next swap waits [`COMPRESS_RETRY_NS`].
+    pub fn compression_failed(&mut self, id: u64, op: &str, path: &std::path::Path, e: &io::Error) {
+        self.end_running(id);
+        log::warn!(
+            "aof2: compressing segment {id}: {op} {} failed: {e}; the raw segment is kept, \
+             retried in {} s",
+            path.display(),
+            COMPRESS_RETRY_NS / 1_000_000_000
+        );
+        self.metrics.compression_failures += 1;
+        self.comp.retry_at = Some(self.clock.monotonic_ns() + COMPRESS_RETRY_NS);
+    }
+
+    /// The swap of segment `id` stopped before its rename (the log is closing): the raw
+    /// file stands; the next open compresses it.
+    pub fn compression_stopped(&mut self, id: u64) {
+        self.end_running(id);
+    }
+
+    /// True while the worker compresses a segment of this log (a close waits for it
+    /// to stop).
+    pub fn compression_running(&self) -> bool {
+        self.comp.running.is_some()
+    }
+
+    /// When a failed swap may be retried (monotonic ns), if one waits.
+    pub fn compression_retry_at(&self) -> Option<u64> {
+        self.comp.retry_at.filter(|_| self.compression_on())
+    }
+
+    /// Sealed segments waiting for compression, and their raw bytes.
+    pub(super) fn compression_backlog(&self) -> (u64, u64) {
+        if self.cfg.compression != Compression::Zstd {
+            return (0, 0);
+        }
+        self.sealed
+            .iter()
+            .filter(|s| !s.compressed && s.header.segment_id >= self.rel.want)
+            .fold((0, 0), |(n, b), s| (n + 1, b + s.header.file_size))
+    }
+
+    /// The removal of the oldest raw file a compressed copy replaced: into the spare
+    /// pool if nobody maps it and the pool has room, else unlinked; then the directory
+    /// is synced.
+    pub(super) fn poll_superseded(&mut self) -> Option<Chain> {
+        let &(id, size) = self.comp.superseded.front()?;
+        let path = self.paths.segment(id);
+        let spare = self.may_spare(id, size);
+        let first = if spare {
+            OpKind::Rename {
+                from: path,
+                to: self.paths.spare(id),
+            }
+        } else {
+            OpKind::Unlink { path }
+        };
+        let kinds = vec![
+            first,
+            OpKind::SyncDir {
+                path: self.paths.segments.clone(),
+            },
+        ];
+        Some(self.house_chain(
+            kinds,
+            Effect::RawRemoved {
+                seg: id,
+                size,
+                spare,
+            },
+        ))
+    }
+
+    /// The raw file of compressed segment `seg` left the directory.
+    pub(super) fn raw_removed(&mut self, seg: u64, size: u64, spare: bool) -> Progress {
+        let front = self.comp.superseded.pop_front();
+        assert_eq!(
+            front.map(|f| f.0),
+            Some(seg),
+            "removed a superseded raw file out of order"
+        );
+        if spare {
+            self.rel.spares.push((seg, size));
+        }
+        self.rel.failure = None;
+        self.metrics.segment_files_removed += 1;
+        Progress::default()
+    }
+}

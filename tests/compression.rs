@@ -1,0 +1,315 @@
+//! `Compression::Zstd` end to end: the background worker swaps sealed segments to
+//! compressed files, readers and the catalogue see no difference but the sizes, a
+//! reopen compresses what an earlier session left raw, release and retention count
+//! and remove compressed files, and a compression that fails keeps the raw segment.
+
+mod common;
+
+use aof2_shards::clock::Clock;
+use aof2_shards::fs::posix::PosixFs;
+use aof2_shards::fs::{EntryKind, Fs, FsFile, FsLock, OpenMode};
+use aof2_shards::log_handle::LogHandle;
+use aof2_shards::manager::ShardSet;
+use bop_rs::aof2::config::{AofConfig, Compression, RetentionPolicy, SegmentId};
+use bop_rs::aof2::reader::SealedSegmentStream;
+use bop_rs::aof2::{Aof, AofManagerConfig, RecordId};
+use common::*;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn json_line(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"ts":"2026-11-30T08:{:02}:{:02}.{:03}Z","seq":{i},"level":"{}","service":"orders","msg":"order {} accepted for customer {}","items":{},"total_cents":{}}}"#,
+        (i / 60_000) % 60,
+        (i / 1000) % 60,
+        i % 1000,
+        ["info", "warn", "debug"][(i % 3) as usize],
+        100_000 + i * 7,
+        (i * 7919) % 5000,
+        i % 13,
+        (i * 104_729) % 100_000
+    )
+    .into_bytes()
+}
+
+fn zstd_cfg(root: &Path) -> AofConfig {
+    let mut c = small_cfg(root);
+    c.compression = Compression::Zstd;
+    c
+}
+
+/// Appends JSON lines until `segments` segments are sealed; returns what it appended.
+fn fill(aof: &Aof, from: u64, segments: u32) -> Vec<(RecordId, Vec<u8>)> {
+    let mut recs = Vec::new();
+    let mut i = from;
+    let first = aof.append_record(&json_line(i)).unwrap();
+    recs.push((first, json_line(i)));
+    while recs.last().unwrap().0.segment_index() < first.segment_index() + segments {
+        i += 1;
+        let p = json_line(i);
+        recs.push((aof.append_record(&p).unwrap(), p));
+    }
+    aof.flush().unwrap();
+    recs
+}
+
+/// Waits until the worker has compressed every sealed segment.
+fn caught_up(aof: &Aof) {
+    let start = Instant::now();
+    loop {
+        let m = aof.flush_metrics();
+        let raw_sealed = aof
+            .catalog_snapshot()
+            .iter()
+            .filter(|s| s.sealed && !s.compressed)
+            .count();
+        if m.compression_backlog_segments == 0 && raw_sealed == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "compression did not catch up: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn dir_bytes(root: &Path) -> (u64, Vec<String>) {
+    let mut total = 0;
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(root.join("segments")).unwrap() {
+        let e = e.unwrap();
+        total += e.metadata().unwrap().len();
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    (total, names)
+}
+
+fn check_all(aof: &Aof, recs: &[(RecordId, Vec<u8>)]) {
+    for (rid, p) in recs {
+        assert_eq!(&read_back(aof, *rid), p, "{rid}");
+    }
+    let mut s = SealedSegmentStream::new(aof).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < recs.len() {
+        let mut c = s.next_segment_blocking().unwrap().unwrap().into_cursor();
+        while let Some(r) = c.next().unwrap() {
+            seen.push((r.record_id(), r.payload().to_vec()));
+        }
+    }
+    assert_eq!(seen, recs);
+}
+
+#[test]
+fn json_lines_compress_to_under_40_percent_and_read_back_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manager();
+    let aof = open(&m, zstd_cfg(d.path()));
+    let recs = fill(&aof, 0, 40);
+    aof.seal_active().unwrap();
+    caught_up(&aof);
+    let cat = aof.catalog_snapshot();
+    let sealed: Vec<_> = cat.iter().filter(|s| s.sealed).collect();
+    assert!(sealed.len() >= 40, "{}", sealed.len());
+    let raw: u64 = sealed.iter().map(|s| s.file_size).sum();
+    let disk: u64 = sealed.iter().map(|s| s.disk_bytes).sum();
+    assert!(sealed
+        .iter()
+        .all(|s| s.compressed && s.disk_bytes < s.file_size));
+    // The whole directory (spares and the active segment included) against the raw
+    // bytes of the sealed segments.
+    let (total, names) = dir_bytes(d.path());
+    assert!(
+        total * 10 <= raw * 4,
+        "directory {total} of raw {raw} (sealed compressed to {disk}): {names:?}"
+    );
+    eprintln!("directory {total} of raw {raw}, sealed segments compressed to {disk}");
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let mm = aof.flush_metrics();
+    assert_eq!(mm.segments_compressed, sealed.len() as u64);
+    assert_eq!(mm.compression_disk_bytes, disk);
+    check_all(&aof, &recs);
+    // A reopen reads the compressed files and agrees.
+    aof.close();
+    drop(aof);
+    let aof = open(&m, zstd_cfg(d.path()));
+    check_all(&aof, &recs);
+    let again = aof.catalog_snapshot();
+    assert_eq!(again.iter().filter(|s| s.compressed).count(), sealed.len());
+}
+
+#[test]
+fn segments_left_raw_by_an_earlier_session_are_compressed_after_the_next_open() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manager();
+    let aof = open(&m, small_cfg(d.path()));
+    let recs = fill(&aof, 0, 6);
+    aof.close();
+    drop(aof);
+    assert!(dir_bytes(d.path()).1.iter().all(|n| !n.ends_with(".zst")));
+    let aof = open(&m, zstd_cfg(d.path()));
+    caught_up(&aof);
+    let cat = aof.catalog_snapshot();
+    assert!(cat.iter().filter(|s| s.compressed).count() >= 6);
+    check_all(&aof, &recs);
+    // Compression off again: compressed segments stay compressed and read the same.
+    aof.close();
+    drop(aof);
+    let aof = open(&m, small_cfg(d.path()));
+    check_all(&aof, &recs);
+}
+
+#[test]
+fn release_and_size_retention_count_and_remove_compressed_files() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manager();
+    let aof = open(&m, zstd_cfg(d.path()));
+    let recs = fill(&aof, 0, 8);
+    caught_up(&aof);
+    let keep = recs[recs.len() / 2].0;
+    let n = aof.release_before(keep).unwrap();
+    assert!(n >= 3, "{n}");
+    let start = Instant::now();
+    while dir_bytes(d.path())
+        .1
+        .iter()
+        .any(|f| f.ends_with(".zst") && f < &format!("{:020}", keep.segment_index()))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "released .zst files stay"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    check_all(
+        &aof,
+        &recs[recs.partition_point(|r| r.0.segment_index() < keep.segment_index())..],
+    );
+    aof.close();
+    drop(aof);
+    // Size retention counts bytes on disk: a limit of ~6 raw segments keeps many
+    // more compressed ones.
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = zstd_cfg(d.path());
+    cfg.retention = RetentionPolicy::Size {
+        max_total_bytes: 6 * 64 * 1024,
+    };
+    let aof = open(&m, cfg);
+    let mut i = 0;
+    for _ in 0..6 {
+        i += fill(&aof, i, 5).len() as u64;
+        caught_up(&aof);
+    }
+    let cat = aof.catalog_snapshot();
+    let disk: u64 = cat.iter().filter(|s| s.sealed).map(|s| s.disk_bytes).sum();
+    let kept = cat.iter().filter(|s| s.sealed).count();
+    assert!(disk <= 6 * 64 * 1024, "{disk}");
+    assert!(kept > 12, "only {kept} compressed segments kept");
+    assert!(aof.flush_metrics().segments_released > 0);
+}
+
+/// The real disk, with ENOSPC for creating compressed files while `full` is set.
+struct FullForZst {
+    inner: PosixFs,
+    full: Arc<AtomicBool>,
+}
+
+impl Fs for FullForZst {
+    fn mkdir(&self, p: &Path, mode: u32) -> std::io::Result<()> {
+        self.inner.mkdir(p, mode)
+    }
+    fn kind(&self, p: &Path) -> std::io::Result<Option<EntryKind>> {
+        self.inner.kind(p)
+    }
+    fn list_dir(&self, p: &Path) -> std::io::Result<Vec<OsString>> {
+        self.inner.list_dir(p)
+    }
+    fn open(&self, p: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn FsFile>> {
+        let zst = p.to_string_lossy().ends_with(".zst.tmp");
+        if zst && matches!(mode, OpenMode::CreateNew { .. }) && self.full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.inner.open(p, mode)
+    }
+    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
+        self.inner.rename(a, b)
+    }
+    fn unlink(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.unlink(p)
+    }
+    fn fsync_dir(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.fsync_dir(p)
+    }
+    fn settle_dir(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.settle_dir(p)
+    }
+    fn lock_exclusive(&self, p: &Path, mode: u32) -> std::io::Result<Box<dyn FsLock>> {
+        self.inner.lock_exclusive(p, mode)
+    }
+}
+
+#[test]
+fn a_full_disk_during_compression_keeps_the_raw_segment_and_loses_nothing() {
+    init_log();
+    let d = tempfile::tempdir().unwrap();
+    let full = Arc::new(AtomicBool::new(true));
+    let fs = Arc::new(FullForZst {
+        inner: PosixFs::new(),
+        full: full.clone(),
+    });
+    let set = ShardSet::start_with(&AofManagerConfig::default(), fs.clone()).unwrap();
+    let log = LogHandle::open_with(&set, zstd_cfg(d.path()), fs.clone(), Clock::System, 7).unwrap();
+    let mut recs = Vec::new();
+    for i in 0..2000 {
+        let p = json_line(i);
+        recs.push((log.append(&p).unwrap(), p));
+    }
+    log.flush().unwrap();
+    let start = Instant::now();
+    while log.metrics().compression_failures == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no compression tried"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Nothing compressed, nothing lost, no temp file left, every record readable.
+    let cat = log.view().catalog();
+    assert!(cat.iter().filter(|s| s.sealed).count() >= 2);
+    assert!(cat.iter().all(|s| !s.compressed));
+    let m = log.metrics();
+    assert!(m.compression_backlog_segments >= 2, "{m:?}");
+    assert_eq!(m.segments_compressed, 0);
+    let (_, names) = dir_bytes(d.path());
+    assert!(names.iter().all(|n| !n.contains(".zst")), "{names:?}");
+    for (rid, p) in &recs {
+        let r = log
+            .open_reader(SegmentId::new(rid.segment_index() as u64))
+            .unwrap();
+        assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
+    }
+    log.close();
+    drop(log);
+    // Space again: the next open compresses them.
+    full.store(false, Ordering::SeqCst);
+    let log = LogHandle::open_with(&set, zstd_cfg(d.path()), fs, Clock::System, 8).unwrap();
+    let start = Instant::now();
+    while log.metrics().compression_backlog_segments > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not compressed after reopen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(log.view().catalog().iter().filter(|s| s.compressed).count() >= 2);
+    for (rid, p) in &recs {
+        let r = log
+            .open_reader(SegmentId::new(rid.segment_index() as u64))
+            .unwrap();
+        assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
+    }
+}
