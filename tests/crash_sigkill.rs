@@ -7,13 +7,16 @@
 //! odd rounds through the shard ([`CommitMode::Shard`]). Every third round runs `Size`
 //! retention, which releases and recycles segments in the background while the child
 //! is killed: whatever a durable release let go never comes back, everything
-//! acknowledged after it does.
+//! acknowledged after it does. Two rounds in three compress sealed segments in the
+//! background (`Compression::Zstd`), so kills land in swaps too; the walk of the files
+//! inflates compressed segments and checks them as raw ones.
 //!
 //! `AOF2_CRASH_ROUNDS=N` sets the number of kills (default 12).
 
 mod common;
 
-use aof2_shards::config::{CommitMode, RetentionPolicy};
+use aof2_shards::compressed_format::CompressedSegment;
+use aof2_shards::config::{CommitMode, Compression, RetentionPolicy};
 use aof2_shards::format;
 use aof2_shards::inspect::LogDir;
 use aof2_shards::layout::LogPaths;
@@ -39,6 +42,10 @@ fn record(round: u64, seq: u64) -> Vec<u8> {
 
 fn retains(round: u64) -> bool {
     round % 3 == 2
+}
+
+fn compresses(round: u64) -> bool {
+    round % 3 != 0
 }
 
 fn commit_mode(round: u64) -> CommitMode {
@@ -70,12 +77,15 @@ fn child_writer() {
             max_total_bytes: 512 * 1024,
         };
     }
+    if compresses(round) {
+        cfg.compression = Compression::Zstd;
+    }
     let aof = open(&m, cfg);
     let mut first = aof.first_record().segment_index();
     println!("FIRST {first}");
     println!("READY");
     let mut seq = 0u64;
-    let mut reported = 0;
+    let (mut reported, mut compressed) = (0, 0);
     loop {
         let batch = 1 + seq % 13;
         let mut rids = Vec::new();
@@ -93,10 +103,15 @@ fn child_writer() {
             first = now_first;
             println!("FIRST {first}");
         }
-        let commits = aof.flush_metrics().caller_commits;
+        let metrics = aof.flush_metrics();
+        let commits = metrics.caller_commits;
         if commits != reported {
             println!("CALLER_COMMITS {commits}");
             reported = commits;
+        }
+        if metrics.segments_compressed != compressed {
+            compressed = metrics.segments_compressed;
+            println!("COMPRESSED {compressed}");
         }
         if seq % 101 == 0 {
             aof.seal_active().unwrap();
@@ -115,6 +130,8 @@ fn acknowledged_records_survive_sigkill() {
     let mut rng = 0x9e37_79b9_u64;
     let mut caller_commits = [0u64; 2];
     let mut floor = 0u64;
+    let mut compressed = 0u64;
+    let mut zst_seen = 0usize;
     for round in 0..rounds {
         let mut c = child("child_writer")
             .env("AOF2_CRASH_DIR", dir.path())
@@ -133,6 +150,7 @@ fn acknowledged_records_survive_sigkill() {
             }
         });
         let started = Instant::now();
+        let mut compressed_now = 0u64;
         let mut mine = Vec::new();
         let mut lines = Vec::new();
         rng ^= rng << 13;
@@ -159,6 +177,8 @@ fn acknowledged_records_survive_sigkill() {
                 mine.push((seq, rid));
             } else if let Some(f) = l.strip_prefix("FIRST ") {
                 floor = floor.max(f.parse().unwrap());
+            } else if let Some(n) = l.strip_prefix("COMPRESSED ") {
+                compressed_now = n.parse().unwrap();
             } else if let Some(n) = l.strip_prefix("CALLER_COMMITS ") {
                 let n: u64 = n.parse().unwrap();
                 let k = (round % 2) as usize;
@@ -166,7 +186,8 @@ fn acknowledged_records_survive_sigkill() {
             }
         }
         acked.push(mine);
-        verify(dir.path(), &acked, floor);
+        compressed += compressed_now;
+        zst_seen += verify(dir.path(), &acked, floor);
     }
     let total: usize = acked.iter().map(|a| a.len()).sum();
     assert!(
@@ -182,16 +203,21 @@ fn acknowledged_records_survive_sigkill() {
         caller_commits[1], 0,
         "a caller committed with CommitMode::Shard"
     );
+    assert!(
+        compressed > 0 || rounds < 3,
+        "no segment was compressed in the compression rounds"
+    );
     println!(
         "{rounds} kills, {total} acknowledged records, all recovered; \
-         caller commits seen {caller_commits:?}; retention released up to segment {floor}"
+         caller commits seen {caller_commits:?}; retention released up to segment {floor}; \
+         {compressed} segments compressed, compressed files checked {zst_seen} times"
     );
 }
 
 /// Reopens the log (recovering it) and checks every acknowledged record not released,
 /// then walks every segment's frames to check each round left a gap-free run (a prefix
-/// but for what retention released).
-fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) {
+/// but for what retention released). Returns how many compressed segments it walked.
+fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) -> usize {
     let m = manager();
     let aof = open(&m, small_cfg(root));
     let first_kept = aof.first_record().segment_index() as u64;
@@ -250,11 +276,17 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) {
         .map(|e| e.unwrap().path())
         .collect();
     names.sort();
+    let mut zst = 0;
     for path in names {
-        if path.extension().is_none_or(|x| x != "seg") {
-            continue; // a spare (released), or the release mark's neighbours
-        }
-        let img = std::fs::read(&path).unwrap();
+        let ext = path.extension().and_then(|x| x.to_str());
+        let img = match ext {
+            Some("seg") => std::fs::read(&path).unwrap(),
+            Some("zst") => {
+                zst += 1;
+                inflate(&path)
+            }
+            _ => continue, // a spare (released), or the release mark's neighbours
+        };
         let format::HeaderState::Valid(h, seed) = format::SegmentHeader::decode(&img).unwrap()
         else {
             continue; // prepared, unused
@@ -291,6 +323,33 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) {
         }
     }
     assert_eq!(stream_seq, last_seq, "the stream and the files agree");
+    all_acknowledged_on_disk(acked, &last_seq, first_kept);
+    zst
+}
+
+/// The raw image a compressed segment file holds.
+fn inflate(path: &Path) -> Vec<u8> {
+    let file = std::fs::read(path).unwrap();
+    let c = CompressedSegment::parse(&file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut img = vec![0u8; c.header.file_size as usize];
+    img[..format::HEADER_LEN].copy_from_slice(&file[..format::HEADER_LEN]);
+    for (i, ch) in c.chunks.iter().enumerate() {
+        let b = c.inflate(i).unwrap();
+        img[ch.raw_start as usize..ch.raw_start as usize + b.len()].copy_from_slice(&b);
+    }
+    // The seal footer, where a raw file keeps it.
+    let at = (c.header.file_size - 4096) as usize;
+    img[at..at + format::FOOTER_LEN]
+        .copy_from_slice(&file[format::HEADER_LEN..format::HEADER_LEN + format::FOOTER_LEN]);
+    img
+}
+
+/// Every round holds all it acknowledged (but what retention released).
+fn all_acknowledged_on_disk(
+    acked: &[Vec<(u64, RecordId)>],
+    last_seq: &[Option<u64>],
+    first_kept: u64,
+) {
     for (round, recs) in acked.iter().enumerate() {
         if let Some((seq, rid)) = recs.last() {
             if rid.segment_index() as u64 >= first_kept {

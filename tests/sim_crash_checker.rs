@@ -9,6 +9,8 @@
 //! - what came back from each session is a prefix of what it appended (nothing
 //!   reordered, nothing half-visible), and closed sessions came back whole;
 //! - ids handed out after a reopen are above every id handed out before;
+//! - compression (a third of the seeds): the worker's swap steps run between turns, so
+//!   crashes cut swaps anywhere; compressed segments are inflated and checked as raw;
 //! - releases (`release_before` of random records): the log starts at or after every
 //!   release that was reported durable and never after what was asked for; records
 //!   below that start are exempt from the rules above, all others are not.
@@ -105,6 +107,9 @@ struct World {
     released_durable: u64,
     /// The highest first-kept segment asked for: the log never starts after it.
     released_asked: u64,
+    /// Swaps to a compressed file finished, and compressed segments read back.
+    compressed: u64,
+    compressed_read: u64,
 }
 
 /// One open session: the log on a shard with no thread, whose turns the checker runs.
@@ -234,6 +239,8 @@ impl World {
             fuse_into_dirty: false,
             released_durable: 0,
             released_asked: 0,
+            compressed: 0,
+            compressed_read: 0,
         }
     }
 
@@ -394,6 +401,7 @@ impl World {
                 .unwrap_or_else(|e| self.fail(format!("{}: {e}", path.display())));
             if s.compressed {
                 img = self.inflate(&path, &img, s.header.file_size);
+                self.compressed_read += 1;
             }
             let mut frames = format::frames(s.seed, &img, s.footer.data_end);
             for f in frames.by_ref() {
@@ -490,6 +498,7 @@ impl World {
             Ok(Stepped::More) => return,
             Ok(Stepped::Done { disk_bytes }) => {
                 let swapped = o.core().compression_done(id, disk_bytes);
+                self.compressed += 1;
                 o.shared.forget_map(id);
                 self.say(|| format!("segment {id} compressed ({disk_bytes} bytes): {swapped:?}"));
                 if swapped == Swapped::Released {
@@ -940,6 +949,7 @@ fn acknowledged_records_survive_simulated_crashes() {
     let mut acked = 0usize;
     let mut crashes = 0usize;
     let mut recycled = 0u64;
+    let (mut compressed, mut compressed_read) = (0u64, 0u64);
     let mut slowest = (std::time::Duration::ZERO, 0);
     for seed in first..first + seeds {
         // Every seed on one model, alternating (both get a different half).
@@ -950,15 +960,21 @@ fn acknowledged_records_survive_simulated_crashes() {
         slowest = slowest.max((t.elapsed(), seed));
         acked += w.sessions.iter().map(|s| s.acked).sum::<usize>();
         recycled += w.sessions.iter().map(|s| s.recycled).sum::<u64>();
+        compressed += w.compressed;
+        compressed_read += w.compressed_read;
         crashes += w.sessions.len();
     }
     println!(
-        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified, {recycled} segments in recycled files, in {:.1?} (slowest: seed {} {:.1?})",
+        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified, {recycled} segments in recycled files, {compressed} segments compressed ({compressed_read} read back compressed), in {:.1?} (slowest: seed {} {:.1?})",
         start.elapsed(),
         slowest.1,
         slowest.0
     );
     assert!(acked > seeds as usize, "the workload acknowledged records");
+    assert!(
+        seeds < 100 || compressed_read > 0,
+        "compressed segments were checked"
+    );
 }
 
 /// A failed `fdatasync` poisons the log: nothing is reported durable after it, appends
