@@ -212,10 +212,12 @@ fn release_and_size_retention_count_and_remove_compressed_files() {
     assert!(aof.flush_metrics().segments_released > 0);
 }
 
-/// The real disk, with ENOSPC for creating compressed files while `full` is set.
+/// The real disk, with ENOSPC for creating compressed files while `full` is set, and
+/// holding their creation back while `hold` is set.
 struct FullForZst {
     inner: PosixFs,
     full: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
 }
 
 impl Fs for FullForZst {
@@ -230,8 +232,13 @@ impl Fs for FullForZst {
     }
     fn open(&self, p: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn FsFile>> {
         let zst = p.to_string_lossy().ends_with(".zst.tmp");
-        if zst && matches!(mode, OpenMode::CreateNew { .. }) && self.full.load(Ordering::SeqCst) {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        if zst && matches!(mode, OpenMode::CreateNew { .. }) {
+            while self.hold.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
         }
         self.inner.open(p, mode)
     }
@@ -260,6 +267,7 @@ fn a_full_disk_during_compression_keeps_the_raw_segment_and_loses_nothing() {
     let fs = Arc::new(FullForZst {
         inner: PosixFs::new(),
         full: full.clone(),
+        hold: Arc::new(AtomicBool::new(false)),
     });
     let set = ShardSet::start_with(&AofManagerConfig::default(), fs.clone()).unwrap();
     let log = LogHandle::open_with(&set, zstd_cfg(d.path()), fs.clone(), Clock::System, 7).unwrap();
@@ -312,4 +320,58 @@ fn a_full_disk_during_compression_keeps_the_raw_segment_and_loses_nothing() {
             .unwrap();
         assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
     }
+}
+
+#[test]
+fn a_reader_mapping_the_raw_file_keeps_reading_it_across_the_swap() {
+    init_log();
+    let d = tempfile::tempdir().unwrap();
+    let hold = Arc::new(AtomicBool::new(true));
+    let fs = Arc::new(FullForZst {
+        inner: PosixFs::new(),
+        full: Arc::new(AtomicBool::new(false)),
+        hold: hold.clone(),
+    });
+    let set = ShardSet::start_with(&AofManagerConfig::default(), fs.clone()).unwrap();
+    let log = LogHandle::open_with(&set, zstd_cfg(d.path()), fs, Clock::System, 9).unwrap();
+    let mut recs = Vec::new();
+    for i in 0..3000 {
+        let p = json_line(i);
+        recs.push((log.append(&p).unwrap(), p));
+    }
+    log.flush().unwrap();
+    let first: Vec<_> = recs.iter().filter(|r| r.0.segment_index() == 0).collect();
+    // The worker holds at segment 0's temp file; a reader maps segment 0's raw file.
+    let raw_reader = log.open_reader(SegmentId::new(0)).unwrap();
+    assert!(!log.view().catalog()[0].compressed);
+    hold.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    while log.metrics().compression_backlog_segments > 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not compressed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Give the shard the raw file's removal.
+    let raw = d.path().join("segments").join(format!("{:020}.seg", 0));
+    while raw.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "raw file not removed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (_, names) = dir_bytes(d.path());
+    assert!(
+        !names.contains(&format!("{:020}.spare", 0)),
+        "a mapped raw file was kept for reuse: {names:?}"
+    );
+    // The old reader still reads the raw bytes it mapped; a new one reads the .zst.
+    for (rid, p) in &first {
+        assert_eq!(raw_reader.read_record(*rid).unwrap().payload(), &p[..]);
+    }
+    drop(raw_reader);
+    let r = log.open_reader(SegmentId::new(0)).unwrap();
+    for (rid, p) in &first {
+        assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
+    }
+    assert!(log.view().catalog()[0].compressed);
 }

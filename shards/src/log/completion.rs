@@ -4,11 +4,77 @@
 //! appends that need the file. The durable position only moves forward.
 
 use super::segment::{block_floor, front_of, POOL_BUFFERS};
-use super::{pos, Effect, LogCore, Progress, SealedSegment};
+use super::{pos, LogCore, Progress, SealedSegment};
 use crate::error::AofError;
+use crate::format::SegmentFooter;
 use crate::format::{BLOCK, HEADER_LEN};
 use std::io;
 use std::sync::Arc;
+
+/// What a chain achieves when every operation in it succeeds.
+#[derive(Debug)]
+pub(super) enum Effect {
+    HeaderDurable {
+        seg: u64,
+    },
+    Written {
+        seg: u64,
+        end: u64,
+    },
+    Durable {
+        seg: u64,
+        end: u64,
+    },
+    Sealed {
+        seg: u64,
+        footer: SegmentFooter,
+    },
+    /// A preparation step of segment `seg` finished.
+    Prep {
+        seg: u64,
+    },
+    /// Closing: unused prepared files were renamed `.ready`.
+    MarkedReady {
+        segs: Vec<u64>,
+    },
+    /// An adopted prepared file was opened.
+    Adopted {
+        seg: u64,
+        size: u64,
+    },
+    /// The leftovers of segment `seg`'s failed preparation were removed.
+    Cleaned {
+        seg: u64,
+    },
+    /// The release mark was replaced: the first `count` sealed segments are released.
+    MarkDurable {
+        mark: crate::release_mark::ReleaseMark,
+        count: usize,
+    },
+    /// A released segment's file left the directory (renamed to a spare if `spare`).
+    Removed {
+        seg: u64,
+        size: u64,
+        spare: bool,
+    },
+    /// A spare file beyond the pool's size was removed (named by its old id).
+    SpareDropped {
+        seg: u64,
+    },
+    /// A compressed segment's raw file left the directory (a spare if `spare`).
+    RawRemoved {
+        seg: u64,
+        size: u64,
+        spare: bool,
+    },
+}
+
+pub(super) struct InFlight {
+    pub(super) ids: Vec<u64>,
+    pub(super) done: usize,
+    pub(super) failed: Option<io::Error>,
+    pub(super) effect: Effect,
+}
 
 impl LogCore {
     /// Reports the outcome of operation `id`.

@@ -24,6 +24,7 @@
 //! do; `views` what readers see; [`ops`] the operations executors run.
 
 mod completion;
+use completion::{Effect, InFlight};
 mod compression;
 pub use compression::{CompressJob, Swapped, COMPRESS_RETRY_NS};
 mod data;
@@ -41,7 +42,7 @@ use crate::buffer::{AlignedBuf, BufferArena};
 use crate::clock::Clock;
 use crate::config::{AofConfig, RecordId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
-use crate::format::{self, FrameKind, SegmentFooter, SegmentHeader, BLOCK, HEADER_LEN};
+use crate::format::{self, FrameKind, SegmentHeader, BLOCK, HEADER_LEN};
 use crate::layout::LogPaths;
 use crate::metrics::FlushMetricsSnapshot;
 use ops::{Chain, Op, OpKind};
@@ -50,7 +51,6 @@ use release::Releases;
 pub use segment::BUF_SIZE;
 use segment::{take_buffer, Seg};
 use std::collections::VecDeque;
-use std::io;
 use std::sync::Arc;
 pub use views::{Located, SealedSegment, SegmentInfo};
 
@@ -81,71 +81,6 @@ pub struct Recovered {
     /// yet: synced with the first segment file's directory, before any record in it is
     /// acknowledged.
     pub unsynced_dirs: Vec<std::path::PathBuf>,
-}
-
-/// What a chain achieves when every operation in it succeeds.
-#[derive(Debug)]
-enum Effect {
-    HeaderDurable {
-        seg: u64,
-    },
-    Written {
-        seg: u64,
-        end: u64,
-    },
-    Durable {
-        seg: u64,
-        end: u64,
-    },
-    Sealed {
-        seg: u64,
-        footer: SegmentFooter,
-    },
-    /// A preparation step of segment `seg` finished.
-    Prep {
-        seg: u64,
-    },
-    /// Closing: unused prepared files were renamed `.ready`.
-    MarkedReady {
-        segs: Vec<u64>,
-    },
-    /// An adopted prepared file was opened.
-    Adopted {
-        seg: u64,
-        size: u64,
-    },
-    /// The leftovers of segment `seg`'s failed preparation were removed.
-    Cleaned {
-        seg: u64,
-    },
-    /// The release mark was replaced: the first `count` sealed segments are released.
-    MarkDurable {
-        mark: crate::release_mark::ReleaseMark,
-        count: usize,
-    },
-    /// A released segment's file left the directory (renamed to a spare if `spare`).
-    Removed {
-        seg: u64,
-        size: u64,
-        spare: bool,
-    },
-    /// A spare file beyond the pool's size was removed (named by its old id).
-    SpareDropped {
-        seg: u64,
-    },
-    /// A compressed segment's raw file left the directory (a spare if `spare`).
-    RawRemoved {
-        seg: u64,
-        size: u64,
-        spare: bool,
-    },
-}
-
-struct InFlight {
-    ids: Vec<u64>,
-    done: usize,
-    failed: Option<io::Error>,
-    effect: Effect,
 }
 
 /// What the shard should do after a completion.
@@ -702,6 +637,8 @@ fn generation(nonce: u64, id: u64) -> u32 {
     x as u32
 }
 
+#[cfg(test)]
+mod compression_tests;
 #[cfg(test)]
 mod release_tests;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use super::prepare::PREP_RETRY_NS;
 use super::*;
 use crate::format::{HeaderState, ScanStop, SegmentFooter, SegmentHeader};
 use std::collections::HashMap;
+use std::io;
 use std::path::Path;
 
 const KIB: u64 = 1024;
