@@ -153,25 +153,52 @@ pub fn stat(root: &Path) -> AofResult<Vec<SegmentStat>> {
     let dir = LogDir::open(root)?;
     let stats = dir.stat()?;
     println!(
-        "{:>8}  {:<8}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
-        "segment", "state", "file bytes", "data bytes", "records", "first record", "created (ns)"
+        "{:>8}  {:<8}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
+        "segment",
+        "state",
+        "raw bytes",
+        "disk bytes",
+        "data bytes",
+        "records",
+        "first record",
+        "created (ns)"
     );
     for s in &stats {
         let state = match (s.sealed, s.live, &s.torn_tail) {
+            (true, _, _) if s.compressed => "zstd",
             (true, _, _) => "sealed",
             (false, true, _) => "writing",
             (false, false, None) => "active",
             (false, false, Some(_)) => "torn",
         };
         println!(
-            "{:>8}  {state:<8}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
-            s.id, s.file_size, s.data_end, s.records, s.base_record_index, s.created_at_ns
+            "{:>8}  {state:<8}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
+            s.id,
+            s.file_size,
+            s.disk_bytes,
+            s.data_end,
+            s.records,
+            s.base_record_index,
+            s.created_at_ns
         );
     }
     let records: u64 = stats.iter().map(|s| s.records).sum();
-    let bytes: u64 = stats.iter().map(|s| s.file_size).sum();
+    let raw: u64 = stats.iter().map(|s| s.file_size).sum();
+    let disk: u64 = stats.iter().map(|s| s.disk_bytes).sum();
+    let zst: Vec<_> = stats.iter().filter(|s| s.compressed).collect();
+    let compressed = if zst.is_empty() {
+        String::new()
+    } else {
+        let raw: u64 = zst.iter().map(|s| s.file_size).sum();
+        let disk: u64 = zst.iter().map(|s| s.disk_bytes).sum();
+        format!(
+            " ({} compressed: {raw} raw bytes in {disk}, {:.2}x)",
+            zst.len(),
+            disk as f64 / raw as f64
+        )
+    };
     println!(
-        "{} segments ({} sealed), {records} records, {bytes} bytes on disk, {} prepared file(s) in {}",
+        "{} segments ({} sealed), {records} records, {raw} raw bytes, {disk} bytes on disk{compressed}, {} prepared file(s) in {}",
         stats.len(),
         stats.iter().filter(|s| s.sealed).count(),
         dir.prepared_files(),

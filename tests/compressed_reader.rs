@@ -1,7 +1,8 @@
 //! Reading a compressed sealed segment (`.zst`, `compressed_format.rs`) through the same
 //! `SegmentReader` and `SegmentCursor` as a raw one: same ids, same bytes, the same
-//! checks, and a damaged chunk reported by segment and offset. (The engine does not
-//! write compressed segments yet: these files are made from a real log's sealed ones.)
+//! checks, and a damaged chunk reported by segment and offset. These files are made
+//! from a real log's sealed ones by hand, so each case is exact (`compression.rs`
+//! tests the engine's own).
 
 mod common;
 
@@ -193,6 +194,22 @@ fn a_log_with_a_compressed_segment_opens_reads_and_verifies_the_same() {
         String::from_utf8_lossy(&out.stdout).lines().count(),
         all.len()
     );
+    // `stat` shows its raw and compressed sizes.
+    let out = aof2(&["stat", r]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let zst_len = std::fs::metadata(&zst).unwrap().len();
+    let line = text
+        .lines()
+        .find(|l| l.contains(" zstd "))
+        .unwrap_or_else(|| panic!("no compressed segment in:\n{text}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cols[..4],
+        ["1", "zstd", "65536", &zst_len.to_string()],
+        "{line}"
+    );
+    assert!(text.contains("1 compressed: 65536 raw bytes in"), "{text}");
     // Releasing it removes the compressed file (never kept as a spare).
     let m = manager();
     let aof = open(&m, small_cfg(d.path()));

@@ -43,8 +43,12 @@ pub struct SegmentStat {
     pub path: PathBuf,
     /// Sealed (footer present and valid).
     pub sealed: bool,
-    /// Size of the file.
+    /// Size of the segment file, uncompressed.
     pub file_size: u64,
+    /// Stored compressed (`<id>.zst`).
+    pub compressed: bool,
+    /// Bytes its file takes (the compressed file's length when compressed).
+    pub disk_bytes: u64,
     /// End of its valid frames.
     pub data_end: u64,
     /// Records in it (in its valid frames, if unsealed).
@@ -202,6 +206,8 @@ impl LogDir {
             path: u.path.clone(),
             sealed: u.footer.is_some(),
             file_size: u.header.file_size,
+            compressed: u.compressed,
+            disk_bytes: u.disk_bytes,
             data_end: HEADER_LEN as u64,
             records: 0,
             base_record_index: u.header.base_record_index,
