@@ -267,3 +267,24 @@ fn a_damaged_compressed_file_with_no_raw_copy_is_an_error_naming_it() {
     assert!(e.to_string().contains(zst.to_str().unwrap()), "{e}");
     assert!(zst.exists(), "the only copy is never removed");
 }
+
+#[test]
+fn a_damaged_index_is_corruption_naming_the_segment_and_the_index_offset() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, _, zst) = sealed_and_compressed(d.path());
+    let mut b = std::fs::read(&zst).unwrap();
+    let n = b.len();
+    let index_at = u64::from_le_bytes(b[n - 48..n - 40].try_into().unwrap());
+    b[index_at as usize + 40] ^= 1; // the second entry
+    std::fs::write(&zst, &b).unwrap();
+    let e = SegmentReader::compressed(&PosixFs::new(), zst.clone())
+        .err()
+        .unwrap();
+    match &e {
+        AofError::Corruption {
+            segment, offset, ..
+        } => assert_eq!((*segment, *offset), (1, index_at), "{e}"),
+        e => panic!("{e}"),
+    }
+    assert!(e.to_string().contains(zst.to_str().unwrap()), "{e}");
+}

@@ -212,40 +212,57 @@ impl<'a> CompressedSegment<'a> {
     /// trailer (seeded with the segment seed), index, the raw header and footer, and
     /// that the chunks tile the raw data region exactly. Chunks are checked when read.
     pub fn parse(file: &'a [u8]) -> Result<CompressedSegment<'a>, FormatError> {
+        Self::parse_at(file).map_err(|e| e.1)
+    }
+
+    /// As [`Self::parse`], with the offset in the file of the structure that failed
+    /// (0 for the header, the footer's copy in block 0, the trailer's or the index's
+    /// start, or the failing index entry's).
+    pub fn parse_at(file: &'a [u8]) -> Result<CompressedSegment<'a>, (u64, FormatError)> {
+        let at = |off: usize| move |e: FormatError| (off as u64, e);
         if file.len() < CHUNKS_AT + TRAILER_LEN {
-            return Err(FormatError::Truncated {
-                needed: CHUNKS_AT + TRAILER_LEN,
-                have: file.len(),
-            });
+            return Err((
+                0,
+                FormatError::Truncated {
+                    needed: CHUNKS_AT + TRAILER_LEN,
+                    have: file.len(),
+                },
+            ));
         }
-        let HeaderState::Valid(header, seed) = SegmentHeader::decode(file)? else {
-            return Err(FormatError::BadField(
-                "blank header in a compressed segment",
+        let HeaderState::Valid(header, seed) = SegmentHeader::decode(file).map_err(at(0))? else {
+            return Err((
+                0,
+                FormatError::BadField("blank header in a compressed segment"),
             ));
         };
-        let footer = SegmentFooter::decode(&file[HEADER_LEN..], seed, header.file_size)?.ok_or(
-            FormatError::BadField("no seal footer in a compressed segment"),
-        )?;
-        let t = &file[file.len() - TRAILER_LEN..];
+        let footer = SegmentFooter::decode(&file[HEADER_LEN..], seed, header.file_size)
+            .map_err(at(HEADER_LEN))?
+            .ok_or((
+                HEADER_LEN as u64,
+                FormatError::BadField("no seal footer in a compressed segment"),
+            ))?;
+        let trailer_at = file.len() - TRAILER_LEN;
+        let bad_trailer = at(trailer_at);
+        let t = &file[trailer_at..];
         if t[0..8] != ZST_MAGIC {
-            return Err(FormatError::BadMagic);
+            return Err(bad_trailer(FormatError::BadMagic));
         }
         let version = u16::from_le_bytes([t[8], t[9]]);
         if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion(version));
+            return Err(bad_trailer(FormatError::UnsupportedVersion(version)));
         }
         let stored = u32_at(t, 60);
         let mut h = crc32fast::Hasher::new_with_initial(seed);
         h.update(&t[0..60]);
         let computed = h.finalize();
         if stored != computed {
-            return Err(FormatError::BadChecksum { stored, computed });
+            return Err(bad_trailer(FormatError::BadChecksum { stored, computed }));
         }
         if u16::from_le_bytes([t[10], t[11]]) as usize != TRAILER_LEN
             || u32_at(t, 12) != 0
             || t[44..60].iter().any(|&b| b != 0)
         {
-            return Err(FormatError::BadField("trailer"));
+            return Err(bad_trailer(FormatError::BadField("trailer")));
         }
         let index_at = u64_at(t, 16) as usize;
         let count = u32_at(t, 24) as usize;
@@ -253,21 +270,24 @@ impl<'a> CompressedSegment<'a> {
             .checked_add(
                 count
                     .checked_mul(ENTRY_LEN)
-                    .ok_or(FormatError::BadField("index"))?,
+                    .ok_or(bad_trailer(FormatError::BadField("index")))?,
             )
-            .ok_or(FormatError::BadField("index"))?;
-        if index_at < CHUNKS_AT || index_end != file.len() - TRAILER_LEN {
-            return Err(FormatError::BadField("index bounds"));
+            .ok_or(bad_trailer(FormatError::BadField("index")))?;
+        if index_at < CHUNKS_AT || index_end != trailer_at {
+            return Err(bad_trailer(FormatError::BadField("index bounds")));
         }
         let index = &file[index_at..index_end];
         let stored = u32_at(t, 28);
         let computed = crc32fast::hash(index);
         if stored != computed {
-            return Err(FormatError::BadChecksum { stored, computed });
+            return Err((
+                index_at as u64,
+                FormatError::BadChecksum { stored, computed },
+            ));
         }
         let mut chunks = Vec::with_capacity(count);
         let (mut raw_at, mut comp_at) = (HEADER_LEN as u64, CHUNKS_AT as u64);
-        for e in index.chunks_exact(ENTRY_LEN) {
+        for (i, e) in index.chunks_exact(ENTRY_LEN).enumerate() {
             let c = Chunk {
                 raw_start: u64_at(e, 0),
                 raw_len: u32_at(e, 8),
@@ -280,17 +300,23 @@ impl<'a> CompressedSegment<'a> {
                 || c.raw_len == 0
                 || u32_at(e, 28) != 0
             {
-                return Err(FormatError::BadField("index entries do not tile the data"));
+                return Err((
+                    (index_at + i * ENTRY_LEN) as u64,
+                    FormatError::BadField("index entries do not tile the data"),
+                ));
             }
             raw_at += u64::from(c.raw_len);
             comp_at += u64::from(c.comp_len);
             chunks.push(c);
         }
         if raw_at != footer.data_end || comp_at != index_at as u64 {
-            return Err(FormatError::BadField("chunks do not cover the sealed data"));
+            return Err((
+                index_at as u64,
+                FormatError::BadField("chunks do not cover the sealed data"),
+            ));
         }
         if u64_at(t, 32) != footer.data_end - HEADER_LEN as u64 {
-            return Err(FormatError::BadField("raw byte count"));
+            return Err(bad_trailer(FormatError::BadField("raw byte count")));
         }
         Ok(CompressedSegment {
             header,

@@ -360,8 +360,8 @@ impl LogDir {
     fn verify_compressed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
         let file = self.open_file(&u.path)?;
         let map = file.map().map_err(io_err("map", &u.path))?;
-        let c = CompressedSegment::parse(&map)
-            .map_err(|e| corruption(&u.path, u.id, 0, format!("compressed segment: {e}")))?;
+        let c = CompressedSegment::parse_at(&map)
+            .map_err(|(at, e)| corruption(&u.path, u.id, at, format!("compressed segment: {e}")))?;
         let mut image = map[..HEADER_LEN].to_vec();
         for (i, chunk) in c.chunks.iter().enumerate() {
             let raw = c.inflate(i).map_err(|e| {

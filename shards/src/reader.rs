@@ -151,14 +151,14 @@ impl SegmentReader {
             .open(&path, OpenMode::Read)
             .map_err(|e| AofError::io("open", &path, e))?;
         let map = file.map().map_err(|e| AofError::io("map", &path, e))?;
-        let c = CompressedSegment::parse(&map).map_err(|e| AofError::Corruption {
+        let c = CompressedSegment::parse_at(&map).map_err(|(offset, e)| AofError::Corruption {
             path: path.clone(),
             // The header may be what failed: the id from the file's name.
             segment: path
                 .file_name()
                 .and_then(|n| n.to_str()?.get(..20)?.parse().ok())
                 .unwrap_or(0),
-            offset: 0,
+            offset,
             reason: format!("compressed segment: {e}"),
         })?;
         let (header, seed, footer, chunks) = (c.header, c.seed, c.footer, c.chunks);

@@ -66,8 +66,8 @@ fn read_compressed(fs: &dyn Fs, id: u64, path: &Path) -> AofResult<Used> {
         .open(path, OpenMode::Read)
         .map_err(io_err("open", path))?;
     let map = file.map().map_err(io_err("map", path))?;
-    let c = CompressedSegment::parse(&map)
-        .map_err(|e| corruption(path, id, 0, format!("compressed segment: {e}")))?;
+    let c = CompressedSegment::parse_at(&map)
+        .map_err(|(at, e)| corruption(path, id, at, format!("compressed segment: {e}")))?;
     if c.header.segment_id != id || c.footer.segment_id != id {
         return Err(corruption(
             path,
