@@ -27,8 +27,10 @@ struct Cli {
 enum Command {
     /// Run the benchmark workloads, each against a raw baseline measured in the same
     /// run on the same directory, and print a table of figures and ratios: W1 buffered
-    /// appends, W2 durable latency, W3 group commit, W4 durable bandwidth, W5 many
-    /// logs, R1 cursor reads, R2 follower wake-up, R3 recovery and verify.
+    /// appends, W1Z the same with zstd compression in the background, W2 durable
+    /// latency, W3 group commit, W4 durable bandwidth, W5 many logs, R1 cursor reads,
+    /// R2 follower wake-up, R3 recovery and verify, S1 small logs, Z1 compressed
+    /// segments, C1 commit paths, P1 okaywal (with --features peers).
     Bench {
         /// Directory to run in (a temporary directory is created inside and removed).
         /// Default: the system temporary directory.
@@ -43,7 +45,8 @@ enum Command {
         /// Run on tmpfs anyway (where fdatasync is a no-op).
         #[arg(long)]
         allow_tmpfs: bool,
-        /// Run only these workloads (comma-separated: W1,W2,W3,W4,W5,R1,R2,R3; R1 and R3 run together).
+        /// Run only these workloads (comma-separated: W1,W1Z,W2,W3,W4,W5,R1,R2,R3,S1,Z1,C1,P1;
+        /// R1 and R3 run together, W1 includes W1Z).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// I/O backend: auto (io_uring, else the portable one), uring (strict) or sync.

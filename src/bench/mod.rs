@@ -1,4 +1,4 @@
-//! The benchmark harness behind `aof2 bench`: eight workloads (W1-W5, R1-R3), each
+//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1Z, R1-R3, S1, Z1, C1, P1), each
 //! measured against a raw baseline in the same run on the same directory, reported as a
 //! ratio (these machines are noisy; only ratios taken in one run compare). It lives
 //! on the binary's side, not in the library: one file per workload, `baseline` for the
@@ -13,11 +13,13 @@ mod reads;
 mod report;
 mod small;
 mod w1;
+mod w1_zstd;
 mod w2;
 mod w3;
 mod w4;
 mod w5;
 mod z1;
+mod z1_reads;
 
 use baseline::{fs_name, statfs_type, PrewrittenFile, TMPFS};
 use report::fmt_value;
@@ -188,8 +190,9 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 11] = [
+    let workloads: [(&[&str], Workload); 13] = [
         (&["W1"], w1::w1),
+        (&["W1", "W1Z"], w1_zstd::w1z),
         (&["W2"], w2::w2),
         (&["W3"], w3::w3),
         (&["W4"], w4::w4),
@@ -198,6 +201,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         (&["R1", "R3"], reads::reads),
         (&["S1"], small::s1),
         (&["Z1"], z1::z1),
+        (&["Z1"], z1_reads::z1_reads),
         (&["C1"], paths::c1),
         (&["P1"], peer_rows),
     ];

@@ -2,8 +2,8 @@
 //! binary records): size against the raw segment, compression and whole-segment
 //! decode speed against a plain copy of the same bytes, and the cost of reading one
 //! record (inflate its chunk, check its frame) against a raw segment's mapped read.
-//! The engine does not compress segments yet (issue 14); this measures the format the
-//! background compression will write, so its level and chunk size are chosen on data.
+//! This measures the format alone (the level and chunk size the worker uses were
+//! chosen on it); `z1_reads.rs` measures reads through a log the worker compressed.
 
 use super::report::*;
 use super::{BenchResult, Ctx};

@@ -1,0 +1,135 @@
+//! Z1 through the log: random `read_record` latency on compressed sealed segments
+//! against raw ones holding the same JSON-like records (two logs, same appends, one
+//! with `Compression::Zstd`), reads alternating between them. A compressed read
+//! inflates its record's chunk (128 KiB of raw bytes); a raw read checks the frame in
+//! place in the shared mapping.
+
+use super::report::*;
+use super::{BenchResult, Ctx};
+use bop_rs::aof2::config::{Compression, SegmentId};
+use bop_rs::aof2::{Aof, RecordId};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn json_line(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"ts":{},"level":"{}","service":"{}","msg":"{} {}","user":{},"items":{}}}"#,
+        1_700_000_000_000u64 + i * 3,
+        ["info", "warn", "debug"][(i % 3) as usize],
+        ["orders", "payments", "search"][(i % 3) as usize],
+        ["order accepted", "payment settled", "query served"][(i % 3) as usize],
+        100_000 + (i * 37) % 900_000,
+        (i * 7919) % 100_000,
+        i % 20
+    )
+    .into_bytes()
+}
+
+/// Appends `bytes` of JSON lines to `aof`, seals, and returns the sealed records' ids.
+fn fill(aof: &Aof, bytes: u64) -> BenchResult<Vec<RecordId>> {
+    let (mut rids, mut written, mut i) = (Vec::new(), 0u64, 0u64);
+    while written < bytes {
+        let p = json_line(i);
+        rids.push(aof.append_record(&p)?);
+        written += p.len() as u64;
+        i += 1;
+    }
+    aof.flush()?;
+    aof.seal_active()?;
+    Ok(rids)
+}
+
+fn time_reads(
+    aof: &Aof,
+    rids: &[RecordId],
+    held: bool,
+    h: &mut hdrhistogram::Histogram<u64>,
+) -> BenchResult<()> {
+    let mut readers = HashMap::new();
+    for &rid in rids {
+        let seg = SegmentId::new(u64::from(rid.segment_index()));
+        if held && !readers.contains_key(&seg) {
+            readers.insert(seg, aof.open_reader(seg)?);
+        }
+        let t = Instant::now();
+        let len = if held {
+            readers[&seg].read_record(rid)?.payload().len()
+        } else {
+            aof.open_reader(seg)?.read_record(rid)?.payload().len()
+        };
+        h.record(t.elapsed().as_nanos() as u64)?;
+        std::hint::black_box(len);
+    }
+    Ok(())
+}
+
+/// Random reads through the log, compressed against raw.
+pub fn z1_reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    let bytes = if ctx.quick { 8 << 20 } else { 64 << 20 };
+    let raw = ctx.open()?;
+    let zstd = ctx.open_with(|c| c.compression = Compression::Zstd)?;
+    let rids = fill(&raw, bytes)?;
+    let zrids = fill(&zstd, bytes)?;
+    let start = Instant::now();
+    while zstd.flush_metrics().compression_backlog_segments > 0 {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err("compression did not catch up in 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The same random picks on both (same appends, so the same ids).
+    let sealed = |a: &Aof| -> Vec<u32> {
+        a.catalog_snapshot()
+            .iter()
+            .filter(|s| s.sealed)
+            .map(|s| s.segment_id as u32)
+            .collect()
+    };
+    let (zs, rs) = (sealed(&zstd), sealed(&raw));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let picks: Vec<RecordId> = (0..if ctx.quick { 500 } else { 4000 })
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            rids[(x % rids.len() as u64) as usize]
+        })
+        .filter(|r| zs.contains(&r.segment_index()) && rs.contains(&r.segment_index()))
+        .collect();
+    if zrids != rids || picks.is_empty() {
+        return Err("the two logs differ or hold no common sealed segment".into());
+    }
+    let mut rows = Vec::new();
+    for held in [true, false] {
+        let (mut hz, mut hr) = (hist(), hist());
+        for part in picks.chunks(picks.len().div_ceil(8)) {
+            time_reads(&zstd, part, held, &mut hz)?;
+            time_reads(&raw, part, held, &mut hr)?;
+        }
+        let metric: &'static str = if held {
+            "p50 (reader held)"
+        } else {
+            "p50 (open + read)"
+        };
+        rows.push(latency_row(
+            "Z1 random read_record, zstd vs raw segments",
+            metric,
+            0.5,
+            (&hz, &hr),
+            "the same records in raw sealed segments (mapped)",
+        ));
+        let metric: &'static str = if held {
+            "p99 (reader held)"
+        } else {
+            "p99 (open + read)"
+        };
+        rows.push(latency_row(
+            "Z1 random read_record, zstd vs raw segments",
+            metric,
+            0.99,
+            (&hz, &hr),
+            "the same records in raw sealed segments (mapped)",
+        ));
+    }
+    Ok(rows)
+}
