@@ -31,6 +31,10 @@ pub(super) struct Compressions {
     pub(super) superseded: VecDeque<(u64, u64)>,
     /// After a failed swap: no new one before this (monotonic ns).
     pub(super) retry_at: Option<u64>,
+    /// Every sealed segment below this id is compressed (or being released): the
+    /// search for the next raw one starts here, so a log of many segments costs its
+    /// shard no scan per poll.
+    pub(super) raw_floor: u64,
 }
 
 /// One swap for the worker: everything it needs without the log's lock.
@@ -69,11 +73,20 @@ impl LogCore {
         self.cfg.compression == Compression::Zstd && !self.closing && self.poisoned.is_none()
     }
 
+    /// Index of the first sealed segment that may still be raw and is not on its way
+    /// out (released segments are not compressed).
+    fn raw_from(&self) -> usize {
+        let floor = self.comp.raw_floor.max(self.rel.want);
+        self.sealed.partition_point(|s| s.header.segment_id < floor)
+    }
+
     /// The oldest sealed segment that is neither compressed nor on its way out.
     fn next_raw(&self) -> Option<usize> {
-        self.sealed
+        let from = self.raw_from();
+        self.sealed[from..]
             .iter()
-            .position(|s| !s.compressed && s.header.segment_id >= self.rel.want)
+            .position(|s| !s.compressed)
+            .map(|i| from + i)
     }
 
     /// True when the worker has a swap to start on this log now.
@@ -127,6 +140,8 @@ impl LogCore {
     /// is in place (directory synced). Its raw file is queued for removal.
     pub fn compression_done(&mut self, id: u64, disk_bytes: u64) -> Swapped {
         self.end_running(id);
+        // Swaps go oldest first: everything kept below `id` is compressed already.
+        self.comp.raw_floor = self.comp.raw_floor.max(id + 1);
         let Some(s) = self.sealed.iter_mut().find(|s| s.header.segment_id == id) else {
             return Swapped::Released;
         };
@@ -178,9 +193,9 @@ impl LogCore {
         if self.cfg.compression != Compression::Zstd {
             return (0, 0);
         }
-        self.sealed
+        self.sealed[self.raw_from()..]
             .iter()
-            .filter(|s| !s.compressed && s.header.segment_id >= self.rel.want)
+            .filter(|s| !s.compressed)
             .fold((0, 0), |(n, b), s| (n + 1, b + s.header.file_size))
     }
 
