@@ -7,6 +7,8 @@
 //! - The log reopens on the still-full disk with every acknowledged record.
 //! - Once space is freed, appends go through again (the preparation is retried).
 //! - A writer killed while the disk is full leaves nothing that blocks the next open.
+//! - Compression on a full disk fails, keeps every raw segment readable and leaves no
+//!   file behind; once space is freed, the next open compresses them.
 //!
 //! Needs root and `mount`; elsewhere the tests say so and return, unless
 //! `AOF2_REQUIRE_LOOP=1` (CI sets it), which makes that a failure.
@@ -295,5 +297,93 @@ fn a_writer_killed_on_a_full_disk_leaves_nothing_that_blocks_the_next_open() {
             payload(7, *seq),
             "acknowledged record {rid}"
         );
+    }
+}
+
+/// Takes every block left, the root-reserved ones included (ENOSPC for anyone).
+fn fill_all(dir: &Path) -> PathBuf {
+    let path = dir.join("filler-all");
+    let f = std::fs::File::create(&path).unwrap();
+    let mut at = 0i64;
+    for step in [1i64 << 20, 64 << 10, 4 << 10] {
+        // SAFETY: plain syscall on an fd we own.
+        while unsafe { libc::posix_fallocate(f.as_raw_fd(), at, step) } == 0 {
+            at += step;
+        }
+    }
+    f.sync_all().unwrap();
+    path
+}
+
+#[test]
+fn a_full_disk_while_compressing_keeps_the_raw_segments_and_compresses_once_freed() {
+    let Some(lo) = loop_fs("a_full_disk_while_compressing", 24) else {
+        return;
+    };
+    let root = lo.path().join("log");
+    let m = manager();
+    // Sealed segments of barely compressible records, written without compression.
+    let aof = open(&m, cfg_on(&root));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut recs = Vec::new();
+    for _ in 0..400 {
+        let p: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        recs.push((aof.append_record(&p).unwrap(), p));
+    }
+    aof.flush().unwrap();
+    aof.close();
+    drop(aof);
+    let fillers = [fill(lo.path(), 0), fill_all(lo.path())];
+    // Reopened with compression on a full disk: every swap fails, nothing is lost.
+    let mut cfg = cfg_on(&root);
+    cfg.compression = bop_rs::aof2::config::Compression::Zstd;
+    let aof = open(&m, cfg.clone());
+    let start = Instant::now();
+    while aof.flush_metrics().compression_failures == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no swap tried");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mm = aof.flush_metrics();
+    assert_eq!(mm.segments_compressed, 0, "{mm:?}");
+    assert!(mm.compression_backlog_segments >= 4, "{mm:?}");
+    let names: Vec<String> = std::fs::read_dir(root.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".zst")), "{names:?}");
+    for (rid, p) in &recs {
+        assert_eq!(&read_back(&aof, *rid), p, "{rid}");
+    }
+    aof.close();
+    drop(aof);
+    // Space again: the next open compresses every sealed segment.
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    let aof = open(&m, cfg);
+    let start = Instant::now();
+    while aof.flush_metrics().compression_backlog_segments > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not compressed once freed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        aof.catalog_snapshot()
+            .iter()
+            .filter(|s| s.compressed)
+            .count()
+            >= 4
+    );
+    for (rid, p) in &recs {
+        assert_eq!(&read_back(&aof, *rid), p, "{rid}");
     }
 }
