@@ -32,6 +32,23 @@ impl Row {
     }
 }
 
+/// A builder of one workload's rows: `(metric, unit, ours, baseline, higher_is_better,
+/// baseline_desc)`.
+pub fn rows_of(
+    workload: &'static str,
+) -> impl Fn(&'static str, &'static str, f64, f64, bool, &'static str) -> Row {
+    move |metric, unit, ours, baseline, higher_is_better, baseline_desc| Row {
+        workload,
+        metric,
+        unit,
+        ours,
+        baseline,
+        higher_is_better,
+        baseline_desc,
+        median_ratio: None,
+    }
+}
+
 pub fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }

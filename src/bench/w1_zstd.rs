@@ -80,16 +80,7 @@ pub fn w1z(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let m = zstd.flush_metrics();
     let raw: u64 = zstd.catalog_snapshot().iter().map(|s| s.file_size).sum();
     let disk = dir_bytes(&zstd)?;
-    let row = |metric, unit, ours, baseline, higher_is_better, baseline_desc| Row {
-        workload: "W1Z W1 while zstd compresses in background",
-        metric,
-        unit,
-        ours,
-        baseline,
-        higher_is_better,
-        baseline_desc,
-        median_ratio: None,
-    };
+    let row = rows_of("W1Z W1 while zstd compresses in background");
     Ok(vec![
         row(
             "records/s",

@@ -142,16 +142,7 @@ fn rows_for(name: &'static str, raw: &[u8], rounds: usize) -> BenchResult<Vec<Ro
         }
     }
     let one_raw = t.elapsed().as_secs_f64() / offsets.len() as f64;
-    let row = |metric, unit, ours, baseline, higher_is_better, baseline_desc| Row {
-        workload: name,
-        metric,
-        unit,
-        ours,
-        baseline,
-        higher_is_better,
-        baseline_desc,
-        median_ratio: None,
-    };
+    let row = rows_of(name);
     Ok(vec![
         row(
             "file bytes vs raw data bytes",

@@ -106,30 +106,20 @@ pub fn z1_reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             time_reads(&zstd, part, held, &mut hz)?;
             time_reads(&raw, part, held, &mut hr)?;
         }
-        let metric: &'static str = if held {
-            "p50 (reader held)"
+        let labels = if held {
+            [(0.5, "p50 (reader held)"), (0.99, "p99 (reader held)")]
         } else {
-            "p50 (open + read)"
+            [(0.5, "p50 (open + read)"), (0.99, "p99 (open + read)")]
         };
-        rows.push(latency_row(
-            "Z1 random read_record, zstd vs raw segments",
-            metric,
-            0.5,
-            (&hz, &hr),
-            "the same records in raw sealed segments (mapped)",
-        ));
-        let metric: &'static str = if held {
-            "p99 (reader held)"
-        } else {
-            "p99 (open + read)"
-        };
-        rows.push(latency_row(
-            "Z1 random read_record, zstd vs raw segments",
-            metric,
-            0.99,
-            (&hz, &hr),
-            "the same records in raw sealed segments (mapped)",
-        ));
+        for (q, metric) in labels {
+            rows.push(latency_row(
+                "Z1 random read_record, zstd vs raw segments",
+                metric,
+                q,
+                (&hz, &hr),
+                "the same records in raw sealed segments (mapped)",
+            ));
+        }
     }
     Ok(rows)
 }

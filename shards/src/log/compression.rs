@@ -10,7 +10,7 @@
 //! core hear of it, and only then is the raw file removed (a house chain, its own
 //! directory sync). A crash anywhere leaves a whole copy; recovery removes the other.
 
-use super::ops::{Chain, OpKind};
+use super::ops::Chain;
 use super::release::SegmentPin;
 use super::{Effect, LogCore, Progress};
 use crate::config::Compression;
@@ -204,22 +204,8 @@ impl LogCore {
     /// is synced.
     pub(super) fn poll_superseded(&mut self) -> Option<Chain> {
         let &(id, size) = self.comp.superseded.front()?;
-        let path = self.paths.segment(id);
         let spare = self.may_spare(id, size);
-        let first = if spare {
-            OpKind::Rename {
-                from: path,
-                to: self.paths.spare(id),
-            }
-        } else {
-            OpKind::Unlink { path }
-        };
-        let kinds = vec![
-            first,
-            OpKind::SyncDir {
-                path: self.paths.segments.clone(),
-            },
-        ];
+        let kinds = self.removal(self.paths.segment(id), id, spare);
         Some(self.house_chain(
             kinds,
             Effect::RawRemoved {

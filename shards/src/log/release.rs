@@ -264,22 +264,8 @@ impl LogCore {
             return self.poll_superseded().or_else(|| self.trim_spares());
         };
         // A compressed file is never a spare (it is not a segment file's size or shape).
-        let path = self.paths.sealed(id, compressed);
         let spare = !compressed && self.may_spare(id, size);
-        let first = if spare {
-            OpKind::Rename {
-                from: path,
-                to: self.paths.spare(id),
-            }
-        } else {
-            OpKind::Unlink { path }
-        };
-        let kinds = vec![
-            first,
-            OpKind::SyncDir {
-                path: self.paths.segments.clone(),
-            },
-        ];
+        let kinds = self.removal(self.paths.sealed(id, compressed), id, spare);
         Some(self.house_chain(
             kinds,
             Effect::Removed {
@@ -288,6 +274,25 @@ impl LogCore {
                 spare,
             },
         ))
+    }
+
+    /// The operations that take `path` (segment `id`'s file) out of the directory:
+    /// renamed to a spare if `spare`, else unlinked; then the directory synced.
+    pub(super) fn removal(&self, path: std::path::PathBuf, id: u64, spare: bool) -> Vec<OpKind> {
+        let first = if spare {
+            OpKind::Rename {
+                from: path,
+                to: self.paths.spare(id),
+            }
+        } else {
+            OpKind::Unlink { path }
+        };
+        vec![
+            first,
+            OpKind::SyncDir {
+                path: self.paths.segments.clone(),
+            },
+        ]
     }
 
     /// Removes the oldest spare of a size that has more than the pool keeps (spares a
