@@ -133,6 +133,23 @@ fn json_lines_compress_to_under_40_percent_and_read_back_the_same() {
     assert_eq!(mm.segments_compressed, sealed.len() as u64);
     assert_eq!(mm.compression_disk_bytes, disk);
     check_all(&aof, &recs);
+    // Tier 0: reading a record again finds its chunk inflated in memory.
+    let before = m.tier0_stats();
+    for (rid, p) in recs.iter().step_by(97) {
+        assert_eq!(&read_back(&aof, *rid), p);
+        assert_eq!(&read_back(&aof, *rid), p);
+    }
+    let after = m.tier0_stats();
+    let reads = recs.iter().step_by(97).count() as u64 * 2;
+    assert_eq!(
+        after.hits + after.misses - before.hits - before.misses,
+        reads
+    );
+    assert!(
+        after.hits - before.hits >= reads / 2,
+        "{before:?} {after:?}"
+    );
+    assert!(after.bytes > 0 && after.bytes <= 64 << 20);
     // A reopen reads the compressed files and agrees.
     aof.close();
     drop(aof);

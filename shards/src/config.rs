@@ -386,6 +386,10 @@ pub struct AofManagerConfig {
     /// new kernel behave like an older one: the test suite runs the paths of every
     /// kernel from 5.15 this way, and it can route around a kernel bug.
     pub io_uring_disable: Vec<UringFeature>,
+    /// Tier 0: memory for inflated chunks of compressed segments, shared by every log
+    /// of the manager, least recently used out (default 64 MiB; 0 keeps none). Held only
+    /// once `read_record` reads compressed segments; cursors and streams bypass it.
+    pub tier0_cache_bytes: u64,
 }
 
 /// An optional io_uring feature. The ring probes what the kernel has when it is
@@ -430,6 +434,7 @@ impl Default for AofManagerConfig {
             registered_buffer_bytes: 8 << 20,
             caller_rings: 64,
             io_uring_disable: Vec::new(),
+            tier0_cache_bytes: 64 << 20,
         }
     }
 }

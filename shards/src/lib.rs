@@ -17,6 +17,7 @@
 //!   read-only checks of a log directory for the command-line tools.
 
 pub mod buffer;
+pub mod chunk_cache;
 pub mod clock;
 pub mod compress;
 pub mod compressed_format;

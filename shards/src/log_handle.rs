@@ -2,6 +2,7 @@
 //! Blocking methods park the caller; `*_async` methods return futures any executor can
 //! poll (the engine has no runtime of its own).
 
+use crate::chunk_cache::ChunkCache;
 use crate::clock::Clock;
 use crate::config::{AofConfig, CommitMode, Compression, RecordId, SegmentId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
@@ -41,6 +42,8 @@ pub struct LogHandle {
     /// The manager's caller rings, where its shards run io_uring (`None`: callers
     /// commit with blocking calls, as the portable executor does).
     callers: Option<Arc<CallerRings>>,
+    /// Tier 0: inflated chunks of compressed segments (the manager's).
+    chunks: Arc<ChunkCache>,
 }
 
 /// The read side of a log, cheap to clone: what followers and streams hold. It keeps
@@ -51,6 +54,8 @@ pub struct LogView {
     shared: Arc<LogShared>,
     fs: Arc<dyn Fs>,
     paths: LogPaths,
+    /// Tier 0: inflated chunks of compressed segments (the manager's).
+    chunks: Arc<ChunkCache>,
 }
 
 impl LogView {
@@ -107,6 +112,7 @@ impl LogView {
         let r = match located {
             Located::Sealed(s) if s.compressed => {
                 SegmentReader::compressed(&*self.fs, self.paths.compressed(s.header.segment_id))?
+                    .cached(self.chunks.clone(), self.shared.key)
             }
             Located::Sealed(s) => {
                 let id = s.header.segment_id;
@@ -213,6 +219,7 @@ impl LogHandle {
             spurious_wakeups: AtomicU64::new(0),
             commit,
             callers: set.caller_rings(),
+            chunks: set.chunk_cache().clone(),
         };
         // No segment file is prepared at open: the first append asks for one (a log
         // that is opened and never written costs no file).
@@ -532,6 +539,7 @@ impl LogHandle {
             shared: self.shared.clone(),
             fs: self.fs.clone(),
             paths: self.paths.clone(),
+            chunks: self.chunks.clone(),
         }
     }
 

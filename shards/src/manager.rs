@@ -1,5 +1,6 @@
 //! The set of shard threads behind an `AofManager`.
 
+use crate::chunk_cache::ChunkCache;
 use crate::clock::Clock;
 use crate::compress::worker::Compressor;
 use crate::config::{AofManagerConfig, IoBackend};
@@ -22,6 +23,8 @@ pub struct ShardSet {
     callers: Option<Arc<CallerRings>>,
     /// The compression worker, started with the first `Compression::Zstd` log.
     compressor: Mutex<Option<Arc<Compressor>>>,
+    /// Tier 0: inflated chunks of compressed segments, for every log.
+    chunks: Arc<ChunkCache>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -99,6 +102,9 @@ impl ShardSet {
             running,
             callers,
             compressor: Mutex::new(None),
+            chunks: Arc::new(ChunkCache::new(
+                usize::try_from(cfg.tier0_cache_bytes).unwrap_or(usize::MAX),
+            )),
         })
     }
 
@@ -175,6 +181,11 @@ impl ShardSet {
                 c.failure().unwrap_or("failed")
             ),
         })
+    }
+
+    /// The inflated-chunk cache (Tier 0) the logs' readers share.
+    pub fn chunk_cache(&self) -> &Arc<ChunkCache> {
+        &self.chunks
     }
 
     /// The compression worker, started on first use.

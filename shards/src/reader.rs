@@ -7,6 +7,7 @@
 //! cursor also checks the chain of checksums from frame to frame, so a dropped,
 //! duplicated or stale frame is an error.
 
+use crate::chunk_cache::ChunkCache;
 use crate::compressed_format::{chunk_index, inflate_chunk, Chunk, CompressedSegment};
 use crate::config::RecordId;
 use crate::error::{AofError, AofResult};
@@ -51,6 +52,9 @@ pub struct SegmentReader {
     /// Keeps the segment's file from being reused while this reader lives (the log's
     /// readers only; the tools read without one).
     _pin: Option<Arc<crate::log::SegmentPin>>,
+    /// Where `read_record` of a compressed segment finds inflated chunks (Tier 0),
+    /// with the log's key.
+    cache: Option<(Arc<ChunkCache>, u64)>,
 }
 
 /// One record read from a segment.
@@ -118,6 +122,7 @@ impl SegmentReader {
             sealed: true,
             source: Source::Mapped(map),
             _pin: None,
+            cache: None,
         }
     }
 
@@ -141,6 +146,7 @@ impl SegmentReader {
             sealed: false,
             source: Source::Pread(file),
             _pin: None,
+            cache: None,
         })
     }
 
@@ -172,6 +178,7 @@ impl SegmentReader {
             sealed: true,
             source: Source::Compressed(Arc::new(map), Arc::new(chunks)),
             _pin: None,
+            cache: None,
         })
     }
 
@@ -189,6 +196,32 @@ impl SegmentReader {
             )
         })?;
         Ok((c.raw_start, raw))
+    }
+
+    /// `read_record` finds inflated chunks of a compressed segment in `cache` (log
+    /// `key`'s entries) and leaves them there; cursors inflate their own.
+    pub(crate) fn cached(mut self, cache: Arc<ChunkCache>, key: u64) -> SegmentReader {
+        self.cache = Some((cache, key));
+        self
+    }
+
+    /// The chunk holding raw offset `off`, from the cache if there is one: (its raw
+    /// start, its bytes).
+    fn chunk_at(
+        &self,
+        map: &Mapping,
+        chunks: &[Chunk],
+        off: u64,
+    ) -> AofResult<(u64, Arc<Vec<u8>>)> {
+        let Some((cache, log)) = &self.cache else {
+            return self
+                .inflate_at(map, chunks, off)
+                .map(|(s, b)| (s, Arc::new(b)));
+        };
+        let start = chunk_index(chunks, off).map_or(off, |i| chunks[i].raw_start);
+        let key = (*log, self.header.segment_id, start);
+        let bytes = cache.get_or_inflate(key, || self.inflate_at(map, chunks, off).map(|r| r.1))?;
+        Ok((start, bytes))
     }
 
     /// This reader holds `pin`: its segment's file is not reused while it lives.
@@ -243,8 +276,8 @@ impl SegmentReader {
         let frame: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(m) => Cow::Borrowed(&m[off as usize..self.data_end as usize]),
             Source::Compressed(m, chunks) => {
-                let (start, mut raw) = self.inflate_at(m, chunks, off)?;
-                let at = (off - start) as usize;
+                let (start, raw) = self.chunk_at(m, chunks, off)?;
+                let at = ((off - start) as usize).min(raw.len());
                 // Just the frame (its length from its header; checked when decoded).
                 let len = raw
                     .get(at + 12..at + 16)
@@ -252,9 +285,7 @@ impl SegmentReader {
                 let end = at
                     .saturating_add(format::frame_size(len as usize))
                     .min(raw.len());
-                raw.truncate(end);
-                raw.drain(..at);
-                Cow::Owned(raw)
+                Cow::Owned(raw[at..end].to_vec())
             }
             Source::Pread(f) => {
                 let mut head = [0u8; FRAME_HEADER_LEN];

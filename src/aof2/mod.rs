@@ -16,6 +16,7 @@ pub use error::{AofError, AofResult};
 pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample};
 
 /// One segment as [`Aof::catalog_snapshot`] reports it.
+pub use aof2_shards::chunk_cache::ChunkCacheStats;
 pub use aof2_shards::log::SegmentInfo;
 
 use aof2_shards::log_handle::LogHandle;
@@ -74,6 +75,13 @@ impl AofManager {
     /// so the shards run the portable backend (also the `aof_io_uring_fallback` metric).
     pub fn io_uring_fallback(&self) -> bool {
         self.set.uring_fallback()
+    }
+
+    /// Tier 0 so far: `read_record`s of compressed segments served from inflated
+    /// chunks in memory (hits) or that inflated their chunk (misses), and the bytes
+    /// held (at most [`AofManagerConfig::tier0_cache_bytes`]).
+    pub fn tier0_stats(&self) -> ChunkCacheStats {
+        self.set.chunk_cache().stats()
     }
 }
 

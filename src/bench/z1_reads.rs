@@ -1,8 +1,10 @@
 //! Z1 through the log: random `read_record` latency on compressed sealed segments
 //! against raw ones holding the same JSON-like records (two logs, same appends, one
 //! with `Compression::Zstd`), reads alternating between them. A compressed read
-//! inflates its record's chunk (128 KiB of raw bytes); a raw read checks the frame in
-//! place in the shared mapping.
+//! inflates its record's chunk (128 KiB of raw bytes) unless Tier 0 (the manager's
+//! memory of inflated chunks) holds it; a raw read checks the frame in place in the
+//! shared mapping. Reads that inflated and reads served from Tier 0 are also reported
+//! apart.
 
 use super::report::*;
 use super::{BenchResult, Ctx};
@@ -39,11 +41,20 @@ fn fill(aof: &Aof, bytes: u64) -> BenchResult<Vec<RecordId>> {
     Ok(rids)
 }
 
+/// Latencies of reads: those that inflated their chunk (Tier 0 misses) and those
+/// served from memory, told apart by the manager's Tier 0 counters.
+struct Timed {
+    miss: hdrhistogram::Histogram<u64>,
+    hit: hdrhistogram::Histogram<u64>,
+    all: hdrhistogram::Histogram<u64>,
+}
+
 fn time_reads(
+    ctx: &Ctx,
     aof: &Aof,
     rids: &[RecordId],
     held: bool,
-    h: &mut hdrhistogram::Histogram<u64>,
+    t: &mut Timed,
 ) -> BenchResult<()> {
     let mut readers = HashMap::new();
     for &rid in rids {
@@ -51,13 +62,20 @@ fn time_reads(
         if held && !readers.contains_key(&seg) {
             readers.insert(seg, aof.open_reader(seg)?);
         }
-        let t = Instant::now();
+        let misses = ctx.manager.tier0_stats().misses;
+        let start = Instant::now();
         let len = if held {
             readers[&seg].read_record(rid)?.payload().len()
         } else {
             aof.open_reader(seg)?.read_record(rid)?.payload().len()
         };
-        h.record(t.elapsed().as_nanos() as u64)?;
+        let ns = start.elapsed().as_nanos() as u64;
+        t.all.record(ns)?;
+        if ctx.manager.tier0_stats().misses != misses {
+            t.miss.record(ns)?;
+        } else {
+            t.hit.record(ns)?;
+        }
         std::hint::black_box(len);
     }
     Ok(())
@@ -100,24 +118,48 @@ pub fn z1_reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         return Err("the two logs differ or hold no common sealed segment".into());
     }
     let mut rows = Vec::new();
+    let workload = "Z1 random read_record, zstd vs raw segments";
+    let desc = "the same records in raw sealed segments (mapped)";
     for held in [true, false] {
-        let (mut hz, mut hr) = (hist(), hist());
-        for part in picks.chunks(picks.len().div_ceil(8)) {
-            time_reads(&zstd, part, held, &mut hz)?;
-            time_reads(&raw, part, held, &mut hr)?;
-        }
-        let labels = if held {
-            [(0.5, "p50 (reader held)"), (0.99, "p99 (reader held)")]
-        } else {
-            [(0.5, "p50 (open + read)"), (0.99, "p99 (open + read)")]
+        let timed = || Timed {
+            miss: hist(),
+            hit: hist(),
+            all: hist(),
         };
-        for (q, metric) in labels {
+        let (mut z, mut r) = (timed(), timed());
+        for part in picks.chunks(picks.len().div_ceil(8)) {
+            time_reads(ctx, &zstd, part, held, &mut z)?;
+            time_reads(ctx, &raw, part, held, &mut r)?;
+        }
+        let (p50, p99): (&'static str, &'static str) = if held {
+            ("p50 (reader held)", "p99 (reader held)")
+        } else {
+            ("p50 (open + read)", "p99 (open + read)")
+        };
+        rows.push(latency_row(workload, p50, 0.5, (&z.all, &r.all), desc));
+        rows.push(latency_row(workload, p99, 0.99, (&z.all, &r.all), desc));
+        if held {
             rows.push(latency_row(
-                "Z1 random read_record, zstd vs raw segments",
-                metric,
-                q,
-                (&hz, &hr),
-                "the same records in raw sealed segments (mapped)",
+                workload,
+                "p50, chunk inflated",
+                0.5,
+                (&z.miss, &r.all),
+                desc,
+            ));
+            rows.push(latency_row(
+                workload,
+                "p50, chunk in Tier 0",
+                0.5,
+                (&z.hit, &r.all),
+                desc,
+            ));
+            rows.push(rows_of(workload)(
+                "Tier 0 hits",
+                "",
+                z.hit.len() as f64,
+                z.all.len() as f64,
+                true,
+                "reads (Tier 0: 64 MiB of inflated chunks by default)",
             ));
         }
     }
