@@ -82,7 +82,9 @@ fn dir_bytes(root: &Path) -> (u64, Vec<String>) {
     let mut names = Vec::new();
     for e in std::fs::read_dir(root.join("segments")).unwrap() {
         let e = e.unwrap();
-        total += e.metadata().unwrap().len();
+        // A file the log removes meanwhile (a released or replaced one) is gone.
+        let Ok(m) = e.metadata() else { continue };
+        total += m.len();
         names.push(e.file_name().to_string_lossy().into_owned());
     }
     names.sort();

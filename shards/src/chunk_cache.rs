@@ -22,7 +22,13 @@ struct Lru {
     stamps: HashMap<ChunkKey, u64>,
     next_stamp: u64,
     bytes: usize,
+    /// Buffers of evicted chunks nobody holds, for the next inflations (their pages
+    /// are resident: a new buffer would fault each in).
+    spares: Vec<Vec<u8>>,
 }
+
+/// Evicted buffers kept for reuse.
+const SPARES: usize = 4;
 
 /// The inflated-chunk cache of a manager.
 pub struct ChunkCache {
@@ -58,19 +64,21 @@ impl ChunkCache {
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The chunk `key`, inflated by `inflate` if it is not held (outside the lock, so
-    /// readers of other chunks never wait for an inflation).
+    /// The chunk `key`, inflated by `inflate` into the buffer it is given if it is not
+    /// held (outside the lock, so readers of other chunks never wait for an
+    /// inflation).
     pub fn get_or_inflate<E>(
         &self,
         key: ChunkKey,
-        inflate: impl FnOnce() -> Result<Vec<u8>, E>,
+        inflate: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, E>,
     ) -> Result<Arc<Vec<u8>>, E> {
         if let Some(c) = self.touch(key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let c = Arc::new(inflate()?);
+        let buf = self.lock().spares.pop().unwrap_or_default();
+        let c = Arc::new(inflate(buf)?);
         if c.len() <= self.budget {
             self.insert(key, c.clone());
         }
@@ -113,6 +121,9 @@ impl ChunkCache {
             l.stamps.remove(&k);
             if let Some(old) = l.map.remove(&k) {
                 l.bytes -= old.len();
+                if let (Ok(buf), true) = (Arc::try_unwrap(old), l.spares.len() < SPARES) {
+                    l.spares.push(buf);
+                }
             }
         }
     }
@@ -134,9 +145,11 @@ mod tests {
     fn get(c: &ChunkCache, k: u64, len: usize) -> (Arc<Vec<u8>>, bool) {
         let mut inflated = false;
         let v = c
-            .get_or_inflate::<()>((1, 1, k), || {
+            .get_or_inflate::<()>((1, 1, k), |mut buf| {
                 inflated = true;
-                Ok(vec![k as u8; len])
+                buf.clear();
+                buf.resize(len, k as u8);
+                Ok(buf)
             })
             .unwrap();
         (v, inflated)
@@ -171,7 +184,7 @@ mod tests {
         assert!(get(&c, 1, 10).1);
         assert_eq!(c.stats().bytes, 0);
         let c = ChunkCache::new(100);
-        assert!(c.get_or_inflate((1, 1, 9), || Err("bad")).is_err());
+        assert!(c.get_or_inflate((1, 1, 9), |_| Err("bad")).is_err());
         assert!(get(&c, 9, 10).1, "a failed inflation left nothing behind");
     }
 }

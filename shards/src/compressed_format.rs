@@ -80,6 +80,19 @@ pub struct CompressedSegment<'a> {
     file: &'a [u8],
 }
 
+/// What a reader keeps of a checked compressed segment file (without borrowing it).
+#[derive(Debug, Clone)]
+pub struct CompressedIndex {
+    /// The raw segment's header.
+    pub header: SegmentHeader,
+    /// Its frame seed.
+    pub seed: u32,
+    /// Its seal footer.
+    pub footer: SegmentFooter,
+    /// The chunks, in raw order.
+    pub chunks: Vec<Chunk>,
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -143,12 +156,16 @@ pub fn compress_segment_until(
     out[HEADER_LEN..HEADER_LEN + FOOTER_LEN]
         .copy_from_slice(&raw[footer_at..footer_at + FOOTER_LEN]);
     let mut chunks = Vec::with_capacity(cuts.len());
+    // One context for the segment (making one per chunk costs more than small chunks).
+    let mut zc = zstd::bulk::Compressor::new(level)
+        .map_err(|_| FormatError::BadField("zstd refused the level"))?;
     for w in cuts.windows(2) {
         if stop() {
             return Ok(None);
         }
         let (a, b) = (w[0], w[1]);
-        let z = zstd::bulk::compress(&raw[a..b], level)
+        let z = zc
+            .compress(&raw[a..b])
             .map_err(|_| FormatError::BadField("zstd refused the level"))?;
         chunks.push(Chunk {
             raw_start: a as u64,
@@ -328,6 +345,16 @@ impl<'a> CompressedSegment<'a> {
         })
     }
 
+    /// The parts a reader keeps.
+    pub fn into_index(self) -> CompressedIndex {
+        CompressedIndex {
+            header: self.header,
+            seed: self.seed,
+            footer: self.footer,
+            chunks: self.chunks,
+        }
+    }
+
     /// The chunk holding raw offset `off`, if it lies in the data.
     pub fn chunk_for(&self, off: u64) -> Option<usize> {
         chunk_index(&self.chunks, off)
@@ -355,6 +382,20 @@ pub fn chunk_index(chunks: &[Chunk], off: u64) -> Option<usize> {
 /// [`CompressedSegment::parse`]): its raw bytes, after checking its zstd frame's CRC and
 /// the inflated length.
 pub fn inflate_chunk(file: &[u8], c: &Chunk) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    inflate_chunk_into(file, c, &mut out)?;
+    Ok(out)
+}
+
+thread_local! {
+    /// A decompression context per thread, reused (making one per chunk costs about
+    /// as much as a small chunk's inflation).
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// As [`inflate_chunk`], into `out` (cleared first; its memory is reused).
+pub fn inflate_chunk_into(file: &[u8], c: &Chunk, out: &mut Vec<u8>) -> Result<(), FormatError> {
     let z = file
         .get(c.comp_off as usize..(c.comp_off + u64::from(c.comp_len)) as usize)
         .ok_or(FormatError::BadField("chunk outside the file"))?;
@@ -365,12 +406,21 @@ pub fn inflate_chunk(file: &[u8], c: &Chunk) -> Result<Vec<u8>, FormatError> {
             computed,
         });
     }
-    let raw = zstd::bulk::decompress(z, c.raw_len as usize)
+    out.clear();
+    out.reserve(c.raw_len as usize);
+    let n = DCTX
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            d.as_mut().expect("made above").decompress_to_buffer(z, out)
+        })
         .map_err(|_| FormatError::BadField("zstd frame"))?;
-    if raw.len() != c.raw_len as usize {
+    if n != c.raw_len as usize || out.len() != n {
         return Err(FormatError::BadField("inflated length"));
     }
-    Ok(raw)
+    Ok(())
 }
 
 #[cfg(test)]

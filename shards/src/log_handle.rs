@@ -111,7 +111,11 @@ impl LogView {
     fn open_located(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
         let r = match located {
             Located::Sealed(s) if s.compressed => {
-                SegmentReader::compressed(&*self.fs, self.paths.compressed(s.header.segment_id))?
+                let path = self.paths.compressed(s.header.segment_id);
+                let (map, index) = self.shared.compressed_file(s.header.segment_id, || {
+                    SegmentReader::open_compressed(&*self.fs, &path)
+                })?;
+                SegmentReader::compressed_from(path, map, index)
                     .cached(self.chunks.clone(), self.shared.key)
             }
             Located::Sealed(s) => {

@@ -11,6 +11,7 @@
 //! unwinds (a panic) fails the chain's unfinished operations, so the log is poisoned,
 //! never left waiting for a chain that will not complete.
 
+use crate::compressed_format::CompressedIndex;
 use crate::error::AofError;
 use crate::exec::files::LogFiles;
 use crate::fs::Mapping;
@@ -36,6 +37,8 @@ pub trait CompressLink: Send + Sync {
 
 /// A cached mapping of a sealed segment, with the pin that keeps its file from reuse.
 type CachedMap = (Arc<Mapping>, Arc<SegmentPin>);
+/// A cached mapping of a compressed segment file and its checked index.
+pub type CachedZst = (Arc<Mapping>, Arc<CompressedIndex>);
 
 /// State shared by a log's handle and its shard.
 pub struct LogShared {
@@ -57,6 +60,10 @@ pub struct LogShared {
     /// its segment's pin, so a file with a cached mapping is never reused (release
     /// and compression drop entries before removing files, so they can be).
     maps: Mutex<HashMap<u64, CachedMap>>,
+    /// Compressed sealed segments' mappings with their checked indexes, so opening a
+    /// reader again neither maps nor checks the file again (compressed files are never
+    /// reused, so these hold no pin).
+    zmaps: Mutex<HashMap<u64, CachedZst>>,
     /// Mappings below this segment were dropped (released).
     maps_floor: AtomicU64,
     /// The compression worker, for `Compression::Zstd` logs.
@@ -88,6 +95,7 @@ impl LogShared {
             queued: AtomicBool::new(true),
             shard: Arc::downgrade(shard),
             maps: Mutex::new(HashMap::new()),
+            zmaps: Mutex::new(HashMap::new()),
             maps_floor: AtomicU64::new(0),
             compressor: OnceLock::new(),
             compress_queued: AtomicBool::new(false),
@@ -164,6 +172,32 @@ impl LogShared {
         Ok(m)
     }
 
+    /// The shared mapping and index of compressed segment `id`, made by `open` if
+    /// there are none.
+    pub fn compressed_file(
+        &self,
+        id: u64,
+        open: impl FnOnce() -> Result<(Mapping, CompressedIndex), AofError>,
+    ) -> Result<CachedZst, AofError> {
+        let lock = || self.zmaps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(z) = lock().get(&id) {
+            return Ok(z.clone());
+        }
+        let (m, i) = open()?;
+        let z = (Arc::new(m), Arc::new(i));
+        let mut zmaps = lock();
+        if id < self.maps_floor.load(Ordering::Acquire) {
+            return Ok(z); // released meanwhile: not cached
+        }
+        if zmaps.len() >= MAX_CACHED_MAPS {
+            if let Some(&k) = zmaps.keys().next() {
+                zmaps.remove(&k);
+            }
+        }
+        zmaps.insert(id, z.clone());
+        Ok(z)
+    }
+
     /// Drops the cached mapping of segment `id` (its raw file was replaced by a
     /// compressed one), so the raw file can be reused once readers let go.
     pub fn forget_map(&self, id: u64) {
@@ -182,6 +216,9 @@ impl LogShared {
         }
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         maps.retain(|&id, _| id >= first_kept);
+        drop(maps);
+        let mut zmaps = self.zmaps.lock().unwrap_or_else(|p| p.into_inner());
+        zmaps.retain(|&id, _| id >= first_kept);
     }
 
     /// Publishes the core's durable position (and whether the log ended) to waiters.

@@ -8,7 +8,9 @@
 //! duplicated or stale frame is an error.
 
 use crate::chunk_cache::ChunkCache;
-use crate::compressed_format::{chunk_index, inflate_chunk, Chunk, CompressedSegment};
+use crate::compressed_format::{
+    chunk_index, inflate_chunk_into, Chunk, CompressedIndex, CompressedSegment,
+};
 use crate::config::RecordId;
 use crate::error::{AofError, AofResult};
 use crate::format::{
@@ -34,8 +36,8 @@ pub fn readers_opened() -> u64 {
 enum Source {
     Mapped(Arc<Mapping>),
     Pread(Arc<dyn FsFile>),
-    /// A compressed file's mapping and its (checked) chunk index.
-    Compressed(Arc<Mapping>, Arc<Vec<Chunk>>),
+    /// A compressed file's mapping and its (checked) index.
+    Compressed(Arc<Mapping>, Arc<CompressedIndex>),
 }
 
 /// A reader over one segment.
@@ -153,49 +155,74 @@ impl SegmentReader {
     /// A reader over a compressed sealed segment file (`.zst`): its trailer, index,
     /// header and footer are checked now, each chunk when it is inflated.
     pub fn compressed(fs: &dyn Fs, path: PathBuf) -> AofResult<SegmentReader> {
-        let file = fs
-            .open(&path, OpenMode::Read)
-            .map_err(|e| AofError::io("open", &path, e))?;
-        let map = file.map().map_err(|e| AofError::io("map", &path, e))?;
-        let c = CompressedSegment::parse_at(&map).map_err(|(offset, e)| AofError::Corruption {
-            path: path.clone(),
-            // The header may be what failed: the id from the file's name.
-            segment: path
-                .file_name()
-                .and_then(|n| n.to_str()?.get(..20)?.parse().ok())
-                .unwrap_or(0),
-            offset,
-            reason: format!("compressed segment: {e}"),
-        })?;
-        let (header, seed, footer, chunks) = (c.header, c.seed, c.footer, c.chunks);
-        READERS_OPENED.fetch_add(1, Ordering::Relaxed);
-        Ok(SegmentReader {
-            path,
-            header,
-            seed,
-            data_end: footer.data_end,
-            record_count: Some(footer.record_count),
-            sealed: true,
-            source: Source::Compressed(Arc::new(map), Arc::new(chunks)),
-            _pin: None,
-            cache: None,
-        })
+        let (map, index) = Self::open_compressed(fs, &path)?;
+        Ok(Self::compressed_from(path, Arc::new(map), Arc::new(index)))
     }
 
-    /// Inflates the chunk of a compressed segment holding raw offset `off`: (its raw
-    /// start, its bytes). A chunk that fails its checks is `Corruption` naming its
-    /// offset.
-    fn inflate_at(&self, map: &Mapping, chunks: &[Chunk], off: u64) -> AofResult<(u64, Vec<u8>)> {
+    /// Maps and checks a compressed segment file: its mapping and index.
+    pub(crate) fn open_compressed(
+        fs: &dyn Fs,
+        path: &Path,
+    ) -> AofResult<(Mapping, CompressedIndex)> {
+        let file = fs
+            .open(path, OpenMode::Read)
+            .map_err(|e| AofError::io("open", path, e))?;
+        let map = file.map().map_err(|e| AofError::io("map", path, e))?;
+        let index = CompressedSegment::parse_at(&map)
+            .map_err(|(offset, e)| AofError::Corruption {
+                path: path.to_path_buf(),
+                // The header may be what failed: the id from the file's name.
+                segment: path
+                    .file_name()
+                    .and_then(|n| n.to_str()?.get(..20)?.parse().ok())
+                    .unwrap_or(0),
+                offset,
+                reason: format!("compressed segment: {e}"),
+            })?
+            .into_index();
+        Ok((map, index))
+    }
+
+    /// A reader over a compressed segment mapped and checked already.
+    pub(crate) fn compressed_from(
+        path: PathBuf,
+        map: Arc<Mapping>,
+        index: Arc<CompressedIndex>,
+    ) -> SegmentReader {
+        READERS_OPENED.fetch_add(1, Ordering::Relaxed);
+        SegmentReader {
+            path,
+            header: index.header,
+            seed: index.seed,
+            data_end: index.footer.data_end,
+            record_count: Some(index.footer.record_count),
+            sealed: true,
+            source: Source::Compressed(map, index),
+            _pin: None,
+            cache: None,
+        }
+    }
+
+    /// Inflates the chunk of a compressed segment holding raw offset `off` into `buf`:
+    /// (its raw start, its bytes). A chunk that fails its checks is `Corruption`
+    /// naming its offset.
+    fn inflate_into(
+        &self,
+        map: &Mapping,
+        chunks: &[Chunk],
+        off: u64,
+        mut buf: Vec<u8>,
+    ) -> AofResult<(u64, Vec<u8>)> {
         let c = chunk_index(chunks, off)
             .map(|i| &chunks[i])
             .ok_or_else(|| self.corrupt(off, "no compressed chunk holds this offset".into()))?;
-        let raw = inflate_chunk(map, c).map_err(|e| {
+        inflate_chunk_into(map, c, &mut buf).map_err(|e| {
             self.corrupt(
                 c.raw_start,
                 format!("compressed chunk at {}: {e}", c.comp_off),
             )
         })?;
-        Ok((c.raw_start, raw))
+        Ok((c.raw_start, buf))
     }
 
     /// `read_record` finds inflated chunks of a compressed segment in `cache` (log
@@ -214,13 +241,14 @@ impl SegmentReader {
         off: u64,
     ) -> AofResult<(u64, Arc<Vec<u8>>)> {
         let Some((cache, log)) = &self.cache else {
-            return self
-                .inflate_at(map, chunks, off)
-                .map(|(s, b)| (s, Arc::new(b)));
+            let (start, bytes) = self.inflate_into(map, chunks, off, Vec::new())?;
+            return Ok((start, Arc::new(bytes)));
         };
         let start = chunk_index(chunks, off).map_or(off, |i| chunks[i].raw_start);
         let key = (*log, self.header.segment_id, start);
-        let bytes = cache.get_or_inflate(key, || self.inflate_at(map, chunks, off).map(|r| r.1))?;
+        let bytes = cache.get_or_inflate(key, |buf| {
+            self.inflate_into(map, chunks, off, buf).map(|r| r.1)
+        })?;
         Ok((start, bytes))
     }
 
@@ -275,7 +303,8 @@ impl SegmentReader {
         let off = self.check_rid(rid)?;
         let frame: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(m) => Cow::Borrowed(&m[off as usize..self.data_end as usize]),
-            Source::Compressed(m, chunks) => {
+            Source::Compressed(m, index) => {
+                let chunks = &index.chunks;
                 let (start, raw) = self.chunk_at(m, chunks, off)?;
                 let at = ((off - start) as usize).min(raw.len());
                 // Just the frame (its length from its header; checked when decoded).
@@ -490,11 +519,13 @@ impl SegmentCursor {
         let end = (off + len as u64).min(self.reader.data_end);
         match &self.reader.source {
             Source::Mapped(m) => Ok(&m[off as usize..end as usize]),
-            Source::Compressed(m, chunks) => {
+            Source::Compressed(m, index) => {
+                let chunks = &index.chunks;
                 // Chunks hold whole frames: the window is the chunk holding `off`.
                 let have = self.window_start + self.window.len() as u64;
                 if off < self.window_start || end > have {
-                    let (start, raw) = self.reader.inflate_at(m, chunks, off)?;
+                    let buf = std::mem::take(&mut self.window);
+                    let (start, raw) = self.reader.inflate_into(m, chunks, off, buf)?;
                     self.window = raw;
                     self.window_start = start;
                 }
