@@ -51,21 +51,17 @@ pub(super) enum Effect {
         mark: crate::release_mark::ReleaseMark,
         count: usize,
     },
-    /// A released segment's file left the directory (renamed to a spare if `spare`).
+    /// A segment's file left the directory (renamed to a spare if `spare`): a released
+    /// segment's, or (`superseded`) the raw file a compressed copy replaced.
     Removed {
         seg: u64,
         size: u64,
         spare: bool,
+        superseded: bool,
     },
     /// A spare file beyond the pool's size was removed (named by its old id).
     SpareDropped {
         seg: u64,
-    },
-    /// A compressed segment's raw file left the directory (a spare if `spare`).
-    RawRemoved {
-        seg: u64,
-        size: u64,
-        spare: bool,
     },
 }
 
@@ -117,10 +113,8 @@ impl LogCore {
         if let Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } = effect {
             return self.prep_failed(effect, e);
         }
-        if let Effect::MarkDurable { .. }
-        | Effect::Removed { .. }
-        | Effect::SpareDropped { .. }
-        | Effect::RawRemoved { .. } = effect
+        if let Effect::MarkDurable { .. } | Effect::Removed { .. } | Effect::SpareDropped { .. } =
+            effect
         {
             return self.release_failed(effect, e);
         }
@@ -141,8 +135,7 @@ impl LogCore {
                 | Effect::Cleaned { .. }
                 | Effect::MarkDurable { .. }
                 | Effect::Removed { .. }
-                | Effect::SpareDropped { .. }
-                | Effect::RawRemoved { .. } => {
+                | Effect::SpareDropped { .. } => {
                     unreachable!("handled by prep_failed or release_failed")
                 }
             };
@@ -240,9 +233,13 @@ impl LogCore {
             Effect::Prep { seg } => self.prep_step_done(seg),
             Effect::Adopted { seg, size } => self.adopted(seg, size),
             Effect::MarkDurable { mark, count } => self.mark_durable(mark, count),
-            Effect::Removed { seg, size, spare } => self.removed(seg, size, spare),
+            Effect::Removed {
+                seg,
+                size,
+                spare,
+                superseded,
+            } => self.removed(seg, size, spare, superseded),
             Effect::SpareDropped { seg } => self.spare_dropped(seg),
-            Effect::RawRemoved { seg, size, spare } => self.raw_removed(seg, size, spare),
         }
     }
 

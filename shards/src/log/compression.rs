@@ -12,7 +12,7 @@
 
 use super::ops::Chain;
 use super::release::SegmentPin;
-use super::{Effect, LogCore, Progress};
+use super::{Effect, LogCore};
 use crate::config::Compression;
 use std::collections::VecDeque;
 use std::io;
@@ -208,27 +208,12 @@ impl LogCore {
         let kinds = self.removal(self.paths.segment(id), id, spare);
         Some(self.house_chain(
             kinds,
-            Effect::RawRemoved {
+            Effect::Removed {
                 seg: id,
                 size,
                 spare,
+                superseded: true,
             },
         ))
-    }
-
-    /// The raw file of compressed segment `seg` left the directory.
-    pub(super) fn raw_removed(&mut self, seg: u64, size: u64, spare: bool) -> Progress {
-        let front = self.comp.superseded.pop_front();
-        assert_eq!(
-            front.map(|f| f.0),
-            Some(seg),
-            "removed a superseded raw file out of order"
-        );
-        if spare {
-            self.rel.spares.push((seg, size));
-        }
-        self.rel.failure = None;
-        self.metrics.segment_files_removed += 1;
-        Progress::default()
     }
 }

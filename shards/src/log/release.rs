@@ -272,6 +272,7 @@ impl LogCore {
                 seg: id,
                 size,
                 spare,
+                superseded: false,
             },
         ))
     }
@@ -417,14 +418,21 @@ impl LogCore {
         Progress { wake_waiters: true }
     }
 
-    /// Released segment `seg`'s file left the directory (as a spare if `spare`).
-    pub(super) fn removed(&mut self, seg: u64, size: u64, spare: bool) -> Progress {
-        let front = self.rel.removing.pop_front();
-        assert_eq!(
-            front.map(|f| f.0),
-            Some(seg),
-            "removed a released file out of order"
-        );
+    /// Segment `seg`'s file left the directory (as a spare if `spare`): the oldest
+    /// released one, or (`superseded`) the oldest raw file a compressed copy replaced.
+    pub(super) fn removed(
+        &mut self,
+        seg: u64,
+        size: u64,
+        spare: bool,
+        superseded: bool,
+    ) -> Progress {
+        let front = if superseded {
+            self.comp.superseded.pop_front().map(|f| f.0)
+        } else {
+            self.rel.removing.pop_front().map(|f| f.0)
+        };
+        assert_eq!(front, Some(seg), "removed a segment file out of order");
         if spare {
             self.rel.spares.push((seg, size));
         }
@@ -437,6 +445,14 @@ impl LogCore {
     pub(super) fn release_failed(&mut self, effect: &Effect, e: io::Error) -> Progress {
         let (op, path) = match effect {
             Effect::MarkDurable { .. } => ("replace the release mark", self.paths.released.clone()),
+            Effect::Removed {
+                seg,
+                superseded: true,
+                ..
+            } => (
+                "remove the raw file of the compressed segment",
+                self.paths.segment(*seg),
+            ),
             Effect::Removed { seg, .. } => {
                 let compressed = self.rel.removing.front().is_some_and(|r| r.2);
                 (
@@ -445,10 +461,6 @@ impl LogCore {
                 )
             }
             Effect::SpareDropped { seg } => ("remove the spare file", self.paths.spare(*seg)),
-            Effect::RawRemoved { seg, .. } => (
-                "remove the raw file of the compressed segment",
-                self.paths.segment(*seg),
-            ),
             _ => unreachable!("not a release effect"),
         };
         log::warn!(
