@@ -12,7 +12,7 @@
 
 use super::ops::Chain;
 use super::release::SegmentPin;
-use super::{Effect, LogCore};
+use super::LogCore;
 use crate::config::Compression;
 use std::collections::VecDeque;
 use std::io;
@@ -205,15 +205,6 @@ impl LogCore {
     pub(super) fn poll_superseded(&mut self) -> Option<Chain> {
         let &(id, size) = self.comp.superseded.front()?;
         let spare = self.may_spare(id, size);
-        let kinds = self.removal(self.paths.segment(id), id, spare);
-        Some(self.house_chain(
-            kinds,
-            Effect::Removed {
-                seg: id,
-                size,
-                spare,
-                superseded: true,
-            },
-        ))
+        Some(self.removal(self.paths.segment(id), id, size, spare, true))
     }
 }

@@ -265,21 +265,20 @@ impl LogCore {
         };
         // A compressed file is never a spare (it is not a segment file's size or shape).
         let spare = !compressed && self.may_spare(id, size);
-        let kinds = self.removal(self.paths.sealed(id, compressed), id, spare);
-        Some(self.house_chain(
-            kinds,
-            Effect::Removed {
-                seg: id,
-                size,
-                spare,
-                superseded: false,
-            },
-        ))
+        Some(self.removal(self.paths.sealed(id, compressed), id, size, spare, false))
     }
 
-    /// The operations that take `path` (segment `id`'s file) out of the directory:
-    /// renamed to a spare if `spare`, else unlinked; then the directory synced.
-    pub(super) fn removal(&self, path: std::path::PathBuf, id: u64, spare: bool) -> Vec<OpKind> {
+    /// The chain that takes `path` (segment `id`'s file of `size` bytes) out of the
+    /// directory: renamed to a spare if `spare`, else unlinked; then the directory
+    /// synced. `superseded`: a raw file a compressed copy replaced, not a released one.
+    pub(super) fn removal(
+        &mut self,
+        path: std::path::PathBuf,
+        id: u64,
+        size: u64,
+        spare: bool,
+        superseded: bool,
+    ) -> Chain {
         let first = if spare {
             OpKind::Rename {
                 from: path,
@@ -288,12 +287,19 @@ impl LogCore {
         } else {
             OpKind::Unlink { path }
         };
-        vec![
+        let kinds = vec![
             first,
             OpKind::SyncDir {
                 path: self.paths.segments.clone(),
             },
-        ]
+        ];
+        let effect = Effect::Removed {
+            seg: id,
+            size,
+            spare,
+            superseded,
+        };
+        self.house_chain(kinds, effect)
     }
 
     /// Removes the oldest spare of a size that has more than the pool keeps (spares a
