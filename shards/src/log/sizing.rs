@@ -57,14 +57,23 @@ impl LogCore {
 
     /// Bytes per buffer of a segment of `file_size` bytes: the log's buffer size (1 MiB,
     /// the registered arena's size class) from the target size on; below it, while the
-    /// log is small, a sixteenth of the segment, at least 64 KiB.
+    /// log is small, a sixteenth of the segment (a power of two, at least 64 KiB).
+    /// Always a whole number of blocks: a write is cut at buffer edges, and O_DIRECT
+    /// takes only whole blocks (an oversize record's file, block-rounded, is not a power
+    /// of two, and a sixteenth of it is not a multiple of a block).
     pub(super) fn buffer_size_for(&self, file_size: u64) -> usize {
         let want = if file_size >= self.cfg.segment_target_bytes {
             BUF_SIZE
         } else {
-            ((file_size / 16) as usize).clamp(MIN_BUF, BUF_SIZE)
+            floor_pow2(file_size / 16).clamp(MIN_BUF as u64, BUF_SIZE as u64) as usize
         };
-        want.min(self.buf_size).min(file_size as usize)
+        let size = want.min(self.buf_size).min(file_size as usize);
+        let size = size / BLOCK * BLOCK;
+        assert!(
+            size >= BLOCK && size % BLOCK == 0,
+            "buffer size {size} for a file of {file_size} bytes is not whole blocks"
+        );
+        size
     }
 
     /// The next segment file is prepared ahead once the active segment is a quarter
@@ -127,5 +136,14 @@ impl LogCore {
     /// When an idle log gives its buffers back (monotonic ns), if armed.
     pub(super) fn idle_deadline(&self) -> Option<u64> {
         self.idle_at.map(|(_, at)| at)
+    }
+}
+
+/// The largest power of two not above `x` (1 for 0).
+fn floor_pow2(x: u64) -> u64 {
+    if x <= 1 {
+        1
+    } else {
+        1 << (63 - x.leading_zeros())
     }
 }
