@@ -342,3 +342,78 @@ fn callers_that_commit_themselves_see_their_shards_failure_too() {
         within(Duration::from_secs(10), "close", move || log.close());
     }
 }
+
+/// A broken invariant in one log (a panic while its shard polls it) poisons that log
+/// only: its waiters get the panic's message, while the shard and the other logs on it
+/// go on appending and syncing; the broken log closes, and a reopen brings back every
+/// record acknowledged before the panic.
+#[test]
+fn a_panic_in_one_log_poisons_that_log_and_its_shard_neighbours_go_on() {
+    for backend in backends() {
+        let Some(set) = shard_set(backend) else {
+            continue;
+        };
+        let d = tempfile::tempdir().unwrap();
+        // Placement goes to the shard with the fewest logs: a and c share one.
+        let a = open_log(&set, &d.path().join("a"));
+        let b = open_log(&set, &d.path().join("b"));
+        let c = open_log(&set, &d.path().join("c"));
+        let shard = a.shard_id();
+        assert_eq!(c.shard_id(), shard);
+        let mut acked = Vec::new();
+        for i in 0..50u64 {
+            let p = payload(1, i);
+            acked.push((a.append(&p).unwrap(), p));
+        }
+        a.flush_until(acked.last().unwrap().0).unwrap();
+        let c0 = c.append(b"c before").unwrap();
+        c.flush_until(c0).unwrap();
+
+        // A waiter on `a` when it breaks: released with the error, never hung.
+        let unsynced = a.append(b"never synced").unwrap();
+        a.inject_panic();
+        let a2 = a.clone();
+        let msg = within(Duration::from_secs(10), "flush_until on the broken log", move || {
+            a2.flush_until(unsynced).unwrap_err().to_string()
+        });
+        assert!(
+            msg.contains("a panic injected into log") && msg.contains("internal error"),
+            "{msg}"
+        );
+        let e = a.append(b"after").unwrap_err();
+        assert!(matches!(e, AofError::Poisoned { .. }), "{e}");
+
+        // The neighbour on the same shard, and the log on the other one, go on.
+        for i in 0..200u64 {
+            let rid = c.append(&payload(3, i)).unwrap();
+            if i % 20 == 0 {
+                c.flush_until(rid).unwrap();
+            }
+            let rid = b.append(&payload(2, i)).unwrap();
+            if i % 20 == 0 {
+                b.flush_until(rid).unwrap();
+            }
+        }
+        c.flush().unwrap();
+        b.flush().unwrap();
+        assert!(set.shards()[shard].failure().is_none(), "the shard lives");
+
+        // The broken log closes (its lock is released), and a reopen recovers it.
+        let a2 = a.clone();
+        within(Duration::from_secs(10), "close of the broken log", move || {
+            a2.close()
+        });
+        drop(a);
+        let a = open_log(&set, &d.path().join("a"));
+        for (rid, p) in &acked {
+            let r = a
+                .open_reader(bop_rs::aof2::config::SegmentId::new(
+                    rid.segment_index() as u64,
+                ))
+                .unwrap();
+            assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
+        }
+        let rid = a.append(b"after the reopen").unwrap();
+        a.flush_until(rid).unwrap();
+    }
+}

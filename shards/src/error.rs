@@ -172,6 +172,16 @@ pub enum AofError {
         cause: String,
     },
 
+    /// A broken invariant (a bug) surfaced while the engine worked on this log: the log
+    /// is poisoned with it; its shard and the other logs on it go on.
+    #[error("log {path} hit an internal error (a broken invariant): {cause}")]
+    Internal {
+        /// The log's directory.
+        path: PathBuf,
+        /// What broke (the panic message).
+        cause: String,
+    },
+
     /// The manager could not start.
     #[error("cannot start the AOF manager: {0}")]
     Startup(String),

@@ -557,6 +557,14 @@ impl LogHandle {
         self.shard.cpu
     }
 
+    /// Test hook: the shard's next poll of this log panics inside the log's core, as a
+    /// broken invariant would; the log is poisoned, its shard and other logs go on.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        self.shared.lock_core().inject_panic();
+        self.shared.wake_shard();
+    }
+
     /// Counters and gauges.
     pub fn metrics(&self) -> FlushMetricsSnapshot {
         let m = self.shared.lock_core().metrics();

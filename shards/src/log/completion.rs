@@ -81,6 +81,10 @@ impl LogCore {
             &mut self.prep_io
         } else if self.house_io.as_ref().is_some_and(|f| f.ids.contains(&id)) {
             &mut self.house_io
+        } else if self.poisoned.is_some() {
+            // A poisoned core may have dropped the chain (a broken invariant poisoned it
+            // mid-way): a late completion changes nothing.
+            return Progress::default();
         } else {
             // Every completion answers an operation this core handed out: anything else
             // is a bug in an executor, which must not be skipped silently.

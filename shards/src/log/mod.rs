@@ -154,6 +154,8 @@ pub struct LogCore {
     /// Closing, and the unused prepared files were renamed `.ready` (durably).
     marked_ready: bool,
     metrics: FlushMetricsSnapshot,
+    /// Test hook: the next [`LogCore::check_injected_panic`] panics.
+    inject_panic: bool,
 }
 
 impl LogCore {
@@ -215,6 +217,7 @@ impl LogCore {
             closing: false,
             marked_ready: false,
             metrics: FlushMetricsSnapshot::default(),
+            inject_panic: false,
             cfg,
         };
         for s in core.sealed.clone() {
@@ -620,6 +623,23 @@ impl LogCore {
     pub fn set_buffer_size(&mut self, size: usize) {
         assert!(size >= BLOCK && size % BLOCK == 0 && size <= BUF_SIZE);
         self.buf_size = size;
+    }
+
+    /// Test hook: the host's next poll of this log panics, as a broken invariant in the
+    /// core would (see [`LogCore::check_injected_panic`]).
+    pub fn inject_panic(&mut self) {
+        self.inject_panic = true;
+    }
+
+    /// Panics if [`LogCore::inject_panic`] asked for it (the host calls this as it
+    /// polls the log, inside the unwind boundary it keeps per log).
+    pub fn check_injected_panic(&mut self) {
+        if std::mem::take(&mut self.inject_panic) {
+            panic!(
+                "a panic injected into log {} (test hook)",
+                self.paths.root.display()
+            );
+        }
     }
 
     /// Takes buffers and blocks from `arena` (a shard's registered memory) from now on.

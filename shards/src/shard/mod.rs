@@ -399,7 +399,7 @@ fn pin(ctl: &ShardCtl, cpu: Option<usize>) {
 }
 
 /// The text of a panic's payload.
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
         (Some(s), _) => format!("panicked: {s}"),
         (_, Some(s)) => format!("panicked: {s}"),

@@ -9,6 +9,15 @@
 //!
 //! The state lives outside the thread's unwind boundary: after a panic inside a turn,
 //! [`ShardLoop::fail`] can still poison every log and release every waiter.
+//!
+//! **One log's broken invariant does not kill its neighbours.** Everything the turn
+//! does with one log's core (polling it, reporting a completion to it, reading its
+//! deadline) runs inside an unwind boundary of its own: a panic there poisons that log
+//! only (its callers get the panic's message), and the shard and its other logs go on.
+//! The broken log's operations still in flight stay with the executor, which keeps
+//! their buffers and files until the kernel completes them; their completions are then
+//! dropped instead of reaching a core whose state can no longer be trusted, and the
+//! log is retired (its files closed) only once none is left.
 
 use super::{CloseRequest, Registration, ShardCtl, FAULT_LOST, FAULT_PANIC};
 use crate::clock::Clock;
@@ -16,6 +25,7 @@ use crate::error::AofError;
 use crate::exec::{Completed, Executor, Host};
 use crate::log_shared::LogShared;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +37,9 @@ struct Entry {
     /// Publish the durable position after this turn's completions.
     publish: bool,
     deadline: Option<u64>,
+    /// A panic while the shard worked on this log poisoned it: its core is not polled
+    /// again, and completions of its chains still in flight are dropped.
+    broken: bool,
 }
 
 /// What a turn found.
@@ -60,6 +73,32 @@ fn retire(ctl: &ShardCtl, e: Entry) {
 fn poison(shared: &LogShared, cause: AofError) {
     shared.lock_core().poison_with(cause);
     shared.publish();
+}
+
+/// Runs `f` on one log's behalf; a panic inside it breaks that log only: the log is
+/// poisoned with the panic's message (its waiters are released with it) and `e` is
+/// marked broken. `None` if it panicked (or the log was broken already).
+fn for_log<T>(shard: usize, e: &mut Entry, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+    if e.broken {
+        return None;
+    }
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut *e))) {
+        Ok(v) => Some(v),
+        Err(p) => {
+            e.broken = true;
+            e.active = false;
+            e.deadline = None;
+            let cause = super::panic_message(&*p);
+            let path = e.shared.lock_core().config().root_dir.clone();
+            log::error!(
+                "aof2: a broken invariant in log {} on shard {shard}: {cause}; that log is \
+                 poisoned, the shard and its other logs go on",
+                path.display()
+            );
+            poison(&e.shared, AofError::Internal { path, cause });
+            None
+        }
+    }
 }
 
 impl ShardLoop {
@@ -173,6 +212,7 @@ impl ShardLoop {
                     active: true,
                     publish: false,
                     deadline: None,
+                    broken: false,
                 },
             );
         }
@@ -204,27 +244,33 @@ impl ShardLoop {
     /// chain was started.
     fn poll_logs(&mut self) -> bool {
         let now = self.clock.monotonic_ns();
+        let shard = self.ctl.id;
         let mut started = false;
         for (&key, e) in self.logs.iter_mut() {
-            if e.active || e.deadline.is_some_and(|d| d <= now) {
-                // Requests arriving from here on queue the log again.
-                e.shared.clear_queued();
-                e.active = false;
-                let (chains, compress) = {
-                    let mut core = e.shared.lock_core();
-                    // Before a removal is planned: released files keep no cached map.
-                    e.shared.forget_released_maps(core.first_kept());
-                    let chains = core.poll(now);
-                    e.deadline = core.deadline();
-                    (chains, core.compression_wanted())
-                };
-                if compress {
-                    e.shared.wake_compressor();
-                }
-                for c in chains {
-                    started = true;
-                    self.exec.start(key, c, &e.shared.files, &mut self.done);
-                }
+            if !(e.active || e.deadline.is_some_and(|d| d <= now)) || e.broken {
+                continue;
+            }
+            // Requests arriving from here on queue the log again.
+            e.shared.clear_queued();
+            e.active = false;
+            let polled = for_log(shard, e, |e| {
+                let mut core = e.shared.lock_core();
+                core.check_injected_panic();
+                // Before a removal is planned: released files keep no cached map.
+                e.shared.forget_released_maps(core.first_kept());
+                let chains = core.poll(now);
+                e.deadline = core.deadline();
+                (chains, core.compression_wanted())
+            });
+            let Some((chains, compress)) = polled else {
+                continue;
+            };
+            if compress {
+                e.shared.wake_compressor();
+            }
+            for c in chains {
+                started = true;
+                self.exec.start(key, c, &e.shared.files, &mut self.done);
             }
         }
         self.apply() || started
@@ -235,17 +281,26 @@ impl ShardLoop {
         if self.done.is_empty() {
             return false;
         }
+        let shard = self.ctl.id;
         for c in self.done.drain(..) {
             if let Some(e) = self.logs.get_mut(&c.log) {
-                let p = e.shared.lock_core().complete(c.op, c.res);
-                e.active = true;
-                e.publish |= p.wake_waiters;
+                // A broken log's late completions are dropped: the executor has let go
+                // of the operation's buffers and file now, and its core is not trusted.
+                let p = for_log(shard, e, |e| e.shared.lock_core().complete(c.op, c.res));
+                if let Some(p) = p {
+                    e.active = true;
+                    e.publish |= p.wake_waiters;
+                }
             }
         }
         for e in self.logs.values_mut() {
-            if e.active {
+            if !e.active {
+                continue;
+            }
+            let publish = std::mem::take(&mut e.publish);
+            for_log(shard, e, |e| {
                 let deadline = &mut e.deadline;
-                if std::mem::take(&mut e.publish) {
+                if publish {
                     e.shared.publish_with(|core| {
                         *deadline = core.deadline();
                         false
@@ -253,7 +308,7 @@ impl ShardLoop {
                 } else {
                     *deadline = e.shared.lock_core().deadline();
                 }
-            }
+            });
         }
         true
     }
@@ -261,7 +316,10 @@ impl ShardLoop {
     /// Retires the closing logs that are drained; true when shutdown is complete.
     fn retire_drained(&mut self) -> bool {
         let exec = &self.exec;
-        let drained = |k: u64, e: &Entry| !exec.has_chains(k) && e.shared.lock_core().is_drained();
+        // A broken log is done once the kernel has finished with its operations.
+        let drained = |k: u64, e: &Entry| {
+            !exec.has_chains(k) && (e.broken || e.shared.lock_core().is_drained())
+        };
         let mut i = 0;
         while i < self.closing.len() {
             let k = self.closing[i].key;
@@ -295,5 +353,175 @@ impl ShardLoop {
             req.answer();
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AofConfig;
+    use crate::exec::chains::{Ring, Submission};
+    use crate::exec::files::LogFiles;
+    use crate::exec::{NeverSleep, RingExecutor};
+    use crate::fs::sim::SimFs;
+    use crate::fs::Fs;
+    use crate::layout::LogPaths;
+    use crate::log::{LogCore, Recovered};
+    use crate::log_shared::ShardLink;
+    use crate::shard::{CloseRequest, Registration};
+    use std::cell::RefCell;
+    use std::io;
+    use std::path::Path;
+    use std::rc::Rc;
+
+    /// A ring that runs submissions on the simulated disk when told to, and holds them
+    /// (in flight, buffers and files kept) while `hold` is set.
+    #[derive(Default)]
+    struct Held {
+        hold: Rc<RefCell<bool>>,
+        queued: Vec<Submission>,
+    }
+
+    impl Ring for Held {
+        fn submit_linked(&mut self, ops: Vec<Submission>) {
+            self.queued.extend(ops);
+        }
+        fn wait(
+            &mut self,
+            _: u64,
+            _: Option<u64>,
+            _: bool,
+            _: &dyn crate::exec::Host,
+            out: &mut Vec<(u64, io::Result<()>)>,
+        ) -> io::Result<()> {
+            if *self.hold.borrow() {
+                return Ok(());
+            }
+            for s in self.queued.drain(..) {
+                let r = match s.op {
+                    crate::exec::chains::RingOp::Write {
+                        file, offset, data, ..
+                    } => {
+                        let slices: Vec<&[u8]> = data.iter().map(|d| d.bytes()).collect();
+                        crate::fs::write_all_at(&*file, offset, &slices)
+                    }
+                    crate::exec::chains::RingOp::Sync { file } => file.fdatasync(),
+                    crate::exec::chains::RingOp::SyncDir { .. } => Ok(()),
+                };
+                out.push((s.token, r));
+            }
+            Ok(())
+        }
+    }
+
+    struct Nowhere;
+    impl ShardLink for Nowhere {
+        fn ready(&self, _: u64) {}
+    }
+
+    fn a_log(fs: &SimFs, key: u64, dir: &str) -> Arc<LogShared> {
+        fs.mkdir(Path::new(dir), 0o700).unwrap();
+        fs.mkdir(&Path::new(dir).join("segments"), 0o700).unwrap();
+        let mut cfg = AofConfig::default();
+        cfg.root_dir = dir.into();
+        cfg.segment_min_bytes = 64 << 10;
+        cfg.segment_target_bytes = 64 << 10;
+        let core = LogCore::new(
+            cfg.normalized(),
+            LogPaths::new(Path::new(dir)),
+            Clock::default(),
+            key,
+            Recovered::default(),
+        );
+        let files = Arc::new(LogFiles::new(Arc::new(fs.clone()), false));
+        let nowhere: Arc<dyn ShardLink> = Arc::new(Nowhere);
+        Arc::new(LogShared::new(key, core, files, &nowhere))
+    }
+
+    /// Appends until the log has a segment, then appends `p` and asks for it durable.
+    fn append_and_flush(lp: &mut ShardLoop, log: &LogShared, p: &[u8]) {
+        for _ in 0..100 {
+            let r = log.lock_core().append(p);
+            match r {
+                Ok(a) => {
+                    let mut core = log.lock_core();
+                    core.request_flush(a.rid.as_u64() + 1);
+                    drop(core);
+                    lp.logs.get_mut(&log.key).unwrap().active = true;
+                    return;
+                }
+                Err(_) => {
+                    lp.logs.get_mut(&log.key).unwrap().active = true;
+                    lp.turn(&NeverSleep).unwrap();
+                }
+            }
+        }
+        panic!("no segment for the append");
+    }
+
+    #[test]
+    fn a_broken_log_keeps_its_operations_in_flight_until_they_complete() {
+        let fs = SimFs::new(5);
+        let ctl = ShardCtl::detached(0);
+        let hold = Rc::new(RefCell::new(false));
+        let ring = Held {
+            hold: hold.clone(),
+            queued: Vec::new(),
+        };
+        let mut lp = ShardLoop::new(
+            ctl.clone(),
+            Box::new(RingExecutor::new(ring)),
+            Clock::default(),
+        );
+        let (a, b) = (a_log(&fs, 1, "/a"), a_log(&fs, 2, "/b"));
+        for l in [&a, &b] {
+            ctl.add(Registration { shared: l.clone() }).unwrap();
+        }
+        lp.turn(&NeverSleep).unwrap();
+        append_and_flush(&mut lp, &a, b"a one");
+        append_and_flush(&mut lp, &b, b"b one");
+        for _ in 0..10 {
+            lp.turn(&NeverSleep).unwrap();
+        }
+        let durable_b = b.lock_core().durable_pos();
+        assert!(a.lock_core().durable_pos() > 0 && durable_b > 0);
+
+        // `a`'s next write and sync are in flight (held) when its core panics.
+        *hold.borrow_mut() = true;
+        append_and_flush(&mut lp, &a, b"a two");
+        lp.turn(&NeverSleep).unwrap();
+        assert!(lp.exec.has_chains(1), "a's commit is in flight");
+        a.lock_core().inject_panic();
+        lp.logs.get_mut(&1).unwrap().active = true;
+        lp.turn(&NeverSleep).unwrap();
+        let e = a.lock_core().poison().expect("a is poisoned");
+        assert!(e.to_string().contains("a panic injected"), "{e}");
+        assert!(a.signal.ended(), "a's waiters were released");
+        assert!(lp.logs[&1].broken);
+
+        // A close of `a` waits for the kernel to finish with a's buffers and files.
+        let (ack, acked) = std::sync::mpsc::channel();
+        ctl.close(CloseRequest {
+            key: 1,
+            ack,
+            lock: None,
+        });
+        for _ in 0..5 {
+            lp.turn(&NeverSleep).unwrap();
+        }
+        assert!(acked.try_recv().is_err(), "not retired while in flight");
+        assert!(lp.exec.has_chains(1));
+        // `b`, on the same shard, goes on (its write waits behind the held ring).
+        *hold.borrow_mut() = false;
+        append_and_flush(&mut lp, &b, b"b two");
+        for _ in 0..10 {
+            lp.turn(&NeverSleep).unwrap();
+        }
+        assert!(b.lock_core().durable_pos() > durable_b, "b went on");
+        assert!(b.lock_core().poison().is_none());
+        // a's late completions were dropped, and it was retired once they arrived.
+        assert!(!lp.exec.has_chains(1));
+        assert!(acked.try_recv().is_ok(), "the close was answered");
+        assert_eq!(lp.log_count(), 1);
     }
 }
