@@ -373,9 +373,11 @@ fn a_panic_in_one_log_poisons_that_log_and_its_shard_neighbours_go_on() {
         let unsynced = a.append(b"never synced").unwrap();
         a.inject_panic();
         let a2 = a.clone();
-        let msg = within(Duration::from_secs(10), "flush_until on the broken log", move || {
-            a2.flush_until(unsynced).unwrap_err().to_string()
-        });
+        let msg = within(
+            Duration::from_secs(10),
+            "flush_until on the broken log",
+            move || a2.flush_until(unsynced).unwrap_err().to_string(),
+        );
         assert!(
             msg.contains("a panic injected into log") && msg.contains("internal error"),
             "{msg}"
@@ -400,15 +402,17 @@ fn a_panic_in_one_log_poisons_that_log_and_its_shard_neighbours_go_on() {
 
         // The broken log closes (its lock is released), and a reopen recovers it.
         let a2 = a.clone();
-        within(Duration::from_secs(10), "close of the broken log", move || {
-            a2.close()
-        });
+        within(
+            Duration::from_secs(10),
+            "close of the broken log",
+            move || a2.close(),
+        );
         drop(a);
         let a = open_log(&set, &d.path().join("a"));
         for (rid, p) in &acked {
             let r = a
                 .open_reader(bop_rs::aof2::config::SegmentId::new(
-                    rid.segment_index() as u64,
+                    rid.segment_index() as u64
                 ))
                 .unwrap();
             assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);

@@ -160,13 +160,36 @@ impl Open {
     }
 }
 
-fn payload(rng: &mut SimRng, session: usize, seq: usize, writer: u64) -> Vec<u8> {
-    let len = match rng.below(100) {
+/// A record length: mostly small, sometimes beyond a segment, and one in sixteen on
+/// either side of a boundary of this world's shapes: the block, the log buffer, the
+/// first (min), target and largest segment file, and the largest record.
+fn payload_len(rng: &mut SimRng, cfg: &AofConfig, buf_size: usize) -> usize {
+    if rng.below(16) == 0 {
+        // Payload that makes a frame (32-byte header, 8-aligned) end at `edge`, where
+        // `edge` is a size measured from a segment's first frame (after its 64-byte
+        // header) or, for file sizes, before its 4 KiB footer region too.
+        let file = |size: u64| size as usize - 4096 - 64;
+        let edges = [
+            4096 - 64,
+            4096,
+            buf_size,
+            file(cfg.segment_min_bytes),
+            file(cfg.segment_target_bytes),
+            file(cfg.segment_max_bytes),
+        ];
+        let edge = edges[rng.below(edges.len() as u64) as usize];
+        let delta = [-8i64, -1, 0, 1, 8][rng.below(5) as usize];
+        return (edge as i64 - 32 + delta).max(0) as usize;
+    }
+    match rng.below(100) {
         0..=59 => rng.below(200) as usize,
         60..=97 => rng.below(5000) as usize,
         98 => 60_000 + rng.below(80_000) as usize, // beyond a 64 KiB segment
         _ => 0,
-    };
+    }
+}
+
+fn payload(len: usize, rng: &mut SimRng, session: usize, seq: usize, writer: u64) -> Vec<u8> {
     let mut p = Vec::with_capacity(len.max(16));
     p.extend_from_slice(&(session as u32).to_le_bytes());
     p.extend_from_slice(&(seq as u32).to_le_bytes());
@@ -174,9 +197,7 @@ fn payload(rng: &mut SimRng, session: usize, seq: usize, writer: u64) -> Vec<u8>
     while p.len() < len {
         p.push(rng.below(256) as u8);
     }
-    if len < 16 {
-        p.truncate(len.max(if len == 0 { 0 } else { len }));
-    }
+    p.truncate(len);
     p
 }
 
@@ -197,6 +218,14 @@ impl World {
             .min(cfg.flush.max_unflushed_bytes);
         // Segments that grow with the write rate, in some seeds.
         cfg.segment_target_bytes = [64 * 1024, 128 * 1024, 256 * 1024][rng.below(3) as usize];
+        // The default's shapes, scaled down, in a sixth of the seeds: a target above the
+        // log buffer's 1 MiB, so records of 1-4 MiB get files of their own below the
+        // target (block-rounded, not powers of two) with buffers sized to them.
+        let large = rng.below(6) == 0;
+        if large {
+            cfg.segment_target_bytes = 4 << 20;
+            cfg.segment_max_bytes = 4 << 20;
+        }
         // Retention releasing in the background, in a quarter of the seeds.
         if rng.below(4) == 0 {
             cfg.retention = aof2_shards::config::RetentionPolicy::Size {
@@ -218,7 +247,13 @@ impl World {
             slow_sync_ppm: rng.below(50_000) as u32,
             ..Faults::default()
         });
-        let buf_size = [8 * 1024, 16 * 1024, 64 * 1024][rng.below(3) as usize];
+        // Log buffers smaller than a segment in most seeds; the engine's own sizes
+        // (1 MiB, less for small segments) with the default-like shapes.
+        let buf_size = if large {
+            aof2_shards::log::BUF_SIZE
+        } else {
+            [8 * 1024, 16 * 1024, 64 * 1024][rng.below(3) as usize]
+        };
         let time = Arc::new(AtomicU64::new(1_000_000_000));
         let fs = SimFs::new(rng.next_u64());
         fs.set_clock(time.clone());
@@ -713,7 +748,8 @@ impl World {
         let writer = self.rng.below(WRITERS);
         let si = self.sessions.len() - 1;
         let seq = self.sessions[si].records.len();
-        let p = payload(&mut self.rng, si, seq, writer);
+        let len = payload_len(&mut self.rng, &self.cfg, self.buf_size);
+        let p = payload(len, &mut self.rng, si, seq, writer);
         // A blocked append is retried until it goes through: waiting must make progress.
         for attempt in 0.. {
             let r = o.core().append(&p);
@@ -833,7 +869,13 @@ impl World {
                     self.pump(&mut o, n);
                 }
                 85..=88 => {
-                    let ms = self.rng.below(8);
+                    // Now and then a pause longer than a segment's growth window (10 s):
+                    // the log stays slow, in small segments, however large its records.
+                    let ms = if self.rng.below(8) == 0 {
+                        11_000
+                    } else {
+                        self.rng.below(8)
+                    };
                     self.time.fetch_add(ms * 1_000_000, Ordering::Relaxed);
                 }
                 89..=90 => self.release(&mut o),
@@ -995,7 +1037,7 @@ fn failed_sync_poisons(model: Model) {
     a_fault_poisons_and_a_reopen_recovers(7, model, faults, "Input/output error");
 }
 
-/// 20 records acknowledged, then `faults`, one more record and a flush: the log must be
+/// 20 appends acknowledged, then `faults`, one more record and a flush: the log must be
 /// poisoned with an error naming the log and `cause`, report nothing more durable,
 /// refuse appends, and come back with every acknowledged record after a crash.
 fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults, cause: &str) {
@@ -1008,8 +1050,14 @@ fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults
     }
     o.request_flush_all();
     w.pump(&mut o, 1000);
-    let acked = w.sessions.last().unwrap().acked;
-    assert_eq!(acked, 20, "the first flush covered every record");
+    // (A record drawn too large for a segment was refused, not appended.)
+    let s = w.sessions.last().unwrap();
+    assert!(s.records.len() >= 15);
+    assert_eq!(
+        s.acked,
+        s.records.len(),
+        "the first flush covered every record"
+    );
 
     w.fs.set_faults(faults);
     let rid = o.core().append(b"after the fault").unwrap().rid;
@@ -1055,7 +1103,7 @@ fn a_data_write_hitting_a_full_disk_poisons_the_log_and_a_reopen_recovers() {
             write_errno: libc::ENOSPC,
             ..Faults::default()
         };
-        a_fault_poisons_and_a_reopen_recovers(11, m, faults, "No space left on device");
+        a_fault_poisons_and_a_reopen_recovers(12, m, faults, "No space left on device");
     }
 }
 
