@@ -345,3 +345,58 @@ fn a_lost_segment_above_the_release_mark_is_an_error_not_a_released_head() {
         }
     }
 }
+
+/// A stream's starting point is fixed when it is created: one made by
+/// `SealedSegmentStream::new` (or `with_start_from(None)`) before a release, and not
+/// advanced yet, gets `Released` on its next call instead of starting silently at the
+/// first kept segment; a follower created before segments were sealed and released
+/// reports them (opening one is `Released`) rather than skip them.
+#[test]
+fn a_stream_or_follower_created_before_a_release_never_skips_released_records() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manager();
+    let aof = open(&m, small_cfg(d.path()));
+    let mut follower = aof.tail_follower();
+    let rids = fill(&aof, 6, 50);
+    let mut s = SealedSegmentStream::new(&aof).unwrap();
+    let mut s2 = SealedSegmentStream::with_start_from(&aof, None).unwrap();
+    let cut = *rids.iter().find(|r| r.segment_index() == 2).unwrap();
+    assert_eq!(aof.release_before(cut).unwrap(), 2);
+    for s in [&mut s, &mut s2] {
+        let e = s
+            .next_segment_blocking()
+            .err()
+            .expect("Released, not a skip");
+        assert!(
+            matches!(
+                e,
+                AofError::Released {
+                    segment: 0,
+                    first_kept: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // A stream made now starts where the log starts now.
+    let mut now = SealedSegmentStream::new(&aof).unwrap();
+    let c = now.next_segment_blocking().unwrap().unwrap().into_cursor();
+    assert_eq!(c.position().segment_index(), 2);
+    // The follower saw nothing sealed when it was made: it reports segment 0 first,
+    // which is released.
+    let first = follower.next_sealed_segment_blocking().unwrap();
+    assert_eq!(first, SegmentId::new(0));
+    assert!(matches!(
+        aof.open_reader(first),
+        Err(AofError::Released { .. })
+    ));
+    assert_eq!(
+        follower.next_sealed_segment_blocking().unwrap(),
+        SegmentId::new(1)
+    );
+    assert_eq!(
+        follower.next_sealed_segment_blocking().unwrap(),
+        SegmentId::new(2)
+    );
+}

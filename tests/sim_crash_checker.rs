@@ -47,9 +47,10 @@ use aof2_shards::exec::Completed;
 use aof2_shards::exec::{Executor, NeverSleep, RingExecutor};
 use aof2_shards::format;
 use aof2_shards::fs::sim::{Faults, SimFs, SimRng};
+use aof2_shards::fs::Mapping;
 use aof2_shards::fs::{Fs, FsLock, OpenMode};
 use aof2_shards::layout::LogPaths;
-use aof2_shards::log::{LogCore, ReleaseTicket, Swapped};
+use aof2_shards::log::{Located, LogCore, ReleaseTicket, SegmentPin, Swapped};
 use aof2_shards::log_shared::{Commit, DataSlot, LogShared, ShardLink};
 use aof2_shards::recovery;
 use aof2_shards::shard::turn::ShardLoop;
@@ -102,6 +103,9 @@ struct World {
     /// Negative control: the ring fuses a write and sync into files holding other
     /// unsynced writes, which a crash can lose. The checker must catch it.
     fuse_into_dirty: bool,
+    /// Negative control: the log decides spares without looking at readers' pins, so
+    /// mapped files get recycled. The simulated disk must refuse it.
+    ignore_pins: bool,
     /// The highest first-kept segment a release was reported durable for: the log
     /// never starts before it again.
     released_durable: u64,
@@ -130,6 +134,8 @@ struct Open {
     releases: Vec<ReleaseTicket>,
     /// The compression worker's swap in progress.
     swap: Option<Swap>,
+    /// Readers holding a sealed segment's mapping (and its pin), as `open_reader` does.
+    readers: Vec<(u64, Arc<Mapping>, Arc<SegmentPin>)>,
 }
 
 impl Open {
@@ -245,6 +251,10 @@ impl World {
             sync_error_ppm: rng.below(5_000) as u32,
             dir_error_ppm: rng.below(10_000) as u32,
             slow_sync_ppm: rng.below(50_000) as u32,
+            // Removals that fail (unlinks, directory fsyncs after a rename) in half of
+            // these seeds, often, while readers map the files.
+            unlink_error_ppm: [0, 100_000][rng.below(2) as usize],
+            dir_sync_error_ppm: [0, 50_000][rng.below(2) as usize],
             ..Faults::default()
         });
         // Log buffers smaller than a segment in most seeds; the engine's own sizes
@@ -272,6 +282,7 @@ impl World {
             cache: Default::default(),
             buf_size,
             fuse_into_dirty: false,
+            ignore_pins: false,
             released_durable: 0,
             released_asked: 0,
             compressed: 0,
@@ -349,6 +360,9 @@ impl World {
             opened.recovered,
         );
         core.set_buffer_size(self.buf_size);
+        if self.ignore_pins {
+            core.ignore_pins_for_test();
+        }
         self.sessions.push(Session {
             records: Vec::new(),
             acked: 0,
@@ -380,6 +394,7 @@ impl World {
             commit: None,
             releases: Vec::new(),
             swap: None,
+            readers: Vec::new(),
         }
     }
 
@@ -587,6 +602,9 @@ impl World {
         if let Some(v) = o.ring().and_then(|r| r.violations().first().cloned()) {
             self.fail(format!("partial-block rule broken: {v}"));
         }
+        if let Some(v) = self.fs.violations().first() {
+            self.fail(format!("a mapped file was recycled: {v}"));
+        }
         let committing = o.commit.is_some();
         self.advance_commit(o);
         let compressing = o.swap.is_some() || o.core().compression_wanted();
@@ -744,6 +762,49 @@ impl World {
         }
     }
 
+    /// A reader: maps a random sealed raw segment (through the log's shared mapping
+    /// cache, with its pin, as `open_reader` does) and holds it, or drops one held.
+    fn reader(&mut self, o: &mut Open) {
+        if !o.readers.is_empty() && self.rng.chance(1, 2) {
+            let i = self.rng.below(o.readers.len() as u64) as usize;
+            let (id, _, _) = o.readers.swap_remove(i);
+            self.say(|| format!("reader of segment {id} dropped"));
+            return;
+        }
+        let found = {
+            let mut core = o.core();
+            let sealed = core.sealed_segments();
+            if sealed.is_empty() {
+                return;
+            }
+            let id = sealed[self.rng.below(sealed.len() as u64) as usize]
+                .header
+                .segment_id;
+            match core.locate(id) {
+                Some(Located::Sealed(s)) if !s.compressed && s.header.segment_id == id => {
+                    Some((id, core.pin(id)))
+                }
+                _ => None,
+            }
+        };
+        let Some((id, pin)) = found else { return };
+        let path = self.paths.segment(id);
+        let fs = self.fs.clone();
+        let map = o.shared.mapping(id, &pin, || {
+            fs.open(&path, OpenMode::Read)
+                .and_then(|f| f.map())
+                .map_err(|e| AofError::io("map", &path, e))
+        });
+        match map {
+            Ok(m) => {
+                self.say(|| format!("reader maps segment {id}"));
+                o.readers.push((id, m, pin));
+            }
+            // Compressed (or released) since the look: as a reader would, give up.
+            Err(e) => self.say(|| format!("reader of segment {id}: {e}")),
+        }
+    }
+
     fn append(&mut self, o: &mut Open) {
         let writer = self.rng.below(WRITERS);
         let si = self.sessions.len() - 1;
@@ -808,8 +869,10 @@ impl World {
                 // A failed segment preparation fails the appends that need the segment.
                 Err(e @ AofError::Io { .. }) if self.fs.faults_injected() > 0 => {
                     let msg = e.to_string();
-                    if !msg.contains("/sim/log/segments/") {
-                        self.fail(format!("a preparation error does not name the file: {msg}"));
+                    // A preparation's error names the segment file; Size retention's
+                    // (a release step failing holds new segments back) the mark or file.
+                    if !msg.contains("/sim/log/segments/") && !msg.contains("/sim/log/RELEASED") {
+                        self.fail(format!("an append's error does not name the file: {msg}"));
                     }
                     self.say(|| format!("append refused: {msg}"));
                     return;
@@ -818,6 +881,26 @@ impl World {
                 Err(e) => self.fail(format!("append failed: {e}")),
             }
         }
+    }
+
+    /// Once the faults stop, every queued removal finishes (each retried after its
+    /// pause, however often it failed, whatever readers map), with the readers that
+    /// still hold their mappings.
+    fn removals_finish(&mut self, o: &mut Open) {
+        if o.poisoned_at.is_some() {
+            return;
+        }
+        self.fs.set_faults(Faults::default());
+        for _ in 0..100 {
+            if o.core().removals_pending() == 0 {
+                return;
+            }
+            self.time.fetch_add(60_000_000_000, Ordering::Relaxed);
+            o.shared.wake_shard();
+            self.pump(o, 50);
+        }
+        let n = o.core().removals_pending();
+        self.fail(format!("{n} queued removal(s) never finished"));
     }
 
     /// A poisoned log refuses appends, naming its directory; it is then dropped (or the
@@ -878,7 +961,8 @@ impl World {
                     };
                     self.time.fetch_add(ms * 1_000_000, Ordering::Relaxed);
                 }
-                89..=90 => self.release(&mut o),
+                89 => self.release(&mut o),
+                90 => self.reader(&mut o),
                 91..=92 => {
                     let r = o.core().seal_active();
                     if r.as_ref().is_ok_and(|x| x.1) {
@@ -927,6 +1011,7 @@ impl World {
                 }
             }
         }
+        self.removals_finish(&mut o);
         self.crash(o);
         self.fs.set_faults(Faults::default());
         let opened = recovery::open_log(&self.fs, &self.paths, &self.clock(), 0o600)
@@ -1125,5 +1210,26 @@ fn fusing_a_sync_into_a_file_with_unsynced_writes_is_caught() {
     assert!(
         caught.is_some(),
         "the crash checker did not notice syncs that leave earlier writes undurable"
+    );
+}
+
+/// Negative control for the simulated disk's rule that a mapped file is never opened
+/// for recycling: if the log decided spares without looking at readers' pins, a
+/// released file a reader maps would be recycled under it. The checker must catch
+/// that within a few hundred seeds.
+#[test]
+fn recycling_a_mapped_file_is_caught() {
+    let caught = (0..600u64).find(|&seed| {
+        std::panic::catch_unwind(|| {
+            let mut w = World::new(seed, Model::Blocking, false);
+            w.ignore_pins = true;
+            w.run(400);
+        })
+        .is_err()
+    });
+    println!("recycling a mapped file was caught at seed {caught:?}");
+    assert!(
+        caught.is_some(),
+        "the crash checker did not notice mapped files being recycled"
     );
 }

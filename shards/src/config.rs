@@ -198,8 +198,10 @@ pub struct AofConfig {
     /// Who writes and syncs for a thread that waits for durability (default
     /// [`CommitMode::Caller`]).
     pub commit: CommitMode,
-    /// Released segment files kept per file size for reuse as later segments, which
-    /// then need no zero-writing (default 2; 0 removes every released file).
+    /// The spare pool's bound: released segment files of up to `spare_segments` x
+    /// `segment_target_bytes` bytes in all are kept for reuse as later segments, which
+    /// then need no zero-writing; only sizes a new segment can use are kept (default 2;
+    /// 0 removes every released file).
     pub spare_segments: usize,
     /// Seal the active segment once it is this old (it holds a record this old), so
     /// time-based retention reaches a log that writes slowly. `None` (the default): the

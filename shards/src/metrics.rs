@@ -50,6 +50,12 @@ pub struct FlushMetricsSnapshot {
     pub segments_recycled: u64,
     /// Failed release or removal steps (the log stays usable; they are retried).
     pub release_failures: u64,
+    /// Files whose removal from the directory failed at its last attempt and waits for
+    /// a retry (a gauge: stays above 0 while a removal keeps failing).
+    pub removals_failing: u64,
+    /// Bytes of the spare files kept for recycling (a gauge; at most
+    /// `spare_segments` x `segment_target_bytes`).
+    pub spare_bytes: u64,
     /// Times the log went idle and gave its buffers back.
     pub idle_buffer_releases: u64,
     /// 1 when the log's segment files are written with O_DIRECT; 0 when through the

@@ -43,32 +43,33 @@ impl StreamSegment {
 /// so breaking out of a cursor early and calling `next_segment` again neither skips nor
 /// repeats a record. A cursor handed out earlier stops counting once `next_segment` is
 /// called again.
+///
+/// Its starting point is fixed when it is created: a stream made by
+/// [`SealedSegmentStream::new`] starts at the log's first record *then*; if that
+/// record is released before the stream reaches it, the stream says so
+/// (`AofError::Released`) rather than start silently at the first kept segment.
 pub struct SealedSegmentStream {
     view: LogView,
-    /// Nothing handed out yet from a stream made by `new`: it starts wherever the log
-    /// starts (after any release), rather than failing with `Released`.
-    fresh: bool,
     /// Where the next frame to deliver is (`RecordId` layout; an offset below the
     /// header means the start of that segment, or of the first one after it).
     progress: Arc<AtomicU64>,
 }
 
 impl SealedSegmentStream {
-    /// A stream from the first record of the log.
+    /// A stream from the first record the log keeps now.
     pub fn new(view: LogView) -> SealedSegmentStream {
+        let first = view.lock_core().first_record().segment_index();
         SealedSegmentStream {
             view,
-            fresh: true,
-            progress: Arc::new(AtomicU64::new(0)),
+            progress: Arc::new(AtomicU64::new(pos(u64::from(first), 0))),
         }
     }
 
     /// A stream whose first record is `start` (from the beginning for `None`). `start`
     /// must be the id of a durable record of this log.
     pub fn with_start_from(view: LogView, start: Option<RecordId>) -> AofResult<Self> {
-        let mut s = Self::new(view);
+        let s = Self::new(view);
         if let Some(rid) = start {
-            s.fresh = false;
             let mut c = s.cursor_at(rid)?;
             c.seek(rid)?;
             s.progress.store(rid.as_u64(), Ordering::Release);
@@ -79,8 +80,7 @@ impl SealedSegmentStream {
     /// A stream whose first record is the one after `last` (a consumer resuming after
     /// the last record it processed). `last` must be the id of a durable record.
     pub fn with_start_after(view: LogView, last: RecordId) -> AofResult<Self> {
-        let mut s = Self::new(view);
-        s.fresh = false;
+        let s = Self::new(view);
         let mut c = s.cursor_at(last)?;
         c.seek_after(last)?;
         s.progress.store(c.position().as_u64(), Ordering::Release);
@@ -114,10 +114,7 @@ impl SealedSegmentStream {
         loop {
             // Read before the state: if the log had ended by then, the state is final.
             let ended = self.view.signal().ended();
-            let mut at = self.progress.load(Ordering::Acquire);
-            if self.fresh {
-                at = at.max(pos(self.view.lock_core().first_kept(), 0));
-            }
+            let at = self.progress.load(Ordering::Acquire);
             let (seg, off) = (at >> 32, at & u32::MAX as u64);
             // A stream that fell behind a release learns so, rather than skipping.
             let (located, poison) = match self.view.locate_pinned(seg) {
@@ -151,7 +148,6 @@ impl SealedSegmentStream {
             // Cursors handed out before stop counting: they publish to the old cell.
             let progress = Arc::new(AtomicU64::new(pos(id, start)));
             self.progress = progress.clone();
-            self.fresh = false;
             let made = self
                 .view
                 .reader(l, pin)

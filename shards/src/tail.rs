@@ -56,24 +56,27 @@ pub fn tail_state(view: &LogView) -> TailState {
 /// follow one log; each keeps its own place.
 pub struct TailFollower {
     view: LogView,
-    /// The newest sealed segment reported (or present at creation).
-    sealed_seen: Option<u64>,
-    /// The sealed segment `next_sealed_segment` reported last.
-    sealed_taken: Option<u64>,
+    /// The lowest segment id `next` may report sealed next (every seal from creation
+    /// on is of a segment at or above the first one not sealed then).
+    sealed_next: u64,
+    /// The same for `next_sealed_segment`.
+    taken_next: u64,
     active_seen: Option<u64>,
     durable_seen: u64,
     ended_seen: bool,
 }
 
 impl TailFollower {
-    /// A follower of `view`, starting at its current state.
+    /// A follower of `view`, starting at its current state: it reports every seal
+    /// after that, so a segment sealed later and released before the follower got to
+    /// it is still reported (opening it is `Released`), never skipped.
     pub fn new(view: LogView) -> TailFollower {
         let now = tail_state(&view);
-        let sealed = now.last_sealed.map(|s| s.as_u64());
+        let first_unsealed = view.lock_core().first_unsealed();
         TailFollower {
             view,
-            sealed_seen: sealed,
-            sealed_taken: sealed,
+            sealed_next: first_unsealed,
+            taken_next: first_unsealed,
             active_seen: now.active.map(|s| s.as_u64()),
             durable_seen: now.durable.as_u64(),
             ended_seen: false,
@@ -95,10 +98,10 @@ impl TailFollower {
     /// What to report now, if anything changed since the last report.
     fn poll_state(&mut self) -> Option<Option<TailState>> {
         // Sealed first: the state read after it then includes that seal.
-        let next_sealed = self.view.lock_core().sealed_after(self.sealed_seen);
+        let next_sealed = self.view.lock_core().sealed_from(self.sealed_next);
         let mut st = tail_state(&self.view);
         if let Some(id) = next_sealed {
-            self.sealed_seen = Some(id);
+            self.sealed_next = id + 1;
             st.event = TailEvent::Sealed(SegmentId::new(id));
             return Some(Some(st));
         }
@@ -148,9 +151,9 @@ impl TailFollower {
     }
 
     fn poll_sealed(&mut self) -> Option<Option<SegmentId>> {
-        let next = self.view.lock_core().sealed_after(self.sealed_taken);
+        let next = self.view.lock_core().sealed_from(self.taken_next);
         if let Some(id) = next {
-            self.sealed_taken = Some(id);
+            self.taken_next = id + 1;
             return Some(Some(SegmentId::new(id)));
         }
         if self.view.signal().ended() {

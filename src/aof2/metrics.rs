@@ -51,6 +51,8 @@ impl FlushMetricsExporter {
             ("aof_segment_files_removed_total", s.segment_files_removed),
             ("aof_segments_recycled_total", s.segments_recycled),
             ("aof_release_failures_total", s.release_failures),
+            ("aof_removals_failing", s.removals_failing),
+            ("aof_spare_bytes", s.spare_bytes),
             ("aof_idle_buffer_releases_total", s.idle_buffer_releases),
             ("aof_segments_compressed_total", s.segments_compressed),
             ("aof_compression_raw_bytes_total", s.compression_raw_bytes),

@@ -122,6 +122,15 @@ impl LogFiles {
                 Ok(())
             }
             OpKind::Rename { from, to } => self.fs.rename(from, to),
+            OpKind::Retire { from, to } => match self.fs.rename(from, to) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match (self.fs.kind(from), self.fs.kind(to)) {
+                        (Ok(None), Ok(Some(_))) => Ok(()),
+                        _ => Err(e),
+                    }
+                }
+                r => r,
+            },
             OpKind::Unlink { path } => match self.fs.unlink(path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 r => r,

@@ -54,8 +54,9 @@ impl OpenMode {
 pub enum Mapping {
     /// A read-only memory map.
     Mmap(memmap2::Mmap),
-    /// A copy (the simulated disk).
-    Owned(Vec<u8>),
+    /// A copy (the simulated disk), with the token that tells the disk a mapping of
+    /// its file is alive (see [`sim::SimFs::violations`]).
+    Owned(Vec<u8>, Arc<()>),
     /// An empty file (which cannot be mapped).
     Empty,
 }
@@ -65,7 +66,7 @@ impl Deref for Mapping {
     fn deref(&self) -> &[u8] {
         match self {
             Mapping::Mmap(m) => m,
-            Mapping::Owned(v) => v,
+            Mapping::Owned(v, _) => v,
             Mapping::Empty => &[],
         }
     }

@@ -7,8 +7,12 @@
 //!   the versions it went through (its durable content, or its content after any of
 //!   those writes), chosen at random: writes are kept, dropped or torn per sector;
 //! - each directory keeps a random prefix of its un-fsynced entry changes;
-//! - open handles and locks die with the "process".
+//! - open handles, mappings and locks die with the "process".
 //!
+//! It also keeps a rule of its own: a file is never opened for recycling (a `.spare`
+//! file opened for writing) while a mapping of it is alive, since recycling would
+//! overwrite what a reader holds; a breach is recorded in [`SimFs::violations`] (and
+//! the open fails), for the crash checker to report.
 //! Everything is driven by a seeded generator, so a seed reproduces exactly.
 
 use super::{EntryKind, Fs, FsFile, FsLock, Mapping, OpenMode};
@@ -133,6 +137,17 @@ pub struct Faults {
     /// Parts per million of `fdatasync`s that are slow: the clock given to
     /// [`SimFs::set_clock`] jumps 1–20 ms while they run (timers fire meanwhile).
     pub slow_sync_ppm: u32,
+    /// Parts per million of unlinks failing (EIO or EPERM) before taking effect.
+    pub unlink_error_ppm: u32,
+    /// Parts per million of directory fsyncs failing (EIO) after the changes they
+    /// would make durable were made (they stay pending).
+    pub dir_sync_error_ppm: u32,
+    /// Fail the unlink after this many more succeed (EIO).
+    pub fail_unlink_after: Option<u64>,
+    /// Fail the directory fsync after this many more succeed (EIO).
+    pub fail_dir_sync_after: Option<u64>,
+    /// Every unlink of this path fails (EPERM) until cleared.
+    pub fail_unlink_of: Option<PathBuf>,
 }
 
 struct State {
@@ -149,9 +164,21 @@ struct State {
     /// Faults injected so far (counted and random).
     injected: u64,
     clock: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Live mappings, by inode (their tokens).
+    maps: BTreeMap<u64, Vec<std::sync::Weak<()>>>,
+    /// Breaches of the disk's own rules (see the module docs).
+    violations: Vec<String>,
 }
 
 impl State {
+    fn mapped(&mut self, inode: u64) -> bool {
+        let live = self.maps.get_mut(&inode).map_or(0, |v| {
+            v.retain(|w| w.strong_count() > 0);
+            v.len()
+        });
+        live > 0
+    }
+
     /// True (and counted) with probability `ppm` per million.
     fn draw(&mut self, ppm: u32) -> bool {
         let hit = ppm > 0 && self.rng.below(1_000_000) < u64::from(ppm);
@@ -278,6 +305,8 @@ impl SimFs {
                 faults: Faults::default(),
                 injected: 0,
                 clock: None,
+                maps: BTreeMap::new(),
+                violations: Vec::new(),
             })),
         }
     }
@@ -294,6 +323,11 @@ impl SimFs {
     /// Faults injected so far.
     pub fn faults_injected(&self) -> u64 {
         self.lock().injected
+    }
+
+    /// Breaches of the disk's rules so far: a file opened for recycling while mapped.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
     }
 
     /// The virtual clock slow syncs advance.
@@ -388,6 +422,7 @@ impl SimFs {
             .collect();
         st.inodes.retain(|i, _| live.contains(i));
         st.locks.clear();
+        st.maps.clear();
         st.epoch += 1;
     }
 
@@ -477,7 +512,14 @@ impl FsFile for SimFile {
     }
 
     fn map(&self) -> io::Result<Mapping> {
-        self.with(|s| Ok(Mapping::Owned(s.inodes[&self.inode].current.clone())))
+        self.with(|s| {
+            let live = Arc::new(());
+            s.maps
+                .entry(self.inode)
+                .or_default()
+                .push(Arc::downgrade(&live));
+            Ok(Mapping::Owned(s.inodes[&self.inode].current.clone(), live))
+        })
     }
 }
 
@@ -595,6 +637,16 @@ impl Fs for SimFs {
                 s.dir_fault()?;
                 s.create_file(path)?
             }
+            (OpenMode::Write { .. }, Some(Node::File(i)))
+                if path.extension().is_some_and(|e| e == "spare") && s.mapped(i) =>
+            {
+                let v = format!(
+                    "{} was opened for recycling while a mapping of it is alive",
+                    path.display()
+                );
+                s.violations.push(v.clone());
+                return Err(io::Error::other(v));
+            }
             (_, Some(Node::File(i))) => i,
             (_, Some(Node::Dir)) => {
                 return Err(io::Error::new(
@@ -630,6 +682,24 @@ impl Fs for SimFs {
         if !matches!(s.current.get(path), Some(Node::File(_))) {
             return Err(not_found(path));
         }
+        // Injected unlink failures hit existing files only (a missing one is ENOENT).
+        if s.faults.fail_unlink_of.as_deref() == Some(path) {
+            s.injected += 1;
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        if fault(&mut s.faults.fail_unlink_after) {
+            s.injected += 1;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let ppm = s.faults.unlink_error_ppm;
+        if s.draw(ppm) {
+            let code = if s.rng.chance(1, 2) {
+                libc::EIO
+            } else {
+                libc::EPERM
+            };
+            return Err(io::Error::from_raw_os_error(code));
+        }
         let op = DirOp::Remove(path.to_path_buf());
         apply(&mut s.current, &op);
         s.pending_dir.push((parent_of(path), op));
@@ -639,6 +709,14 @@ impl Fs for SimFs {
     fn fsync_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.dir_fault()?;
+        if fault(&mut s.faults.fail_dir_sync_after) {
+            s.injected += 1;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let ppm = s.faults.dir_sync_error_ppm;
+        if s.draw(ppm) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         s.sync_dir_entries(path);
         Ok(())
     }

@@ -51,17 +51,10 @@ pub(super) enum Effect {
         mark: crate::release_mark::ReleaseMark,
         count: usize,
     },
-    /// A segment's file left the directory (renamed to a spare if `spare`): a released
-    /// segment's, or (`superseded`) the raw file a compressed copy replaced.
+    /// A file left the directory durably: removal `key` of the log's queue (see
+    /// `removal.rs`).
     Removed {
-        seg: u64,
-        size: u64,
-        spare: bool,
-        superseded: bool,
-    },
-    /// A spare file beyond the pool's size was removed (named by its old id).
-    SpareDropped {
-        seg: u64,
+        key: u64,
     },
 }
 
@@ -117,10 +110,10 @@ impl LogCore {
         if let Effect::Prep { .. } | Effect::Adopted { .. } | Effect::Cleaned { .. } = effect {
             return self.prep_failed(effect, e);
         }
-        if let Effect::MarkDurable { .. } | Effect::Removed { .. } | Effect::SpareDropped { .. } =
-            effect
-        {
-            return self.release_failed(effect, e);
+        match effect {
+            Effect::MarkDurable { .. } => return self.mark_failed(e),
+            Effect::Removed { key } => return self.removal_failed(*key, e),
+            _ => {}
         }
         self.metrics.failures += 1;
         if self.poisoned.is_none() {
@@ -138,9 +131,8 @@ impl LogCore {
                 | Effect::Adopted { .. }
                 | Effect::Cleaned { .. }
                 | Effect::MarkDurable { .. }
-                | Effect::Removed { .. }
-                | Effect::SpareDropped { .. } => {
-                    unreachable!("handled by prep_failed or release_failed")
+                | Effect::Removed { .. } => {
+                    unreachable!("handled by prep_failed, mark_failed or removal_failed")
                 }
             };
             let path = self.paths.segment(seg);
@@ -237,13 +229,7 @@ impl LogCore {
             Effect::Prep { seg } => self.prep_step_done(seg),
             Effect::Adopted { seg, size } => self.adopted(seg, size),
             Effect::MarkDurable { mark, count } => self.mark_durable(mark, count),
-            Effect::Removed {
-                seg,
-                size,
-                spare,
-                superseded,
-            } => self.removed(seg, size, spare, superseded),
-            Effect::SpareDropped { seg } => self.spare_dropped(seg),
+            Effect::Removed { key } => self.removed(key),
         }
     }
 

@@ -1,8 +1,8 @@
 //! Compression of sealed segments (`Compression::Zstd`): the core's side. It decides
 //! which segment the background worker compresses next (oldest first, never one being
 //! released), takes note when a swap is finished (the segment is read from its `.zst`
-//! from then on, and its raw file goes: into the spare pool if nobody maps it, else
-//! unlinked), and holds a failed swap back for a while. The worker does the work
+//! from then on, and its raw file is queued for removal, `removal.rs`: into the spare
+//! pool if nobody maps it, else unlinked), and holds a failed swap back for a while. The worker does the work
 //! (`crate::compress`); nothing here does I/O, and no compression runs on a shard.
 //!
 //! Order on disk (the worker's swap, then the raw removal here): `<id>.zst.tmp`
@@ -10,11 +10,10 @@
 //! core hear of it, and only then is the raw file removed (a house chain, its own
 //! directory sync). A crash anywhere leaves a whole copy; recovery removes the other.
 
-use super::ops::Chain;
 use super::release::SegmentPin;
+use super::removal::Leaving;
 use super::LogCore;
 use crate::config::Compression;
-use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,8 +26,6 @@ pub const COMPRESS_RETRY_NS: u64 = 10_000_000_000;
 pub(super) struct Compressions {
     /// The segment the worker is compressing.
     pub(super) running: Option<u64>,
-    /// Raw files a compressed copy replaced, still to remove, oldest first: (id, size).
-    pub(super) superseded: VecDeque<(u64, u64)>,
     /// After a failed swap: no new one before this (monotonic ns).
     pub(super) retry_at: Option<u64>,
     /// Every sealed segment below this id is compressed (or being released): the
@@ -150,7 +147,7 @@ impl LogCore {
         s.compressed = true;
         s.disk_bytes = disk_bytes;
         self.rel.sealed_bytes = self.rel.sealed_bytes - raw + disk_bytes;
-        self.comp.superseded.push_back((id, raw));
+        self.queue_removal(id, raw, Leaving::Superseded);
         self.metrics.segments_compressed += 1;
         self.metrics.compression_raw_bytes += raw;
         self.metrics.compression_disk_bytes += disk_bytes;
@@ -197,14 +194,5 @@ impl LogCore {
             .iter()
             .filter(|s| !s.compressed)
             .fold((0, 0), |(n, b), s| (n + 1, b + s.header.file_size))
-    }
-
-    /// The removal of the oldest raw file a compressed copy replaced: into the spare
-    /// pool if nobody maps it and the pool has room, else unlinked; then the directory
-    /// is synced.
-    pub(super) fn poll_superseded(&mut self) -> Option<Chain> {
-        let &(id, size) = self.comp.superseded.front()?;
-        let spare = self.may_spare(id, size);
-        Some(self.removal(self.paths.segment(id), id, size, spare, true))
     }
 }

@@ -85,7 +85,7 @@ fn the_raw_file_goes_after_the_swap_into_the_spare_pool_unless_someone_maps_it()
     assert_eq!(
         fake.ops[from..],
         [
-            "Rename(/fake/segments/00000000000000000000.seg -> /fake/segments/00000000000000000000.spare)",
+            "Retire(/fake/segments/00000000000000000000.seg -> /fake/segments/00000000000000000000.spare)",
             "SyncDir(/fake/segments)",
             "Unlink(/fake/segments/00000000000000000001.seg)",
             "SyncDir(/fake/segments)",

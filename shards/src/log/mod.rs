@@ -33,6 +33,7 @@ pub mod ops;
 mod prepare;
 mod release;
 pub use release::{ReleaseTicket, SegmentPin};
+mod removal;
 mod retention;
 mod segment;
 mod sizing;
@@ -279,6 +280,13 @@ impl LogCore {
                         self.prep_failure = None; // try again now
                     }
                     self.want = Some((self.next_segment, self.segment_size_for(frame)));
+                    // Size retention holds new files back while released ones are on
+                    // disk: if removing one keeps failing, say so rather than wait.
+                    if self.prep.is_none() && self.removal_lags() {
+                        if let Some(e) = self.lagging_removal_error() {
+                            return Err(e);
+                        }
+                    }
                     return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
                 }
             }
@@ -527,6 +535,8 @@ impl LogCore {
         let (segs, bytes) = self.compression_backlog();
         FlushMetricsSnapshot {
             backlog_bytes: self.unflushed_bytes(),
+            removals_failing: self.removals_failing(),
+            spare_bytes: self.spare_bytes(),
             compression_backlog_segments: segs,
             compression_backlog_bytes: bytes,
             ..self.metrics
@@ -642,6 +652,12 @@ impl LogCore {
         }
     }
 
+    /// Negative control for the crash checker: decide spares without looking at readers'
+    /// pins, so mapped files get recycled (the simulated disk must refuse it).
+    pub fn ignore_pins_for_test(&mut self) {
+        self.rel.ignore_pins = true;
+    }
+
     /// Takes buffers and blocks from `arena` (a shard's registered memory) from now on.
     pub fn set_arena(&mut self, arena: Arc<BufferArena>) {
         self.arena = Some(arena);
@@ -661,6 +677,8 @@ fn generation(nonce: u64, id: u64) -> u32 {
 mod compression_tests;
 #[cfg(test)]
 mod release_tests;
+#[cfg(test)]
+mod removal_tests;
 #[cfg(test)]
 mod sizing_tests;
 #[cfg(test)]

@@ -76,6 +76,10 @@ pub enum OpKind {
     /// Rename within the segment directory (replacing `to` if it exists).
     #[allow(missing_docs)]
     Rename { from: PathBuf, to: PathBuf },
+    /// Rename `from` to `to` as a step that may be retried: `from` missing with `to`
+    /// in place means an earlier attempt did it, which is success.
+    #[allow(missing_docs)]
+    Retire { from: PathBuf, to: PathBuf },
     /// `fsync` a directory so creates, renames and unlinks in it are durable.
     #[allow(missing_docs)]
     SyncDir { path: PathBuf },
@@ -97,6 +101,9 @@ impl std::fmt::Debug for OpKind {
             OpKind::Close { seg } => write!(f, "Close({seg})"),
             OpKind::Rename { from, to } => {
                 write!(f, "Rename({} -> {})", from.display(), to.display())
+            }
+            OpKind::Retire { from, to } => {
+                write!(f, "Retire({} -> {})", from.display(), to.display())
             }
             OpKind::SyncDir { path } => write!(f, "SyncDir({})", path.display()),
             OpKind::Unlink { path } => write!(f, "Unlink({})", path.display()),

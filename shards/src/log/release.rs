@@ -1,24 +1,25 @@
 //! Releasing a log's head: whole sealed segments, oldest first, never the active one.
 //!
 //! A release is asked for by `release_before` or by the retention policy (both only
-//! raise `want`, the first segment to keep). It becomes durable in two steps, each a
-//! chain of its own, so that a crash at any point leaves the log starting at a segment
-//! boundary with nothing missing in the middle:
+//! raise `want`, the first segment to keep). It becomes durable in two steps, so that a
+//! crash at any point leaves the log starting at a segment boundary with nothing
+//! missing in the middle:
 //! 1. the release mark (`<root>/RELEASED`, see `release_mark`) is replaced: written to a
 //!    temporary file, synced, renamed over the mark, the directory synced. From its
 //!    completion on, the segments below it are released: readers get `Released`, and a
 //!    reopen removes whatever files of them are left;
-//! 2. the released files leave the segment directory one at a time, oldest first, each
-//!    removal made durable (directory fsync) before the next: a file nobody reads is
-//!    renamed into the spare pool if the pool for its size has room, anything else is
-//!    unlinked (a reader's mapping stays valid until it drops it; a file someone reads
-//!    is never reused).
+//! 2. the released files leave the segment directory (`removal.rs`): renamed into the
+//!    spare pool if nobody maps them and the pool has room, else unlinked, each made
+//!    durable with a directory fsync (a reader's mapping stays valid until it drops
+//!    it; a file someone reads is never reused).
 //!
 //! A failed step loses nothing and poisons nothing: the mark was not replaced (or a
-//! removal did not happen, which a reopen finishes); it is retried after a pause, and
-//! the release callers waiting get the error.
+//! removal did not happen, which a retry or a reopen finishes); it is retried after a
+//! pause. A `release_before` call fails only for its own mark or its own segments'
+//! removals, never for someone else's.
 
 use super::ops::{Chain, IoData, OpKind};
+use super::removal::{Leaving, Removal, RELEASE_RETRY_NS};
 use super::{pos, Effect, LogCore, Progress};
 use crate::buffer::AlignedBuf;
 use crate::config::RecordId;
@@ -31,9 +32,6 @@ use std::sync::{Arc, Weak};
 
 /// The file key the release mark is written under (segment ids stay below 2^32).
 pub(super) const MARK_KEY: u64 = u64::MAX;
-
-/// How long after a failed release step it is retried (ns).
-pub(super) const RELEASE_RETRY_NS: u64 = 1_000_000_000;
 
 /// Held by every reader of a segment (mapped or not): a file with a live pin is never
 /// reused, only unlinked.
@@ -51,6 +49,17 @@ pub(super) struct ReleaseFailure {
     pub(super) retry_at: u64,
 }
 
+impl ReleaseFailure {
+    /// The failure as an error naming its step and file.
+    pub(super) fn error(&self) -> AofError {
+        AofError::io(
+            self.op,
+            &self.path,
+            crate::error::copy_io_error(&self.error),
+        )
+    }
+}
+
 /// The release state of a log.
 #[derive(Default)]
 pub(super) struct Releases {
@@ -60,17 +69,19 @@ pub(super) struct Releases {
     pub(super) first_record_index: u64,
     /// Asked for: release the sealed segments below this id.
     pub(super) want: u64,
-    /// Released segments whose files are still in the directory, oldest first:
-    /// (id, file size).
-    pub(super) removing: VecDeque<(u64, u64, bool)>,
-    /// Spare files (released files kept for reuse): (old id, file size).
+    /// Files leaving the directory, in the order queued (see `removal.rs`).
+    pub(super) removals: VecDeque<Removal>,
+    /// Key of the next removal queued.
+    pub(super) next_removal: u64,
+    /// Spare files (released files kept for reuse), oldest first: (old id, file size).
     pub(super) spares: Vec<(u64, u64)>,
     /// Readers' pins, by segment.
     pub(super) pins: HashMap<u64, Weak<SegmentPin>>,
-    /// The last failed step, until a later one succeeds.
-    pub(super) failure: Option<ReleaseFailure>,
-    /// Failed steps so far: a release caller fails if one fails after it asked.
-    pub(super) failures: u64,
+    /// The last failed attempt to replace the mark, until one succeeds.
+    pub(super) mark_failure: Option<ReleaseFailure>,
+    /// Failed mark replacements so far: a release caller fails if one fails after it
+    /// asked.
+    pub(super) mark_failures: u64,
     /// Bytes of the sealed segment files kept (for `RetentionPolicy::Size`).
     pub(super) sealed_bytes: u64,
     /// Time-based retention: each kept sealed segment's deadline (monotonic ns), in id
@@ -78,6 +89,9 @@ pub(super) struct Releases {
     pub(super) expiry: VecDeque<(u64, u64)>,
     /// The policy is `RetentionPolicy::Time`: appends note their monotonic time.
     pub(super) timed: bool,
+    /// Negative control for the crash checker: decide spares without looking at pins,
+    /// so mapped files get recycled (the simulated disk must catch it). Tests only.
+    pub(super) ignore_pins: bool,
 }
 
 /// What a `release_before` call waits for.
@@ -87,7 +101,10 @@ pub struct ReleaseTicket {
     pub first_kept: u64,
     /// Segments this call released (0 when earlier calls had asked for them all).
     pub released: usize,
-    failures_seen: u64,
+    /// The first segment this call's release covers (earlier ones were asked for by
+    /// others): its own removals are those from here to `first_kept`.
+    from: u64,
+    mark_failures_seen: u64,
 }
 
 impl LogCore {
@@ -120,7 +137,8 @@ impl LogCore {
             return Ok(ReleaseTicket {
                 first_kept: self.rel.first_kept,
                 released: 0,
-                failures_seen: self.rel.failures,
+                from: self.rel.first_kept,
+                mark_failures_seen: self.rel.mark_failures,
             });
         }
         let target = match self.sealed.get(k) {
@@ -137,23 +155,28 @@ impl LogCore {
         Ok(ReleaseTicket {
             first_kept: target,
             released,
-            failures_seen: self.rel.failures,
+            from: before,
+            mark_failures_seen: self.rel.mark_failures,
         })
     }
 
-    /// `Some` once the release `t` asked for is durable, or failed (a release step
-    /// failed after it was asked for, or the log was poisoned or closed first).
+    /// `Some` once the release `t` asked for is durable and its own segments' files
+    /// are removed, or it failed: its mark could not be replaced (after it was asked
+    /// for), one of its own files could not be removed (the release itself is durable
+    /// then, and the removal is retried), or the log was poisoned or closed first.
     pub fn release_outcome(&self, t: &ReleaseTicket) -> Option<AofResult<usize>> {
         if self.rel.first_kept >= t.first_kept {
-            return Some(Ok(t.released));
+            return match self.released_removals(t.from, t.first_kept) {
+                Err(e) => Some(Err(e)),
+                Ok(true) => Some(Ok(t.released)),
+                // A close leaves removals to the next open (the mark is durable).
+                Ok(false) if self.closing || self.poisoned.is_some() => Some(Ok(t.released)),
+                Ok(false) => None,
+            };
         }
-        if self.rel.failures > t.failures_seen {
-            if let Some(f) = &self.rel.failure {
-                return Some(Err(AofError::io(
-                    f.op,
-                    &f.path,
-                    crate::error::copy_io_error(&f.error),
-                )));
+        if self.rel.mark_failures > t.mark_failures_seen {
+            if let Some(f) = &self.rel.mark_failure {
+                return Some(Err(f.error()));
             }
         }
         if let Some(e) = self.poison() {
@@ -170,7 +193,7 @@ impl LogCore {
 
     /// The id of the first segment not sealed: the active (or rolling) one, else the
     /// id the next segment will get.
-    pub(super) fn first_unsealed(&self) -> u64 {
+    pub fn first_unsealed(&self) -> u64 {
         self.segs.front().map_or(self.next_segment, |s| s.id)
     }
 
@@ -220,122 +243,34 @@ impl LogCore {
         p
     }
 
-    fn pinned(&self, id: u64) -> bool {
-        self.rel.pins.get(&id).is_some_and(|w| w.strong_count() > 0)
-    }
-
-    /// Whether segment `id`'s raw file (of `size` bytes), leaving the directory, may
-    /// become a spare: nobody maps it (no pin) and the pool for its size has room.
-    /// Its pin entry goes either way: the segment is on its way out.
-    pub(super) fn may_spare(&mut self, id: u64, size: u64) -> bool {
-        let same_size = self.rel.spares.iter().filter(|s| s.1 == size).count();
-        let spare = !self.pinned(id) && same_size < self.cfg.spare_segments;
-        self.rel.pins.remove(&id);
-        spare
-    }
-
     /// True while a release step is wanted or running (a close waits for the mark).
     pub(super) fn release_pending(&self) -> bool {
-        self.house_io.is_some() || (self.mark_wanted() && self.rel.failure.is_none())
+        self.house_io.is_some() || (self.mark_wanted() && self.rel.mark_failure.is_none())
     }
 
     fn mark_wanted(&self) -> bool {
         self.rel.want > self.rel.first_kept
     }
 
-    /// The next release chain: the mark, or the removal of the oldest released file.
+    /// The next house chain: the mark (unless it waits out a failure's pause), else a
+    /// file's removal (`removal.rs`).
     pub(super) fn poll_house(&mut self, now: u64) -> Option<Chain> {
         if self.house_io.is_some() {
             return None;
         }
-        if let Some(f) = &self.rel.failure {
-            if now < f.retry_at {
-                return None;
-            }
-        }
-        if self.mark_wanted() {
+        let mark_waits = self
+            .rel
+            .mark_failure
+            .as_ref()
+            .is_some_and(|f| now < f.retry_at);
+        if self.mark_wanted() && !mark_waits {
             return Some(self.mark_chain());
         }
         // Removals wait for a reopen once closing: the mark already released them.
         if self.closing {
             return None;
         }
-        let Some(&(id, size, compressed)) = self.rel.removing.front() else {
-            return self.poll_superseded().or_else(|| self.trim_spares());
-        };
-        // A compressed file is never a spare (it is not a segment file's size or shape).
-        let spare = !compressed && self.may_spare(id, size);
-        Some(self.removal(self.paths.sealed(id, compressed), id, size, spare, false))
-    }
-
-    /// The chain that takes `path` (segment `id`'s file of `size` bytes) out of the
-    /// directory: renamed to a spare if `spare`, else unlinked; then the directory
-    /// synced. `superseded`: a raw file a compressed copy replaced, not a released one.
-    pub(super) fn removal(
-        &mut self,
-        path: std::path::PathBuf,
-        id: u64,
-        size: u64,
-        spare: bool,
-        superseded: bool,
-    ) -> Chain {
-        let first = if spare {
-            OpKind::Rename {
-                from: path,
-                to: self.paths.spare(id),
-            }
-        } else {
-            OpKind::Unlink { path }
-        };
-        let kinds = vec![
-            first,
-            OpKind::SyncDir {
-                path: self.paths.segments.clone(),
-            },
-        ];
-        let effect = Effect::Removed {
-            seg: id,
-            size,
-            spare,
-            superseded,
-        };
-        self.house_chain(kinds, effect)
-    }
-
-    /// Removes the oldest spare of a size that has more than the pool keeps (spares a
-    /// crash left below the mark, or a smaller `spare_segments` than before).
-    fn trim_spares(&mut self) -> Option<Chain> {
-        let &(seg, _) = self.excess_spare()?;
-        // Out of the pool now, so no preparation recycles it meanwhile.
-        self.rel.spares.retain(|s| s.0 != seg);
-        let kinds = vec![
-            OpKind::Unlink {
-                path: self.paths.spare(seg),
-            },
-            OpKind::SyncDir {
-                path: self.paths.segments.clone(),
-            },
-        ];
-        Some(self.house_chain(kinds, Effect::SpareDropped { seg }))
-    }
-
-    fn excess_spare(&self) -> Option<&(u64, u64)> {
-        let keep = self.cfg.spare_segments;
-        self.rel
-            .spares
-            .iter()
-            .find(|&&(_, size)| self.rel.spares.iter().filter(|s| s.1 == size).count() > keep)
-    }
-
-    /// Spare `seg` was removed (it left the pool when its removal started).
-    pub(super) fn spare_dropped(&mut self, seg: u64) -> Progress {
-        assert!(
-            self.rel.spares.iter().all(|s| s.0 != seg),
-            "spare {seg} dropped while still in the pool"
-        );
-        self.rel.failure = None;
-        self.metrics.segment_files_removed += 1;
-        Progress::default()
+        self.poll_removals(now)
     }
 
     /// How many of the oldest sealed segments a release asked for (not released yet).
@@ -412,72 +347,35 @@ impl LogCore {
         let released: Vec<_> = self.sealed.drain(..count).collect();
         for s in &released {
             assert!(s.header.segment_id < mark.first_segment);
-            self.rel
-                .removing
-                .push_back((s.header.segment_id, s.header.file_size, s.compressed));
+            self.queue_removal(
+                s.header.segment_id,
+                s.header.file_size,
+                Leaving::Released {
+                    compressed: s.compressed,
+                },
+            );
             self.forget_released(s);
         }
         self.rel.first_kept = mark.first_segment;
         self.rel.first_record_index = mark.first_record_index;
-        self.rel.failure = None;
+        self.rel.mark_failure = None;
         self.metrics.segments_released += count as u64;
         Progress { wake_waiters: true }
     }
 
-    /// Segment `seg`'s file left the directory (as a spare if `spare`): the oldest
-    /// released one, or (`superseded`) the oldest raw file a compressed copy replaced.
-    pub(super) fn removed(
-        &mut self,
-        seg: u64,
-        size: u64,
-        spare: bool,
-        superseded: bool,
-    ) -> Progress {
-        let front = if superseded {
-            self.comp.superseded.pop_front().map(|f| f.0)
-        } else {
-            self.rel.removing.pop_front().map(|f| f.0)
-        };
-        assert_eq!(front, Some(seg), "removed a segment file out of order");
-        if spare {
-            self.rel.spares.push((seg, size));
-        }
-        self.rel.failure = None;
-        self.metrics.segment_files_removed += 1;
-        Progress::default()
-    }
-
-    /// A release step failed: nothing is lost; it is retried after a pause.
-    pub(super) fn release_failed(&mut self, effect: &Effect, e: io::Error) -> Progress {
-        let (op, path) = match effect {
-            Effect::MarkDurable { .. } => ("replace the release mark", self.paths.released.clone()),
-            Effect::Removed {
-                seg,
-                superseded: true,
-                ..
-            } => (
-                "remove the raw file of the compressed segment",
-                self.paths.segment(*seg),
-            ),
-            Effect::Removed { seg, .. } => {
-                let compressed = self.rel.removing.front().is_some_and(|r| r.2);
-                (
-                    "remove the released segment file",
-                    self.paths.sealed(*seg, compressed),
-                )
-            }
-            Effect::SpareDropped { seg } => ("remove the spare file", self.paths.spare(*seg)),
-            _ => unreachable!("not a release effect"),
-        };
+    /// Replacing the mark failed: nothing is released; it is retried after a pause,
+    /// and the release callers waiting get the error.
+    pub(super) fn mark_failed(&mut self, e: io::Error) -> Progress {
+        let path = self.paths.released.clone();
         log::warn!(
-            "aof2: {op} {} failed: {e}; retried in {} ms",
+            "aof2: replacing the release mark {} failed: {e}; retried in {} ms",
             path.display(),
             RELEASE_RETRY_NS / 1_000_000
         );
         self.metrics.release_failures += 1;
-        self.rel.failures += 1;
-        self.rel.failure = Some(ReleaseFailure {
-            op,
+        self.rel.mark_failures += 1;
+        self.rel.mark_failure = Some(ReleaseFailure {
+            op: "replace the release mark",
             path,
             error: e,
             retry_at: self.clock.monotonic_ns() + RELEASE_RETRY_NS,
@@ -487,11 +385,12 @@ impl LogCore {
 
     /// When a failed release step is retried, if one waits.
     pub(super) fn release_deadline(&self) -> Option<u64> {
-        let f = self.rel.failure.as_ref()?;
-        (self.mark_wanted()
-            || !self.rel.removing.is_empty()
-            || !self.comp.superseded.is_empty()
-            || self.excess_spare().is_some())
-        .then_some(f.retry_at)
+        let mark = self
+            .rel
+            .mark_failure
+            .as_ref()
+            .filter(|_| self.mark_wanted())
+            .map(|f| f.retry_at);
+        [mark, self.removal_deadline()].into_iter().flatten().min()
     }
 }

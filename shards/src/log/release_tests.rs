@@ -1,6 +1,7 @@
 //! Releasing a log's head, driven by the fake executor of `tests.rs`.
 
-use super::release::{MARK_KEY, RELEASE_RETRY_NS};
+use super::release::MARK_KEY;
+use super::removal::RELEASE_RETRY_NS;
 use super::tests::{append, cfg, core, Fake};
 use super::*;
 use crate::release_mark::ReleaseMark;
@@ -53,8 +54,8 @@ fn a_release_makes_the_mark_durable_first_then_removes_oldest_first() {
         format!("Close({MARK_KEY})"),
         "Rename(/fake/RELEASED.tmp -> /fake/RELEASED)".into(),
         "SyncDir(/fake)".into(),
-        // Oldest first, each removal durable before the next; one spare per size.
-        "Rename(/fake/segments/00000000000000000000.seg -> /fake/segments/00000000000000000000.spare)".into(),
+        // Oldest first, each removal durable before the next; the pool holds one.
+        "Retire(/fake/segments/00000000000000000000.seg -> /fake/segments/00000000000000000000.spare)".into(),
         "SyncDir(/fake/segments)".into(),
         "Unlink(/fake/segments/00000000000000000001.seg)".into(),
         "SyncDir(/fake/segments)".into(),

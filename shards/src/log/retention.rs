@@ -144,12 +144,10 @@ impl LogCore {
     /// Under `Size`, preparing a new segment file waits while two or more files the
     /// policy let go are still on disk (released or about to be, not yet removed), so a
     /// writer faster than removal (a directory fsync per file) slows to its pace
-    /// instead of overrunning the limit. A failing release does not hold it up.
+    /// instead of overrunning the limit. While a removal keeps failing, the limit keeps
+    /// holding: appends that need a new segment get its error (`append`).
     pub(super) fn removal_lags(&self) -> bool {
-        if !matches!(self.cfg.retention, RetentionPolicy::Size { .. }) || self.rel.failure.is_some()
-        {
-            return false;
-        }
-        self.rel.removing.len() + self.sealed_wanted() >= 2
+        matches!(self.cfg.retention, RetentionPolicy::Size { .. })
+            && self.released_on_disk() + self.sealed_wanted() >= 2
     }
 }

@@ -101,20 +101,14 @@ impl LogCore {
             })
     }
 
-    /// The id of the first sealed segment after `after` (the first of all for `None`).
-    /// If segments after `after` were released since, the first of those ids: a
-    /// follower that fell behind a release then gets `Released` opening it, rather
-    /// than skipping it unawares.
-    pub fn sealed_after(&self, after: Option<u64>) -> Option<u64> {
-        if let Some(a) = after {
-            if a + 1 < self.rel.first_kept {
-                return Some(a + 1);
-            }
+    /// The id of the first sealed segment from `from` on. If `from` was released
+    /// since, `from` itself: a follower that fell behind a release then gets
+    /// `Released` opening it, rather than skipping it unawares.
+    pub fn sealed_from(&self, from: u64) -> Option<u64> {
+        if from < self.rel.first_kept {
+            return Some(from);
         }
-        let i = match after {
-            Some(a) => self.sealed.partition_point(|s| s.header.segment_id <= a),
-            None => 0,
-        };
+        let i = self.sealed.partition_point(|s| s.header.segment_id < from);
         self.sealed.get(i).map(|s| s.header.segment_id)
     }
 
