@@ -446,3 +446,58 @@ fn readers_racing_swaps_and_releases_see_their_bytes_or_released_never_an_error(
     assert!(ok > 0 && released > 0, "ok {ok}, released {released}");
     assert!(aof.flush_metrics().segments_compressed > 0);
 }
+
+/// A panic inside a swap (a broken invariant; a test hook injects one) abandons that
+/// segment's swap only: no temp file is left, the raw segment stays and reads back,
+/// the failure is counted, the worker goes on with the log's other segments and with
+/// another log, and closing the log returns.
+#[test]
+fn a_panicking_swap_is_abandoned_and_the_worker_and_the_close_go_on() {
+    init_log();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let set = ShardSet::start(&AofManagerConfig::default()).unwrap();
+    let a = LogHandle::open(&set, zstd_cfg(da.path())).unwrap();
+    let b = LogHandle::open(&set, zstd_cfg(db.path())).unwrap();
+    a.inject_compression_panic();
+    let mut recs = Vec::new();
+    for i in 0..3000 {
+        let p = json_line(i);
+        recs.push((a.append(&p).unwrap(), p));
+        b.append(&json_line(i)).unwrap();
+    }
+    a.flush().unwrap();
+    b.flush().unwrap();
+    let sealed = |l: &LogHandle| l.view().catalog().iter().filter(|s| s.sealed).count();
+    assert!(sealed(&a) >= 3 && sealed(&b) >= 3);
+    let start = Instant::now();
+    loop {
+        let (ma, mb) = (a.metrics(), b.metrics());
+        if mb.compression_backlog_segments == 0
+            && ma.compression_backlog_segments == 0
+            && ma.compression_failures == 1
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker stopped: {ma:?} {mb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cat = a.view().catalog();
+    let raw: Vec<_> = cat.iter().filter(|s| s.sealed && !s.compressed).collect();
+    assert_eq!(raw.len(), 1, "the abandoned segment stays raw: {cat:?}");
+    assert!(b.view().catalog().iter().all(|s| !s.sealed || s.compressed));
+    let (_, names) = dir_bytes(da.path());
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    for (rid, p) in &recs {
+        let r = a
+            .open_reader(SegmentId::new(rid.segment_index() as u64))
+            .unwrap();
+        assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
+    }
+    within(Duration::from_secs(10), "close of the log", move || {
+        a.close()
+    });
+    drop(b);
+}

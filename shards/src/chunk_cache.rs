@@ -21,9 +21,11 @@ struct Lru {
     /// Each key's latest stamp in `order`.
     stamps: HashMap<ChunkKey, u64>,
     next_stamp: u64,
+    /// Bytes held: the capacity of every chunk's buffer and of every spare buffer.
     bytes: usize,
     /// Buffers of evicted chunks nobody holds, for the next inflations (their pages
-    /// are resident: a new buffer would fault each in).
+    /// are resident: a new buffer would fault each in). They count against the budget
+    /// like chunks, and go first when it is exceeded.
     spares: Vec<Vec<u8>>,
 }
 
@@ -45,7 +47,7 @@ pub struct ChunkCacheStats {
     pub hits: u64,
     /// Reads that inflated their chunk.
     pub misses: u64,
-    /// Bytes of inflated chunks held now.
+    /// Bytes held now: inflated chunks and spare buffers (at most the budget).
     pub bytes: u64,
 }
 
@@ -77,9 +79,14 @@ impl ChunkCache {
             return Ok(c);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let buf = self.lock().spares.pop().unwrap_or_default();
+        let buf = {
+            let mut l = self.lock();
+            let b = l.spares.pop().unwrap_or_default();
+            l.bytes -= b.capacity();
+            b
+        };
         let c = Arc::new(inflate(buf)?);
-        if c.len() <= self.budget {
+        if c.capacity() <= self.budget {
             self.insert(key, c.clone());
         }
         Ok(c)
@@ -105,13 +112,18 @@ impl ChunkCache {
         if l.map.contains_key(&key) {
             return; // another reader inflated it meanwhile
         }
-        l.bytes += c.len();
+        l.bytes += c.capacity();
         l.map.insert(key, c);
         let stamp = l.next_stamp;
         l.next_stamp += 1;
         l.stamps.insert(key, stamp);
         l.order.push_back((key, stamp));
         while l.bytes > self.budget {
+            // Spare buffers go first: they hold no chunk.
+            if let Some(b) = l.spares.pop() {
+                l.bytes -= b.capacity();
+                continue;
+            }
             let Some((k, s)) = l.order.pop_front() else {
                 break;
             };
@@ -120,9 +132,13 @@ impl ChunkCache {
             }
             l.stamps.remove(&k);
             if let Some(old) = l.map.remove(&k) {
-                l.bytes -= old.len();
-                if let (Ok(buf), true) = (Arc::try_unwrap(old), l.spares.len() < SPARES) {
-                    l.spares.push(buf);
+                l.bytes -= old.capacity();
+                // Kept for the next inflation only while the budget has room for it.
+                if let Ok(buf) = Arc::try_unwrap(old) {
+                    if l.spares.len() < SPARES && l.bytes + buf.capacity() <= self.budget {
+                        l.bytes += buf.capacity();
+                        l.spares.push(buf);
+                    }
                 }
             }
         }
@@ -175,6 +191,21 @@ mod tests {
         }
         assert!(c.lock().order.len() < 200, "places compacted");
         assert_eq!(get(&c, 1, 100).0[0], 1);
+    }
+
+    /// Every buffer the cache holds counts against its budget, spares included.
+    #[test]
+    fn spare_buffers_count_against_the_budget() {
+        let c = ChunkCache::new(350);
+        for k in 0..50 {
+            get(&c, k, 100);
+            let l = c.lock();
+            let held: usize = l.map.values().map(|v| v.capacity()).sum::<usize>()
+                + l.spares.iter().map(Vec::capacity).sum::<usize>();
+            assert_eq!(held, l.bytes, "the account matches what is held");
+            assert!(l.bytes <= 350, "{} bytes held", l.bytes);
+        }
+        assert_eq!(c.stats().bytes as usize, c.lock().bytes);
     }
 
     #[test]

@@ -565,6 +565,13 @@ impl LogHandle {
         self.shared.wake_shard();
     }
 
+    /// Test hook: the compression worker's next swap step of this log panics; the swap
+    /// is abandoned, the segment stays raw, and the worker goes on.
+    #[doc(hidden)]
+    pub fn inject_compression_panic(&self) {
+        self.shared.lock_core().inject_compression_panic();
+    }
+
     /// Counters and gauges.
     pub fn metrics(&self) -> FlushMetricsSnapshot {
         let m = self.shared.lock_core().metrics();

@@ -66,6 +66,10 @@ pub struct LogShared {
     zmaps: Mutex<HashMap<u64, CachedZst>>,
     /// Mappings below this segment were dropped (released).
     maps_floor: AtomicU64,
+    /// Segments whose raw file a compressed copy replaced: a reader that located the
+    /// raw file before the swap still maps it, but the cache never keeps that mapping
+    /// (it would keep the unlinked file's blocks, and its pin, for as long as cached).
+    compressed: Mutex<std::collections::HashSet<u64>>,
     /// The compression worker, for `Compression::Zstd` logs.
     compressor: OnceLock<Arc<dyn CompressLink>>,
     /// In the worker's queue.
@@ -97,6 +101,7 @@ impl LogShared {
             maps: Mutex::new(HashMap::new()),
             zmaps: Mutex::new(HashMap::new()),
             maps_floor: AtomicU64::new(0),
+            compressed: Mutex::default(),
             compressor: OnceLock::new(),
             compress_queued: AtomicBool::new(false),
         }
@@ -157,9 +162,10 @@ impl LogShared {
         }
         let m = Arc::new(map()?);
         let mut maps = lock();
-        // Released meanwhile (`forget_released_maps` raised the floor first): the
-        // caller's reader holds this mapping, with its pin; the cache must not.
-        if id < self.maps_floor.load(Ordering::Acquire) {
+        // Released meanwhile (`forget_released_maps` raised the floor first), or its raw
+        // file replaced by a compressed copy (`forget_map`): the caller's reader holds
+        // this mapping, with its pin; the cache must not.
+        if id < self.maps_floor.load(Ordering::Acquire) || self.compressed_now(id) {
             return Ok(m);
         }
         if maps.len() >= MAX_CACHED_MAPS {
@@ -199,12 +205,32 @@ impl LogShared {
     }
 
     /// Drops the cached mapping of segment `id` (its raw file was replaced by a
-    /// compressed one), so the raw file can be reused once readers let go.
+    /// compressed one) and keeps it from being cached again, so the raw file can be
+    /// reused, or its blocks freed, once readers let go.
     pub fn forget_map(&self, id: u64) {
+        self.compressed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
         self.maps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+    }
+
+    fn compressed_now(&self, id: u64) -> bool {
+        self.compressed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    /// True when a mapping of sealed segment `id` is cached (tests).
+    pub fn mapping_cached(&self, id: u64) -> bool {
+        self.maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     /// Drops the cached mappings of segments below `first_kept` (released): before a
@@ -219,6 +245,11 @@ impl LogShared {
         drop(maps);
         let mut zmaps = self.zmaps.lock().unwrap_or_else(|p| p.into_inner());
         zmaps.retain(|&id, _| id >= first_kept);
+        drop(zmaps);
+        self.compressed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&id| id >= first_kept);
     }
 
     /// Publishes the core's durable position (and whether the log ended) to waiters.
@@ -414,6 +445,27 @@ mod tests {
             matches!(shared.take_commit(), Commit::Idle),
             "nothing more runs"
         );
+    }
+
+    /// A reader that located a segment's raw file before its compressed copy replaced
+    /// it may still map the raw file; the cache never keeps that mapping (nor its pin),
+    /// so the unlinked file's blocks are freed once the reader lets go.
+    #[test]
+    fn a_raw_mapping_made_after_its_swap_is_never_cached() {
+        let shared = log();
+        let (p5, p6) = {
+            let mut core = shared.lock_core();
+            (core.pin(5), core.pin(6))
+        };
+        shared.forget_map(5); // the swap of segment 5 finished
+        let m = shared.mapping(5, &p5, || Ok(Mapping::Empty)).unwrap();
+        assert!(m.is_empty());
+        assert!(
+            !shared.mapping_cached(5),
+            "a raw mapping cached after its swap"
+        );
+        shared.mapping(6, &p6, || Ok(Mapping::Empty)).unwrap();
+        assert!(shared.mapping_cached(6), "other segments are cached");
     }
 
     #[test]

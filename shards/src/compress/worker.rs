@@ -7,12 +7,16 @@
 //! counts those raw files, and no writer ever waits for compression.
 //!
 //! A closing log stops its swap before the rename (its close waits for that); a failed
-//! swap leaves the raw file and is retried after [`COMPRESS_RETRY_NS`].
+//! swap leaves the raw file and is retried after [`COMPRESS_RETRY_NS`]. A swap that
+//! panics (a broken invariant) is abandoned: its temp file removed, the raw file kept
+//! (and left raw for the rest of the session), the failure counted and logged; the
+//! worker goes on with other logs, and the log's close does not wait for it.
 
 use super::swap::{Stepped, Swap, SwapError};
 use crate::log::{Swapped, COMPRESS_RETRY_NS};
 use crate::log_shared::{CompressLink, LogShared};
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -134,41 +138,65 @@ fn run(q: &Queue) {
         log.compression_dequeued();
         let job = log.lock_core().next_compression();
         let Some(job) = job else { continue };
-        let mut swap = Swap::new(job);
+        let id = job.segment;
         let fs = log.files.fs().clone();
-        let stop = || q.stopping() || !log.lock_core().compression_continues();
-        let outcome = loop {
-            match swap.step(&*fs, &stop) {
-                Ok(Stepped::More) => {}
-                other => break other,
+        let mut swap = Some(Swap::new(job));
+        // A panic in a swap (a broken invariant) abandons that segment's swap only:
+        // its temp file goes, the raw file stays, and the worker goes on.
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            swap_one(q, &log, &weak, &*fs, swap.as_mut().expect("a swap"))
+        }));
+        if let Err(p) = r {
+            let cause = crate::shard::panic_message(&*p);
+            if let Some(s) = swap.as_mut() {
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| s.clean_up(&*fs)));
             }
-        };
-        let id = swap.segment();
-        match outcome {
-            Ok(Stepped::Done { disk_bytes }) => {
-                let swapped = log.lock_core().compression_done(id, disk_bytes);
-                // New readers open the compressed file; the raw one's cached mapping
-                // (and its pin) goes before its removal is planned.
-                log.forget_map(id);
-                if swapped == Swapped::Released {
-                    remove_orphan(&*fs, swap.target());
-                }
-            }
-            Ok(_) => {
-                swap.clean_up(&*fs);
-                log.lock_core().compression_stopped(id);
-            }
-            Err(SwapError { op, path, error }) => {
-                swap.clean_up(&*fs);
-                log.lock_core().compression_failed(id, op, &path, &error);
-                let at = Instant::now() + Duration::from_nanos(COMPRESS_RETRY_NS);
-                q.lock().retry.push((at, weak.clone()));
-            }
+            log.lock_core().compression_abandoned(id, &cause);
         }
         drop(swap);
         // The shard removes the raw file, or finishes a close that waited for this.
         log.wake_shard();
         log.wake_compressor();
+    }
+}
+
+/// Runs one swap to its end and tells the log's core how it ended.
+fn swap_one(
+    q: &Queue,
+    log: &Arc<LogShared>,
+    weak: &Weak<LogShared>,
+    fs: &dyn crate::fs::Fs,
+    swap: &mut Swap,
+) {
+    let stop = || q.stopping() || !log.lock_core().compression_continues();
+    let outcome = loop {
+        log.lock_core().check_compression_panic();
+        match swap.step(fs, &stop) {
+            Ok(Stepped::More) => {}
+            other => break other,
+        }
+    };
+    let id = swap.segment();
+    match outcome {
+        Ok(Stepped::Done { disk_bytes }) => {
+            let swapped = log.lock_core().compression_done(id, disk_bytes);
+            // New readers open the compressed file; the raw one's cached mapping (and
+            // its pin) goes before its removal is planned, and is never cached again.
+            log.forget_map(id);
+            if swapped == Swapped::Released {
+                remove_orphan(fs, swap.target());
+            }
+        }
+        Ok(_) => {
+            swap.clean_up(fs);
+            log.lock_core().compression_stopped(id);
+        }
+        Err(SwapError { op, path, error }) => {
+            swap.clean_up(fs);
+            log.lock_core().compression_failed(id, op, &path, &error);
+            let at = Instant::now() + Duration::from_nanos(COMPRESS_RETRY_NS);
+            q.lock().retry.push((at, weak.clone()));
+        }
     }
 }
 

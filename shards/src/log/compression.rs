@@ -32,6 +32,10 @@ pub(super) struct Compressions {
     /// search for the next raw one starts here, so a log of many segments costs its
     /// shard no scan per poll.
     pub(super) raw_floor: u64,
+    /// Segments whose swap panicked (a broken invariant): left raw for this session.
+    pub(super) abandoned: std::collections::BTreeSet<u64>,
+    /// Test hook: the worker's next swap step panics.
+    pub(super) inject_panic: bool,
 }
 
 /// One swap for the worker: everything it needs without the log's lock.
@@ -77,12 +81,13 @@ impl LogCore {
         self.sealed.partition_point(|s| s.header.segment_id < floor)
     }
 
-    /// The oldest sealed segment that is neither compressed nor on its way out.
+    /// The oldest sealed segment that is neither compressed nor on its way out (nor
+    /// abandoned after a panic).
     fn next_raw(&self) -> Option<usize> {
         let from = self.raw_from();
         self.sealed[from..]
             .iter()
-            .position(|s| !s.compressed)
+            .position(|s| !s.compressed && !self.comp.abandoned.contains(&s.header.segment_id))
             .map(|i| from + i)
     }
 
@@ -168,6 +173,36 @@ impl LogCore {
         self.comp.retry_at = Some(self.clock.monotonic_ns() + COMPRESS_RETRY_NS);
     }
 
+    /// The swap of segment `id` panicked (a broken invariant, caught by the worker):
+    /// the raw file stands, and this session leaves the segment raw rather than panic
+    /// again; the failure is counted. Clears the running swap whatever state the
+    /// panic left, so a close never waits for it.
+    pub fn compression_abandoned(&mut self, id: u64, cause: &str) {
+        if self.comp.running == Some(id) {
+            self.comp.running = None;
+        }
+        log::error!(
+            "aof2: compressing segment {id} of {} panicked: {cause}; the segment stays raw \
+             until the log is reopened",
+            self.paths.root.display()
+        );
+        self.comp.abandoned.insert(id);
+        self.metrics.compression_failures += 1;
+    }
+
+    /// Test hook: the compression worker's next swap step of this log panics.
+    pub fn inject_compression_panic(&mut self) {
+        self.comp.inject_panic = true;
+    }
+
+    /// Panics if [`LogCore::inject_compression_panic`] asked for it (the worker calls
+    /// this between swap steps, inside its unwind boundary).
+    pub fn check_compression_panic(&mut self) {
+        if std::mem::take(&mut self.comp.inject_panic) {
+            panic!("a panic injected into a compression swap (test hook)");
+        }
+    }
+
     /// The swap of segment `id` stopped before its rename (the log is closing): the raw
     /// file stands; the next open compresses it.
     pub fn compression_stopped(&mut self, id: u64) {
@@ -192,7 +227,7 @@ impl LogCore {
         }
         self.sealed[self.raw_from()..]
             .iter()
-            .filter(|s| !s.compressed)
+            .filter(|s| !s.compressed && !self.comp.abandoned.contains(&s.header.segment_id))
             .fold((0, 0), |(n, b), s| (n + 1, b + s.header.file_size))
     }
 }
