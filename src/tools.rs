@@ -290,12 +290,23 @@ pub fn tail(root: &Path, lines: u64, follow: bool, interval: Duration) -> AofRes
         let Some(cur) = dir.segments().iter().find(|u| u.id == p.seg) else {
             continue;
         };
+        let at = p.cursor.position();
+        if cur.footer.is_none() && p.sealed {
+            // A writer continued the segment after a clean close (its footer was
+            // zeroed): read on from where we are, as in a segment being written.
+            let mut c = dir.cursor(cur)?;
+            if c.seek(at).is_ok() {
+                p.cursor = c;
+                p.sealed = false;
+            }
+            continue;
+        }
         if let Some(f) = cur.footer {
-            let at = p.cursor.position().segment_offset() as u64;
-            if at < f.data_end {
-                // Sealed since: read the rest of its frames through the seal.
+            if u64::from(at.segment_offset()) < f.data_end {
+                // Sealed since (or continued and sealed again): read the rest of its
+                // frames through the seal.
                 let mut c = dir.cursor(cur)?;
-                c.seek(p.cursor.position())?;
+                c.seek(at)?;
                 p.cursor = c;
                 p.sealed = true;
                 continue;

@@ -400,8 +400,20 @@ fn segment_ids_stay_dense_across_clean_reopens() {
             );
         }
         last = Some(r.segment_index());
-    } // each drop marks the prepared file ahead `.ready`; each open reuses it in place
+        // Sealed on purpose: the next session starts the next segment rather than
+        // continue this one.
+        aof.seal_active().unwrap();
+    } // each drop marks a prepared file ahead `.ready`; each open reuses it in place
     assert_eq!(last, Some(3));
+    // A session that does not seal: the next one continues its segment.
+    let aof = open(&m, small_cfg(dir.path()));
+    let r = aof.append_record(b"y").unwrap();
+    drop(aof);
+    let aof = open(&m, small_cfg(dir.path()));
+    assert_eq!(
+        aof.append_record(b"z").unwrap().segment_index(),
+        r.segment_index()
+    );
 }
 
 #[test]
@@ -410,10 +422,26 @@ fn a_prepared_segment_left_by_a_crash_is_reused_under_a_fresh_id() {
     let m = manager();
     let aof = open(&m, small_cfg(dir.path()));
     let r = aof.append_record(b"one").unwrap();
-    aof.flush_until(r).unwrap();
+    // A quarter of the segment full: the next file is prepared ahead.
+    for _ in 0..20 {
+        aof.append_record(&[7u8; 1000]).unwrap();
+    }
+    aof.flush().unwrap();
+    let start = std::time::Instant::now();
+    while !segments(dir.path())
+        .iter()
+        .any(|p| p.to_str().unwrap().ends_with("00000000000000000001.seg"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never prepared ahead"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     drop(aof);
     // A crash leaves the prepared file ahead as a blank `.seg`, not `.ready`: an append
-    // may have been handed an id in it (in memory) before the crash.
+    // may have been handed an id in it (in memory) before the crash. (So the last
+    // segment is not continued either: ids past it may have been handed out.)
     let mut max_before = 0;
     for p in segments(dir.path()) {
         let name = p.file_name().unwrap().to_str().unwrap().to_string();

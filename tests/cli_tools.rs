@@ -412,3 +412,63 @@ fn the_tools_never_cry_wolf_beside_a_writer_that_rolls_every_few_milliseconds() 
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).contains("being written"));
 }
+
+/// `tail -f` across writer sessions: each session closes cleanly and the next one
+/// continues the last segment (its footer zeroed, then sealed again at its close);
+/// the tool prints every record of every session, once, in order.
+#[test]
+fn tail_follows_writer_sessions_that_continue_the_last_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("log");
+    let m = manager();
+    let mut cfg = bop_rs::aof2::config::AofConfig::default();
+    cfg.root_dir = root.clone();
+    {
+        let aof = open(&m, cfg.clone());
+        aof.append_record(b"session-0-0").unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aof2"))
+        .args(["tail", "-f", "-n", "1", "--interval-ms", "5"])
+        .arg(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = vec![rx.recv_timeout(Duration::from_secs(30)).unwrap()];
+    let mut want = vec!["session-0-0".to_string()];
+    for session in 1..6 {
+        let aof = open(&m, cfg.clone());
+        for i in 0..3 {
+            let p = format!("session-{session}-{i}");
+            aof.append_record(p.as_bytes()).unwrap();
+            want.push(p);
+        }
+        aof.flush().unwrap();
+        // The tool shows them while the session still writes (the segment unsealed).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() < want.len() && Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(50)) {
+                seen.push(l);
+            }
+        }
+        assert_eq!(seen.len(), want.len(), "session {session}: {seen:?}");
+        drop(aof);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let files = std::fs::read_dir(root.join("segments")).unwrap().count();
+    assert_eq!(files, 1, "one segment, continued by every session");
+    assert_eq!(seen.len(), want.len(), "{seen:?}");
+    for (l, w) in seen.iter().zip(&want) {
+        assert!(l.ends_with(&format!("\t{w}")), "{l} vs {w}");
+    }
+}

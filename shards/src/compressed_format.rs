@@ -459,6 +459,7 @@ mod tests {
             index_offset: 0,
             index_len: 0,
             index_crc: 0,
+            closed_cleanly: false,
         };
         let at = (file_size - FOOTER_REGION) as usize;
         img[at..at + FOOTER_LEN].copy_from_slice(&footer.encode(seed));

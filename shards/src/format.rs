@@ -415,10 +415,19 @@ pub struct SegmentFooter {
     pub index_len: u32,
     /// Reserved: the sparse index's checksum (zero in v1).
     pub index_crc: u32,
+    /// Sealed by a clean close as the log's last segment (flags bit 0): no record id
+    /// past `data_end`, nor in any later segment, was handed out, so the next session
+    /// may continue this segment instead of starting a new file. A seal at a roll or
+    /// by recovery (after a crash, when ids past the last valid frame may have been
+    /// handed out) leaves it clear.
+    pub closed_cleanly: bool,
 }
 
 /// `last_record_offset` of a segment without records.
 pub const NO_RECORD: u32 = u32::MAX;
+
+/// Footer flags bit 0: see [`SegmentFooter::closed_cleanly`].
+pub const FOOTER_FLAG_CLOSED_CLEANLY: u32 = 1;
 
 impl SegmentFooter {
     /// Encodes the footer; its checksum is seeded with the segment seed.
@@ -427,7 +436,12 @@ impl SegmentFooter {
         b[0..8].copy_from_slice(&FOOTER_MAGIC);
         b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[10..12].copy_from_slice(&(FOOTER_LEN as u16).to_le_bytes());
-        // 12..16 flags: zero in v1.
+        let flags = if self.closed_cleanly {
+            FOOTER_FLAG_CLOSED_CLEANLY
+        } else {
+            0
+        };
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.record_count.to_le_bytes());
         b[32..40].copy_from_slice(&self.data_end.to_le_bytes());
@@ -474,8 +488,12 @@ impl SegmentFooter {
         if stored != computed {
             return Err(FormatError::BadChecksum { stored, computed });
         }
-        if u16_at(b, 10) as usize != FOOTER_LEN || u32_at(b, 12) != 0 || u32_at(b, 72) != 0 {
+        if u16_at(b, 10) as usize != FOOTER_LEN || u32_at(b, 72) != 0 {
             return Err(FormatError::BadField("reserved"));
+        }
+        let flags = u32_at(b, 12);
+        if flags & !FOOTER_FLAG_CLOSED_CLEANLY != 0 {
+            return Err(FormatError::BadField("flags"));
         }
         let f = SegmentFooter {
             segment_id: u64_at(b, 16),
@@ -487,6 +505,7 @@ impl SegmentFooter {
             index_offset: u64_at(b, 56),
             index_len: u32_at(b, 64),
             index_crc: u32_at(b, 68),
+            closed_cleanly: flags & FOOTER_FLAG_CLOSED_CLEANLY != 0,
         };
         if f.data_end < HEADER_LEN as u64
             || f.data_end > data_capacity(file_size)
@@ -767,7 +786,15 @@ mod tests {
             index_offset: 0,
             index_len: 0,
             index_crc: 0,
+            closed_cleanly: false,
         };
+        let clean = SegmentFooter {
+            closed_cleanly: true,
+            ..f
+        };
+        let c = clean.encode(1234);
+        assert_eq!(SegmentFooter::decode(&c, 1234, 1 << 20), Ok(Some(clean)));
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 1);
         let b = f.encode(1234);
         assert_eq!(SegmentFooter::decode(&b, 1234, 1 << 20), Ok(Some(f)));
         assert_eq!(

@@ -121,9 +121,9 @@ impl LogView {
             Located::Sealed(s) => {
                 let id = s.header.segment_id;
                 let path = self.paths.segment(id);
-                let map = self
-                    .shared
-                    .mapping(id, &pin, || SegmentReader::map_sealed(&*self.fs, &path, &s))?;
+                let map = self.shared.mapping(id, s.footer.data_end, &pin, || {
+                    SegmentReader::map_sealed(&*self.fs, &path, &s)
+                })?;
                 SegmentReader::sealed_mapped(path, s, map)
             }
             Located::Unsealed {

@@ -35,8 +35,9 @@ pub trait CompressLink: Send + Sync {
     fn queue(&self, log: Weak<LogShared>);
 }
 
-/// A cached mapping of a sealed segment, with the pin that keeps its file from reuse.
-type CachedMap = (Arc<Mapping>, Arc<SegmentPin>);
+/// A cached mapping of a sealed segment, with the pin that keeps its file from reuse
+/// and the data end of the seal it was made for.
+type CachedMap = (Arc<Mapping>, Arc<SegmentPin>, u64);
 /// A cached mapping of a compressed segment file and its checked index.
 pub type CachedZst = (Arc<Mapping>, Arc<CompressedIndex>);
 
@@ -148,16 +149,19 @@ impl LogShared {
         self.compress_queued.store(false, Ordering::Release);
     }
 
-    /// The shared mapping of sealed segment `id`, made by `map` if there is none;
-    /// `pin` is the caller's pin of the segment (the cache keeps a copy).
+    /// The shared mapping of sealed segment `id` as sealed with data end `data_end`,
+    /// made by `map` if there is none; `pin` is the caller's pin of the segment (the
+    /// cache keeps a copy). A mapping made for another seal of the segment (one a later
+    /// session continued, then sealed again) is replaced.
     pub fn mapping(
         &self,
         id: u64,
+        data_end: u64,
         pin: &Arc<SegmentPin>,
         map: impl FnOnce() -> Result<Mapping, AofError>,
     ) -> Result<Arc<Mapping>, AofError> {
         let lock = || self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = lock().get(&id) {
+        if let Some(m) = lock().get(&id).filter(|m| m.2 == data_end) {
             return Ok(m.0.clone());
         }
         let m = Arc::new(map()?);
@@ -174,7 +178,7 @@ impl LogShared {
                 maps.remove(&k);
             }
         }
-        maps.insert(id, (m.clone(), pin.clone()));
+        maps.insert(id, (m.clone(), pin.clone(), data_end));
         Ok(m)
     }
 
@@ -458,13 +462,13 @@ mod tests {
             (core.pin(5), core.pin(6))
         };
         shared.forget_map(5); // the swap of segment 5 finished
-        let m = shared.mapping(5, &p5, || Ok(Mapping::Empty)).unwrap();
+        let m = shared.mapping(5, 64, &p5, || Ok(Mapping::Empty)).unwrap();
         assert!(m.is_empty());
         assert!(
             !shared.mapping_cached(5),
             "a raw mapping cached after its swap"
         );
-        shared.mapping(6, &p6, || Ok(Mapping::Empty)).unwrap();
+        shared.mapping(6, 64, &p6, || Ok(Mapping::Empty)).unwrap();
         assert!(shared.mapping_cached(6), "other segments are cached");
     }
 

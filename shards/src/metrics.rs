@@ -48,6 +48,9 @@ pub struct FlushMetricsSnapshot {
     pub segment_files_removed: u64,
     /// Segment files prepared by reusing a spare (no zero-writing).
     pub segments_recycled: u64,
+    /// Sessions that continued the last segment a clean close sealed, instead of
+    /// starting a new file.
+    pub segments_continued: u64,
     /// Failed release or removal steps (the log stays usable; they are retried).
     pub release_failures: u64,
     /// Files whose removal from the directory failed at its last attempt and waits for

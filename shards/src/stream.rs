@@ -140,8 +140,21 @@ impl SealedSegmentStream {
             };
             if start >= end {
                 if sealed {
-                    self.progress.store(pos(id + 1, 0), Ordering::Release);
-                    continue;
+                    // A sealed segment this session may still continue (after a clean
+                    // close) is waited at, as the active one would be; one continued
+                    // since the look is looked at again.
+                    let core = self.view.lock_core();
+                    let waits = core.continuable() == Some(id);
+                    let same = matches!(core.locate(id), Some(Located::Sealed(s))
+                        if s.header.segment_id == id && s.footer.data_end == end);
+                    drop(core);
+                    if !waits && same {
+                        self.progress.store(pos(id + 1, 0), Ordering::Release);
+                        continue;
+                    }
+                    if !same {
+                        continue;
+                    }
                 }
                 return if ended { finish() } else { None };
             }

@@ -51,6 +51,7 @@ fn sealed_segment(mut make: impl FnMut(u64) -> Vec<u8>) -> Vec<u8> {
         index_offset: 0,
         index_len: 0,
         index_crc: 0,
+        closed_cleanly: false,
     };
     let at = limit;
     img[at..at + FOOTER_LEN].copy_from_slice(&footer.encode(seed));

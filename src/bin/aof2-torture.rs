@@ -1,8 +1,10 @@
 //! The writer and the checker behind `scripts/crash-test.sh`.
 //!
 //! `aof2-torture write DIR ACKS ROUND` appends records forever (batches, rolls, seals,
-//! records larger than a segment), and after each `flush_until` appends one line per
-//! acknowledged record to ACKS: `ROUND SEQ RECORD_ID`. It is meant to be killed.
+//! records larger than a segment, and now and then a clean close and reopen, after
+//! which the log continues its last segment), and after each `flush_until` appends one
+//! line per acknowledged record to ACKS: `ROUND SEQ RECORD_ID`. It is meant to be
+//! killed.
 //!
 //! `aof2-torture check DIR ACKS` opens the log (recovering it, as a restarted writer
 //! would) and checks that every acknowledged record is there, byte for byte, and that
@@ -44,7 +46,7 @@ fn config(dir: &Path) -> AofConfig {
 
 fn write(dir: &Path, acks: &Path, round: u64) -> Result<(), String> {
     let m = AofManager::with_config(AofManagerConfig::default()).map_err(|e| e.to_string())?;
-    let aof = Aof::new(m.handle(), config(dir)).map_err(|e| e.to_string())?;
+    let mut aof = Aof::new(m.handle(), config(dir)).map_err(|e| e.to_string())?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -72,6 +74,11 @@ fn write(dir: &Path, acks: &Path, round: u64) -> Result<(), String> {
         log.write_all(lines.as_bytes()).map_err(|e| e.to_string())?;
         if seq % 211 < batch {
             aof.seal_active().map_err(|e| e.to_string())?;
+        }
+        if seq % 157 < batch {
+            // A clean close, then a new session that continues the last segment.
+            drop(aof);
+            aof = Aof::new(m.handle(), config(dir)).map_err(|e| e.to_string())?;
         }
     }
 }

@@ -33,6 +33,10 @@ pub(super) enum Effect {
     Prep {
         seg: u64,
     },
+    /// The continued segment's footer was zeroed, durably (`continuation.rs`).
+    Unsealed {
+        seg: u64,
+    },
     /// Closing: unused prepared files were renamed `.ready`.
     MarkedReady {
         segs: Vec<u64>,
@@ -123,6 +127,9 @@ impl LogCore {
                     ("writing and syncing records of", *seg)
                 }
                 Effect::Sealed { seg, .. } => ("sealing", *seg),
+                Effect::Unsealed { seg } => {
+                    ("unsealing, to continue it after a clean close,", *seg)
+                }
                 Effect::MarkedReady { segs } => (
                     "marking unused prepared files of",
                     segs.first().copied().unwrap_or(self.next_segment),
@@ -226,6 +233,7 @@ impl LogCore {
                 Progress { wake_waiters: true }
             }
             Effect::MarkedReady { segs } => self.marked_ready_done(&segs),
+            Effect::Unsealed { seg } => self.unsealed(seg),
             Effect::Prep { seg } => self.prep_step_done(seg),
             Effect::Adopted { seg, size } => self.adopted(seg, size),
             Effect::MarkDurable { mark, count } => self.mark_durable(mark, count),

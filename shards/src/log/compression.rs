@@ -87,8 +87,16 @@ impl LogCore {
         let from = self.raw_from();
         self.sealed[from..]
             .iter()
-            .position(|s| !s.compressed && !self.comp.abandoned.contains(&s.header.segment_id))
+            .position(|s| self.compressible(s))
             .map(|i| from + i)
+    }
+
+    /// A raw sealed segment the worker may compress: not abandoned after a panic, and
+    /// not one this session may still continue.
+    fn compressible(&self, s: &super::SealedSegment) -> bool {
+        !s.compressed
+            && !self.comp.abandoned.contains(&s.header.segment_id)
+            && self.continuable() != Some(s.header.segment_id)
     }
 
     /// True when the worker has a swap to start on this log now.
@@ -227,7 +235,7 @@ impl LogCore {
         }
         self.sealed[self.raw_from()..]
             .iter()
-            .filter(|s| !s.compressed && !self.comp.abandoned.contains(&s.header.segment_id))
+            .filter(|s| self.compressible(s))
             .fold((0, 0), |(n, b), s| (n + 1, b + s.header.file_size))
     }
 }

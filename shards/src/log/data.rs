@@ -148,6 +148,8 @@ impl LogCore {
                     index_offset: 0,
                     index_len: 0,
                     index_crc: 0,
+                    // The close sealed its last segment: no id past it was handed out.
+                    closed_cleanly: self.closing && self.segs.len() == 1 && s.rolled_by_close,
                 };
                 let block = AlignedBuf::zeroed_block(self.arena.as_ref());
                 // SAFETY: a fresh block, ours alone.

@@ -27,6 +27,7 @@ mod completion;
 use completion::{Effect, InFlight};
 mod compression;
 pub use compression::{CompressJob, Swapped, COMPRESS_RETRY_NS};
+mod continuation;
 mod data;
 pub use data::CommitTurn;
 pub mod ops;
@@ -82,6 +83,19 @@ pub struct Recovered {
     /// yet: synced with the first segment file's directory, before any record in it is
     /// acknowledged.
     pub unsynced_dirs: Vec<std::path::PathBuf>,
+    /// The last sealed segment, if a clean close sealed it: this session may continue
+    /// it (see `continuation.rs`).
+    pub continuable: Option<Continuable>,
+}
+
+/// A segment a clean close sealed last, which the next session may continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continuable {
+    /// Its id (the last of `Recovered::sealed`).
+    pub segment: u64,
+    /// Its partly filled last block's bytes, `[block_floor(data_end), data_end)`: the
+    /// first write of the continued segment rewrites that block with them in front.
+    pub tail: Vec<u8>,
 }
 
 /// What the shard should do after a completion.
@@ -157,6 +171,8 @@ pub struct LogCore {
     metrics: FlushMetricsSnapshot,
     /// Test hook: the next [`LogCore::check_injected_panic`] panics.
     inject_panic: bool,
+    /// The last segment, sealed by a clean close, while this session may continue it.
+    cont: Option<continuation::Cont>,
 }
 
 impl LogCore {
@@ -219,10 +235,14 @@ impl LogCore {
             marked_ready: false,
             metrics: FlushMetricsSnapshot::default(),
             inject_panic: false,
+            cont: None,
             cfg,
         };
         for s in core.sealed.clone() {
             core.retain_sealed(&s, retention::Newest::Wall(s.footer.sealed_at_ns));
+        }
+        if let Some(c) = rec.continuable {
+            core.offer_continuation(c);
         }
         core
     }
@@ -251,6 +271,10 @@ impl LogCore {
             Some(s) => s.rolled || s.appended_end + frame > s.capacity,
         };
         if needs_new {
+            // After a clean close: the last segment, continued if the record fits.
+            if self.segs.is_empty() && self.continue_for(frame).is_some() {
+                return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
+            }
             if self.next_segment > u64::from(u32::MAX) {
                 return Err(AofError::SegmentIdsExhausted {
                     path: self.paths.root.clone(),
@@ -390,6 +414,7 @@ impl LogCore {
             opened_mono: self.clock.monotonic_ns(),
             parked_tail: None,
             rolled: false,
+            rolled_by_close: false,
             header_durable: false,
             written_end: 0,
             durable_end: HEADER_LEN as u64,
@@ -507,8 +532,9 @@ impl LogCore {
     pub fn begin_close(&mut self) {
         self.closing = true;
         if let Some(s) = self.segs.back_mut() {
-            if s.record_count > 0 {
+            if s.record_count > 0 && !s.rolled {
                 s.rolled = true;
+                s.rolled_by_close = true;
             }
         }
         self.request_flush_all();

@@ -78,6 +78,9 @@ impl LogCore {
         if self.closing {
             return self.poll_close();
         }
+        if let Some(c) = self.poll_unseal() {
+            return Some(c);
+        }
         if self.prep_failure.is_some() {
             // Retried when an append needs the file (see `append`), not in a loop.
             return None;

@@ -127,6 +127,7 @@ impl LogCore {
         let k = self
             .sealed
             .iter()
+            .take(self.releasable())
             .take_while(|s| {
                 s.footer.record_count == 0
                     || pos(s.header.segment_id, u64::from(s.footer.last_record_offset)) < p
@@ -194,7 +195,12 @@ impl LogCore {
     /// The id of the first segment not sealed: the active (or rolling) one, else the
     /// id the next segment will get.
     pub fn first_unsealed(&self) -> u64 {
-        self.segs.front().map_or(self.next_segment, |s| s.id)
+        match (self.segs.front(), self.continuable()) {
+            (Some(s), _) => s.id,
+            // Sealed, but this session may continue it (`continuation.rs`).
+            (None, Some(id)) => id,
+            (None, None) => self.next_segment,
+        }
     }
 
     /// Where the log starts: the first record the log keeps (it may not be written

@@ -32,7 +32,7 @@ impl LogCore {
     }
 
     /// How old the active segment may get before it is sealed, in ns.
-    fn max_age_ns(&self) -> Option<u64> {
+    pub(super) fn max_age_ns(&self) -> Option<u64> {
         match self.cfg.segment_max_age_seconds {
             Some(s) => Some(s.saturating_mul(NS)),
             None => self.ttl_ns(),
@@ -92,11 +92,11 @@ impl LogCore {
                     .iter()
                     .take_while(|&&(_, deadline)| deadline <= now)
                     .count();
-                k = expired.min(self.sealed.len());
+                k = expired.min(self.releasable());
             }
             RetentionPolicy::Size { max_total_bytes } => {
                 let mut total = self.rel.sealed_bytes;
-                while total > max_total_bytes && k < self.sealed.len() {
+                while total > max_total_bytes && k < self.releasable() {
                     total -= self.sealed[k].disk_bytes;
                     k += 1;
                 }

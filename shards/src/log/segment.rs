@@ -56,6 +56,9 @@ pub(super) struct Seg {
     pub(super) last_record_offset: u32,
     /// No more appends go here; seal once everything in it is durable.
     pub(super) rolled: bool,
+    /// Rolled by the log's close (not by a roll, `seal_active` or its max age): its
+    /// seal may say it closed cleanly, so the next session may continue it.
+    pub(super) rolled_by_close: bool,
     pub(super) header_durable: bool,
     /// Bytes [0, written_end) are on disk (not necessarily synced).
     pub(super) written_end: u64,

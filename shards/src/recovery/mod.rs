@@ -512,6 +512,10 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             disk_bytes: u.disk_bytes,
         });
     }
+    // Ids of the files above the last used segment, before they move (see
+    // `ids_above_unused`).
+    let blank_ids: Vec<u64> = blank.iter().map(|b| b.0).collect();
+    let ready_ids: Vec<u64> = readies.iter().map(|r| r.0).collect();
     // Continue past every id on disk, blank files included: an append may have been
     // handed an id in a prepared file before the crash (in memory only), and ids are
     // never handed out twice. So the highest id on disk must never go down: blank
@@ -589,6 +593,10 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     if dir_changed {
         fs.fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
+    let continuable = match used.last() {
+        Some(u) if ids_above_unused(u.id, &blank_ids, &ready_ids) => continuable(fs, u)?,
+        _ => None,
+    };
     Ok(Recovered {
         next_segment,
         records_total,
@@ -598,7 +606,44 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         mark,
         spares,
         unsynced_dirs: Vec::new(),
+        continuable,
     })
+}
+
+/// True when no record id above segment `last` can have been handed out: no blank
+/// `.seg` file follows it (a session that crashed may have handed out ids in one), and
+/// the `.ready` files (each proving only its own id unused) are exactly the next ids,
+/// with no gap where a crashed session's file was moved past.
+fn ids_above_unused(last: u64, blank: &[u64], ready: &[u64]) -> bool {
+    blank.is_empty()
+        && ready
+            .iter()
+            .enumerate()
+            .all(|(i, &id)| id == last + 1 + i as u64)
+}
+
+/// The last segment, if a clean close sealed it (raw, kept): the next session may
+/// continue it; reads its partly filled last block for that. Not after a crash: a
+/// segment recovery sealed may have had ids past its last valid frame handed out.
+fn continuable(fs: &dyn Fs, u: &Used) -> AofResult<Option<crate::log::Continuable>> {
+    let Some(f) = u.footer.filter(|f| f.closed_cleanly) else {
+        return Ok(None);
+    };
+    if u.compressed {
+        return Ok(None);
+    }
+    let from = f.data_end & !(BLOCK as u64 - 1);
+    let mut tail = vec![0u8; (f.data_end - from) as usize];
+    if !tail.is_empty() {
+        let file = fs
+            .open(&u.path, OpenMode::Read)
+            .map_err(io_err("open", &u.path))?;
+        backend_read(&*file, from, &mut tail, &u.path)?;
+    }
+    Ok(Some(crate::log::Continuable {
+        segment: u.id,
+        tail,
+    }))
 }
 
 /// Opens a segment file and reads its size and the bytes where its header goes (fewer

@@ -89,6 +89,7 @@ pub(super) fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<S
         index_offset: 0,
         index_len: 0,
         index_crc: 0,
+        closed_cleanly: false,
     };
     let block = AlignedBuf::zeroed(BLOCK);
     // SAFETY: a fresh block, ours alone.
