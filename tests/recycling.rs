@@ -109,7 +109,8 @@ fn a_recycled_file_full_of_old_frames_recovers_to_exactly_its_new_records() {
     );
     let torn: Vec<u8> = img[64..64 + 1024].to_vec(); // a frame of this life, cut short
     img[data_end as usize..data_end as usize + 1024].copy_from_slice(&torn);
-    img[data_end as usize] ^= 0xff; // its checksum no longer matches: a torn write
+    // Its checksum no longer matches: a torn write.
+    img[data_end as usize] ^= 0xff;
     // A crash, not a clean close: no seal footer (the close wrote one).
     let n = img.len();
     img[n - 4096..].fill(0);
