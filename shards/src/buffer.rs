@@ -211,14 +211,9 @@ pub fn zero_chunk() -> &'static AlignedBuf {
 }
 
 /// Largest zero-writing step of segment preparation (the shared zero chunk's size),
-/// used when an append is, or soon will be, waiting for the file.
+/// used when an append is, or soon will be, waiting for the file (the pace of smaller
+/// steps is `log/zero_pace.rs`'s).
 pub const PREP_CHUNK: usize = 1 << 20;
-
-/// Zero-writing step of a preparation nothing waits for yet. A data write + sync queued
-/// behind one waits for at most this much: 1 MiB steps put W2's p99.9 near 1 ms here
-/// (256 KiB: ~400 us), while preparing only in 256 KiB steps held W1 back (4.8–6.1 M
-/// records/s against 7.3–8.0 M with 1 MiB steps).
-pub const PREP_STEP_QUIET: usize = 256 << 10;
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,8 @@ pub struct FlushMetricsSnapshot {
     pub segments_sealed: u64,
     /// Segment files prepared (zero-written, synced, renamed into place).
     pub segments_prepared: u64,
+    /// Bytes of zeros written into segment files being prepared.
+    pub bytes_zeroed: u64,
     /// Failed writes or syncs (each poisons the log).
     pub failures: u64,
     /// Failed segment preparations (the log stays usable; appends needing the segment

@@ -52,6 +52,7 @@ impl FlushMetricsExporter {
             ("aof_segments_recycled_total", s.segments_recycled),
             ("aof_release_failures_total", s.release_failures),
             ("aof_removals_failing", s.removals_failing),
+            ("aof_bytes_zeroed_total", s.bytes_zeroed),
             ("aof_segments_continued_total", s.segments_continued),
             ("aof_spare_bytes", s.spare_bytes),
             ("aof_idle_buffer_releases_total", s.idle_buffer_releases),

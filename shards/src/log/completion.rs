@@ -184,8 +184,10 @@ impl LogCore {
                 s.written_end = s.written_end.max(end);
                 let gained = end - s.durable_end;
                 s.durable_end = end;
+                let now = self.clock.monotonic_ns();
                 s.release_buffers(&mut self.pool);
                 self.total_durable += gained;
+                self.paced_sync(gained, now);
                 self.advance_durable(pos(seg, end));
                 if wrote {
                     self.metrics.write_ops += 1;

@@ -89,15 +89,17 @@ impl LogCore {
 
     /// True when, with nothing in flight, the shard has work a committer that just
     /// finished must wake it for: a data chain only the shard runs (a header, a seal,
-    /// write-behind), or a close waiting for the commit to drain the log.
+    /// write-behind), a close waiting for the commit to drain the log, or a zero piece
+    /// of the next file that this commit earned.
     pub fn shard_has_data_work(&self) -> bool {
-        self.data_io.is_none()
-            && (self.closing
-                || (self.poisoned.is_none()
-                    && matches!(
-                        self.data_plan(),
-                        Some(DataPlan::Header | DataPlan::Seal | DataPlan::Behind(_))
-                    )))
+        self.zeroing_can_go()
+            || self.data_io.is_none()
+                && (self.closing
+                    || (self.poisoned.is_none()
+                        && matches!(
+                            self.data_plan(),
+                            Some(DataPlan::Header | DataPlan::Seal | DataPlan::Behind(_))
+                        )))
     }
 
     pub(super) fn poll_data(&mut self) -> Option<Chain> {

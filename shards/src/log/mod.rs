@@ -39,6 +39,7 @@ mod retention;
 mod segment;
 mod sizing;
 mod views;
+mod zero_pace;
 
 use crate::buffer::{AlignedBuf, BufferArena};
 use crate::clock::Clock;
@@ -173,6 +174,8 @@ pub struct LogCore {
     inject_panic: bool,
     /// The last segment, sealed by a clean close, while this session may continue it.
     cont: Option<continuation::Cont>,
+    /// How fast the next file is zero-written while the log commits.
+    zero_pace: zero_pace::ZeroPace,
 }
 
 impl LogCore {
@@ -236,6 +239,7 @@ impl LogCore {
             metrics: FlushMetricsSnapshot::default(),
             inject_panic: false,
             cont: None,
+            zero_pace: zero_pace::ZeroPace::default(),
             cfg,
         };
         for s in core.sealed.clone() {
@@ -584,6 +588,7 @@ impl LogCore {
             self.release_deadline(),
             self.retention_deadline(),
             self.idle_deadline(),
+            self.zero_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -709,3 +714,5 @@ mod removal_tests;
 mod sizing_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zero_pace_tests;

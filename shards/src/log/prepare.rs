@@ -11,7 +11,6 @@
 
 use super::ops::{Chain, IoData, OpKind};
 use super::{Effect, LogCore, Progress};
-use crate::buffer::{PREP_CHUNK, PREP_STEP_QUIET};
 use crate::error::AofError;
 use std::io;
 
@@ -145,7 +144,12 @@ impl LogCore {
                 });
             }
         }
-        let p = self.prep?;
+        let mut p = self.prep?;
+        if let (PrepStep::Zero(off), None) = (p.step, p.spare) {
+            // Zeros go in pieces paced by the log's commits: none now without credit.
+            p.chunk = self.zero_step(p.size - off, self.clock.monotonic_ns())?;
+            self.prep = Some(p);
+        }
         Some(self.prep_step(p))
     }
 
@@ -197,18 +201,15 @@ impl LogCore {
                 return self.chain(kinds, Effect::Prep { seg: p.id }, true);
             }
             PrepStep::Zero(off) => {
-                // Big steps once an append waits for the file or the active segment is
-                // half full; small ones otherwise, so syncs queued behind wait less.
-                let urgent = self.want.is_some()
-                    || self
-                        .segs
-                        .back()
-                        .is_some_and(|s| s.appended_end * 2 >= s.capacity);
-                let step = if urgent { PREP_CHUNK } else { PREP_STEP_QUIET };
-                let n = (p.size - off).min(step as u64) as usize;
-                if let Some(q) = self.prep.as_mut() {
-                    q.chunk = n as u64;
-                }
+                // Paced by the log's commits (`zero_pace.rs`); `poll_prep` sized it.
+                let n = p.chunk as usize;
+                // The zeros come from one shared chunk: a larger write would read past it.
+                assert!(
+                    n > 0 && n <= crate::buffer::PREP_CHUNK && off + p.chunk <= p.size,
+                    "segment {}: a zero-write of {n} bytes at {off} of {}",
+                    p.id,
+                    p.size
+                );
                 OpKind::Write {
                     seg: p.id,
                     offset: off,
@@ -356,6 +357,7 @@ impl LogCore {
             PrepStep::Create => PrepStep::Zero(0),
             PrepStep::Zero(_) if p.spare.is_some() => PrepStep::Sync,
             PrepStep::Zero(off) => {
+                self.metrics.bytes_zeroed += p.chunk;
                 let next = off + p.chunk;
                 if next < p.size {
                     PrepStep::Zero(next)
