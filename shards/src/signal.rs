@@ -39,12 +39,26 @@ pub struct Wakes<'a> {
     wakers: Vec<(u64, Waker)>,
 }
 
+/// Threads a waker wakes itself; each thread woken wakes as many more from the
+/// signal's cascade, so waking a group costs the publisher two system calls, not one
+/// per thread (on two CPUs, each wake-up can also preempt the waker).
+const WAKE_FAN_OUT: usize = 2;
+
 impl Wakes<'_> {
     /// Wakes them.
     pub fn wake(self) {
-        for w in self.threads {
-            w.woken.store(true, Ordering::Release);
-            w.thread.unpark();
+        let mut threads = self.threads.into_iter();
+        let first: Vec<_> = threads.by_ref().take(WAKE_FAN_OUT).collect();
+        let rest: Vec<_> = threads.collect();
+        if !rest.is_empty() {
+            self.signal
+                .cascade
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(rest);
+        }
+        for w in first {
+            w.wake();
         }
         if self.notify {
             self.signal.cv.notify_all();
@@ -52,6 +66,13 @@ impl Wakes<'_> {
         for (_, w) in self.wakers {
             w.wake();
         }
+    }
+}
+
+impl TargetWaiter {
+    fn wake(self) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
     }
 }
 
@@ -72,6 +93,8 @@ pub struct DurableSignal {
     ended: AtomicBool,
     inner: Mutex<Waiters>,
     cv: Condvar,
+    /// Threads woken by a publication that the threads it woke wake in turn.
+    cascade: Mutex<Vec<TargetWaiter>>,
 }
 
 impl DurableSignal {
@@ -88,6 +111,7 @@ impl DurableSignal {
                 targets: Vec::new(),
             }),
             cv: Condvar::new(),
+            cascade: Mutex::new(Vec::new()),
         }
     }
 
@@ -148,7 +172,9 @@ impl DurableSignal {
                 .filter(|&i| g.targets[i].may_commit)
                 .min_by_key(|&i| g.targets[i].target)
             {
-                woken.push(g.targets.swap_remove(i));
+                // Woken first: the next commit starts while the covered waiters are
+                // still being woken (one system call each).
+                woken.insert(0, g.targets.swap_remove(i));
             }
             (std::mem::take(&mut g.wakers), g.sleepers)
         };
@@ -181,6 +207,16 @@ impl DurableSignal {
         // makes the park return at once.
         while !woken.load(Ordering::Acquire) {
             std::thread::park();
+        }
+        // Pass the wake-up on.
+        let more: Vec<_> = {
+            let mut c = self.cascade.lock().unwrap_or_else(|p| p.into_inner());
+            let n = c.len().min(WAKE_FAN_OUT);
+            let at = c.len() - n;
+            c.drain(at..).collect()
+        };
+        for w in more {
+            w.wake();
         }
     }
 
@@ -299,6 +335,41 @@ mod tests {
         s.publish(5, false);
         assert!(flag.0.load(Ordering::SeqCst));
         assert!(f.as_mut().poll(&mut cx).is_ready());
+    }
+
+    /// One publication covering many parked threads wakes every one of them: the
+    /// publisher wakes two, and each thread woken wakes two more.
+    #[test]
+    fn a_publication_wakes_every_covered_thread_through_the_cascade() {
+        for round in 0..20u64 {
+            let s = Arc::new(DurableSignal::new(0));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let waiters: Vec<_> = (0..40u64)
+                .map(|i| {
+                    let (s, tx) = (s.clone(), tx.clone());
+                    std::thread::spawn(move || {
+                        let target = 1 + i % 7;
+                        loop {
+                            let v = s.version();
+                            if s.durable() >= target {
+                                break;
+                            }
+                            tx.send(()).unwrap();
+                            s.wait_for(target, v, i == 0);
+                        }
+                    })
+                })
+                .collect();
+            // Every thread is parked (or about to: a publish in between is not lost).
+            for _ in 0..40 {
+                rx.recv().unwrap();
+            }
+            s.publish(100 + round, false);
+            for w in waiters {
+                w.join().unwrap();
+            }
+            assert!(s.cascade.lock().unwrap().is_empty());
+        }
     }
 
     #[test]
