@@ -235,22 +235,7 @@ fn tail_follows_a_live_writer_without_its_lock() {
     assert_eq!(s.lines().count(), 2, "{s}");
     assert!(s.contains("early-3") && s.contains("early-4"), "{s}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aof2"))
-        .args(["tail", "-f", "-n", "1", "--interval-ms", "10"])
-        .arg(&root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines() {
-            if tx.send(l.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = tail_follow(&root, "10");
     // It starts at the last record; wait for that before appending more.
     let first = rx
         .recv_timeout(Duration::from_secs(30))
@@ -427,22 +412,7 @@ fn tail_follows_writer_sessions_that_continue_the_last_segment() {
         let aof = open(&m, cfg.clone());
         aof.append_record(b"session-0-0").unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aof2"))
-        .args(["tail", "-f", "-n", "1", "--interval-ms", "5"])
-        .arg(&root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines() {
-            if tx.send(l.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = tail_follow(&root, "5");
     let mut seen = vec![rx.recv_timeout(Duration::from_secs(30)).unwrap()];
     let mut want = vec!["session-0-0".to_string()];
     for session in 1..6 {
@@ -471,4 +441,28 @@ fn tail_follows_writer_sessions_that_continue_the_last_segment() {
     for (l, w) in seen.iter().zip(&want) {
         assert!(l.ends_with(&format!("\t{w}")), "{l} vs {w}");
     }
+}
+
+/// `aof2 tail -f -n 1` of `root`, checking every `interval_ms`; its stdout, line by line.
+fn tail_follow(
+    root: &std::path::Path,
+    interval_ms: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aof2"))
+        .args(["tail", "-f", "-n", "1", "--interval-ms", interval_ms])
+        .arg(root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
 }

@@ -3,6 +3,7 @@
 use super::baseline::*;
 use super::report::*;
 use super::{alternate, BenchResult, Ctx};
+use hdrhistogram::Histogram;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -34,46 +35,16 @@ fn w2_on(ctx: &Ctx, pinned: Option<usize>) -> BenchResult<Vec<Row>> {
     // Slices of 250 appends (fewer in a quick run): the disk's slow spells (tens of
     // ms) hit both sides alike.
     let (per_round, rounds) = if ctx.quick { (250, 4) } else { (250, 40) };
-    let payload = vec![0x42u8; 4096];
     let aof = ctx.open()?;
     if pinned.is_some() && aof.shard_cpu() != pinned {
         return Err("the W2 log landed on another shard than expected".into());
     }
     let f = ctx.baseline_file("w2-baseline", 64 << 20)?;
-    let block = AlignedBlock::new(4096);
     // Warm-up: 1,000 records (4 MiB), past a new log's first small segments (its
     // first 1 MiB files, prepared while it shows it is busy), so what is measured is a
     // busy log's steady state.
-    for i in 0..1000u64 {
-        let r = aof.append_record(&payload)?;
-        aof.flush_until(r)?;
-        f.file.write_all_at(block.bytes(), i * 4096)?;
-        fdatasync(&f.file)?;
-    }
-    let (mut ours, mut base) = (hist(), hist());
-    let mut off = 0u64;
-    alternate(
-        rounds,
-        || {
-            for _ in 0..per_round {
-                let t = Instant::now();
-                let r = aof.append_record(&payload)?;
-                aof.flush_until(r)?;
-                ours.record(t.elapsed().as_nanos() as u64)?;
-            }
-            Ok(())
-        },
-        || {
-            for _ in 0..per_round {
-                let t = Instant::now();
-                f.file.write_all_at(block.bytes(), off % f.size)?;
-                fdatasync(&f.file)?;
-                base.record(t.elapsed().as_nanos() as u64)?;
-                off += 4096;
-            }
-            Ok(())
-        },
-    )?;
+    warm_up(&aof, &f, 1000)?;
+    let (ours, base) = slices(&aof, &f, rounds, per_round, 0)?;
     let workload = if pinned.is_some() {
         "W2 same, writer pinned to the shard's CPU"
     } else {
@@ -99,18 +70,35 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     // Slices of 256 appends: the disk's slow spells (tens of ms) hit both sides alike.
     let per_round = 256;
     let rounds = total / per_round;
-    let payload = vec![0x42u8; 4096];
     let aof = ctx.open()?;
     let f = ctx.baseline_file("w2-new-baseline", 64 << 20)?;
+    warm_up(&aof, &f, 200)?;
+    let (ours, base) = slices(&aof, &f, rounds, per_round, 200 * 4096)?;
+    let row = |metric, q| {
+        latency_row(
+            "W2 a new log's first 64 MiB (after 200 records)",
+            metric,
+            q,
+            (&ours, &base),
+            "pwrite 4 KiB + fdatasync, pre-written file",
+        )
+    };
+    Ok(vec![row("p50", 0.5), row("p99", 0.99), row("p99.9", 0.999)])
+}
+
+/// Alternates `rounds` slices of `per_round` durable 4 KiB appends to `aof` with as
+/// many raw `pwrite` + `fdatasync` of 4 KiB into `f` (from offset `off`); returns the
+/// latency histograms of both.
+fn slices(
+    aof: &bop_rs::aof2::Aof,
+    f: &PrewrittenFile,
+    rounds: usize,
+    per_round: usize,
+    mut off: u64,
+) -> BenchResult<(Histogram<u64>, Histogram<u64>)> {
+    let payload = vec![0x42u8; 4096];
     let block = AlignedBlock::new(4096);
-    for i in 0..200u64 {
-        let r = aof.append_record(&payload)?;
-        aof.flush_until(r)?;
-        f.file.write_all_at(block.bytes(), i * 4096)?;
-        fdatasync(&f.file)?;
-    }
     let (mut ours, mut base) = (hist(), hist());
-    let mut off = 200 * 4096u64;
     alternate(
         rounds,
         || {
@@ -133,14 +121,18 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             Ok(())
         },
     )?;
-    let row = |metric, q| {
-        latency_row(
-            "W2 a new log's first 64 MiB (after 200 records)",
-            metric,
-            q,
-            (&ours, &base),
-            "pwrite 4 KiB + fdatasync, pre-written file",
-        )
-    };
-    Ok(vec![row("p50", 0.5), row("p99", 0.99), row("p99.9", 0.999)])
+    Ok((ours, base))
+}
+
+/// Appends `n` durable 4 KiB records to `aof` and writes as many raw blocks into `f`.
+fn warm_up(aof: &bop_rs::aof2::Aof, f: &PrewrittenFile, n: u64) -> BenchResult<()> {
+    let payload = vec![0x42u8; 4096];
+    let block = AlignedBlock::new(4096);
+    for i in 0..n {
+        let r = aof.append_record(&payload)?;
+        aof.flush_until(r)?;
+        f.file.write_all_at(block.bytes(), i * 4096)?;
+        fdatasync(&f.file)?;
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod posix;
 pub mod sim;
+mod sim_faults;
 
 use std::ffi::OsString;
 use std::io;

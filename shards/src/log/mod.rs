@@ -38,6 +38,7 @@ mod removal;
 mod retention;
 mod segment;
 mod sizing;
+mod test_hooks;
 mod views;
 mod zero_pace;
 
@@ -45,7 +46,7 @@ use crate::buffer::{AlignedBuf, BufferArena};
 use crate::clock::Clock;
 use crate::config::{AofConfig, RecordId};
 use crate::error::{AofError, AofResult, WouldBlockKind};
-use crate::format::{self, FrameKind, SegmentHeader, BLOCK, HEADER_LEN};
+use crate::format::{self, FrameKind, SegmentHeader, HEADER_LEN};
 use crate::layout::LogPaths;
 use crate::metrics::FlushMetricsSnapshot;
 use ops::{Chain, Op, OpKind};
@@ -656,37 +657,6 @@ impl LogCore {
             self.data_io = Some(f);
         }
         Chain { ops }
-    }
-
-    /// Test knob: log buffers of `size` bytes (a multiple of 4 KiB) for segments opened
-    /// from now on, so small test segments span several buffers and exercise writing
-    /// full buffers behind the appenders.
-    pub fn set_buffer_size(&mut self, size: usize) {
-        assert!(size >= BLOCK && size % BLOCK == 0 && size <= BUF_SIZE);
-        self.buf_size = size;
-    }
-
-    /// Test hook: the host's next poll of this log panics, as a broken invariant in the
-    /// core would (see [`LogCore::check_injected_panic`]).
-    pub fn inject_panic(&mut self) {
-        self.inject_panic = true;
-    }
-
-    /// Panics if [`LogCore::inject_panic`] asked for it (the host calls this as it
-    /// polls the log, inside the unwind boundary it keeps per log).
-    pub fn check_injected_panic(&mut self) {
-        if std::mem::take(&mut self.inject_panic) {
-            panic!(
-                "a panic injected into log {} (test hook)",
-                self.paths.root.display()
-            );
-        }
-    }
-
-    /// Negative control for the crash checker: decide spares without looking at readers'
-    /// pins, so mapped files get recycled (the simulated disk must refuse it).
-    pub fn ignore_pins_for_test(&mut self) {
-        self.rel.ignore_pins = true;
     }
 
     /// Takes buffers and blocks from `arena` (a shard's registered memory) from now on.

@@ -19,7 +19,7 @@
 //! removals, never for someone else's.
 
 use super::ops::{Chain, IoData, OpKind};
-use super::removal::{Leaving, Removal, RELEASE_RETRY_NS};
+use super::removal::{Leaving, ReleaseFailure, Removal, RELEASE_RETRY_NS};
 use super::{pos, Effect, LogCore, Progress};
 use crate::buffer::AlignedBuf;
 use crate::config::RecordId;
@@ -39,25 +39,6 @@ pub(super) const MARK_KEY: u64 = u64::MAX;
 pub struct SegmentPin {
     /// The segment it pins.
     pub segment: u64,
-}
-
-/// A release step that failed.
-pub(super) struct ReleaseFailure {
-    pub(super) op: &'static str,
-    pub(super) path: std::path::PathBuf,
-    pub(super) error: io::Error,
-    pub(super) retry_at: u64,
-}
-
-impl ReleaseFailure {
-    /// The failure as an error naming its step and file.
-    pub(super) fn error(&self) -> AofError {
-        AofError::io(
-            self.op,
-            &self.path,
-            crate::error::copy_io_error(&self.error),
-        )
-    }
 }
 
 /// The release state of a log.

@@ -30,7 +30,6 @@
 //! At open the pool is trimmed to the bound, oldest first.
 
 use super::ops::{Chain, OpKind};
-use super::release::{ReleaseFailure, SegmentPin};
 use super::{Effect, LogCore, Progress};
 use crate::error::AofError;
 use std::io;
@@ -40,6 +39,25 @@ use std::path::PathBuf;
 /// failure of the same step, up to [`RETRY_MAX_NS`].
 pub(super) const RELEASE_RETRY_NS: u64 = 1_000_000_000;
 const RETRY_MAX_NS: u64 = 60_000_000_000;
+
+/// A release step that failed.
+pub(super) struct ReleaseFailure {
+    pub(super) op: &'static str,
+    pub(super) path: std::path::PathBuf,
+    pub(super) error: io::Error,
+    pub(super) retry_at: u64,
+}
+
+impl ReleaseFailure {
+    /// The failure as an error naming its step and file.
+    pub(super) fn error(&self) -> AofError {
+        AofError::io(
+            self.op,
+            &self.path,
+            crate::error::copy_io_error(&self.error),
+        )
+    }
+}
 
 /// Why a file leaves the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,9 +383,6 @@ impl LogCore {
 
     /// Whether segment `id` has a live pin (a reader, or a cached mapping).
     pub(super) fn pinned(&self, id: u64) -> bool {
-        self.rel
-            .pins
-            .get(&id)
-            .is_some_and(|w: &std::sync::Weak<SegmentPin>| w.strong_count() > 0)
+        self.rel.pins.get(&id).is_some_and(|w| w.strong_count() > 0)
     }
 }

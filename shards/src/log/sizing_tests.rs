@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const KIB: u64 = 1024;
 
-fn timed_core(c: AofConfig) -> (LogCore, Arc<AtomicU64>) {
+pub(super) fn timed_core(c: AofConfig) -> (LogCore, Arc<AtomicU64>) {
     let time = Arc::new(AtomicU64::new(1_000));
     let core = LogCore::new(
         c,

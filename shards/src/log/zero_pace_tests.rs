@@ -1,24 +1,13 @@
 //! The pace of zero-writing a new segment file (`zero_pace.rs`), driven by the fake
 //! executor on a manual clock.
 
+use super::sizing_tests::timed_core;
 use super::tests::{cfg, Fake};
 use super::*;
 use crate::buffer::PREP_CHUNK;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 const KIB: u64 = 1024;
-
-fn timed_core(c: AofConfig) -> (LogCore, Arc<AtomicU64>) {
-    let time = Arc::new(AtomicU64::new(1_000));
-    let core = LogCore::new(
-        c,
-        LogPaths::new(std::path::Path::new("/fake")),
-        Clock::Manual(time.clone()),
-        7,
-        Recovered::default(),
-    );
-    (core, time)
-}
 
 /// Bytes of each zero-write the fake executor ran since op `from` (the log's data is
 /// in segment 0, files being prepared have later ids).
