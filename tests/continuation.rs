@@ -46,6 +46,20 @@ fn read_all(aof: &Aof) -> Vec<(RecordId, Vec<u8>)> {
     out
 }
 
+/// Reads `stream` into `seen` until it holds `n` records.
+fn read_until(stream: &mut SealedSegmentStream, seen: &mut Vec<(RecordId, Vec<u8>)>, n: usize) {
+    while seen.len() < n {
+        let mut c = stream
+            .next_segment_blocking()
+            .unwrap()
+            .unwrap()
+            .into_cursor();
+        while let Some(r) = c.next().unwrap() {
+            seen.push((r.record_id(), r.payload().to_vec()));
+        }
+    }
+}
+
 /// 300 open / append one 100-byte record / close cycles with the default
 /// configuration leave one segment file (at most 8 MiB in the directory), and the
 /// directory never holds more than a few files, so opening does not cost more with
@@ -116,31 +130,13 @@ fn streams_and_followers_follow_a_continued_segment() {
     let mut follower = aof.tail_follower();
     let mut seen = Vec::new();
     // Everything there is, then the stream waits at the end of the sealed segment.
-    while seen.len() < want.len() {
-        let mut c = stream
-            .next_segment_blocking()
-            .unwrap()
-            .unwrap()
-            .into_cursor();
-        while let Some(r) = c.next().unwrap() {
-            seen.push((r.record_id(), r.payload().to_vec()));
-        }
-    }
+    read_until(&mut stream, &mut seen, want.len());
     for i in 5..10 {
         want.push((aof.append_record(&record(i)).unwrap(), record(i)));
     }
     aof.flush().unwrap();
     assert_eq!(want[9].0.segment_index() as u64, seg, "continued");
-    while seen.len() < want.len() {
-        let mut c = stream
-            .next_segment_blocking()
-            .unwrap()
-            .unwrap()
-            .into_cursor();
-        while let Some(r) = c.next().unwrap() {
-            seen.push((r.record_id(), r.payload().to_vec()));
-        }
-    }
+    read_until(&mut stream, &mut seen, want.len());
     assert_eq!(seen, want, "no record skipped or repeated");
     // A record larger than the rest of the segment rolls it: the follower reports the
     // continued segment's new seal.

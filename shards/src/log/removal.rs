@@ -110,6 +110,13 @@ impl LogCore {
         });
     }
 
+    /// Queues the removal of spare `id` (of `size` bytes), taken out of the pool: a
+    /// spare leaves by unlink, decided now.
+    fn queue_spare_removal(&mut self, id: u64, size: u64) {
+        self.queue_removal(id, size, Leaving::Spare);
+        self.rel.removals.back_mut().expect("just queued").spare = Some(false);
+    }
+
     /// The file an entry removes, where it is now.
     fn removal_path(&self, r: &Removal) -> PathBuf {
         match r.leaving {
@@ -164,9 +171,7 @@ impl LogCore {
     fn trim_spares(&mut self) {
         while let Some(i) = self.excess_spare() {
             let (id, size) = self.rel.spares.remove(i);
-            self.queue_removal(id, size, Leaving::Spare);
-            // Decided: a spare leaves by unlink.
-            self.rel.removals.back_mut().expect("just queued").spare = Some(false);
+            self.queue_spare_removal(id, size);
         }
     }
 
@@ -197,8 +202,7 @@ impl LogCore {
                 match self.rel.spares.iter().position(|s| s.1 != cur) {
                     Some(j) => {
                         let (old, old_size) = self.rel.spares.remove(j);
-                        self.queue_removal(old, old_size, Leaving::Spare);
-                        self.rel.removals.back_mut().expect("just queued").spare = Some(false);
+                        self.queue_spare_removal(old, old_size);
                     }
                     None => {
                         spare = false;
