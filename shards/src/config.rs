@@ -126,6 +126,13 @@ pub enum Compression {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CommitMode {
+    /// The default: [`CommitMode::Shard`] for a log placed on a chosen shard
+    /// (`AofConfig::shard = Some(_)`, the shape of a log written by tasks on that
+    /// shard: they never wait on a foreign thread holding the log's commit), else
+    /// [`CommitMode::Caller`]. `AofConfig::normalized` (and so `Aof::config`) says
+    /// which one is in effect.
+    #[default]
+    Auto,
     /// The waiting thread commits itself when no write + sync of the log is in flight:
     /// it writes everything appended so far and syncs it (on io_uring through a small
     /// ring of its own), and its completion releases every waiter it covers; threads
@@ -134,7 +141,6 @@ pub enum CommitMode {
     /// rolls, preparation, interval and watermark flushes and async waiters stay the
     /// shard's. Where a caller cannot get a ring (the bound on caller rings, memlock),
     /// it uses the shard.
-    #[default]
     Caller,
     /// Every write and sync runs on the log's shard thread; waiters wait for it.
     Shard,
@@ -196,8 +202,13 @@ pub struct AofConfig {
     /// Which sealed segments are kept.
     pub retention: RetentionPolicy,
     /// Who writes and syncs for a thread that waits for durability (default
-    /// [`CommitMode::Caller`]).
+    /// [`CommitMode::Auto`]).
     pub commit: CommitMode,
+    /// The shard the log lives on: `None` (the default) for the working shard with the
+    /// fewest logs; `Some(i)` for shard `i`, where tasks spawned with
+    /// `AofManager::spawn_on_shard(i, ..)` append to it with no thread hop. A shard
+    /// past the last is an error at `Aof::new` (`AofError::NoSuchShard`).
+    pub shard: Option<usize>,
     /// The spare pool's bound: released segment files of up to `spare_segments` x
     /// `segment_target_bytes` bytes in all are kept for reuse as later segments, which
     /// then need no zero-writing; only sizes a new segment can use are kept (default 2;
@@ -228,6 +239,7 @@ impl Default for AofConfig {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             retention: RetentionPolicy::KeepAll,
             commit: CommitMode::default(),
+            shard: None,
             spare_segments: 2,
             segment_max_age_seconds: None,
             file_mode: DEFAULT_FILE_MODE,
@@ -267,6 +279,12 @@ impl AofConfig {
             .flush_watermark_bytes
             .clamp(4 * KIB, f.max_unflushed_bytes);
         f.flush_interval_ms = f.flush_interval_ms.min(3_600_000);
+        if self.commit == CommitMode::Auto {
+            self.commit = match self.shard {
+                Some(_) => CommitMode::Shard,
+                None => CommitMode::Caller,
+            };
+        }
         self
     }
 

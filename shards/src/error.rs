@@ -182,6 +182,33 @@ pub enum AofError {
         cause: String,
     },
 
+    /// A shard number past the last one (`AofConfig::shard`, `spawn_on_shard`).
+    #[error("there is no shard {shard}: the manager runs {shards} shard(s), numbered from 0")]
+    NoSuchShard {
+        /// The shard asked for.
+        shard: usize,
+        /// How many shards the manager runs.
+        shards: usize,
+    },
+
+    /// A task spawned on a shard panicked (the shard went on).
+    #[error("a task on shard {shard} {cause}")]
+    TaskPanicked {
+        /// The shard it ran on.
+        shard: usize,
+        /// The panic's message.
+        cause: String,
+    },
+
+    /// A task spawned on a shard was dropped before it finished.
+    #[error("a task on shard {shard} was dropped: {reason}")]
+    TaskCancelled {
+        /// The shard it ran on.
+        shard: usize,
+        /// Why.
+        reason: String,
+    },
+
     /// The manager could not start.
     #[error("cannot start the AOF manager: {0}")]
     Startup(String),

@@ -187,7 +187,7 @@ impl LogHandle {
     ) -> AofResult<LogHandle> {
         cfg.validate()?;
         let cfg = cfg.normalized();
-        let shard = set.place()?;
+        let shard = set.place(cfg.shard)?;
         // Absolute, so a later chdir by the application cannot redirect the log.
         let root = std::path::absolute(&cfg.root_dir)
             .map_err(|e| AofError::io("resolve root_dir", &cfg.root_dir, e))?;

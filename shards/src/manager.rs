@@ -8,7 +8,10 @@ use crate::error::{AofError, AofResult};
 use crate::exec::caller::CallerRings;
 use crate::fs::posix::PosixFs;
 use crate::fs::Fs;
+use crate::metrics::ShardStats;
+use crate::shard::tasks::{self, ShardTask};
 use crate::shard::{Running, Shard, ShardCtl};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -154,9 +157,7 @@ impl ShardSet {
         &self.cpus
     }
 
-    /// The working shard with the fewest logs. Shards that failed take no new logs;
-    /// when every shard has failed, the error names the first and its cause.
-    pub fn place(&self) -> AofResult<Arc<ShardCtl>> {
+    fn check_running(&self) -> AofResult<()> {
         if self
             .shards
             .lock()
@@ -164,6 +165,30 @@ impl ShardSet {
             .is_empty()
         {
             return Err(AofError::Startup("the AOF manager has shut down".into()));
+        }
+        Ok(())
+    }
+
+    /// Shard `shard`, or an error naming it and how many there are.
+    fn shard(&self, shard: usize) -> AofResult<&Arc<ShardCtl>> {
+        self.ctls.get(shard).ok_or(AofError::NoSuchShard {
+            shard,
+            shards: self.ctls.len(),
+        })
+    }
+
+    /// The shard a log goes to: `want` if given (an error if it is past the last or
+    /// has failed), else the working shard with the fewest logs. Shards that failed
+    /// take no new logs; when every shard has failed, the error names the first and
+    /// its cause.
+    pub fn place(&self, want: Option<usize>) -> AofResult<Arc<ShardCtl>> {
+        self.check_running()?;
+        if let Some(i) = want {
+            let c = self.shard(i)?;
+            if c.failure().is_some() {
+                return Err(c.refusal());
+            }
+            return Ok(c.clone());
         }
         if let Some(c) = self
             .ctls
@@ -181,6 +206,41 @@ impl ShardSet {
                 c.failure().unwrap_or("failed")
             ),
         })
+    }
+
+    /// Runs the future `f` creates as a task on shard `shard`'s thread (see
+    /// `shard::tasks`).
+    pub fn spawn_on_shard<F, Fut, T>(&self, shard: usize, f: F) -> AofResult<ShardTask<T>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.check_running()?;
+        let c = self.shard(shard)?;
+        let (create, task) = tasks::spawn(shard, f);
+        c.spawn(create)?;
+        Ok(task)
+    }
+
+    /// Counters of every shard, by index.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        let r = Ordering::Relaxed;
+        self.ctls
+            .iter()
+            .map(|c| ShardStats {
+                shard: c.id,
+                logs: c.logs.load(r) as u64,
+                tasks_spawned: c.tasks.spawned.load(r),
+                tasks_ended: c.tasks.ended.load(r),
+                task_polls: c.tasks.polls.load(r),
+                slow_task_polls: c.tasks.slow_polls.load(r),
+                longest_task_poll_ns: c.tasks.longest_poll_ns.load(r),
+                foreign_task_wakeups: c.tasks.foreign_wakes.load(r),
+                eventfd_wakeups: c.tasks.eventfd_writes.load(r),
+                ring_enters: c.ring_ops.enters.load(r),
+            })
+            .collect()
     }
 
     /// The inflated-chunk cache (Tier 0) the logs' readers share.

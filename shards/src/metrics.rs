@@ -80,3 +80,31 @@ pub struct FlushMetricsSnapshot {
     /// Their raw bytes.
     pub compression_backlog_bytes: u64,
 }
+
+/// Counters of one shard: its tasks, how long their polls took, and its wake-ups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardStats {
+    /// The shard's index.
+    pub shard: usize,
+    /// Logs placed on it.
+    pub logs: u64,
+    /// Tasks spawned onto it (`spawn_on_shard`).
+    pub tasks_spawned: u64,
+    /// Tasks that ended (finished, panicked or dropped); `tasks_spawned - tasks_ended`
+    /// are alive.
+    pub tasks_ended: u64,
+    /// Polls of its tasks.
+    pub task_polls: u64,
+    /// Task polls longer than 1 ms: each held up every log and task of the shard.
+    pub slow_task_polls: u64,
+    /// The longest task poll, in ns.
+    pub longest_task_poll_ns: u64,
+    /// Task wake-ups that came from another thread (a task waiting on a log of
+    /// another shard, or on a foreign future).
+    pub foreign_task_wakeups: u64,
+    /// Writes to the shard's eventfd: wake-ups of a shard sleeping in its ring.
+    pub eventfd_wakeups: u64,
+    /// `io_uring_enter` calls of the shard's ring (0 on the portable backend).
+    pub ring_enters: u64,
+}

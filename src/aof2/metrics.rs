@@ -1,7 +1,7 @@
 //! Flush and append metrics of one log, and an exporter that turns them into named
 //! samples for any metrics system.
 
-pub use aof2_shards::metrics::FlushMetricsSnapshot;
+pub use aof2_shards::metrics::{FlushMetricsSnapshot, ShardStats};
 
 /// One named value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

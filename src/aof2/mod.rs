@@ -13,7 +13,11 @@ pub mod reader;
 
 pub use config::{AofConfig, AofManagerConfig, IoBackend, RecordId, SegmentId};
 pub use error::{AofError, AofResult};
-pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample};
+pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample, ShardStats};
+
+/// A task running on a shard's thread ([`AofManager::spawn_on_shard`]): await it, or
+/// [`ShardTask::join`] it from a plain thread; dropping it detaches the task.
+pub use aof2_shards::shard::tasks::ShardTask;
 
 /// One segment as [`Aof::catalog_snapshot`] reports it.
 pub use aof2_shards::chunk_cache::ChunkCacheStats;
@@ -22,6 +26,7 @@ pub use aof2_shards::log::SegmentInfo;
 use aof2_shards::log_handle::LogHandle;
 use aof2_shards::manager::ShardSet;
 use reader::{SegmentReader, TailFollower, TailState};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -77,6 +82,42 @@ impl AofManager {
         self.set.uring_fallback()
     }
 
+    /// Runs a task on shard `shard`'s thread: `f` is called there, and the future it
+    /// returns is polled there, so it may hold `!Send` state across awaits. A task on
+    /// the shard of a log placed there (`AofConfig::shard`) appends and waits for
+    /// durability with no thread hop: `append_record_async` and `flush_until_async`
+    /// make no system call of their own, and the shard's next `io_uring_enter` carries
+    /// the commit.
+    ///
+    /// The returned [`ShardTask`] is a future of the task's result (or
+    /// [`ShardTask::join`] it from a plain thread); dropping it detaches the task. A
+    /// panic in `f` or in the task is [`AofError::TaskPanicked`] and the shard goes
+    /// on; a task still pending when the manager shuts down (after its logs drained)
+    /// is dropped and returns [`AofError::TaskCancelled`]. A shard past the last is
+    /// [`AofError::NoSuchShard`].
+    ///
+    /// A task shares its shard's thread with the logs on it: it must not block (the
+    /// engine's blocking calls are refused there with [`AofError::WouldDeadlock`]),
+    /// and a long poll stalls every log and task of the shard (counted in
+    /// [`ShardStats::slow_task_polls`]). On the thread executor a task may await the
+    /// engine's futures and any future that needs no runtime (channels, other
+    /// `ShardTask`s); futures that need a runtime's reactor or timers (Tokio's
+    /// `sleep`, sockets) do not work there.
+    pub fn spawn_on_shard<F, Fut, T>(&self, shard: usize, f: F) -> AofResult<ShardTask<T>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.set.spawn_on_shard(shard, f)
+    }
+
+    /// Counters of every shard, by index: tasks, task polls (slow ones and the
+    /// longest), wake-ups.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.set.shard_stats()
+    }
+
     /// Tier 0 so far: `read_record`s of compressed segments served from inflated
     /// chunks in memory (hits) or that inflated their chunk (misses), and the bytes
     /// held (at most [`AofManagerConfig::tier0_cache_bytes`]).
@@ -88,6 +129,23 @@ impl AofManager {
 impl Drop for AofManager {
     fn drop(&mut self) {
         self.set.shutdown();
+    }
+}
+
+impl AofManagerHandle {
+    /// [`AofManager::spawn_on_shard`], from a handle.
+    pub fn spawn_on_shard<F, Fut, T>(&self, shard: usize, f: F) -> AofResult<ShardTask<T>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.set.spawn_on_shard(shard, f)
+    }
+
+    /// Number of shard threads.
+    pub fn shard_count(&self) -> usize {
+        self.set.shard_count()
     }
 }
 
@@ -216,6 +274,11 @@ impl Aof {
     /// Flush and append counters of this log.
     pub fn flush_metrics(&self) -> FlushMetricsSnapshot {
         self.log.metrics()
+    }
+
+    /// The shard this log lives on (`AofConfig::shard`, or where it was placed).
+    pub fn shard(&self) -> usize {
+        self.log.shard_id()
     }
 
     /// The CPU this log's shard thread is pinned to (`None`: not pinned). A thread

@@ -22,6 +22,7 @@
 //! every close, and stops taking requests (later ones are answered on the spot); new
 //! logs go to the other shards.
 
+pub mod tasks;
 pub mod turn;
 
 use crate::buffer::BufferArena;
@@ -41,6 +42,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
+use tasks::{Spawn, TaskStats};
 use turn::ShardLoop;
 
 thread_local! {
@@ -83,6 +85,10 @@ pub struct Inbox {
     add: Vec<Registration>,
     ready: Vec<u64>,
     close: Vec<CloseRequest>,
+    /// Tasks to create on the shard's thread.
+    spawn: Vec<Spawn>,
+    /// Tasks woken since the last turn.
+    woken: Vec<u64>,
     shutdown: bool,
     /// The thread has exited (shut down or failed): requests are answered on the spot.
     stopped: bool,
@@ -130,6 +136,8 @@ pub struct ShardCtl {
     /// Injected faults (test hooks): `FAULT_*` bits, and a pause in ns.
     faults: AtomicU64,
     pause_ns: AtomicU64,
+    /// Counters of the tasks running on the shard and of its wake-ups.
+    pub tasks: TaskStats,
 }
 
 /// What a shard runs on.
@@ -167,6 +175,7 @@ impl ShardCtl {
             failed: OnceLock::new(),
             faults: AtomicU64::new(0),
             pause_ns: AtomicU64::new(0),
+            tasks: TaskStats::default(),
         }
     }
 
@@ -200,6 +209,7 @@ impl ShardCtl {
             // either it sees our request, or we see it sleeping and write.
             if self.sleeping.swap(false, Ordering::SeqCst) {
                 if let Some(efd) = &self.efd {
+                    self.tasks.eventfd_writes.fetch_add(1, Ordering::Relaxed);
                     signal_eventfd(efd.as_raw_fd());
                 }
             }
@@ -214,6 +224,8 @@ impl ShardCtl {
         !i.add.is_empty()
             || !i.ready.is_empty()
             || !i.close.is_empty()
+            || !i.spawn.is_empty()
+            || !i.woken.is_empty()
             || i.shutdown
             || self.faults.load(Ordering::SeqCst) != 0
             || self.pause_ns.load(Ordering::SeqCst) != 0
@@ -225,7 +237,7 @@ impl ShardCtl {
     }
 
     /// The error of a log that cannot be placed here any more.
-    fn refusal(&self) -> AofError {
+    pub(crate) fn refusal(&self) -> AofError {
         match self.failure() {
             Some(cause) => AofError::ShardFailed {
                 shard: self.id,
@@ -248,6 +260,24 @@ impl ShardCtl {
             }
         });
         match refused {
+            Some(_) => Err(self.refusal()),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands a task to this shard; refused once the shard has stopped or failed.
+    pub(crate) fn spawn(&self, s: Spawn) -> Result<(), AofError> {
+        let mut refused = None;
+        self.with_inbox(|i| {
+            if i.stopped {
+                refused = Some(s);
+            } else {
+                self.tasks.spawned.fetch_add(1, Ordering::Relaxed);
+                i.spawn.push(s);
+            }
+        });
+        match refused {
+            // Dropped here, not on the shard: its task was never created.
             Some(_) => Err(self.refusal()),
             None => Ok(()),
         }
@@ -365,7 +395,11 @@ impl Shard {
     pub fn shutdown(&mut self) {
         self.ctl.with_inbox(|i| i.shutdown = true);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Dropped by a task on this very shard: the thread exits after that task's
+            // poll returns; joining it from itself would never return.
+            if current_shard() != Some(self.ctl.id) {
+                let _ = t.join();
+            }
         }
     }
 }

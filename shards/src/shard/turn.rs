@@ -19,6 +19,7 @@
 //! dropped instead of reaching a core whose state can no longer be trusted, and the
 //! log is retired (its files closed) only once none is left.
 
+use super::tasks::Tasks;
 use super::{CloseRequest, Registration, ShardCtl, FAULT_LOST, FAULT_PANIC};
 use crate::clock::Clock;
 use crate::error::AofError;
@@ -60,6 +61,8 @@ pub struct ShardLoop {
     closing: Vec<CloseRequest>,
     shutting_down: bool,
     done: Vec<Completed>,
+    /// Tasks spawned onto the shard (dropped with the loop, on the shard's thread).
+    tasks: Tasks,
 }
 
 /// Forgets a drained log: closes its files and tells its waiters it ended.
@@ -112,12 +115,18 @@ impl ShardLoop {
             closing: Vec::new(),
             shutting_down: false,
             done: Vec::new(),
+            tasks: Tasks::default(),
         }
     }
 
     /// The executor (tests reach into the simulated ring through it).
     pub fn executor_mut(&mut self) -> &mut dyn Executor {
         &mut *self.exec
+    }
+
+    /// Tasks alive on the shard.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Logs on the shard.
@@ -130,6 +139,10 @@ impl ShardLoop {
     pub fn turn(&mut self, host: &dyn Host) -> Result<Turned, String> {
         self.injected()?;
         self.take_inbox();
+        // Tasks first: what they append and flush goes out with this turn's chains.
+        if self.tasks.run(&self.ctl.tasks) {
+            self.take_inbox();
+        }
         let started = self.poll_logs();
         if self.retire_drained() {
             return Ok(Turned {
@@ -148,7 +161,7 @@ impl ShardLoop {
     /// the executor and `host`'s readiness hook, then applies what completed; true if
     /// anything did.
     fn wait(&mut self, host: &dyn Host) -> Result<bool, String> {
-        let busy = self.logs.values().any(|e| e.active);
+        let busy = self.logs.values().any(|e| e.active) || self.tasks.has_ready();
         let mut next: Option<u64> = self.logs.values().filter_map(|e| e.deadline).min();
         if !busy && (!self.closing.is_empty() || self.shutting_down) {
             // Draining logs always have work; this only guards against a stall.
@@ -203,7 +216,12 @@ impl ShardLoop {
 
     /// Takes what other threads queued: new logs, logs to poll, closes, shutdown.
     fn take_inbox(&mut self) {
-        let inbox = self.ctl.take_inbox();
+        let mut inbox = self.ctl.take_inbox();
+        let (spawn, woken) = (
+            std::mem::take(&mut inbox.spawn),
+            std::mem::take(&mut inbox.woken),
+        );
+        self.tasks.take(&self.ctl, spawn, woken);
         for Registration { shared } in inbox.add {
             self.logs.insert(
                 shared.key,
