@@ -1,4 +1,4 @@
-//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1Z, R1-R3, S1, Z1, C1, P1), each
+//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1Z, R1-R3, S1, Z1, C1, T1, P1), each
 //! measured against a raw baseline in the same run on the same directory, reported as a
 //! ratio (these machines are noisy; only ratios taken in one run compare). It lives
 //! on the binary's side, not in the library: one file per workload, `baseline` for the
@@ -12,6 +12,7 @@ mod r2;
 mod reads;
 mod report;
 mod small;
+mod tasks;
 mod w1;
 mod w1_zstd;
 mod w2;
@@ -190,7 +191,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 13] = [
+    let workloads: [(&[&str], Workload); 14] = [
         (&["W1"], w1::w1),
         (&["W1", "W1Z"], w1_zstd::w1z),
         (&["W2"], w2::w2),
@@ -203,6 +204,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         (&["Z1"], z1::z1),
         (&["Z1"], z1_reads::z1_reads),
         (&["C1"], paths::c1),
+        (&["T1"], tasks::t1),
         (&["P1"], peer_rows),
     ];
     if !opts.json {
