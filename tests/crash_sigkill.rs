@@ -4,7 +4,9 @@
 //! directory. After each kill every acknowledged record must come back byte for byte,
 //! and what is on disk must be, per round, a gap-free prefix of what was appended.
 //! Even rounds commit from the writing thread ([`CommitMode::Caller`], the default),
-//! odd rounds through the shard ([`CommitMode::Shard`]). Every third round runs `Size`
+//! odd rounds through the shard ([`CommitMode::Shard`]); every fourth round writes
+//! from a task on the log's own shard (`spawn_on_shard`, async appends and flushes:
+//! the zero-hop path). Every third round runs `Size`
 //! retention, which releases and recycles segments in the background while the child
 //! is killed: whatever a durable release let go never comes back, everything
 //! acknowledged after it does. Two rounds in three compress sealed segments in the
@@ -48,6 +50,11 @@ fn compresses(round: u64) -> bool {
     round % 3 != 0
 }
 
+/// Every fourth round writes from a task on the log's shard (a `Shard` round).
+fn in_task(round: u64) -> bool {
+    round % 4 == 3
+}
+
 fn commit_mode(round: u64) -> CommitMode {
     if round % 2 == 0 {
         CommitMode::Caller
@@ -80,7 +87,29 @@ fn child_writer() {
     if compresses(round) {
         cfg.compression = Compression::Zstd;
     }
-    let aof = open(&m, cfg);
+    if in_task(round) {
+        cfg.shard = Some(0);
+    }
+    let aof = std::sync::Arc::new(open(&m, cfg));
+    if in_task(round) {
+        // Appends and waits from a task on the log's own shard (the zero-hop path);
+        // the task runs until the kill.
+        let a = aof.clone();
+        m.spawn_on_shard(0, move || async move { write_loop(&a, round, false).await })
+            .unwrap()
+            .join()
+            .unwrap();
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(write_loop(&aof, round, true));
+    }
+}
+
+/// The child's loop: appends batches and waits for each, reporting acknowledged ids
+/// (blocking calls on the writing thread, or async calls in a task on the shard).
+async fn write_loop(aof: &bop_rs::aof2::Aof, round: u64, blocking: bool) {
     let mut first = aof.first_record().segment_index();
     println!("FIRST {first}");
     println!("READY");
@@ -90,10 +119,21 @@ fn child_writer() {
         let batch = 1 + seq % 13;
         let mut rids = Vec::new();
         for _ in 0..batch {
-            rids.push((seq, aof.append_record(&record(round, seq)).unwrap()));
+            let p = record(round, seq);
+            let rid = if blocking {
+                aof.append_record(&p).unwrap()
+            } else {
+                aof.append_record_async(&p).await.unwrap()
+            };
+            rids.push((seq, rid));
             seq += 1;
         }
-        aof.flush_until(rids.last().unwrap().1).unwrap();
+        let last = rids.last().unwrap().1;
+        if blocking {
+            aof.flush_until(last).unwrap();
+        } else {
+            aof.flush_until_async(last).await.unwrap();
+        }
         for (s, rid) in rids {
             println!("ACK {s} {}", rid.as_u64());
         }
@@ -113,7 +153,8 @@ fn child_writer() {
             compressed = metrics.segments_compressed;
             println!("COMPRESSED {compressed}");
         }
-        if seq % 101 == 0 {
+        // (`seal_active` blocks: a task on the shard leaves sealing to rolls.)
+        if seq % 101 == 0 && blocking {
             aof.seal_active().unwrap();
         }
     }
@@ -203,13 +244,21 @@ fn acknowledged_records_survive_sigkill() {
         caller_commits[1], 0,
         "a caller committed with CommitMode::Shard"
     );
+    let from_tasks: usize = (0..rounds)
+        .filter(|r| in_task(*r))
+        .map(|r| acked[r as usize].len())
+        .sum();
+    assert!(
+        from_tasks > 0 || rounds < 4,
+        "no record was acknowledged in the task rounds"
+    );
     assert!(
         compressed > 0 || rounds < 3,
         "no segment was compressed in the compression rounds"
     );
     println!(
         "{rounds} kills, {total} acknowledged records, all recovered; \
-         caller commits seen {caller_commits:?}; retention released up to segment {floor}; \
+         {from_tasks} of them from tasks on the shard; caller commits seen {caller_commits:?}; retention released up to segment {floor}; \
          {compressed} segments compressed, compressed files checked {zst_seen} times"
     );
 }
