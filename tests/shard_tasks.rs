@@ -455,3 +455,116 @@ fn a_foreign_blocking_flusher_and_a_pinned_async_flusher_share_a_log() {
         assert_eq!(log.flush_metrics().records_appended, 600);
     }
 }
+
+/// Soak: 64 tasks on shard 0 appending and waiting, on 1 log and on 16 logs, with
+/// `DEFER_TASKRUN` on and off (where the kernel has it), while a thread on the same
+/// directory runs `pwrite` + `fdatasync` as a yardstick of the disk's own stalls. Every
+/// record comes back, and the longest wait of a task for its flush stays within 50 ms
+/// of twice the yardstick's longest sync (a flush may wait for the commit in flight
+/// before its own; a completion the shard left unreaped would show as a wait far
+/// beyond anything the disk did). `AOF2_TASK_SOAK_SECS` (default 1) is the time per
+/// case; `scripts/soak.sh` runs it for 60 s per case.
+#[test]
+fn soak_64_tasks_on_one_and_sixteen_logs() {
+    let secs: u64 = std::env::var("AOF2_TASK_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    for defer in [true, false] {
+        for logs in [1usize, 16] {
+            soak_case(defer, logs, Duration::from_secs(secs));
+        }
+    }
+}
+
+fn soak_case(defer: bool, n_logs: usize, run: Duration) {
+    use bop_rs::aof2::config::UringFeature;
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    init_log();
+    let mut mc = AofManagerConfig::default();
+    mc.shards = 2;
+    if !defer {
+        mc.io_uring_disable = vec![UringFeature::DeferTaskrun];
+    }
+    let m = AofManager::with_config(mc).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<Arc<Aof>> = (0..n_logs)
+        .map(|i| placed(&m, &dir.path().join(format!("log-{i}")), 0))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The disk's own stalls, measured beside the tasks.
+    let yard = {
+        let (stop, path) = (stop.clone(), dir.path().join("yardstick"));
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            f.write_all_at(&vec![0u8; 1 << 20], 0).unwrap();
+            f.sync_all().unwrap();
+            let mut longest = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                f.write_all_at(&[7u8; 4096], (i % 256) * 4096).unwrap();
+                f.sync_data().unwrap();
+                longest = longest.max(t.elapsed());
+                i += 1;
+            }
+            longest
+        })
+    };
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let (l, s) = (logs[t as usize % n_logs].clone(), stop.clone());
+            m.spawn_on_shard(0, move || async move {
+                let mut longest = Duration::ZERO;
+                let mut rids = Vec::new();
+                let mut seq = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let mut p = t.to_le_bytes().to_vec();
+                    p.extend_from_slice(&seq.to_le_bytes());
+                    p.resize(16 + (seq as usize * 37) % 3000, t as u8);
+                    let rid = l.append_record_async(&p).await.unwrap();
+                    let w = Instant::now();
+                    l.flush_until_async(rid).await.unwrap();
+                    longest = longest.max(w.elapsed());
+                    rids.push((rid, p));
+                    seq += 1;
+                }
+                (longest, rids)
+            })
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(run);
+    stop.store(true, Ordering::Relaxed);
+    let yard = yard.join().unwrap();
+    let mut longest = Duration::ZERO;
+    let mut all = Vec::new();
+    for (t, task) in tasks.into_iter().enumerate() {
+        let (l, rids) = task.join().unwrap();
+        longest = longest.max(l);
+        all.push((t % n_logs, rids));
+    }
+    let s = stats(&m, 0);
+    eprintln!(
+        "soak defer={defer} logs={n_logs}: {} records, longest flush wait {longest:?}, \
+         yardstick's longest sync {yard:?}, {s:?}",
+        all.iter().map(|(_, r)| r.len()).sum::<usize>()
+    );
+    assert!(
+        longest <= yard * 2 + Duration::from_millis(50),
+        "a task waited {longest:?} for a flush; the disk's longest sync beside it took {yard:?}"
+    );
+    for (i, rids) in &all {
+        assert!(!rids.is_empty(), "a task acknowledged nothing");
+        for (rid, p) in rids.iter().step_by(97) {
+            assert_eq!(&read_back(&logs[*i], *rid), p);
+        }
+    }
+}
