@@ -235,7 +235,12 @@ fn every_feature_set_from_linux_5_15_writes_identical_segments() {
         if v.disable.contains(&WriteFixed) {
             assert!(used("write") > 0, "{}: {ops:?}", v.name);
         }
-        if v.disable.contains(&Read) {
+        // (A glommio shard never reads its eventfd through its ring: glommio waits on it.)
+        let glommio = aof2_shards::config::ShardExecutor::Threads
+            .resolve()
+            .unwrap()
+            .is_glommio();
+        if v.disable.contains(&Read) && !glommio {
             assert!(used("readv") > 0, "{}: {ops:?}", v.name);
         }
         if v.disable.contains(&WritevFixed) {
@@ -246,6 +251,9 @@ fn every_feature_set_from_linux_5_15_writes_identical_segments() {
                 // With everything available (this kernel), every path is in use.
                 if v.backend == IoBackend::Uring {
                     for opcode in ["write_fixed", "writev_fixed", "fsync", "read"] {
+                        if opcode == "read" && glommio {
+                            continue;
+                        }
                         assert!(used(opcode) > 0, "{opcode} unused: {ops:?}");
                     }
                 }

@@ -568,3 +568,27 @@ fn soak_case(defer: bool, n_logs: usize, run: Duration) {
         }
     }
 }
+
+/// A log's timers (the flush interval, idle buffers given back) fire on every executor.
+#[test]
+fn a_logs_timers_fire_with_nobody_calling() {
+    let m = two_shards();
+    let dir = tempfile::tempdir().unwrap();
+    let log = placed(&m, dir.path(), 0);
+    log.append_record(b"left to the interval").unwrap();
+    let t0 = Instant::now();
+    while log.flush_metrics().flushes_interval == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the 5 ms flush interval never fired"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    while log.flush_metrics().idle_buffer_releases == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "a quiet log never gave its buffers back"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

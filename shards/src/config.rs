@@ -410,6 +410,57 @@ pub struct AofManagerConfig {
     /// of the manager, least recently used out (default 64 MiB; 0 keeps none). Held only
     /// once `read_record` reads compressed segments; cursors and streams bypass it.
     pub tier0_cache_bytes: u64,
+    /// What runs each shard's loop (default [`ShardExecutor::Threads`]). With
+    /// `Threads` (the default) the environment variable `AOF2_EXECUTOR=threads|glommio`
+    /// decides instead (the test suite runs on glommio this way).
+    pub executor: ShardExecutor,
+}
+
+/// What runs a shard's loop and the tasks spawned onto it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ShardExecutor {
+    /// A plain pinned thread per shard, sleeping in its io_uring ring (or parked, on
+    /// the portable backend). Tasks may await the engine's futures and any future that
+    /// needs no runtime.
+    #[default]
+    Threads,
+    /// Each shard runs as a glommio `LocalExecutor` pinned to its CPU (cargo feature
+    /// `glommio`): tasks spawned onto it may use all of glommio (timers, channels,
+    /// networking). The engine keeps its own io_uring ring, whose completions reach
+    /// glommio's reactor through an eventfd. Needs io_uring (no portable fallback),
+    /// the opcodes glommio uses (Linux 5.8 or later) and `RLIMIT_MEMLOCK` of at least
+    /// 512 KiB plus `registered_buffer_bytes`; `AofManager::with_config` checks them
+    /// first and fails with a clear error instead of letting glommio panic or exit.
+    #[cfg(feature = "glommio")]
+    Glommio,
+}
+
+impl ShardExecutor {
+    /// True for `Glommio` (false in a build without the `glommio` feature).
+    pub fn is_glommio(self) -> bool {
+        self != ShardExecutor::Threads
+    }
+
+    /// `Threads` is overridden by `AOF2_EXECUTOR` (`threads` or `glommio`).
+    pub fn resolve(self) -> Result<ShardExecutor, AofError> {
+        if self != ShardExecutor::Threads {
+            return Ok(self);
+        }
+        match std::env::var("AOF2_EXECUTOR").as_deref() {
+            Ok("") | Ok("threads") | Err(_) => Ok(ShardExecutor::Threads),
+            #[cfg(feature = "glommio")]
+            Ok("glommio") => Ok(ShardExecutor::Glommio),
+            #[cfg(not(feature = "glommio"))]
+            Ok("glommio") => Err(AofError::InvalidConfig(
+                "AOF2_EXECUTOR=\"glommio\": this build of bop-rs lacks the `glommio` cargo feature"
+                    .into(),
+            )),
+            Ok(v) => Err(AofError::InvalidConfig(format!(
+                "AOF2_EXECUTOR={v:?}: expected threads or glommio"
+            ))),
+        }
+    }
 }
 
 /// An optional io_uring feature. The ring probes what the kernel has when it is
@@ -455,6 +506,7 @@ impl Default for AofManagerConfig {
             caller_rings: 64,
             io_uring_disable: Vec::new(),
             tier0_cache_bytes: 64 << 20,
+            executor: ShardExecutor::default(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct ShardSet {
     compressor: Mutex<Option<Arc<Compressor>>>,
     /// Tier 0: inflated chunks of compressed segments, for every log.
     chunks: Arc<ChunkCache>,
+    /// What runs the shards' loops.
+    executor: crate::config::ShardExecutor,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -56,6 +58,28 @@ impl ShardSet {
             cfg.shards
         };
         let backend = cfg.backend.resolve()?;
+        let mut executor = cfg.executor.resolve()?;
+        // The environment's choice applies where it can: a manager asking for the
+        // portable backend keeps its threads.
+        if cfg.executor != executor && backend == IoBackend::Sync {
+            executor = cfg.executor;
+        }
+        #[cfg(feature = "glommio")]
+        let backend = if executor == crate::config::ShardExecutor::Glommio {
+            if backend == IoBackend::Sync {
+                return Err(AofError::InvalidConfig(
+                    "ShardExecutor::Glommio needs io_uring, but backend = Sync \
+                     (AofManagerConfig::backend or AOF2_BACKEND)"
+                        .into(),
+                ));
+            }
+            crate::shard::glommio_host::probe(cfg.registered_buffer_bytes).map_err(|why| {
+                AofError::Startup(format!("cannot host the shards in glommio: {why}"))
+            })?;
+            IoBackend::Uring
+        } else {
+            backend
+        };
         let mut shards = Vec::with_capacity(n);
         let mut pinned = Vec::with_capacity(n);
         for i in 0..n {
@@ -66,6 +90,7 @@ impl ShardSet {
                 cpu,
                 Clock::System,
                 backend,
+                executor,
                 arena_buffers,
                 &cfg.io_uring_disable,
             )
@@ -105,6 +130,7 @@ impl ShardSet {
             running,
             callers,
             compressor: Mutex::new(None),
+            executor,
             chunks: Arc::new(ChunkCache::new(
                 usize::try_from(cfg.tier0_cache_bytes).unwrap_or(usize::MAX),
             )),
@@ -115,6 +141,11 @@ impl ShardSet {
     /// portable executor: callers then commit with blocking calls).
     pub fn caller_rings(&self) -> Option<Arc<CallerRings>> {
         self.callers.clone()
+    }
+
+    /// What runs the shards' loops (`AOF2_EXECUTOR` applied).
+    pub fn executor(&self) -> crate::config::ShardExecutor {
+        self.executor
     }
 
     /// What each shard runs on.

@@ -5,6 +5,6 @@
 
 pub use aof2_shards::config::{
     AofConfig, AofManagerConfig, CommitMode, Compression, FlushConfig, IoBackend, RecordId,
-    RetentionPolicy, SegmentId, UringFeature, DEFAULT_FILE_MODE, MAX_SEGMENT_BYTES,
+    RetentionPolicy, SegmentId, ShardExecutor, UringFeature, DEFAULT_FILE_MODE, MAX_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
 };

@@ -76,6 +76,12 @@ impl AofManager {
         }
     }
 
+    /// What runs the shards' loops: [`config::ShardExecutor::Threads`], or `Glommio`
+    /// (the configuration's choice, or `AOF2_EXECUTOR`'s for the default).
+    pub fn executor(&self) -> config::ShardExecutor {
+        self.set.executor()
+    }
+
     /// True when io_uring was wanted ([`IoBackend::Auto`]) but `io_uring_setup` failed,
     /// so the shards run the portable backend (also the `aof_io_uring_fallback` metric).
     pub fn io_uring_fallback(&self) -> bool {

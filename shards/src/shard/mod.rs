@@ -22,12 +22,14 @@
 //! every close, and stops taking requests (later ones are answered on the spot); new
 //! logs go to the other shards.
 
+#[cfg(feature = "glommio")]
+pub mod glommio_host;
 pub mod tasks;
 pub mod turn;
 
 use crate::buffer::BufferArena;
 use crate::clock::Clock;
-use crate::config::{IoBackend, UringFeature};
+use crate::config::{IoBackend, ShardExecutor, UringFeature};
 use crate::error::AofError;
 use crate::exec::blocking::BlockingExecutor;
 use crate::exec::uring::{signal_eventfd, OpCounts, RingSetup, UringRing};
@@ -208,6 +210,12 @@ impl ShardCtl {
             // Pairs with the shard's `sleeping` store then inbox check (both SeqCst):
             // either it sees our request, or we see it sleeping and write.
             if self.sleeping.swap(false, Ordering::SeqCst) {
+                // On the shard's own thread, a glommio loop asleep is woken as a
+                // glommio task: no system call.
+                #[cfg(feature = "glommio")]
+                if glommio_host::wake_local(self.id) {
+                    return;
+                }
                 if let Some(efd) = &self.efd {
                     self.tasks.eventfd_writes.fetch_add(1, Ordering::Relaxed);
                     signal_eventfd(efd.as_raw_fd());
@@ -325,11 +333,13 @@ impl Shard {
     /// the environment). `Uring` fails if no ring can be set up; `Auto` falls back. On
     /// io_uring, `arena_buffers` log buffers are registered with the ring where memlock
     /// allows, and no feature in `disable` is used.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: usize,
         cpu: Option<usize>,
         clock: Clock,
         backend: IoBackend,
+        executor: ShardExecutor,
         arena_buffers: u32,
         disable: &[UringFeature],
     ) -> std::io::Result<Shard> {
@@ -342,6 +352,11 @@ impl Shard {
             .name(format!("aof2-shard-{id}"))
             .spawn(move || {
                 pin(&c, cpu);
+                #[cfg(feature = "glommio")]
+                if executor == ShardExecutor::Glommio {
+                    return start_glommio(c, cpu, clock, efd, arena_buffers, &disable, tx);
+                }
+                let _ = executor;
                 // The ring is created here, and lives and dies on this thread.
                 let (exec, running): (Box<dyn Executor>, Running) = match backend {
                     IoBackend::Sync => {
@@ -468,6 +483,85 @@ impl Host for ThreadHost<'_> {
             None => std::thread::park(),
         }
     }
+}
+
+/// The body of a glommio shard's thread: the engine's ring first (its registered
+/// buffers charged to memlock before glommio's), then glommio's executor, then the
+/// loop as a glommio task, until shutdown.
+#[cfg(feature = "glommio")]
+fn start_glommio(
+    c: Arc<ShardCtl>,
+    cpu: Option<usize>,
+    clock: Clock,
+    efd: std::os::fd::RawFd,
+    arena_buffers: u32,
+    disable: &[UringFeature],
+    tx: Sender<std::io::Result<Running>>,
+) {
+    // Without DEFER_TASKRUN the kernel posts completions (and adds to the eventfd) on
+    // its own; with it, only when this thread enters the ring, which a loop asleep in
+    // glommio does not.
+    let mut disable = disable.to_vec();
+    disable.push(UringFeature::DeferTaskrun);
+    let mut ring = match UringRing::new(efd, arena_buffers, &disable) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    ring.count_ops(c.ring_ops.clone());
+    if let Err(e) = ring.notify_eventfd(efd) {
+        let _ = tx.send(Err(std::io::Error::other(format!(
+            "io_uring refused to register the shard's eventfd: {e}"
+        ))));
+        return;
+    }
+    if let Some(a) = ring.arena() {
+        let _ = c.arena.set(a);
+    }
+    let ex = match glommio_host::executor(c.id, cpu) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    c.ring.store(true, Ordering::Release);
+    let running = Running::Uring(ring.setup());
+    let mut lp = ShardLoop::new(c.clone(), Box::new(RingExecutor::new(ring)), clock);
+    lp.set_never_block(true);
+    let _ = tx.send(Ok(running));
+    ex.run(run_glommio(lp, c, efd));
+}
+
+/// The glommio loop: turns while there is work, yielding to glommio's other tasks;
+/// asleep in glommio's reactor (`glommio_host::Sleeper`) when there is none.
+#[cfg(feature = "glommio")]
+async fn run_glommio(mut lp: ShardLoop, ctl: Arc<ShardCtl>, efd: std::os::fd::RawFd) {
+    let host = glommio_host::GlommioHost(&ctl);
+    let mut sleeper = glommio_host::Sleeper::new(efd);
+    let cause = loop {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| lp.turn(&host))) {
+            Ok(Ok(t)) if t.shut_down => return,
+            Ok(Ok(t)) => {
+                if t.busy || lp.has_ready_tasks() {
+                    glommio::yield_if_needed().await;
+                    continue;
+                }
+                if host.may_sleep() {
+                    let r = sleeper.sleep(&ctl).await;
+                    host.awake();
+                    if let Err(e) = r {
+                        break format!("waiting for its eventfd in glommio failed: {e}");
+                    }
+                }
+            }
+            Ok(Err(cause)) => break cause,
+            Err(p) => break panic_message(&*p),
+        }
+    };
+    lp.fail(cause);
 }
 
 /// Runs turns until shutdown, sleeping between them; if the shard fails (a panic, or

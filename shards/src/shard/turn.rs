@@ -63,6 +63,9 @@ pub struct ShardLoop {
     done: Vec<Completed>,
     /// Tasks spawned onto the shard (dropped with the loop, on the shard's thread).
     tasks: Tasks,
+    /// The host sleeps elsewhere (a glommio reactor): a turn never blocks in the
+    /// executor, it returns and the host waits for the executor's eventfd.
+    never_block: bool,
 }
 
 /// Forgets a drained log: closes its files and tells its waiters it ended.
@@ -116,12 +119,23 @@ impl ShardLoop {
             shutting_down: false,
             done: Vec::new(),
             tasks: Tasks::default(),
+            never_block: false,
         }
     }
 
     /// The executor (tests reach into the simulated ring through it).
     pub fn executor_mut(&mut self) -> &mut dyn Executor {
         &mut *self.exec
+    }
+
+    /// Turns never block in the executor (the host waits elsewhere).
+    pub fn set_never_block(&mut self, yes: bool) {
+        self.never_block = yes;
+    }
+
+    /// True when a task is ready to run (the host should turn again before sleeping).
+    pub fn has_ready_tasks(&self) -> bool {
+        self.tasks.has_ready()
     }
 
     /// Tasks alive on the shard.
@@ -169,7 +183,8 @@ impl ShardLoop {
             next = Some(next.map_or(guard, |n| n.min(guard)));
         }
         let now = self.clock.monotonic_ns();
-        self.exec.progress(now, next, !busy, host, &mut self.done)?;
+        let block = !busy && !self.never_block;
+        self.exec.progress(now, next, block, host, &mut self.done)?;
         Ok(self.apply())
     }
 

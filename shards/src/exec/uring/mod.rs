@@ -121,6 +121,9 @@ pub struct UringRing {
     drop_wait: Duration,
     /// Blocking waits wait for every operation in flight, not the first (caller rings).
     wait_all: bool,
+    /// The host waits on the eventfd the ring notifies (`notify_eventfd`), never in
+    /// the ring.
+    host_waits: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -154,6 +157,17 @@ impl UringRing {
     /// waits for its own chain and nothing else).
     pub fn set_wait_all(&mut self, yes: bool) {
         self.wait_all = yes;
+    }
+
+    /// Hands the ring's waiting to a host that sleeps elsewhere (a glommio reactor):
+    /// every completion posted adds to `efd` (`IORING_REGISTER_EVENTFD`), which the host
+    /// waits on; the ring no longer reads its wake-up eventfd itself and must never be
+    /// asked to block.
+    pub fn notify_eventfd(&mut self, efd: RawFd) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(efd)?;
+        self.efd = -1;
+        self.host_waits = true;
+        Ok(())
     }
 
     /// How long dropping the ring waits for operations in the kernel (tests shorten it).
@@ -360,13 +374,30 @@ impl Ring for UringRing {
             (true, false) => 1,
             (true, true) => self.held.len().max(1) as u32,
         };
-        let r = self.enter(want);
+        // Nothing to submit and no wait: without DEFER_TASKRUN the kernel posts
+        // completions to the shared queue by itself, so reaping needs no system call.
+        let idle =
+            want == 0 && self.ring.submission().is_empty() && !self.setup.features.defer_taskrun;
+        let r = if idle { Ok(0) } else { self.enter(want) };
         if block {
             host.awake();
         }
         r?;
         self.reap(out)?;
         self.push_unqueued();
+        if !block && self.host_waits {
+            // A host that sleeps elsewhere (glommio) relies on the ring's timer to wake
+            // it at the deadline: if this reap took the timer that was armed, arm the
+            // next one now, before the host sleeps.
+            if let Some(d) = deadline {
+                if self.timer.is_none() {
+                    let token = self.arm_timeout(d.saturating_sub(now).max(1));
+                    self.timer = Some((d, token));
+                    self.push_unqueued();
+                    self.enter(0)?;
+                }
+            }
+        }
         Ok(())
     }
 

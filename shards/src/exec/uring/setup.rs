@@ -237,6 +237,7 @@ impl UringRing {
             injected_lost: 0,
             drop_wait: DROP_WAIT,
             wait_all: false,
+            host_waits: false,
             _not_send: PhantomData,
         })
     }

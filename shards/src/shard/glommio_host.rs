@@ -1,0 +1,271 @@
+//! Shards hosted in glommio (`ShardExecutor::Glommio`, cargo feature `glommio`).
+//!
+//! The shard's thread sets up the engine's own io_uring ring first (its registered
+//! buffers are charged to `RLIMIT_MEMLOCK` before glommio's), then a glommio
+//! `LocalExecutor` pinned to the shard's CPU, and runs the shard's loop as a glommio
+//! task: the same turn as the thread executor, never blocking in the engine's ring.
+//! Every completion the ring posts adds to the shard's eventfd
+//! (`IORING_REGISTER_EVENTFD`), and so does every wake-up from another thread; when a
+//! turn finds nothing to do, the loop sleeps in glommio's reactor until that eventfd is
+//! readable, so glommio runs its other tasks (timers, networking) meanwhile. A wake-up
+//! from the shard's own thread (a task appending, a glommio timer waking a task) wakes
+//! the loop's glommio task directly, with no eventfd write.
+//!
+//! glommio 0.9 has no public call to await an arbitrary descriptor. The loop awaits a
+//! read from a glommio `UnixStream` over a duplicate of the eventfd: glommio's first
+//! step for it is a `POLL_ADD` in its own ring, and once that reports the eventfd
+//! readable its `recv` fails with `ENOTSOCK`, which the loop takes as "readable". If a
+//! later glommio answered at once instead, the loop would notice it waking with
+//! nothing to do, say so once, and fall back to sleeping 100 us at a time.
+
+use super::{current_shard, ShardCtl};
+use crate::exec::Host;
+use futures_lite::AsyncReadExt;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+thread_local! {
+    /// The loop's glommio waker while it sleeps, for wake-ups from its own thread.
+    static LOOP_WAKER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+    /// Set by such a wake-up; the sleeping loop returns on it.
+    static LOOP_WOKEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the loop of the shard whose thread this is, if it sleeps in glommio; false
+/// if it does not (the caller writes the eventfd instead).
+pub(super) fn wake_local(shard: usize) -> bool {
+    if current_shard() != Some(shard) {
+        return false;
+    }
+    LOOP_WAKER.with(|w| match w.borrow_mut().take() {
+        Some(w) => {
+            LOOP_WOKEN.with(|f| f.set(true));
+            w.wake();
+            true
+        }
+        None => false,
+    })
+}
+
+/// glommio's `LocalExecutor` for shard `id` on `cpu`, with the least I/O memory glommio
+/// takes (64 KiB): the engine's writes go through its own ring.
+pub(super) fn executor(id: usize, cpu: Option<usize>) -> io::Result<glommio::LocalExecutor> {
+    let placement = match cpu {
+        Some(c) => glommio::Placement::Fixed(c),
+        None => glommio::Placement::Unbound,
+    };
+    glommio::LocalExecutorBuilder::new(placement)
+        .name(&format!("aof2-shard-{id}"))
+        .io_memory(64 << 10)
+        .make()
+        .map_err(|e| io::Error::other(format!("glommio executor for shard {id}: {e}")))
+}
+
+/// The memlock glommio needs beyond the engine's registered buffers: its own minimum.
+pub const GLOMMIO_MEMLOCK_BYTES: u64 = 512 << 10;
+
+/// Checks, before glommio is touched, what it would otherwise panic or exit on:
+/// io_uring allowed, the opcodes glommio uses, and a memlock limit for both.
+pub fn probe(registered_buffer_bytes: u64) -> Result<(), String> {
+    use io_uring::{opcode, IoUring, Probe};
+    let ring = IoUring::new(8)
+        .map_err(|e| format!("io_uring is unavailable (io_uring_setup: {e}); glommio needs it"))?;
+    let mut p = Probe::new();
+    ring.submitter().register_probe(&mut p).map_err(|e| {
+        format!("io_uring cannot list its opcodes (IORING_REGISTER_PROBE: {e}); glommio needs Linux 5.8 or later")
+    })?;
+    let needed = [
+        (opcode::Nop::CODE, "NOP"),
+        (opcode::Readv::CODE, "READV"),
+        (opcode::Writev::CODE, "WRITEV"),
+        (opcode::Fsync::CODE, "FSYNC"),
+        (opcode::ReadFixed::CODE, "READ_FIXED"),
+        (opcode::WriteFixed::CODE, "WRITE_FIXED"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::PollRemove::CODE, "POLL_REMOVE"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::Timeout::CODE, "TIMEOUT"),
+        (opcode::TimeoutRemove::CODE, "TIMEOUT_REMOVE"),
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::LinkTimeout::CODE, "LINK_TIMEOUT"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::Fallocate::CODE, "FALLOCATE"),
+        (opcode::OpenAt::CODE, "OPENAT"),
+        (opcode::Close::CODE, "CLOSE"),
+        (opcode::Statx::CODE, "STATX"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::Recv::CODE, "RECV"),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(c, _)| !p.is_supported(*c))
+        .map(|(_, n)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "io_uring lacks opcodes glommio needs ({}); glommio needs Linux 5.8 or later",
+            missing.join(", ")
+        ));
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain query into a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err(format!(
+            "cannot read RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let want = GLOMMIO_MEMLOCK_BYTES + registered_buffer_bytes;
+    // CAP_IPC_LOCK lifts the limit; without knowing, only the limit itself is checked
+    // against glommio's own minimum (the engine's buffers fall back to unregistered).
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < GLOMMIO_MEMLOCK_BYTES {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB; glommio needs at least {} KiB ({} KiB with the \
+             engine's registered buffers, AofManagerConfig::registered_buffer_bytes)",
+            lim.rlim_cur >> 10,
+            GLOMMIO_MEMLOCK_BYTES >> 10,
+            want >> 10
+        ));
+    }
+    Ok(())
+}
+
+/// The glommio loop's host: raises the shard's "sleeping" flag before it sleeps (the
+/// flag other threads check before writing the eventfd) and never parks.
+pub(super) struct GlommioHost<'a>(pub(super) &'a ShardCtl);
+
+impl Host for GlommioHost<'_> {
+    fn may_sleep(&self) -> bool {
+        // Pairs with `ShardCtl::wake` (both SeqCst), as on the thread executor.
+        self.0.sleeping.store(true, Ordering::SeqCst);
+        if self.0.has_work() {
+            self.0.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn awake(&self) {
+        self.0.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    fn park(&self, _: Option<Duration>) {
+        unreachable!("a glommio shard never parks its thread")
+    }
+}
+
+/// A pending wait for the eventfd to turn readable, kept across sleeps until it fires.
+type Readable = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+/// Waits for the eventfd through glommio (see the module docs).
+fn readable(efd: RawFd) -> io::Result<Readable> {
+    // SAFETY: plain syscall; the duplicate is owned by the stream from here on.
+    let fd = unsafe { libc::fcntl(efd, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+    Ok(Box::pin(async move {
+        let mut b = [0u8; 8];
+        match stream.read(&mut b).await {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }))
+}
+
+/// Empties the eventfd; true if anything was in it.
+fn drain(efd: RawFd) -> bool {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd.
+    unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) == 8 }
+}
+
+/// How the loop sleeps in glommio, and what it noticed about it.
+pub(super) struct Sleeper {
+    efd: RawFd,
+    pending: Option<Readable>,
+    /// Consecutive wake-ups that found nothing at all.
+    empty: u32,
+    /// glommio answered at once too often: sleep in short timer steps instead.
+    fallback: bool,
+}
+
+impl Sleeper {
+    pub(super) fn new(efd: RawFd) -> Sleeper {
+        Sleeper {
+            efd,
+            pending: None,
+            empty: 0,
+            fallback: false,
+        }
+    }
+
+    /// Sleeps until the eventfd is readable or a wake-up from this thread.
+    pub(super) async fn sleep(&mut self, ctl: &ShardCtl) -> io::Result<()> {
+        if self.fallback {
+            glommio::timer::sleep(Duration::from_micros(100)).await;
+            drain(self.efd);
+            return Ok(());
+        }
+        if self.pending.is_none() {
+            match readable(self.efd) {
+                Ok(r) => self.pending = Some(r),
+                // Out of descriptors (or memory) for the duplicate: the shard goes on,
+                // looking again every 100 us until one is free.
+                Err(e) => {
+                    log::warn!(
+                        "aof2: shard {}: cannot duplicate its eventfd ({e}); polling every 100 us",
+                        ctl.id
+                    );
+                    glommio::timer::sleep(Duration::from_micros(100)).await;
+                    drain(self.efd);
+                    return Ok(());
+                }
+            }
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        let fired = std::future::poll_fn(|cx: &mut Context<'_>| {
+            if LOOP_WOKEN.with(|f| f.replace(false)) {
+                return Poll::Ready(Ok(false));
+            }
+            LOOP_WAKER.with(|w| *w.borrow_mut() = Some(cx.waker().clone()));
+            pending.as_mut().poll(cx).map(|r| r.map(|_| true))
+        })
+        .await;
+        LOOP_WAKER.with(|w| w.borrow_mut().take());
+        LOOP_WOKEN.with(|f| f.set(false));
+        let fired = fired?;
+        if fired {
+            self.pending = None;
+            if !drain(self.efd) && !ctl.has_work() {
+                self.empty += 1;
+                if self.empty > 10_000 {
+                    log::warn!(
+                        "aof2: shard {}: glommio reports the eventfd readable when it is not; \
+                         sleeping in 100 us steps instead",
+                        ctl.id
+                    );
+                    self.fallback = true;
+                }
+            } else {
+                self.empty = 0;
+            }
+        }
+        Ok(())
+    }
+}
