@@ -169,12 +169,13 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
     };
     if !opts.json {
         println!(
-            "aof2 bench{}: {} ({fs}, statfs type {magic:#x}); {} CPU(s) in the affinity set {:?}; {} shard thread(s), backend: {backend}",
+            "aof2 bench{}: {} ({fs}, statfs type {magic:#x}); {} CPU(s) in the affinity set {:?}; {} shard thread(s) on {:?}, backend: {backend}",
             if opts.quick { " --quick" } else { "" },
             tmp.path().display(),
             cpus.len(),
             cpus,
             ctx.manager.shard_count(),
+            ctx.manager.executor(),
         );
         if magic == TMPFS {
             println!(

@@ -116,6 +116,24 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
         })?;
         Ok(())
     };
+    // glommio's own durable write, where the feature is built: `DmaFile` write of 4 KiB
+    // + `fdatasync` from a glommio executor pinned to the shard's CPU.
+    #[cfg(feature = "glommio")]
+    let dma_h = std::cell::RefCell::new(hist());
+    #[cfg(feature = "glommio")]
+    let dma_path = ctx.root.join(format!("t1-w2-dma-{shard}"));
+    #[cfg(feature = "glommio")]
+    let mut run_dma = || -> BenchResult<()> {
+        let h = dma_slice(&dma_path, cpu, per_round)?;
+        dma_h.borrow_mut().add(h)?;
+        Ok(())
+    };
+    #[cfg(feature = "glommio")]
+    rotate(
+        rounds,
+        &mut [&mut run_task, &mut run_thread, &mut run_raw, &mut run_dma],
+    )?;
+    #[cfg(not(feature = "glommio"))]
     rotate(rounds, &mut [&mut run_task, &mut run_thread, &mut run_raw])?;
     let (s1, m1) = (stats(&ctx.manager, shard), task_log.flush_metrics());
     let commits = (m1.syncs - m0.syncs).max(1) as f64;
@@ -134,6 +152,18 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
     for (w, h) in [(wt, &task_h), (wf, &thread_h)] {
         for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
             rows.push(latency_row(w, metric, q, (h, &raw_h), desc));
+        }
+    }
+    #[cfg(feature = "glommio")]
+    {
+        let wd = if shard == 0 {
+            "T1 W2 glommio DmaFile on shard 0's CPU"
+        } else {
+            "T1 W2 glommio DmaFile on shard 1's CPU"
+        };
+        let dma_h = dma_h.borrow();
+        for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+            rows.push(latency_row(wd, metric, q, (&dma_h, &raw_h), desc));
         }
     }
     let info = |metric, v: f64, what| Row {
@@ -408,4 +438,56 @@ fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<Row>>
             "(by the tasks' log while measured: 0 when every segment was recycled)",
         ),
     ])
+}
+
+/// One slice of glommio's `DmaFile` 4 KiB write + `fdatasync` into a pre-written file,
+/// from a glommio executor pinned to `cpu`.
+#[cfg(feature = "glommio")]
+fn dma_slice(
+    path: &std::path::Path,
+    cpu: Option<usize>,
+    n: usize,
+) -> BenchResult<hdrhistogram::Histogram<u64>> {
+    let placement = match cpu {
+        Some(c) => glommio::Placement::Fixed(c),
+        None => glommio::Placement::Unbound,
+    };
+    let path = path.to_path_buf();
+    let h = glommio::LocalExecutorBuilder::new(placement)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let f = glommio::io::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            if f.file_size().await.map_err(|e| e.to_string())? < 64 << 20 {
+                for i in 0..64u64 {
+                    let mut b = f.alloc_dma_buffer(1 << 20);
+                    b.as_bytes_mut().fill(0);
+                    f.write_at(b, i << 20).await.map_err(|e| e.to_string())?;
+                }
+                f.fdatasync().await.map_err(|e| e.to_string())?;
+            }
+            let mut h = hist();
+            for i in 0..n as u64 {
+                let t = Instant::now();
+                let mut b = f.alloc_dma_buffer(4096);
+                b.as_bytes_mut().fill(0x5a);
+                f.write_at(b, (i * 4096) % (64 << 20))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                f.fdatasync().await.map_err(|e| e.to_string())?;
+                h.record(t.elapsed().as_nanos() as u64)
+                    .map_err(|e| e.to_string())?;
+            }
+            f.close().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(h)
+        })
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|e| e.to_string())??;
+    Ok(h)
 }
