@@ -134,3 +134,105 @@ fn dropping_a_glommio_manager_cancels_its_pending_tasks() {
     let log = placed(&m, dir.path(), 1);
     assert_eq!(read_back(&log, rid), b"kept");
 }
+
+/// A service running its own glommio executors hosts the shards in them: each host is
+/// built here and run on the executor's thread (its ring is set up there, so
+/// `SINGLE_ISSUER` holds), beside the service's own glommio tasks, which append to the
+/// log of their shard with no hop; dropping the manager drains the logs and ends the
+/// hosts' loops.
+#[test]
+fn a_service_hosts_the_shards_in_its_own_glommio_executors() {
+    init_log();
+    let mut c = AofManagerConfig::default();
+    c.shards = 2;
+    c.executor = ShardExecutor::Glommio;
+    let (m, hosts) = AofManager::with_hosted_shards(c).expect("hosted shards");
+    assert_eq!(hosts.len(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<Arc<Aof>> = (0..2)
+        .map(|i| placed(&m, &dir.path().join(format!("log{i}")), i))
+        .collect();
+    let executors: Vec<_> = hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let log = logs[i].clone();
+            assert_eq!(host.shard(), i);
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(i))
+                .name(&format!("service-{i}"))
+                .io_memory(64 << 10)
+                .spawn(move || async move {
+                    let shard = glommio::spawn_local(host.run());
+                    // The service's own task on this executor appends to its shard's log.
+                    let mut rids = Vec::new();
+                    for n in 0..50u32 {
+                        let rid = log.append_record_async(&n.to_le_bytes()).await.unwrap();
+                        log.flush_until_async(rid).await.unwrap();
+                        rids.push(rid);
+                    }
+                    // Blocking here would stall the shard: refused.
+                    assert!(matches!(log.flush(), Err(AofError::WouldDeadlock { .. })));
+                    // The executor runs the shard's loop until the manager shuts down.
+                    shard.await;
+                    rids
+                })
+                .unwrap()
+        })
+        .collect();
+    // A plain thread appends to the hosted shard's log too.
+    let rid = logs[0].append_record(b"from a plain thread").unwrap();
+    logs[0].flush_until(rid).unwrap();
+    // Tasks spawned onto a hosted shard run in its host's loop.
+    let v = m
+        .spawn_on_shard(1, || async {
+            std::thread::current().name().map(String::from)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    // (glommio names a spawned executor's thread `<name>-<id>`.)
+    assert!(v.as_deref().unwrap_or("").starts_with("service-1"), "{v:?}");
+    // Dropping the manager drains the logs and ends the hosts' loops; the executors'
+    // futures then return.
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    drop(m);
+    let rids: Vec<_> = executors.into_iter().map(|ex| ex.join().unwrap()).collect();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    drop(logs);
+    // Everything acknowledged is there after a reopen.
+    let m = AofManager::with_config(AofManagerConfig::default()).unwrap();
+    for (i, rids) in rids.iter().enumerate() {
+        let log = open(&m, {
+            let mut c = AofConfig::default();
+            c.root_dir = dir.path().join(format!("log{i}"));
+            c
+        });
+        for (n, r) in rids.iter().enumerate() {
+            assert_eq!(read_back(&log, *r), (n as u32).to_le_bytes());
+        }
+        if i == 0 {
+            assert_eq!(read_back(&log, rid), b"from a plain thread");
+        }
+    }
+}
+
+/// A host dropped without running fails its shard: nothing waits for it.
+#[test]
+fn a_host_dropped_unrun_fails_its_shard_clearly() {
+    let mut c = AofManagerConfig::default();
+    c.shards = 1;
+    c.executor = ShardExecutor::Glommio;
+    let (m, hosts) = AofManager::with_hosted_shards(c).unwrap();
+    drop(hosts);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = AofConfig::default();
+    cfg.root_dir = dir.path().to_path_buf();
+    let e = Aof::new(m.handle(), cfg).err().expect("refused");
+    assert!(e.to_string().contains("dropped without running"), "{e}");
+    assert!(m
+        .spawn_on_shard(0, || async {})
+        .unwrap_err()
+        .to_string()
+        .contains("dropped without running"));
+}

@@ -51,6 +51,31 @@ impl ShardSet {
 
     /// Starts the shard threads on a given file system.
     pub fn start_with(cfg: &AofManagerConfig, fs: Arc<dyn Fs>) -> AofResult<ShardSet> {
+        Ok(Self::start_inner(cfg, fs, false)?.0)
+    }
+
+    /// Sets up the shards without threads: the service runs each returned host in a
+    /// glommio executor of its own (`cfg.executor` must be `Glommio`).
+    #[cfg(feature = "glommio")]
+    pub fn start_hosted(
+        cfg: &AofManagerConfig,
+    ) -> AofResult<(ShardSet, Vec<crate::shard::glommio_host::ShardHost>)> {
+        if cfg.executor != crate::config::ShardExecutor::Glommio {
+            return Err(AofError::InvalidConfig(
+                "hosted shards run in the service's glommio executors: set \
+                 AofManagerConfig::executor = ShardExecutor::Glommio"
+                    .into(),
+            ));
+        }
+        Self::start_inner(cfg, Arc::new(PosixFs::new()), true)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_inner(
+        cfg: &AofManagerConfig,
+        fs: Arc<dyn Fs>,
+        hosted: bool,
+    ) -> AofResult<(ShardSet, Vec<crate::shard::HostOf>)> {
         let cpus = affinity_cpus();
         let n = if cfg.shards == 0 {
             cpus.len()
@@ -82,9 +107,22 @@ impl ShardSet {
         };
         let mut shards = Vec::with_capacity(n);
         let mut pinned = Vec::with_capacity(n);
+        #[allow(unused_mut)]
+        let mut hosts = Vec::new();
         for i in 0..n {
             let cpu = cfg.pin_shards.then(|| cpus[i % cpus.len()]);
             let arena_buffers = (cfg.registered_buffer_bytes / crate::log::BUF_SIZE as u64) as u32;
+            #[cfg(feature = "glommio")]
+            if hosted {
+                let (s, h) = Shard::hosted(i, Clock::System, arena_buffers, &cfg.io_uring_disable)
+                    .map_err(|e| AofError::Startup(format!("cannot set up shard {i}: {e}")))?;
+                shards.push(s);
+                hosts.push(h);
+                // Where it runs is the service's choice.
+                pinned.push(None);
+                continue;
+            }
+            let _ = hosted;
             let s = Shard::start(
                 i,
                 cpu,
@@ -122,7 +160,7 @@ impl ShardSet {
         log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}: {running:?}");
         let callers = matches!(running.first(), Some(Running::Uring(_)))
             .then(|| CallerRings::new(cfg.caller_rings, &cfg.io_uring_disable));
-        Ok(ShardSet {
+        let set = ShardSet {
             shards: Mutex::new(shards),
             ctls,
             fs,
@@ -134,7 +172,8 @@ impl ShardSet {
             chunks: Arc::new(ChunkCache::new(
                 usize::try_from(cfg.tier0_cache_bytes).unwrap_or(usize::MAX),
             )),
-        })
+        };
+        Ok((set, hosts))
     }
 
     /// The caller rings of committing threads (`None` where the shards run the

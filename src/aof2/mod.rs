@@ -19,6 +19,11 @@ pub use metrics::{FlushMetricsExporter, FlushMetricsSnapshot, MetricSample, Shar
 /// [`ShardTask::join`] it from a plain thread; dropping it detaches the task.
 pub use aof2_shards::shard::tasks::ShardTask;
 
+/// A shard the service runs in its own glommio executor
+/// ([`AofManager::with_hosted_shards`]).
+#[cfg(feature = "glommio")]
+pub use aof2_shards::shard::glommio_host::ShardHost;
+
 /// One segment as [`Aof::catalog_snapshot`] reports it.
 pub use aof2_shards::chunk_cache::ChunkCacheStats;
 pub use aof2_shards::log::SegmentInfo;
@@ -48,6 +53,21 @@ impl AofManager {
         Ok(AofManager {
             set: Arc::new(ShardSet::start(&cfg)?),
         })
+    }
+
+    /// Sets the shards up without threads of their own, for a service that runs its
+    /// own glommio executors: each returned [`ShardHost`] (`Send`) is run where the
+    /// service wants that shard, `glommio::spawn_local(host.run()).detach()` inside a
+    /// glommio executor on the chosen CPU, one shard per executor thread. `cfg.executor`
+    /// must be `ShardExecutor::Glommio`; the same probe as `with_config` runs first.
+    /// Logs placed on a shard whose host has not run yet wait for it (its first append
+    /// waits for the segment file the shard prepares); a host dropped without running
+    /// fails its shard. Dropping the manager waits for every running host's loop to
+    /// drain its logs and end.
+    #[cfg(feature = "glommio")]
+    pub fn with_hosted_shards(cfg: AofManagerConfig) -> AofResult<(AofManager, Vec<ShardHost>)> {
+        let (set, hosts) = ShardSet::start_hosted(&cfg)?;
+        Ok((AofManager { set: Arc::new(set) }, hosts))
     }
 
     /// A handle for [`Aof::new`].

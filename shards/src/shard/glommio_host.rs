@@ -19,14 +19,18 @@
 //! nothing to do, say so once, and fall back to sleeping 100 us at a time.
 
 use super::{current_shard, ShardCtl};
+use crate::clock::Clock;
+use crate::config::UringFeature;
 use crate::exec::Host;
 use futures_lite::AsyncReadExt;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -268,4 +272,103 @@ impl Sleeper {
         }
         Ok(())
     }
+}
+
+/// A shard whose loop the service runs in a glommio executor of its own
+/// (`AofManager::with_hosted_shards`). `Send`: build it anywhere, run it where the
+/// shard belongs; its ring is set up on the thread that first polls `run()`.
+pub struct ShardHost {
+    ctl: Arc<ShardCtl>,
+    clock: Clock,
+    arena_buffers: u32,
+    disable: Vec<UringFeature>,
+    /// Dropped when the loop ends (or the host goes unrun): shutdown waits for it.
+    done: Option<Sender<()>>,
+}
+
+impl std::fmt::Debug for ShardHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardHost")
+            .field("shard", &self.ctl.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardHost {
+    pub(super) fn new(
+        ctl: Arc<ShardCtl>,
+        clock: Clock,
+        arena_buffers: u32,
+        disable: &[UringFeature],
+        done: Sender<()>,
+    ) -> ShardHost {
+        ShardHost {
+            ctl,
+            clock,
+            arena_buffers,
+            disable: disable.to_vec(),
+            done: Some(done),
+        }
+    }
+
+    /// The shard's index.
+    pub fn shard(&self) -> usize {
+        self.ctl.id
+    }
+
+    /// Runs the shard's loop until the manager shuts down (its logs drained). Poll it
+    /// in a glommio executor (`glommio::spawn_local(host.run())`), one shard per
+    /// thread; the thread then counts as the shard's own: blocking calls of the engine
+    /// made on it are refused (`WouldDeadlock`), and tasks spawned with
+    /// `spawn_on_shard` run in this loop. If the ring cannot be set up, or the thread
+    /// hosts a shard already, the shard fails (its logs get the cause) and this returns.
+    pub async fn run(mut self) {
+        let ctl = self.ctl.clone();
+        let efd = ctl.efd.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let prepared = match current_shard() {
+            Some(other) => Err(format!(
+                "its host was run on the thread of shard {other}: a thread hosts one shard"
+            )),
+            None => {
+                super::set_current_shard(Some(ctl.id));
+                super::glommio_loop(
+                    &ctl,
+                    self.clock.clone(),
+                    efd,
+                    self.arena_buffers,
+                    &self.disable,
+                )
+                .map_err(|e| format!("cannot set up its io_uring ring: {e}"))
+            }
+        };
+        let started = prepared.is_ok();
+        match prepared {
+            Ok((lp, _)) => super::run_glommio(lp, ctl.clone(), efd).await,
+            Err(cause) => fail_unstarted(&ctl, self.clock.clone(), cause),
+        }
+        if started {
+            super::set_current_shard(None);
+        }
+        self.done.take();
+    }
+}
+
+impl Drop for ShardHost {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            // Never run: fail the shard, so nobody waits for a loop that never comes.
+            fail_unstarted(
+                &self.ctl,
+                self.clock.clone(),
+                "its ShardHost was dropped without running".into(),
+            );
+        }
+    }
+}
+
+/// Fails a shard whose loop never ran: its logs are poisoned, closes answered, later
+/// requests answered on the spot.
+fn fail_unstarted(ctl: &Arc<ShardCtl>, clock: Clock, cause: String) {
+    let exec = Box::new(crate::exec::blocking::BlockingExecutor);
+    super::turn::ShardLoop::new(ctl.clone(), exec, clock).fail(cause);
 }

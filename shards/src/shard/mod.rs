@@ -111,6 +111,14 @@ pub enum ShardFault {
 const FAULT_PANIC: u64 = 1;
 const FAULT_LOST: u64 = 2;
 
+/// What a hosted shard hands the service: a `ShardHost` with the `glommio` feature
+/// (nothing can be hosted without it).
+#[cfg(feature = "glommio")]
+pub type HostOf = glommio_host::ShardHost;
+/// What a hosted shard hands the service (nothing, without the `glommio` feature).
+#[cfg(not(feature = "glommio"))]
+pub type HostOf = std::convert::Infallible;
+
 /// The part of a shard other threads talk to.
 pub struct ShardCtl {
     /// The shard's index.
@@ -326,6 +334,9 @@ pub struct Shard {
     /// What it runs on.
     pub running: Running,
     thread: Option<JoinHandle<()>>,
+    /// A shard the service hosts (`ShardHost`): disconnected once its loop has ended
+    /// (or the host was dropped without running).
+    hosted: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Shard {
@@ -403,6 +414,7 @@ impl Shard {
             ctl,
             running,
             thread: Some(thread),
+            hosted: None,
         })
     }
 
@@ -416,6 +428,44 @@ impl Shard {
                 let _ = t.join();
             }
         }
+        if let Some(done) = self.hosted.take() {
+            // The host's loop drains its logs, then ends (and drops its sender). On the
+            // host's own thread that cannot happen while we wait.
+            if current_shard() != Some(self.ctl.id) {
+                let _ = done.recv();
+            }
+        }
+    }
+
+    /// Shard `id`, run by the service: the returned host is `Send`, and its `run()`
+    /// future runs the shard's loop wherever the service polls it (a glommio executor
+    /// of its own, on the CPU it chooses). Its ring is set up on the thread that first
+    /// polls it (so `SINGLE_ISSUER` holds wherever the host was built).
+    #[cfg(feature = "glommio")]
+    pub fn hosted(
+        id: usize,
+        clock: Clock,
+        arena_buffers: u32,
+        disable: &[UringFeature],
+    ) -> std::io::Result<(Shard, glommio_host::ShardHost)> {
+        let ctl = Arc::new(ShardCtl::new(id, None, Some(new_eventfd()?)));
+        ctl.ring.store(true, Ordering::Release);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let host = glommio_host::ShardHost::new(ctl.clone(), clock, arena_buffers, disable, tx);
+        let running = Running::Uring(crate::exec::uring::RingSetup {
+            features: Default::default(),
+            registered_zeros: false,
+            registered_arena: 0,
+        });
+        Ok((
+            Shard {
+                ctl,
+                running,
+                thread: None,
+                hosted: Some(rx),
+            },
+            host,
+        ))
     }
 }
 
@@ -433,6 +483,11 @@ fn new_eventfd() -> std::io::Result<OwnedFd> {
     }
     // SAFETY: `efd` is a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(efd) })
+}
+
+#[cfg(feature = "glommio")]
+pub(crate) fn set_current_shard(id: Option<usize>) {
+    CURRENT_SHARD.with(|c| c.set(id));
 }
 
 fn pin(ctl: &ShardCtl, cpu: Option<usize>) {
@@ -489,6 +544,7 @@ impl Host for ThreadHost<'_> {
 /// buffers charged to memlock before glommio's), then glommio's executor, then the
 /// loop as a glommio task, until shutdown.
 #[cfg(feature = "glommio")]
+#[allow(clippy::too_many_arguments)]
 fn start_glommio(
     c: Arc<ShardCtl>,
     cpu: Option<usize>,
@@ -498,28 +554,13 @@ fn start_glommio(
     disable: &[UringFeature],
     tx: Sender<std::io::Result<Running>>,
 ) {
-    // Without DEFER_TASKRUN the kernel posts completions (and adds to the eventfd) on
-    // its own; with it, only when this thread enters the ring, which a loop asleep in
-    // glommio does not.
-    let mut disable = disable.to_vec();
-    disable.push(UringFeature::DeferTaskrun);
-    let mut ring = match UringRing::new(efd, arena_buffers, &disable) {
-        Ok(r) => r,
+    let (lp, running) = match glommio_loop(&c, clock, efd, arena_buffers, disable) {
+        Ok(x) => x,
         Err(e) => {
             let _ = tx.send(Err(e));
             return;
         }
     };
-    ring.count_ops(c.ring_ops.clone());
-    if let Err(e) = ring.notify_eventfd(efd) {
-        let _ = tx.send(Err(std::io::Error::other(format!(
-            "io_uring refused to register the shard's eventfd: {e}"
-        ))));
-        return;
-    }
-    if let Some(a) = ring.arena() {
-        let _ = c.arena.set(a);
-    }
     let ex = match glommio_host::executor(c.id, cpu) {
         Ok(x) => x,
         Err(e) => {
@@ -527,18 +568,45 @@ fn start_glommio(
             return;
         }
     };
+    let _ = tx.send(Ok(running));
+    ex.run(run_glommio(lp, c, efd));
+}
+
+/// The loop of a glommio shard, on the engine's own ring set up on this thread.
+#[cfg(feature = "glommio")]
+fn glommio_loop(
+    c: &Arc<ShardCtl>,
+    clock: Clock,
+    efd: std::os::fd::RawFd,
+    arena_buffers: u32,
+    disable: &[UringFeature],
+) -> std::io::Result<(ShardLoop, Running)> {
+    // Without DEFER_TASKRUN the kernel posts completions (and adds to the eventfd) on
+    // its own; with it, only when this thread enters the ring, which a loop asleep in
+    // glommio does not.
+    let mut disable = disable.to_vec();
+    disable.push(UringFeature::DeferTaskrun);
+    let mut ring = UringRing::new(efd, arena_buffers, &disable)?;
+    ring.count_ops(c.ring_ops.clone());
+    ring.notify_eventfd(efd).map_err(|e| {
+        std::io::Error::other(format!(
+            "io_uring refused to register the shard's eventfd: {e}"
+        ))
+    })?;
+    if let Some(a) = ring.arena() {
+        let _ = c.arena.set(a);
+    }
     c.ring.store(true, Ordering::Release);
     let running = Running::Uring(ring.setup());
     let mut lp = ShardLoop::new(c.clone(), Box::new(RingExecutor::new(ring)), clock);
     lp.set_never_block(true);
-    let _ = tx.send(Ok(running));
-    ex.run(run_glommio(lp, c, efd));
+    Ok((lp, running))
 }
 
 /// The glommio loop: turns while there is work, yielding to glommio's other tasks;
 /// asleep in glommio's reactor (`glommio_host::Sleeper`) when there is none.
 #[cfg(feature = "glommio")]
-async fn run_glommio(mut lp: ShardLoop, ctl: Arc<ShardCtl>, efd: std::os::fd::RawFd) {
+pub(crate) async fn run_glommio(mut lp: ShardLoop, ctl: Arc<ShardCtl>, efd: std::os::fd::RawFd) {
     let host = glommio_host::GlommioHost(&ctl);
     let mut sleeper = glommio_host::Sleeper::new(efd);
     let cause = loop {
