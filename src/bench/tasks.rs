@@ -28,6 +28,10 @@ pub fn t1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     for (shard, cpu) in cpus.iter().enumerate().take(2) {
         rows.extend(w2_on_shard(ctx, shard, *cpu)?);
     }
+    if cpus.len() >= 2 {
+        rows.extend(w2_across(ctx, cpus[1])?);
+    }
+    rows.extend(w1_on_shard(ctx, 0)?);
     rows.extend(w3_on_shard(ctx, 0, false)?);
     rows.extend(w3_on_shard(ctx, 0, true)?);
     Ok(rows)
@@ -490,4 +494,148 @@ fn dma_slice(
         .join()
         .map_err(|e| e.to_string())??;
     Ok(h)
+}
+
+/// CPU time this thread has used, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a plain query into a valid struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// W1 shape: 100-byte records appended with no flush wait, by a task on the log's
+/// shard and by a foreign thread on a log of the same shard: records/s and the
+/// appending thread's CPU ns per record.
+fn w1_on_shard(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
+    let slice = ctx.duration() / ctx.rounds() as u32;
+    let task_log = Arc::new(ctx.open_with(|c| c.shard = Some(shard))?);
+    let thread_log = ctx.open_with(|c| {
+        c.shard = Some(shard);
+        c.commit = CommitMode::Caller;
+    })?;
+    let (mut n_task, mut t_task, mut cpu_task) = (0u64, Duration::ZERO, 0u64);
+    let (mut n_thread, mut t_thread, mut cpu_thread) = (0u64, Duration::ZERO, 0u64);
+    let mut run_task = || -> BenchResult<()> {
+        let l = task_log.clone();
+        let (n, t, cpu) = ctx
+            .manager
+            .spawn_on_shard(shard, move || async move {
+                let payload = [0x5au8; 100];
+                let (start, c0) = (Instant::now(), thread_cpu_ns());
+                let mut n = 0u64;
+                while start.elapsed() < slice {
+                    for _ in 0..1024 {
+                        l.append_record_async(&payload).await?;
+                    }
+                    n += 1024;
+                }
+                Ok::<_, bop_rs::aof2::AofError>((n, start.elapsed(), thread_cpu_ns() - c0))
+            })?
+            .join()??;
+        n_task += n;
+        t_task += t;
+        cpu_task += cpu;
+        Ok(())
+    };
+    let mut run_thread = || -> BenchResult<()> {
+        let payload = [0x5au8; 100];
+        let (start, c0) = (Instant::now(), thread_cpu_ns());
+        let mut n = 0u64;
+        while start.elapsed() < slice {
+            for _ in 0..1024 {
+                thread_log.append_record(&payload)?;
+            }
+            n += 1024;
+        }
+        n_thread += n;
+        t_thread += start.elapsed();
+        cpu_thread += thread_cpu_ns() - c0;
+        Ok(())
+    };
+    rotate(ctx.rounds(), &mut [&mut run_task, &mut run_thread])?;
+    let w = "T1 W1 100 B appends, task on the log's shard";
+    Ok(vec![
+        Row {
+            workload: w,
+            metric: "records/s",
+            unit: "rec/s",
+            ours: n_task as f64 / t_task.as_secs_f64(),
+            baseline: n_thread as f64 / t_thread.as_secs_f64(),
+            higher_is_better: true,
+            baseline_desc: "a foreign thread appending to a log on the same shard",
+            median_ratio: None,
+        },
+        Row {
+            workload: w,
+            metric: "CPU ns/record",
+            unit: "x",
+            ours: cpu_task as f64 / n_task.max(1) as f64,
+            baseline: cpu_thread as f64 / n_thread.max(1) as f64,
+            higher_is_better: false,
+            baseline_desc: "the foreign thread's CPU ns per record",
+            median_ratio: None,
+        },
+    ])
+}
+
+/// W2 shape across shards: a task on shard 1 appends to and waits on a log on shard
+/// 0 (one message into shard 0's inbox, one wake-up back), against the raw loop on a
+/// thread pinned to the task's CPU.
+fn w2_across(ctx: &Ctx, cpu: Option<usize>) -> BenchResult<Vec<Row>> {
+    let (per_round, rounds) = if ctx.quick { (250, 2) } else { (250, 20) };
+    let log = Arc::new(ctx.open_with(|c| c.shard = Some(0))?);
+    let f = ctx.baseline_file("t1-w2-across", 64 << 20)?;
+    let block = AlignedBlock::new(4096);
+    for _ in 0..1000 {
+        let r = log.append_record(&[0x42u8; 4096])?;
+        log.flush_until(r)?;
+    }
+    let (mut ours, mut raw) = (hist(), hist());
+    let mut off = 0u64;
+    let mut run_task = || -> BenchResult<()> {
+        let l = log.clone();
+        let h = ctx
+            .manager
+            .spawn_on_shard(1, move || async move {
+                let payload = vec![0x42u8; 4096];
+                let mut h = hist();
+                for _ in 0..per_round {
+                    let t = Instant::now();
+                    let r = l.append_record_async(&payload).await?;
+                    l.flush_until_async(r).await?;
+                    h.record(t.elapsed().as_nanos() as u64).expect("in bounds");
+                }
+                Ok::<_, bop_rs::aof2::AofError>(h)
+            })?
+            .join()??;
+        ours.add(h)?;
+        Ok(())
+    };
+    let mut run_raw = || -> BenchResult<()> {
+        on_cpu(cpu, || -> Result<(), String> {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                f.file
+                    .write_all_at(block.bytes(), off % f.size)
+                    .map_err(|e| e.to_string())?;
+                fdatasync(&f.file).map_err(|e| e.to_string())?;
+                raw.record(t.elapsed().as_nanos() as u64)
+                    .map_err(|e| e.to_string())?;
+                off += 4096;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    };
+    rotate(rounds, &mut [&mut run_task, &mut run_raw])?;
+    let w = "T1 W2 task on shard 1, log on shard 0";
+    let desc = "pwrite 4 KiB + fdatasync, thread pinned to the task's CPU";
+    Ok([("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)]
+        .into_iter()
+        .map(|(m, q)| latency_row(w, m, q, (&ours, &raw), desc))
+        .collect())
 }
