@@ -460,10 +460,9 @@ fn a_foreign_blocking_flusher_and_a_pinned_async_flusher_share_a_log() {
 /// `DEFER_TASKRUN` on and off (where the kernel has it), while a thread on the same
 /// directory runs `pwrite` + `fdatasync` as a yardstick of the disk's own stalls. Every
 /// record comes back, and the longest wait of a task for its flush stays within 50 ms
-/// of twice the yardstick's longest sync (a flush may wait for the commit in flight
-/// before its own; on the portable backend, for every log's commit, run one after
-/// another; a completion the shard left unreaped would show as a wait far beyond
-/// anything the disk did). `AOF2_TASK_SOAK_SECS` (default 1) is the time per
+/// of (logs + 1) times the yardstick's longest sync (a flush may wait for the commit
+/// of every log before its own, the disk taking their cache flushes one at a time; a
+/// shard that stopped reaping would show as a wait far beyond anything the disk did). `AOF2_TASK_SOAK_SECS` (default 1) is the time per
 /// case; `scripts/soak.sh` runs it for 60 s per case.
 #[test]
 fn soak_64_tasks_on_one_and_sixteen_logs() {
@@ -558,13 +557,10 @@ fn soak_case(defer: bool, n_logs: usize, run: Duration) {
          yardstick's longest sync {yard:?}, {s:?}",
         all.iter().map(|(_, r)| r.len()).sum::<usize>()
     );
-    // On io_uring the logs' commits run side by side; the portable backend runs them
-    // one after another on the shard's thread, so a flush may wait for every log's.
-    let rounds = if m.io_backend() == "io_uring" {
-        2
-    } else {
-        n_logs as u32 + 1
-    };
+    // A flush may wait for every log's commit before its own: the portable backend
+    // runs them one after another, and on io_uring the disk takes their cache flushes
+    // one at a time.
+    let rounds = n_logs as u32 + 1;
     assert!(
         longest <= yard * rounds + Duration::from_millis(50),
         "a task waited {longest:?} for a flush; the disk's longest sync beside it took {yard:?}"
