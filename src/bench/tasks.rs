@@ -532,6 +532,8 @@ fn w1_on_shard(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
                         l.append_record_async(&payload).await?;
                     }
                     n += 1024;
+                    // A well-behaved task lets its shard turn between bursts.
+                    YieldNow(false).await;
                 }
                 Ok::<_, bop_rs::aof2::AofError>((n, start.elapsed(), thread_cpu_ns() - c0))
             })?
@@ -638,4 +640,19 @@ fn w2_across(ctx: &Ctx, cpu: Option<usize>) -> BenchResult<Vec<Row>> {
         .into_iter()
         .map(|(m, q)| latency_row(w, m, q, (&ours, &raw), desc))
         .collect())
+}
+
+/// Ready on its second poll: lets the shard run its turn (and other tasks) once.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
