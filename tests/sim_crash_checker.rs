@@ -391,9 +391,12 @@ impl World {
             })
             .expect("a new shard takes logs");
         let caller = self.executor();
+        let mut turns = ShardLoop::new(shard.clone(), exec, self.clock());
+        // Every other seed turns as a glommio host does: never blocking in the executor.
+        turns.set_never_block(self.seed % 2 == 1);
         Open {
             poisoned_at: None,
-            turns: ShardLoop::new(shard.clone(), exec, self.clock()),
+            turns,
             shard,
             shared,
             lock: Some(opened.lock),

@@ -32,6 +32,7 @@ pub fn t1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         rows.extend(w2_across(ctx, cpus[1])?);
     }
     rows.extend(w1_on_shard(ctx, 0)?);
+    rows.extend(cold_reads(ctx, 0)?);
     rows.extend(w3_on_shard(ctx, 0, false)?);
     rows.extend(w3_on_shard(ctx, 0, true)?);
     Ok(rows)
@@ -655,4 +656,52 @@ impl Future for YieldNow {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// What a read that page-faults costs a shard: a task on shard 0 reads records of
+/// sealed segments through `read_record` (memory-mapped) whose pages are not in the
+/// page cache; the shard's thread is stalled for the whole fault, and every log and
+/// task of the shard with it. Against the same reads once the pages are cached.
+fn cold_reads(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
+    let n_records: usize = if ctx.quick { 2048 } else { 8192 };
+    let log = Arc::new(ctx.open_with(|c| c.shard = Some(shard))?);
+    let payload = vec![0x6bu8; 4096];
+    let mut rids = Vec::with_capacity(n_records);
+    for _ in 0..n_records {
+        rids.push(log.append_record(&payload)?);
+    }
+    log.flush()?;
+    log.seal_active()?;
+    // Cold: nothing of the segments in the page cache (nothing mapped them yet).
+    let seg_dir = log.root_dir().join("segments");
+    for e in std::fs::read_dir(&seg_dir)? {
+        drop_cache(&e?.path())?;
+    }
+    // Every 7th record: each read touches pages no earlier read faulted in.
+    let picks: Vec<_> = rids.iter().step_by(7).copied().collect();
+    let l = log.clone();
+    let (cold, warm) = ctx
+        .manager
+        .spawn_on_shard(shard, move || async move {
+            let (mut cold, mut warm) = (hist(), hist());
+            for pass in 0..2 {
+                for rid in &picks {
+                    let t = Instant::now();
+                    let seg = bop_rs::aof2::SegmentId::new(rid.segment_index() as u64);
+                    let r = l.open_reader(seg)?;
+                    std::hint::black_box(r.read_record(*rid)?.payload().len());
+                    let ns = t.elapsed().as_nanos() as u64;
+                    let h = if pass == 0 { &mut cold } else { &mut warm };
+                    h.record(ns).expect("in bounds");
+                }
+            }
+            Ok::<_, bop_rs::aof2::AofError>((cold, warm))
+        })?
+        .join()??;
+    let w = "T1 a task's cold read_record stalls its shard";
+    let desc = "the same reads with the pages cached";
+    Ok([("p50", 0.5), ("p99", 0.99)]
+        .into_iter()
+        .map(|(m, q)| latency_row(w, m, q, (&cold, &warm), desc))
+        .collect())
 }

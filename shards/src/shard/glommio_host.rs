@@ -213,7 +213,7 @@ impl Sleeper {
     pub(super) fn new(efd: RawFd) -> Sleeper {
         Sleeper {
             efd,
-            pending: None,
+            pending: readable(efd).ok(),
             empty: 0,
             fallback: false,
         }
@@ -255,8 +255,12 @@ impl Sleeper {
         LOOP_WOKEN.with(|f| f.set(false));
         let fired = fired?;
         if fired {
-            self.pending = None;
-            if !drain(self.efd) && !ctl.has_work() {
+            let had = drain(self.efd);
+            // The next wait is armed at once, before the fired one is dropped: the shard
+            // holds one duplicate of its eventfd whenever it is quiet, not one or none
+            // depending on timing.
+            self.pending = readable(self.efd).ok();
+            if !had && !ctl.has_work() {
                 self.empty += 1;
                 if self.empty > 10_000 {
                     log::warn!(

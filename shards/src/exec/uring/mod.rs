@@ -375,9 +375,14 @@ impl Ring for UringRing {
             (true, true) => self.held.len().max(1) as u32,
         };
         // Nothing to submit and no wait: without DEFER_TASKRUN the kernel posts
-        // completions to the shared queue by itself, so reaping needs no system call.
-        let idle =
-            want == 0 && self.ring.submission().is_empty() && !self.setup.features.defer_taskrun;
+        // completions to the shared queue by itself, so reaping needs no system call,
+        // unless some overflowed (a full completion queue): those reach the queue only
+        // when the ring is entered.
+        let idle = want == 0 && !self.setup.features.defer_taskrun && {
+            let mut sq = self.ring.submission();
+            sq.sync();
+            sq.is_empty() && !sq.cq_overflow() && !sq.taskrun()
+        };
         let r = if idle { Ok(0) } else { self.enter(want) };
         if block {
             host.awake();
