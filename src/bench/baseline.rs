@@ -127,3 +127,45 @@ pub fn raw_read(files: &[(PathBuf, u64)], buf: &mut [u8]) -> BenchResult<u64> {
     }
     Ok(total)
 }
+
+/// One thread writing `per_sync` buffered 4 KiB blocks, then one `fdatasync`, for
+/// `slice`, into `g` from offset `*off`: the bound of group commit with no waiting
+/// writers. Returns the blocks written.
+pub fn buffered_per_sync(
+    g: &PrewrittenFile,
+    block: &AlignedBlock,
+    per_sync: usize,
+    off: &mut u64,
+    slice: std::time::Duration,
+) -> std::io::Result<u64> {
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < slice {
+        for _ in 0..per_sync {
+            g.file.write_all_at(block.bytes(), *off % g.size)?;
+            *off += 4096;
+        }
+        fdatasync(&g.file)?;
+        n += per_sync as u64;
+    }
+    Ok(n)
+}
+
+/// `n` times `pwrite` of 4 KiB + `fdatasync` into `f` from offset `*off`, each one's
+/// latency recorded in `h`: the raw durable-append loop.
+pub fn raw_4k_syncs(
+    f: &PrewrittenFile,
+    block: &AlignedBlock,
+    n: usize,
+    off: &mut u64,
+    h: &mut hdrhistogram::Histogram<u64>,
+) -> BenchResult<()> {
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        f.file.write_all_at(block.bytes(), *off % f.size)?;
+        fdatasync(&f.file)?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+        *off += 4096;
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ mod reads;
 mod report;
 mod small;
 mod tasks;
+mod tasks_w3;
 mod w1;
 mod w1_zstd;
 mod w2;

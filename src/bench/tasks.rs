@@ -5,19 +5,17 @@
 //!   on the shard, as an unpinned foreign thread committing itself (`Caller`), and as
 //!   `pwrite` + `fdatasync` on a thread pinned to the shard's CPU; the three rotate in
 //!   slices.
-//! - W3 shape: 64 tasks on one shard, 64 futures joined in one task, and 64 threads,
-//!   each writer appending 4 KiB and waiting, against one thread writing 64 buffered
-//!   4 KiB records per `fdatasync`.
+//! - W3 shape (`tasks_w3.rs`): 64 writers on one shard as tasks, joined futures and
+//!   threads, against the buffered 64-per-sync loop.
+//! - W1 shape (100-byte appends), W2 across shards, and a task's cold read.
 
 use super::baseline::*;
 use super::report::*;
 use super::{rotate, BenchResult, Ctx};
-use bop_rs::aof2::config::{CommitMode, RetentionPolicy};
-use bop_rs::aof2::{Aof, AofManager, ShardStats};
+use bop_rs::aof2::config::CommitMode;
+use bop_rs::aof2::{AofManager, ShardStats};
 use std::future::Future;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -33,8 +31,8 @@ pub fn t1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     }
     rows.extend(w1_on_shard(ctx, 0)?);
     rows.extend(cold_reads(ctx, 0)?);
-    rows.extend(w3_on_shard(ctx, 0, false)?);
-    rows.extend(w3_on_shard(ctx, 0, true)?);
+    rows.extend(super::tasks_w3::w3_on_shard(ctx, 0, false)?);
+    rows.extend(super::tasks_w3::w3_on_shard(ctx, 0, true)?);
     Ok(rows)
 }
 
@@ -105,19 +103,8 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
         Ok(())
     };
     let mut run_raw = || -> BenchResult<()> {
-        on_cpu(cpu, || -> Result<(), String> {
-            for _ in 0..per_round {
-                let t = Instant::now();
-                f.file
-                    .write_all_at(block.bytes(), off % f.size)
-                    .map_err(|e| e.to_string())?;
-                fdatasync(&f.file).map_err(|e| e.to_string())?;
-                raw_h
-                    .record(t.elapsed().as_nanos() as u64)
-                    .map_err(|e| e.to_string())?;
-                off += 4096;
-            }
-            Ok(())
+        on_cpu(cpu, || {
+            raw_4k_syncs(&f, &block, per_round, &mut off, &mut raw_h).map_err(|e| e.to_string())
         })?;
         Ok(())
     };
@@ -192,257 +179,6 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
         "(the shard's eventfd wake-ups per sync of the task's log; the foreign thread's count)",
     ));
     Ok(rows)
-}
-
-/// Polls every future of a set until all are done (64 writers in one task).
-struct JoinAll<F> {
-    futs: Vec<Option<Pin<Box<F>>>>,
-}
-
-impl<F: Future<Output = ()>> Future for JoinAll<F> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut pending = false;
-        for slot in self.futs.iter_mut() {
-            if let Some(f) = slot {
-                if f.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    pending = true;
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }
-}
-
-/// One writer's loop as a future: appends 4 KiB and waits until `stop`.
-async fn writer(l: Arc<Aof>, stop: Arc<AtomicBool>) -> u64 {
-    let payload = vec![0x33u8; 4096];
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let r = l.append_record_async(&payload).await.expect("append");
-        l.flush_until_async(r).await.expect("flush");
-        n += 1;
-    }
-    n
-}
-
-/// The W3 shape on shard `shard`: on new logs (after 200 records), or in recycled
-/// segments (`Size` retention of 128 MiB, after 192 MiB of warm-up, so new segments
-/// start in released files with nothing to zero-fill).
-fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<Row>> {
-    const WRITERS: usize = 64;
-    let slice = ctx.duration() / ctx.rounds() as u32;
-    let cfg = |c: &mut bop_rs::aof2::config::AofConfig| {
-        c.shard = Some(shard);
-        if recycled {
-            c.retention = RetentionPolicy::Size {
-                max_total_bytes: 128 << 20,
-            };
-        }
-    };
-    let log = Arc::new(ctx.open_with(cfg)?);
-    let threads_log = Arc::new(ctx.open_with(|c| {
-        cfg(c);
-        c.commit = CommitMode::Caller;
-    })?);
-    let warm = if recycled { 192 } else { 1 };
-    for l in [&log, &threads_log] {
-        let big = vec![0x11u8; if recycled { 1 << 20 } else { 4096 }];
-        for _ in 0..(if recycled { warm } else { 200 }) {
-            let r = l.append_record(&big)?;
-            l.flush_until(r)?;
-        }
-    }
-    let g = ctx.baseline_file("t1-w3-buffered", 64 << 20)?;
-    let g = g.buffered(&ctx.root.join("t1-w3-buffered"))?;
-    let block = AlignedBlock::new(4096);
-    let mut goff = 0u64;
-    let (mut n_tasks, mut t_tasks, mut n_joined, mut t_joined) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let (mut n_threads, mut t_threads, mut n_buf, mut t_buf) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let m0 = log.flush_metrics();
-    let mut run_tasks = || -> BenchResult<()> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
-        let tasks = (0..WRITERS)
-            .map(|_| {
-                let (l, s) = (log.clone(), stop.clone());
-                ctx.manager.spawn_on_shard(shard, move || writer(l, s))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        std::thread::sleep(slice);
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            n_tasks += t.join()?;
-        }
-        t_tasks += start.elapsed();
-        Ok(())
-    };
-    let mut run_joined = || -> BenchResult<()> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
-        let (l, s) = (log.clone(), stop.clone());
-        let task = ctx.manager.spawn_on_shard(shard, move || async move {
-            let counts = Arc::new(std::sync::Mutex::new(0u64));
-            let futs = (0..WRITERS)
-                .map(|_| {
-                    let (l, s, c) = (l.clone(), s.clone(), counts.clone());
-                    Some(Box::pin(async move {
-                        let n = writer(l, s).await;
-                        *c.lock().expect("counts") += n;
-                    }))
-                })
-                .collect();
-            JoinAll { futs }.await;
-            let n = *counts.lock().expect("counts");
-            n
-        })?;
-        std::thread::sleep(slice);
-        stop.store(true, Ordering::Relaxed);
-        n_joined += task.join()?;
-        t_joined += start.elapsed();
-        Ok(())
-    };
-    let mut run_threads = || -> BenchResult<()> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
-        let threads: Vec<_> = (0..WRITERS)
-            .map(|_| {
-                let (l, s) = (threads_log.clone(), stop.clone());
-                std::thread::spawn(move || -> Result<u64, String> {
-                    let payload = vec![0x33u8; 4096];
-                    let mut n = 0;
-                    while !s.load(Ordering::Relaxed) {
-                        let r = l.append_record(&payload).map_err(|e| e.to_string())?;
-                        l.flush_until(r).map_err(|e| e.to_string())?;
-                        n += 1;
-                    }
-                    Ok(n)
-                })
-            })
-            .collect();
-        std::thread::sleep(slice);
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            n_threads += t.join().map_err(|_| "writer thread panicked")??;
-        }
-        t_threads += start.elapsed();
-        Ok(())
-    };
-    // One 256 KiB O_DIRECT write + fdatasync per 64 records: what one commit of 64
-    // records costs the disk at best.
-    let d = ctx.baseline_file("t1-w3-direct", 64 << 20)?;
-    let big = AlignedBlock::new(WRITERS * 4096);
-    let (mut doff, mut n_direct, mut t_direct) = (0u64, 0u64, Duration::ZERO);
-    let mut run_direct = || -> BenchResult<()> {
-        let start = Instant::now();
-        while start.elapsed() < slice {
-            d.file.write_all_at(big.bytes(), doff % d.size)?;
-            doff += big.bytes().len() as u64;
-            fdatasync(&d.file)?;
-            n_direct += WRITERS as u64;
-        }
-        t_direct += start.elapsed();
-        Ok(())
-    };
-    let mut run_buffered = || -> BenchResult<()> {
-        let start = Instant::now();
-        while start.elapsed() < slice {
-            for _ in 0..WRITERS {
-                g.file.write_all_at(block.bytes(), goff % g.size)?;
-                goff += 4096;
-            }
-            fdatasync(&g.file)?;
-            n_buf += WRITERS as u64;
-        }
-        t_buf += start.elapsed();
-        Ok(())
-    };
-    rotate(
-        ctx.rounds(),
-        &mut [
-            &mut run_tasks,
-            &mut run_joined,
-            &mut run_threads,
-            &mut run_buffered,
-            &mut run_direct,
-        ],
-    )?;
-    let m1 = log.flush_metrics();
-    let zeroed_mib = (m1.bytes_zeroed - m0.bytes_zeroed) as f64 / (1 << 20) as f64;
-    let buf = n_buf as f64 / t_buf.as_secs_f64();
-    let desc = "one thread: 64 buffered 4 KiB pwrites + 1 fdatasync";
-    let row = |workload, n: u64, t: Duration| Row {
-        workload,
-        metric: "durable records/s",
-        unit: "rec/s",
-        ours: n as f64 / t.as_secs_f64(),
-        baseline: buf,
-        higher_is_better: true,
-        baseline_desc: desc,
-        median_ratio: None,
-    };
-    let per_sync = (n_tasks + n_joined) as f64 / (m1.syncs - m0.syncs).max(1) as f64;
-    let names: [&'static str; 3] = if recycled {
-        [
-            "T1 W3 recycled: 64 tasks on the log's shard",
-            "T1 W3 recycled: 64 futures in one task",
-            "T1 W3 recycled: 64 threads (Caller)",
-        ]
-    } else {
-        [
-            "T1 W3 new log: 64 tasks on the log's shard",
-            "T1 W3 new log: 64 futures in one task",
-            "T1 W3 new log: 64 threads (Caller)",
-        ]
-    };
-    let info = |metric, v: f64, what| Row {
-        workload: names[0],
-        metric,
-        unit: "x",
-        ours: v,
-        baseline: f64::NAN,
-        higher_is_better: true,
-        baseline_desc: what,
-        median_ratio: None,
-    };
-    Ok(vec![
-        row(names[0], n_tasks, t_tasks),
-        row(names[1], n_joined, t_joined),
-        row(names[2], n_threads, t_threads),
-        info(
-            "records per sync",
-            per_sync,
-            "(tasks and joined futures together)",
-        ),
-        info(
-            "writes per sync",
-            (m1.write_ops - m0.write_ops) as f64 / (m1.syncs - m0.syncs).max(1) as f64,
-            "(data writes of the tasks' log per sync: 1 when each commit is one write)",
-        ),
-        info(
-            "vs 64 threads",
-            (n_tasks as f64 / t_tasks.as_secs_f64()) / (n_threads as f64 / t_threads.as_secs_f64()),
-            "(64 tasks' records/s over 64 threads')",
-        ),
-        info(
-            "vs 256 KiB O_DIRECT",
-            (n_tasks as f64 / t_tasks.as_secs_f64()) / (n_direct as f64 / t_direct.as_secs_f64()),
-            "(64 tasks' records/s over one 256 KiB O_DIRECT pwrite + fdatasync per 64 records)",
-        ),
-        info(
-            "MiB zero-filled",
-            zeroed_mib,
-            "(by the tasks' log while measured: 0 when every segment was recycled)",
-        ),
-    ])
 }
 
 /// One slice of glommio's `DmaFile` 4 KiB write + `fdatasync` into a pre-written file,
@@ -619,18 +355,8 @@ fn w2_across(ctx: &Ctx, cpu: Option<usize>) -> BenchResult<Vec<Row>> {
         Ok(())
     };
     let mut run_raw = || -> BenchResult<()> {
-        on_cpu(cpu, || -> Result<(), String> {
-            for _ in 0..per_round {
-                let t = Instant::now();
-                f.file
-                    .write_all_at(block.bytes(), off % f.size)
-                    .map_err(|e| e.to_string())?;
-                fdatasync(&f.file).map_err(|e| e.to_string())?;
-                raw.record(t.elapsed().as_nanos() as u64)
-                    .map_err(|e| e.to_string())?;
-                off += 4096;
-            }
-            Ok(())
+        on_cpu(cpu, || {
+            raw_4k_syncs(&f, &block, per_round, &mut off, &mut raw).map_err(|e| e.to_string())
         })?;
         Ok(())
     };

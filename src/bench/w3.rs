@@ -76,14 +76,7 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     // group commit, with no waiting threads at all.
     let mut run_buffered = || {
         let start = Instant::now();
-        while start.elapsed() < slice {
-            for _ in 0..WRITERS {
-                g.file.write_all_at(block.bytes(), goff % g.size)?;
-                goff += 4096;
-            }
-            fdatasync(&g.file)?;
-            n_buf += WRITERS as u64;
-        }
+        n_buf += buffered_per_sync(&g, &block, WRITERS, &mut goff, slice)?;
         t_buf += start.elapsed();
         Ok(())
     };

@@ -28,7 +28,6 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -152,17 +151,11 @@ pub(super) struct GlommioHost<'a>(pub(super) &'a ShardCtl);
 
 impl Host for GlommioHost<'_> {
     fn may_sleep(&self) -> bool {
-        // Pairs with `ShardCtl::wake` (both SeqCst), as on the thread executor.
-        self.0.sleeping.store(true, Ordering::SeqCst);
-        if self.0.has_work() {
-            self.0.sleeping.store(false, Ordering::SeqCst);
-            return false;
-        }
-        true
+        self.0.announce_sleep()
     }
 
     fn awake(&self) {
-        self.0.sleeping.store(false, Ordering::SeqCst);
+        self.0.awoke();
     }
 
     fn park(&self, _: Option<Duration>) {

@@ -247,6 +247,24 @@ impl ShardCtl {
             || self.pause_ns.load(Ordering::SeqCst) != 0
     }
 
+    /// The shard's loop is about to sleep: raises the flag other threads check before
+    /// waking it, then looks at the inbox. False (flag lowered) if work is queued.
+    fn announce_sleep(&self) -> bool {
+        // Pairs with `wake` (both SeqCst): either a request queued from here on sees
+        // the flag and wakes the loop, or the loop sees the request now.
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.has_work() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Lowers the flag after a sleep.
+    fn awoke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
     /// Why the shard failed, if it has.
     pub fn failure(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
@@ -518,18 +536,11 @@ struct ThreadHost<'a>(&'a ShardCtl);
 
 impl Host for ThreadHost<'_> {
     fn may_sleep(&self) -> bool {
-        // Pairs with `ShardCtl::wake` (both SeqCst): either a request queued from here
-        // on sees the flag and wakes us, or we see the request now.
-        self.0.sleeping.store(true, Ordering::SeqCst);
-        if self.0.has_work() {
-            self.0.sleeping.store(false, Ordering::SeqCst);
-            return false;
-        }
-        true
+        self.0.announce_sleep()
     }
 
     fn awake(&self) {
-        self.0.sleeping.store(false, Ordering::SeqCst);
+        self.0.awoke();
     }
 
     fn park(&self, timeout: Option<Duration>) {
