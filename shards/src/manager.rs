@@ -133,7 +133,9 @@ impl ShardSet {
                 &cfg.io_uring_disable,
             )
             .map_err(|e| {
-                if backend == IoBackend::Uring {
+                if executor.is_glommio() {
+                    AofError::Startup(format!("cannot start glommio shard {i}: {e}"))
+                } else if backend == IoBackend::Uring {
                     AofError::Startup(format!(
                         "io_uring is unavailable for shard thread {i} (io_uring_setup: {e}); \
                          backend = Uring is strict: use Auto to fall back to the portable backend"
