@@ -430,7 +430,8 @@ pub enum ShardExecutor {
     /// networking). The engine keeps its own io_uring ring, whose completions reach
     /// glommio's reactor through an eventfd. Needs io_uring (no portable fallback),
     /// the opcodes glommio uses (Linux 5.8 or later) and `RLIMIT_MEMLOCK` of at least
-    /// 512 KiB plus `registered_buffer_bytes`; `AofManager::with_config` checks them
+    /// 512 KiB for glommio (the engine's registered buffers on top, where the limit
+    /// allows; otherwise they are unregistered); `AofManager::with_config` checks these
     /// first and fails with a clear error instead of letting glommio panic or exit.
     #[cfg(feature = "glommio")]
     Glommio,
