@@ -211,3 +211,47 @@ proptest! {
         run_steps(&manager(), &steps);
     }
 }
+
+/// The same sizes from a task on the log's own shard (`spawn_on_shard`, async appends
+/// and flushes: the zero-hop path), on a new log and after a reopen, beside a slow
+/// second log on the same shard: every record comes back.
+#[test]
+fn every_boundary_size_from_a_task_on_the_logs_shard() {
+    let mut mc = bop_rs::aof2::AofManagerConfig::default();
+    mc.shards = 2;
+    let m = bop_rs::aof2::AofManager::with_config(mc).unwrap();
+    let (dir, quiet) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let placed = |root: &std::path::Path| {
+        let mut c = default_cfg(root);
+        c.shard = Some(1);
+        std::sync::Arc::new(open(&m, c))
+    };
+    let neighbour = placed(quiet.path());
+    let mut want = Vec::new();
+    for session in 0..2u64 {
+        let log = placed(dir.path());
+        let (l, n) = (log.clone(), neighbour.clone());
+        let written = m
+            .spawn_on_shard(1, move || async move {
+                let mut out = Vec::new();
+                for (i, len) in boundary_sizes().into_iter().enumerate() {
+                    let p = record(len, session * 1000 + i as u64);
+                    let rid = l.append_record_async(&p).await?;
+                    l.flush_until_async(rid).await?;
+                    out.push((rid, p));
+                    // A slow neighbour on the same shard.
+                    if i % 5 == 0 {
+                        let r = n.append_record_async(b"neighbour").await?;
+                        n.flush_until_async(r).await?;
+                    }
+                }
+                Ok::<_, bop_rs::aof2::AofError>(out)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        want.extend(written);
+        assert_eq!(read_all(&log), want, "session {session}");
+    }
+}
