@@ -49,6 +49,26 @@ pub fn rows_of(
     }
 }
 
+/// A row of information with no baseline (a count or a per-operation figure).
+pub fn info_row(
+    workload: &'static str,
+    metric: &'static str,
+    value: f64,
+    higher_is_better: bool,
+    what: &'static str,
+) -> Row {
+    Row {
+        workload,
+        metric,
+        unit: "x",
+        ours: value,
+        baseline: f64::NAN,
+        higher_is_better,
+        baseline_desc: what,
+        median_ratio: None,
+    }
+}
+
 pub fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }

@@ -54,6 +54,32 @@ fn on_cpu<T: Send>(cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// One slice of the W2 shape from a task on shard `shard`: `n` durable 4 KiB appends
+/// to `log`, each one's latency recorded.
+fn task_w2_slice(
+    ctx: &Ctx,
+    shard: usize,
+    log: &Arc<bop_rs::aof2::Aof>,
+    n: usize,
+) -> BenchResult<hdrhistogram::Histogram<u64>> {
+    let l = log.clone();
+    let h = ctx
+        .manager
+        .spawn_on_shard(shard, move || async move {
+            let payload = vec![0x42u8; 4096];
+            let mut h = hist();
+            for _ in 0..n {
+                let t = Instant::now();
+                let r = l.append_record_async(&payload).await?;
+                l.flush_until_async(r).await?;
+                h.record(t.elapsed().as_nanos() as u64).expect("in bounds");
+            }
+            Ok::<_, bop_rs::aof2::AofError>(h)
+        })?
+        .join()??;
+    Ok(h)
+}
+
 fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<Row>> {
     let (per_round, rounds) = if ctx.quick { (250, 2) } else { (250, 20) };
     let task_log = Arc::new(ctx.open_with(|c| c.shard = Some(shard))?);
@@ -75,22 +101,7 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
     let mut off = 0u64;
     let (s0, m0) = (stats(&ctx.manager, shard), task_log.flush_metrics());
     let mut run_task = || -> BenchResult<()> {
-        let l = task_log.clone();
-        let h = ctx
-            .manager
-            .spawn_on_shard(shard, move || async move {
-                let payload = vec![0x42u8; 4096];
-                let mut h = hist();
-                for _ in 0..per_round {
-                    let t = Instant::now();
-                    let r = l.append_record_async(&payload).await?;
-                    l.flush_until_async(r).await?;
-                    h.record(t.elapsed().as_nanos() as u64).expect("in bounds");
-                }
-                Ok::<_, bop_rs::aof2::AofError>(h)
-            })?
-            .join()??;
-        task_h.add(h)?;
+        task_h.add(task_w2_slice(ctx, shard, &task_log, per_round)?)?;
         Ok(())
     };
     let mut run_thread = || -> BenchResult<()> {
@@ -158,16 +169,7 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
             rows.push(latency_row(wd, metric, q, (&dma_h, &raw_h), desc));
         }
     }
-    let info = |metric, v: f64, what| Row {
-        workload: wt,
-        metric,
-        unit: "x",
-        ours: v,
-        baseline: f64::NAN,
-        higher_is_better: false,
-        baseline_desc: what,
-        median_ratio: None,
-    };
+    let info = |metric, v: f64, what| info_row(wt, metric, v, false, what);
     rows.push(info(
         "enters/commit",
         (s1.ring_enters - s0.ring_enters) as f64 / commits,
@@ -336,22 +338,7 @@ fn w2_across(ctx: &Ctx, cpu: Option<usize>) -> BenchResult<Vec<Row>> {
     let (mut ours, mut raw) = (hist(), hist());
     let mut off = 0u64;
     let mut run_task = || -> BenchResult<()> {
-        let l = log.clone();
-        let h = ctx
-            .manager
-            .spawn_on_shard(1, move || async move {
-                let payload = vec![0x42u8; 4096];
-                let mut h = hist();
-                for _ in 0..per_round {
-                    let t = Instant::now();
-                    let r = l.append_record_async(&payload).await?;
-                    l.flush_until_async(r).await?;
-                    h.record(t.elapsed().as_nanos() as u64).expect("in bounds");
-                }
-                Ok::<_, bop_rs::aof2::AofError>(h)
-            })?
-            .join()??;
-        ours.add(h)?;
+        ours.add(task_w2_slice(ctx, 1, &log, per_round)?)?;
         Ok(())
     };
     let mut run_raw = || -> BenchResult<()> {

@@ -218,16 +218,7 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
             "T1 W3 new log: 64 threads (Caller)",
         ]
     };
-    let info = |metric, v: f64, what| Row {
-        workload: names[0],
-        metric,
-        unit: "x",
-        ours: v,
-        baseline: f64::NAN,
-        higher_is_better: true,
-        baseline_desc: what,
-        median_ratio: None,
-    };
+    let info = |metric, v: f64, what| info_row(names[0], metric, v, true, what);
     Ok(vec![
         row(names[0], n_tasks, t_tasks),
         row(names[1], n_joined, t_joined),

@@ -89,16 +89,7 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let desc = "64 separate 4 KiB pwrites + 1 fdatasync";
     let w = "W3 group commit (64 writers x 4 KiB)";
     let per_second = n_ours as f64 / t_ours.as_secs_f64();
-    let info = |metric, v: f64, what| Row {
-        workload: w,
-        metric,
-        unit: "x",
-        ours: v,
-        baseline: f64::NAN,
-        higher_is_better: false,
-        baseline_desc: what,
-        median_ratio: None,
-    };
+    let info = |metric, v: f64, what| info_row(w, metric, v, false, what);
     Ok(vec![
         Row {
             workload: w,
