@@ -107,7 +107,13 @@ fn child_writer() {
     }
 }
 
-/// The child's loop: appends batches and waits for each, reporting acknowledged ids
+/// The group of records starting at `seq`: its length, and whether it is appended as
+/// one atomic batch (`append_batch`) rather than record by record.
+fn group(seq: u64) -> (u64, bool) {
+    (1 + seq % 13, seq % 2 == 1)
+}
+
+/// The child's loop: appends groups of records and waits for each, reporting acknowledged ids
 /// (blocking calls on the writing thread, or async calls in a task on the shard).
 async fn write_loop(aof: &bop_rs::aof2::Aof, round: u64, blocking: bool) {
     let mut first = aof.first_record().segment_index();
@@ -116,9 +122,27 @@ async fn write_loop(aof: &bop_rs::aof2::Aof, round: u64, blocking: bool) {
     let mut seq = 0u64;
     let (mut reported, mut compressed) = (0, 0);
     loop {
-        let batch = 1 + seq % 13;
+        let (batch, atomic) = group(seq);
         let mut rids = Vec::new();
-        for _ in 0..batch {
+        if atomic {
+            let ps: Vec<Vec<u8>> = (seq..seq + batch).map(|s| record(round, s)).collect();
+            let refs: Vec<&[u8]> = ps.iter().map(Vec::as_slice).collect();
+            let last = if blocking {
+                aof.append_batch(&refs).unwrap()
+            } else {
+                aof.append_batch_async(&refs).await.unwrap()
+            };
+            // The batch's records lie back to back before its last one.
+            let mut off = last.segment_offset();
+            let mut ids = vec![last; ps.len()];
+            for i in (0..ps.len() - 1).rev() {
+                off -= format::frame_size(ps[i].len()) as u32;
+                ids[i] = RecordId::from_parts(last.segment_index(), off);
+            }
+            rids.extend((seq..seq + batch).zip(ids));
+            seq += batch;
+        }
+        for _ in 0..if atomic { 0 } else { batch } {
             let p = record(round, seq);
             let rid = if blocking {
                 aof.append_record(&p).unwrap()
@@ -372,6 +396,20 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) -> usize {
         }
     }
     assert_eq!(stream_seq, last_seq, "the stream and the files agree");
+    // No round ends inside an atomic batch: recovery keeps all of one or none.
+    for (round, last) in last_seq.iter().enumerate() {
+        let n = last.map_or(0, |l| l + 1);
+        let mut start = 0;
+        while start < n {
+            let (len, atomic) = group(start);
+            assert!(
+                !atomic || start + len <= n,
+                "round {round} ends inside atomic batch [{start}, {}): {n} records",
+                start + len
+            );
+            start += len;
+        }
+    }
     all_acknowledged_on_disk(acked, &last_seq, first_kept);
     zst
 }

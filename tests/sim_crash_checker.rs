@@ -66,6 +66,9 @@ type Records = Vec<(RecordId, Vec<u8>)>;
 
 struct Session {
     records: Vec<(RecordId, Vec<u8>)>,
+    /// For each record, the index one past the last record of its atomic batch
+    /// (`k + 1` for a single append): no reopen may bring back part of a batch.
+    batch_end: Vec<usize>,
     /// records[..acked] were reported durable.
     acked: usize,
     /// Closed cleanly: every record must come back.
@@ -371,6 +374,7 @@ impl World {
         }
         self.sessions.push(Session {
             records: Vec::new(),
+            batch_end: Vec::new(),
             acked: 0,
             closed: false,
             faults_at_start: self.fs.faults_injected(),
@@ -506,6 +510,14 @@ impl World {
                 } else {
                     break;
                 }
+            }
+            if k > 0 && k < sess.records.len() && sess.batch_end[k - 1] > k {
+                self.fail(format!(
+                    "session {i}: a torn batch came back: records up to {k} ({}) of a batch \
+                     ending at record {}",
+                    sess.records[k - 1].0,
+                    sess.batch_end[k - 1]
+                ));
             }
             if k < sess.acked {
                 self.fail(format!(
@@ -825,19 +837,45 @@ impl World {
         let writer = self.rng.below(WRITERS);
         let si = self.sessions.len() - 1;
         let seq = self.sessions[si].records.len();
-        let len = payload_len(&mut self.rng, &self.cfg, self.buf_size);
-        let p = payload(len, &mut self.rng, si, seq, writer);
+        // One append in six is an atomic batch of 2-8 records, mostly small.
+        let n = if self.rng.below(6) == 0 {
+            2 + self.rng.below(7) as usize
+        } else {
+            1
+        };
+        let ps: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let len = if n > 1 && self.rng.below(4) != 0 {
+                    self.rng.below(300) as usize
+                } else {
+                    payload_len(&mut self.rng, &self.cfg, self.buf_size)
+                };
+                payload(len, &mut self.rng, si, seq + i, writer)
+            })
+            .collect();
+        let refs: Vec<&[u8]> = ps.iter().map(Vec::as_slice).collect();
         // A blocked append is retried until it goes through: waiting must make progress.
         for attempt in 0.. {
-            let r = o.core().append(&p);
+            let r = if n == 1 {
+                o.core().append(&ps[0])
+            } else {
+                o.core().append_batch(&refs)
+            };
             match r {
                 Ok(a) => {
                     if a.wake_shard {
                         o.shared.wake_shard();
                     }
+                    // A batch's records lie back to back before its last one.
+                    let mut off = a.rid.segment_offset();
+                    let mut rids = vec![a.rid; n];
+                    for i in (0..n - 1).rev() {
+                        off -= format::frame_size(ps[i].len()) as u32;
+                        rids[i] = RecordId::from_parts(a.rid.segment_index(), off);
+                    }
                     if let Some(m) = self.max_rid {
-                        if a.rid <= m {
-                            self.fail(format!("id {} handed out again (max so far {m})", a.rid));
+                        if rids[0] <= m {
+                            self.fail(format!("id {} handed out again (max so far {m})", rids[0]));
                         }
                     }
                     // After a clean close, segment ids stay dense (unless the session
@@ -875,8 +913,16 @@ impl World {
                         }
                     }
                     self.max_rid = Some(a.rid);
-                    self.say(|| format!("append w{writer} {} bytes -> {}", p.len(), a.rid));
-                    self.sessions[si].records.push((a.rid, p));
+                    self.say(|| {
+                        let lens: Vec<usize> = ps.iter().map(Vec::len).collect();
+                        format!("append w{writer} {lens:?} bytes -> {rids:?}")
+                    });
+                    let sess = &mut self.sessions[si];
+                    let end = sess.records.len() + n;
+                    for (rid, p) in rids.into_iter().zip(ps) {
+                        sess.records.push((rid, p));
+                        sess.batch_end.push(end);
+                    }
                     return;
                 }
                 Err(AofError::WouldBlock(kind)) => {
@@ -894,7 +940,7 @@ impl World {
                     let n = 1 + self.rng.below(3) as usize;
                     self.pump(o, n);
                 }
-                Err(AofError::RecordTooLarge { .. }) => return,
+                Err(AofError::RecordTooLarge { .. } | AofError::BadBatch { .. }) => return,
                 // A failed segment preparation fails the appends that need the segment.
                 Err(e @ AofError::Io { .. }) if self.fs.faults_injected() > 0 => {
                     let msg = e.to_string();
@@ -1185,6 +1231,7 @@ fn a_fault_poisons_and_a_reopen_recovers(seed: u64, model: Model, faults: Faults
     // Appended, never acknowledged: a crash may keep it or not.
     let s = w.sessions.last_mut().unwrap();
     s.records.push((rid, b"after the fault".to_vec()));
+    s.batch_end.push(s.records.len());
     o.request_flush_all();
     for _ in 0..1000 {
         if !w.step(&mut o) {

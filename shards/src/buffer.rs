@@ -181,6 +181,18 @@ impl AlignedBuf {
         };
     }
 
+    /// Borrows `[off, off + len)` for writing in place.
+    ///
+    /// # Safety
+    /// No other thread may read or write the range, and no other slice of it may
+    /// exist, while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        assert!(off + len <= self.len, "slice past buffer end");
+        // SAFETY: in bounds; exclusive access to the range is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
+    }
+
     /// Borrows `[off, off + len)`.
     ///
     /// # Safety

@@ -431,6 +431,7 @@ mod tests {
     /// A sealed raw segment of `file_size` bytes holding `records` (seed from its header).
     fn raw_segment(records: &[Vec<u8>], file_size: u64) -> Vec<u8> {
         let header = SegmentHeader {
+            version: crate::format::SEGMENT_VERSION,
             segment_id: 3,
             generation: 0x1234_5678,
             base_record_index: 10,

@@ -93,6 +93,17 @@ pub enum AofError {
         max: usize,
     },
 
+    /// A batch that cannot be appended as one: empty, or more than one segment holds.
+    #[error("batch of {records} records ({bytes} bytes of frames) not appended: {reason}")]
+    BadBatch {
+        /// Records in the batch.
+        records: usize,
+        /// Their frames' total size.
+        bytes: u64,
+        /// Why it cannot be appended.
+        reason: String,
+    },
+
     /// The id does not name a record this log has handed out (past the tail, or another log's).
     #[error("record {rid} not found: {reason}")]
     RecordNotFound {

@@ -1,4 +1,6 @@
-//! On-disk format v1. Pure functions over byte slices: no I/O, no panics on any input.
+//! On-disk format. Pure functions over byte slices: no I/O, no panics on any input.
+//! Segments are written in version 2 (version 1 without frame flags, so without atomic
+//! batches; such segments are still read, never continued).
 //!
 //! A segment file is laid out as:
 //!
@@ -21,8 +23,13 @@
 //! it (`prev_crc`), so frames cannot be reordered, dropped or duplicated unnoticed.
 //! Byte-by-byte layouts are in README.md ("On-disk format").
 
-/// Version written into new segments; newer versions are refused, not guessed at.
+/// Version of the release mark and of a compressed segment's trailer; newer versions
+/// are refused, not guessed at.
 pub const FORMAT_VERSION: u16 = 1;
+/// Version written into new segment headers: 2 added frame flags (atomic batches).
+pub const SEGMENT_VERSION: u16 = 2;
+/// The oldest segment version still read (1: no frame flags).
+pub const SEGMENT_VERSION_MIN: u16 = 1;
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"AOF2SEG\0";
 /// First 8 bytes of a seal footer.
@@ -126,6 +133,8 @@ pub const fn data_capacity(file_size: u64) -> u64 {
 /// The segment header, at offset 0 of every used segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Format version it was written with ([`SEGMENT_VERSION`] for new segments).
+    pub version: u16,
     /// The segment's id (also in its file name).
     pub segment_id: u64,
     /// Random per segment; part of the checksum seed of every frame in it.
@@ -158,7 +167,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> ([u8; HEADER_LEN], u32) {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
         let flags = if self.recycled {
             HEADER_FLAG_RECYCLED
@@ -194,7 +203,7 @@ impl SegmentHeader {
             return Err(FormatError::BadMagic);
         }
         let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let stored = u32_at(b, 60);
@@ -212,6 +221,7 @@ impl SegmentHeader {
             return Err(FormatError::BadField("reserved"));
         }
         let h = SegmentHeader {
+            version,
             segment_id: u64_at(b, 16),
             generation: u32_at(b, 24),
             base_record_index: u64_at(b, 32),
@@ -261,6 +271,8 @@ pub struct FrameHeader {
     pub prev_crc: u32,
     /// Record or padding.
     pub kind: FrameKind,
+    /// Frame flags ([`FRAME_FLAG_BATCH_MORE`]); zero in segments of format version 1.
+    pub flags: u8,
     /// Payload length.
     pub len: u32,
     /// Every byte of the segment before this offset was durable when the frame was
@@ -275,12 +287,25 @@ impl FrameHeader {
     pub fn size(&self) -> usize {
         frame_size(self.len as usize)
     }
+
+    /// The record is not the last of its atomic batch: the batch's next record follows.
+    pub fn continues_batch(&self) -> bool {
+        self.flags & FRAME_FLAG_BATCH_MORE != 0
+    }
 }
+
+/// Frame flag (version 2): this record is one of an atomic batch and the batch's next
+/// record follows it. The last record of a batch, and every single append, has it
+/// clear. A segment whose valid frames end in a record with it set ends in a batch
+/// that was never completed (never acknowledged): every reader and recovery stop at
+/// that batch's first record.
+pub const FRAME_FLAG_BATCH_MORE: u8 = 1;
 
 /// Encodes bytes [4, 32) of a frame header: everything except the checksum.
 pub fn encode_frame_tail(
     prev_crc: u32,
     kind: FrameKind,
+    flags: u8,
     len: u32,
     synced_before: u32,
     timestamp_ns: u64,
@@ -288,7 +313,8 @@ pub fn encode_frame_tail(
     let mut t = [0u8; FRAME_HEADER_LEN - 4];
     t[0..4].copy_from_slice(&prev_crc.to_le_bytes());
     t[4] = kind as u8;
-    // t[5] flags, t[6..8] reserved: zero in v1.
+    t[5] = flags;
+    // t[6..8] reserved.
     t[8..12].copy_from_slice(&len.to_le_bytes());
     t[12..16].copy_from_slice(&synced_before.to_le_bytes());
     // t[16..20] reserved.
@@ -317,9 +343,32 @@ pub fn encode_frame(
     timestamp_ns: u64,
     payload: &[u8],
 ) -> (Vec<u8>, u32) {
+    encode_frame_with_flags(
+        seed,
+        prev_crc,
+        kind,
+        0,
+        synced_before,
+        timestamp_ns,
+        payload,
+    )
+}
+
+/// [`encode_frame`] with frame flags (a batch's records but its last carry
+/// [`FRAME_FLAG_BATCH_MORE`]).
+pub fn encode_frame_with_flags(
+    seed: u32,
+    prev_crc: u32,
+    kind: FrameKind,
+    flags: u8,
+    synced_before: u32,
+    timestamp_ns: u64,
+    payload: &[u8],
+) -> (Vec<u8>, u32) {
     let tail = encode_frame_tail(
         prev_crc,
         kind,
+        flags,
         payload.len() as u32,
         synced_before,
         timestamp_ns,
@@ -363,8 +412,12 @@ pub fn decode_frame(seed: u32, b: &[u8]) -> FrameDecode {
     let Some(kind) = FrameKind::from_u8(h[8]) else {
         return FrameDecode::Invalid(FormatError::BadField("kind"));
     };
-    if h[9] != 0 || h[10] != 0 || h[11] != 0 || u32_at(h, 20) != 0 {
+    if h[10] != 0 || h[11] != 0 || u32_at(h, 20) != 0 {
         return FrameDecode::Invalid(FormatError::BadField("reserved"));
+    }
+    let flags = h[9];
+    if flags & !FRAME_FLAG_BATCH_MORE != 0 || (flags != 0 && kind != FrameKind::Record) {
+        return FrameDecode::Invalid(FormatError::BadField("flags"));
     }
     let len = u32_at(h, 12);
     let size = frame_size(len as usize);
@@ -385,6 +438,7 @@ pub fn decode_frame(seed: u32, b: &[u8]) -> FrameDecode {
         crc: stored,
         prev_crc: u32_at(h, 4),
         kind,
+        flags,
         len,
         synced_before: u32_at(h, 16),
         timestamp_ns: u64_at(h, 24),
@@ -554,6 +608,10 @@ pub struct ScanResult {
     pub last_timestamp_ns: u64,
     /// Why the scan stopped.
     pub stop: ScanStop,
+    /// End of the last valid frame, a torn batch's included (`data_end` otherwise).
+    pub frames_end: u64,
+    /// Records of a batch the valid frames end inside, left out of the prefix.
+    pub torn_batch: u64,
 }
 
 /// One frame of a segment image, as yielded by [`Frames`].
@@ -654,6 +712,8 @@ impl<'a> Iterator for Frames<'a> {
 
 /// Walks the frame chain of a segment image from `HEADER_LEN` up to `limit` (the footer's
 /// `data_end`, or the data capacity of an unsealed segment) and summarises the valid prefix.
+/// A batch the valid frames end inside (its last record still says more follow) was
+/// never completed: the prefix stops at its first record, and `torn_batch` counts them.
 pub fn scan_frames(seed: u32, image: &[u8], limit: u64) -> ScanResult {
     let mut r = ScanResult {
         data_end: HEADER_LEN as u64,
@@ -662,19 +722,40 @@ pub fn scan_frames(seed: u32, image: &[u8], limit: u64) -> ScanResult {
         last_record_offset: NO_RECORD,
         last_timestamp_ns: 0,
         stop: ScanStop::Limit,
+        frames_end: HEADER_LEN as u64,
+        torn_batch: 0,
     };
+    // The summary as it was before the open batch's first record, while one is open.
+    let mut before_batch: Option<ScanResult> = None;
     let mut it = frames(seed, image, limit);
     for f in it.by_ref() {
         let Ok(f) = f else { break };
         if f.header.kind == FrameKind::Record {
+            if f.header.continues_batch() && before_batch.is_none() {
+                r.data_end = f.offset;
+                r.last_crc = f.header.prev_crc;
+                before_batch = Some(r.clone());
+            }
             r.record_count += 1;
             r.last_record_offset = f.offset as u32;
             r.last_timestamp_ns = f.header.timestamp_ns;
+            if !f.header.continues_batch() {
+                before_batch = None;
+            }
         }
     }
-    r.data_end = it.position();
-    r.last_crc = it.last_crc();
-    r.stop = it.stop().cloned().unwrap_or(ScanStop::Limit);
+    let stop = it.stop().cloned().unwrap_or(ScanStop::Limit);
+    let frames_end = it.position();
+    if let Some(b) = before_batch {
+        let torn = r.record_count - b.record_count;
+        r = b;
+        r.torn_batch = torn;
+    } else {
+        r.data_end = frames_end;
+        r.last_crc = it.last_crc();
+    }
+    r.frames_end = frames_end;
+    r.stop = stop;
     r
 }
 
@@ -714,6 +795,7 @@ mod tests {
 
     fn header() -> SegmentHeader {
         SegmentHeader {
+            version: SEGMENT_VERSION,
             segment_id: 7,
             generation: 0xdead_beef,
             base_record_index: 1234,

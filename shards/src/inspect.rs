@@ -241,6 +241,14 @@ impl LogDir {
                         reason
                     };
                     st.torn_tail = Some((offset, reason));
+                } else if scan.torn_batch > 0 {
+                    st.torn_tail = Some((
+                        scan.data_end,
+                        format!(
+                            "an atomic batch never completed: {} records without its last",
+                            scan.torn_batch
+                        ),
+                    ));
                 }
             }
         }
@@ -465,13 +473,20 @@ impl LogDir {
 fn check_sealed_frames(u: &Used, f: &SegmentFooter, image: &[u8]) -> AofResult<()> {
     let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
     let mut it = format::frames(u.seed, image, f.data_end);
-    let (mut count, mut last_record) = (0u64, NO_RECORD);
+    let (mut count, mut last_record, mut open_batch) = (0u64, NO_RECORD, false);
     for fr in it.by_ref() {
         let fr = fr.map_err(|(off, why)| bad(off, why))?;
         if fr.header.kind == format::FrameKind::Record {
             count += 1;
             last_record = fr.offset as u32;
+            open_batch = fr.header.continues_batch();
         }
+    }
+    if open_batch {
+        return Err(bad(
+            u64::from(last_record),
+            "sealed inside an atomic batch (its last record says more follow)".into(),
+        ));
     }
     if let Some(ScanStop::Blank) = it.stop() {
         return Err(bad(

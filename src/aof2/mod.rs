@@ -216,6 +216,41 @@ impl Aof {
         self.log.try_append(payload)
     }
 
+    /// Appends `records` in order as one atomic batch, in one segment, and returns the
+    /// last one's id: `flush_until` of it covers the whole batch. After a crash,
+    /// recovery keeps all of the batch's records or none, and every reader agrees. Waits
+    /// for back-pressure like [`Aof::append_record`]. An empty batch, or one whose frames
+    /// (32 bytes of header per record, each padded to 8 bytes) exceed what a segment of
+    /// `segment_max_bytes` holds, is `AofError::BadBatch` and appends nothing.
+    pub fn append_batch(&self, records: &[&[u8]]) -> AofResult<RecordId> {
+        self.log.append_batch(records)
+    }
+
+    /// Like [`Aof::append_batch`], but waits for back-pressure without blocking the
+    /// thread.
+    pub async fn append_batch_async(&self, records: &[&[u8]]) -> AofResult<RecordId> {
+        self.log.append_batch_async(records).await
+    }
+
+    /// Appends a record of `len` bytes that `fill` writes straight into the log's
+    /// buffer (no copy; the slice's initial contents are unspecified, so `fill` should
+    /// write all of it). `fill` runs once, under the log's lock: keep it short. If it
+    /// panics, the panic propagates to the caller, nothing is appended (the reserved
+    /// space is taken back) and the log stays usable.
+    pub fn append_with(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> AofResult<RecordId> {
+        self.log.append_with(len, fill)
+    }
+
+    /// Like [`Aof::append_with`], but waits for back-pressure without blocking the
+    /// thread. In a task on the log's own shard this never blocks the shard.
+    pub async fn append_with_async(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) + Send,
+    ) -> AofResult<RecordId> {
+        self.log.append_with_async(len, fill).await
+    }
+
     /// Returns once every record up to and including `rid` is durable (covered by a
     /// completed `fdatasync`). An id past the tail is an error, never a hang.
     pub fn flush_until(&self, rid: RecordId) -> AofResult<()> {

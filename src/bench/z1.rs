@@ -18,6 +18,7 @@ const LEVEL: i32 = 3;
 /// A sealed 16 MiB segment image filled with records from `make`.
 fn sealed_segment(mut make: impl FnMut(u64) -> Vec<u8>) -> Vec<u8> {
     let header = SegmentHeader {
+        version: aof2_shards::format::SEGMENT_VERSION,
         segment_id: 1,
         generation: 0x5eed,
         base_record_index: 0,

@@ -1,6 +1,7 @@
 //! The writer and the checker behind `scripts/crash-test.sh`.
 //!
-//! `aof2-torture write DIR ACKS ROUND` appends records forever (batches, rolls, seals,
+//! `aof2-torture write DIR ACKS ROUND` appends records forever in groups (every other
+//! one an atomic `append_batch`, the rest one `append_record` each; rolls, seals,
 //! records larger than a segment, and now and then a clean close and reopen, after
 //! which the log continues its last segment), and after each `flush_until` appends one
 //! line per acknowledged record to ACKS: `ROUND SEQ RECORD_ID`. It is meant to be
@@ -8,7 +9,8 @@
 //!
 //! `aof2-torture check DIR ACKS` opens the log (recovering it, as a restarted writer
 //! would) and checks that every acknowledged record is there, byte for byte, and that
-//! each round's records form a gap-free prefix in order. Exit status 1 on any breach.
+//! each round's records form a gap-free prefix in order that does not end inside an
+//! atomic batch. Exit status 1 on any breach.
 
 use bop_rs::aof2::reader::SealedSegmentStream;
 use bop_rs::aof2::{Aof, AofConfig, AofManager, AofManagerConfig, RecordId};
@@ -33,6 +35,12 @@ fn payload(round: u64, seq: u64) -> Vec<u8> {
     p
 }
 
+/// The group of records starting at `seq`: its length, and whether it is appended as
+/// one atomic batch.
+fn group(seq: u64) -> (u64, bool) {
+    (1 + seq % 13, seq % 2 == 1)
+}
+
 fn config(dir: &Path) -> AofConfig {
     let mut c = AofConfig::default();
     c.root_dir = dir.to_path_buf();
@@ -54,16 +62,27 @@ fn write(dir: &Path, acks: &Path, round: u64) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", acks.display()))?;
     let mut seq = 0u64;
     loop {
-        let batch = 1 + seq % 13;
+        let (batch, atomic) = group(seq);
+        let payloads: Vec<(u64, Vec<u8>)> =
+            (seq..seq + batch).map(|s| (s, payload(round, s))).collect();
         let mut rids = Vec::new();
-        for _ in 0..batch {
-            rids.push((
-                seq,
-                aof.append_record(&payload(round, seq))
-                    .map_err(|e| e.to_string())?,
-            ));
-            seq += 1;
+        if atomic {
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| p.1.as_slice()).collect();
+            let last = aof.append_batch(&refs).map_err(|e| e.to_string())?;
+            // The batch's records lie back to back before its last one.
+            let mut off = last.segment_offset();
+            let mut ids = vec![last; payloads.len()];
+            for i in (0..payloads.len() - 1).rev() {
+                off -= aof2_shards::format::frame_size(payloads[i].1.len()) as u32;
+                ids[i] = RecordId::from_parts(last.segment_index(), off);
+            }
+            rids.extend(payloads.iter().map(|p| p.0).zip(ids));
+        } else {
+            for (s, p) in &payloads {
+                rids.push((*s, aof.append_record(p).map_err(|e| e.to_string())?));
+            }
         }
+        seq += batch;
         aof.flush_until(rids.last().expect("a batch").1)
             .map_err(|e| e.to_string())?;
         let mut lines = String::new();
@@ -152,6 +171,19 @@ fn check(dir: &Path, acks: &Path) -> Result<String, String> {
                     }
                 ))
             }
+        }
+    }
+    for (round, n) in &next_seq {
+        let mut start = 0;
+        while start < *n {
+            let (len, atomic) = group(start);
+            if atomic && start + len > *n {
+                return Err(format!(
+                    "round {round} ends inside atomic batch [{start}, {}): {n} records came back",
+                    start + len
+                ));
+            }
+            start += len;
         }
     }
     Ok(format!(

@@ -47,7 +47,11 @@ impl LogCore {
     /// has room, and is not too old to take more records.
     pub(super) fn offer_continuation(&mut self, c: Continuable) {
         let Some(s) = self.sealed.last() else { return };
-        if s.header.segment_id != c.segment || s.compressed {
+        // A version 1 segment has no frame flags: new records go to a new segment.
+        if s.header.segment_id != c.segment
+            || s.compressed
+            || s.header.version < crate::format::SEGMENT_VERSION
+        {
             return;
         }
         let room = format::data_capacity(s.header.file_size)

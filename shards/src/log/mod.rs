@@ -107,6 +107,16 @@ pub struct Progress {
     pub wake_waiters: bool,
 }
 
+/// A `fill` closure's panic, caught while the log's lock was held: resumed by the
+/// caller once the lock is released.
+pub type FillPanic = Box<dyn std::any::Any + Send + 'static>;
+
+/// A record's payload: bytes to copy, or a closure that writes it in place.
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Fill(&'a mut dyn FnMut(&mut [u8])),
+}
+
 /// A successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -259,25 +269,130 @@ impl LogCore {
     /// not prepared yet: the caller wakes the shard, waits for progress and retries.
     pub fn append(&mut self, payload: &[u8]) -> AofResult<Appended> {
         self.check_open()?;
-        if payload.len() > self.max_record {
+        self.check_record_len(payload.len())?;
+        let frame = format::frame_size(payload.len()) as u64;
+        let mut wake = self.reserve(frame)?;
+        let ts = self.next_timestamp();
+        let rid = self.put_frame(payload.len(), 0, ts, Payload::Bytes(payload));
+        wake |= self.appended(frame);
+        Ok(Appended {
+            rid: rid.expect("copying bytes never panics"),
+            wake_shard: wake,
+        })
+    }
+
+    /// Appends `records` as one atomic batch in one segment: every record but the last
+    /// carries [`format::FRAME_FLAG_BATCH_MORE`], so recovery keeps all of them or none.
+    /// Returns the last record's id. Errors and `WouldBlock` as [`LogCore::append`];
+    /// an empty batch, or one larger than a segment of `segment_max_bytes` holds, is
+    /// [`AofError::BadBatch`] and appends nothing.
+    pub fn append_batch(&mut self, records: &[&[u8]]) -> AofResult<Appended> {
+        self.check_open()?;
+        let bad = |total: u64, reason: String| AofError::BadBatch {
+            records: records.len(),
+            bytes: total,
+            reason,
+        };
+        if records.is_empty() {
+            return Err(bad(0, "a batch holds at least one record".into()));
+        }
+        let mut total = 0u64;
+        for r in records {
+            self.check_record_len(r.len())?;
+            total += format::frame_size(r.len()) as u64;
+        }
+        let room = self.max_batch_bytes();
+        if total > room {
+            return Err(bad(
+                total,
+                format!(
+                    "larger than the {room} bytes of frames one segment holds \
+                     (segment_max_bytes {})",
+                    self.cfg.segment_max_bytes
+                ),
+            ));
+        }
+        let mut wake = self.reserve(total)?;
+        let ts = self.next_timestamp();
+        let mut rid = None;
+        for (i, r) in records.iter().enumerate() {
+            let flags = if i + 1 < records.len() {
+                format::FRAME_FLAG_BATCH_MORE
+            } else {
+                0
+            };
+            rid = self.put_frame(r.len(), flags, ts, Payload::Bytes(r)).ok();
+        }
+        wake |= self.appended(total);
+        Ok(Appended {
+            rid: rid.expect("a batch holds a record"),
+            wake_shard: wake,
+        })
+    }
+
+    /// Appends a record of `len` bytes that `fill` writes in place (the slice's initial
+    /// contents are unspecified). `fill` runs only once room is reserved, so a
+    /// `WouldBlock` never consumes it. If `fill` panics, nothing is appended (the space
+    /// is taken back) and the panic's payload is returned as the inner `Err`, for the
+    /// caller to resume once it has let go of the log's lock.
+    pub fn append_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> AofResult<Result<Appended, FillPanic>> {
+        self.check_open()?;
+        self.check_record_len(len)?;
+        let frame = format::frame_size(len) as u64;
+        let mut wake = self.reserve(frame)?;
+        let ts = self.next_timestamp();
+        let rid = match self.put_frame(len, 0, ts, Payload::Fill(fill)) {
+            Ok(rid) => rid,
+            Err(p) => return Ok(Err(p)),
+        };
+        wake |= self.appended(frame);
+        Ok(Ok(Appended {
+            rid,
+            wake_shard: wake,
+        }))
+    }
+
+    fn check_record_len(&self, len: usize) -> AofResult<()> {
+        if len > self.max_record {
             return Err(AofError::RecordTooLarge {
-                len: payload.len(),
+                len,
                 max: self.max_record,
             });
         }
-        let frame = format::frame_size(payload.len()) as u64;
+        Ok(())
+    }
+
+    /// Frame bytes one segment of `segment_max_bytes` holds (the largest batch).
+    pub fn max_batch_bytes(&self) -> u64 {
+        format::data_capacity(self.cfg.segment_max_bytes) - HEADER_LEN as u64
+    }
+
+    fn next_timestamp(&mut self) -> u64 {
+        let ts = self.clock.realtime_ns().max(self.last_ts);
+        self.last_ts = ts;
+        ts
+    }
+
+    /// Makes room for `frames` bytes of frames in the active segment (opening the next
+    /// one if they do not fit), with buffers behind all of it. Returns whether the
+    /// shard has work.
+    fn reserve(&mut self, frames: u64) -> AofResult<bool> {
         let unflushed = self.total_appended - self.total_durable;
-        if unflushed > 0 && unflushed + frame > self.cfg.flush.max_unflushed_bytes {
+        if unflushed > 0 && unflushed + frames > self.cfg.flush.max_unflushed_bytes {
             return Err(AofError::WouldBlock(WouldBlockKind::Admission));
         }
         let mut wake = false;
         let needs_new = match self.segs.back() {
             None => true,
-            Some(s) => s.rolled || s.appended_end + frame > s.capacity,
+            Some(s) => s.rolled || s.appended_end + frames > s.capacity,
         };
         if needs_new {
-            // After a clean close: the last segment, continued if the record fits.
-            if self.segs.is_empty() && self.continue_for(frame).is_some() {
+            // After a clean close: the last segment, continued if the frames fit.
+            if self.segs.is_empty() && self.continue_for(frames).is_some() {
                 return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
             }
             if self.next_segment > u64::from(u32::MAX) {
@@ -288,7 +403,7 @@ impl LogCore {
             // An id is handed out only in a segment whose file is durably prepared, so
             // recovery, which continues past every file on disk, never reuses one.
             match self.prepared.front() {
-                Some(&(id, psize)) if id == self.next_segment && Self::fits(psize, frame) => {
+                Some(&(id, psize)) if id == self.next_segment && Self::fits(psize, frames) => {
                     self.prepared.pop_front();
                     self.want = None;
                     if let Some(s) = self.segs.back_mut() {
@@ -308,7 +423,7 @@ impl LogCore {
                         }
                         self.prep_failure = None; // try again now
                     }
-                    self.want = Some((self.next_segment, self.segment_size_for(frame)));
+                    self.want = Some((self.next_segment, self.segment_size_for(frames)));
                     // Size retention holds new files back while released ones are on
                     // disk: if removing one keeps failing, say so rather than wait.
                     if self.prep.is_none() && self.removal_lags() {
@@ -320,11 +435,14 @@ impl LogCore {
                 }
             }
         }
-        let ts = self.clock.realtime_ns().max(self.last_ts);
-        self.last_ts = ts;
         let s = self.segs.back_mut().expect("a segment to append to");
         let off = s.appended_end;
-        let end = off + frame;
+        let end = off + frames;
+        assert!(
+            end <= s.capacity,
+            "segment {}: {frames} bytes of frames reserved past its capacity",
+            s.id
+        );
         let first_new_buffer = s.bufs_end;
         while s.bufs_end < end {
             let buf = take_buffer(&mut self.pool, self.arena.as_ref(), s.buf_size);
@@ -337,18 +455,44 @@ impl LogCore {
         }
         // A buffer filled up: the shard can write it behind.
         wake |= s.bufs_end != first_new_buffer && s.bufs.len() > 1;
+        Ok(wake)
+    }
+
+    /// Writes one record frame at the active segment's append end (room reserved) and
+    /// advances it. `Err` (nothing advanced) when a `fill` panicked.
+    fn put_frame(
+        &mut self,
+        len: usize,
+        flags: u8,
+        ts: u64,
+        payload: Payload<'_>,
+    ) -> Result<RecordId, FillPanic> {
+        let s = self.segs.back_mut().expect("a segment to append to");
+        let off = s.appended_end;
+        let frame = format::frame_size(len) as u64;
+        let end = off + frame;
         let tail = format::encode_frame_tail(
             s.last_crc,
             FrameKind::Record,
-            payload.len() as u32,
+            flags,
+            len as u32,
             s.durable_end as u32,
             ts,
         );
-        let crc = format::frame_crc(s.seed, &tail, payload);
+        let at = off + format::FRAME_HEADER_LEN as u64;
+        let crc = match payload {
+            Payload::Bytes(p) => {
+                s.copy_in(at, p);
+                format::frame_crc(s.seed, &tail, p)
+            }
+            Payload::Fill(fill) => {
+                let seed = s.seed;
+                s.fill_in(at, len, fill, |p| format::frame_crc(seed, &tail, p))?
+            }
+        };
+        let pad = frame as usize - format::FRAME_HEADER_LEN - len;
         s.copy_in(off, &crc.to_le_bytes());
         s.copy_in(off + 4, &tail);
-        s.copy_in(off + format::FRAME_HEADER_LEN as u64, payload);
-        let pad = frame as usize - format::FRAME_HEADER_LEN - payload.len();
         s.copy_in(end - pad as u64, &[0u8; format::FRAME_ALIGN][..pad]);
         s.last_crc = crc;
         s.appended_end = end;
@@ -363,9 +507,16 @@ impl LogCore {
             u32::try_from(off).expect("segments are smaller than 4 GiB"),
         );
         self.records_total += 1;
-        self.total_appended += frame;
         self.metrics.records_appended += 1;
-        self.metrics.bytes_appended += payload.len() as u64;
+        self.metrics.bytes_appended += len as u64;
+        Ok(rid)
+    }
+
+    /// Accounts for `frames` bytes just appended: watermark and interval flushes.
+    /// Returns whether the shard has work.
+    fn appended(&mut self, frames: u64) -> bool {
+        let mut wake = false;
+        self.total_appended += frames;
         if self.total_appended - self.watermark_mark >= self.cfg.flush.flush_watermark_bytes {
             self.watermark_mark = self.total_appended;
             self.flush_target = self.flush_target.max(self.end_pos());
@@ -376,10 +527,7 @@ impl LogCore {
             self.timer_armed = true;
             wake = true;
         }
-        Ok(Appended {
-            rid,
-            wake_shard: wake,
-        })
+        wake
     }
 
     /// Starts segment `next_segment` in a prepared file of `file_size` bytes.
@@ -392,6 +540,7 @@ impl LogCore {
         );
         self.next_segment += 1;
         let header = SegmentHeader {
+            version: crate::format::SEGMENT_VERSION,
             segment_id: id,
             generation: generation(self.nonce, id),
             base_record_index: self.records_total,

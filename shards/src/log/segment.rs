@@ -96,6 +96,40 @@ impl Seg {
         }
     }
 
+    /// Lets `fill` write the `len` payload bytes at segment offset `off` (at or past the
+    /// append end, inside the buffers) in place, then returns `crc` of them. Bytes that
+    /// straddle two buffers go through a scratch copy. When `fill` panics, its payload
+    /// is returned and nothing else happened: its bytes lie past the append end, which
+    /// is where later appends write and which no write reads.
+    pub(super) fn fill_in(
+        &self,
+        off: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+        crc: impl FnOnce(&[u8]) -> u32,
+    ) -> Result<u32, super::FillPanic> {
+        let mut run =
+            |dst: &mut [u8]| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(dst)));
+        if len == 0 {
+            run(&mut [])?;
+            return Ok(crc(&[]));
+        }
+        let (base, buf) = &self.bufs[self.buf_index(off)];
+        let at = (off - base) as usize;
+        if at + len <= self.buf_size {
+            // SAFETY: [off, off + len) is at or past the append end, which only the
+            // holder of the log lock (us) writes and no write reads; the slice is gone
+            // before the lock is let go.
+            let dst = unsafe { buf.slice_mut(at, len) };
+            run(dst)?;
+            return Ok(crc(dst));
+        }
+        let mut scratch = vec![0u8; len];
+        run(&mut scratch)?;
+        self.copy_in(off, &scratch);
+        Ok(crc(&scratch))
+    }
+
     /// Copies segment bytes [from, from + dst.len()) (below the append end) into `dst`.
     pub(super) fn copy_to(&self, from: u64, dst: &mut [u8]) {
         assert!(from + dst.len() as u64 <= self.appended_end);

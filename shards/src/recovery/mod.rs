@@ -268,7 +268,7 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
             // frame is written. It is a blank prepared file, moved past like one.
             // (Any damage but a newer format's version, whose files are never touched.)
             Err(ref e)
-                if !matches!(e, FormatError::UnsupportedVersion(v) if *v > format::FORMAT_VERSION)
+                if !matches!(e, FormatError::UnsupportedVersion(v) if *v > format::SEGMENT_VERSION)
                     && valid_prepared_size(size)
                     && zero_after_header(&*file, &path)? =>
             {
@@ -282,7 +282,7 @@ pub fn survey(fs: &dyn Fs, dir: &Path, first_kept: u64) -> AofResult<Survey> {
                 return Err(AofError::UnsupportedVersion {
                     path,
                     found: v,
-                    supported: format::FORMAT_VERSION,
+                    supported: format::SEGMENT_VERSION,
                 })
             }
             Err(FormatError::BadMagic) => {

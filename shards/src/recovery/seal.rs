@@ -41,13 +41,23 @@ pub(super) fn seal_unsealed(fs: &dyn Fs, u: &Used, clock: &Clock) -> AofResult<S
             );
         }
     }
+    if scan.torn_batch > 0 {
+        log::warn!(
+            "aof2: segment {} ends inside an atomic batch: its {} records from offset {} \
+             were never acknowledged (the batch's last record is missing); sealing before them",
+            u.path.display(),
+            scan.torn_batch,
+            scan.data_end
+        );
+    }
     // Zero the torn tail before sealing: it was never acknowledged, and a sealed
     // segment holds nothing but zeros past its data end, so `aof2 verify` can check
     // every byte of it.
     // A recycled file's tail is stale bytes by definition (the format allows them):
     // only the block the data ends in is rewritten, its tail zeroed.
     let tail_end = if u.header.recycled {
-        Some(scan.data_end).filter(|e| e % BLOCK as u64 != 0)
+        // A torn batch's frames validate under this header: zero them too.
+        Some(scan.frames_end).filter(|e| e % BLOCK as u64 != 0 || scan.torn_batch > 0)
     } else {
         image[..capacity as usize]
             .iter()
