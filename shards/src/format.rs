@@ -839,11 +839,25 @@ mod tests {
     #[test]
     fn newer_header_version_is_refused_by_name() {
         let (mut b, _) = header().encode();
-        b[8..10].copy_from_slice(&2u16.to_le_bytes());
+        b[8..10].copy_from_slice(&3u16.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode(&b),
-            Err(FormatError::UnsupportedVersion(2))
+            Err(FormatError::UnsupportedVersion(3))
         );
+        b[8..10].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            Err(FormatError::UnsupportedVersion(0))
+        );
+        // Version 1 (no frame flags) is still read.
+        let v1 = SegmentHeader {
+            version: 1,
+            ..header()
+        };
+        assert!(matches!(
+            SegmentHeader::decode(&v1.encode().0),
+            Ok(HeaderState::Valid(h, _)) if h.version == 1
+        ));
     }
 
     #[test]
@@ -939,6 +953,80 @@ mod tests {
         assert_eq!(r.record_count, 10);
         assert_eq!(r.last_record_offset as usize, *offs.last().unwrap());
         assert_eq!(r.data_end as usize, offs[9] + frame_size(63));
+    }
+
+    /// An image of frames with the given (payload, flags).
+    fn flagged_image(frames: &[(Vec<u8>, u8)]) -> (Vec<u8>, u32, Vec<usize>) {
+        let h = header();
+        let (hb, seed) = h.encode();
+        let mut img = vec![0u8; h.file_size as usize];
+        img[..HEADER_LEN].copy_from_slice(&hb);
+        let (mut off, mut prev, mut offs) = (HEADER_LEN, seed, vec![]);
+        for (p, flags) in frames {
+            let (f, crc) =
+                encode_frame_with_flags(seed, prev, FrameKind::Record, *flags, 64, 42, p);
+            img[off..off + f.len()].copy_from_slice(&f);
+            offs.push(off);
+            off += f.len();
+            prev = crc;
+        }
+        (img, seed, offs)
+    }
+
+    #[test]
+    fn a_scan_stops_before_a_batch_its_frames_end_inside() {
+        let more = FRAME_FLAG_BATCH_MORE;
+        let single = (b"single".to_vec(), 0);
+        let done = [(vec![1; 10], more), (vec![2; 20], more), (vec![3; 30], 0)];
+        let torn = [(vec![4; 40], more), (vec![5; 50], more)];
+        // Complete batches count whole.
+        let frames: Vec<_> = [single.clone()].into_iter().chain(done.clone()).collect();
+        let (img, seed, offs) = flagged_image(&frames);
+        let r = scan_frames(seed, &img, data_capacity(img.len() as u64));
+        assert_eq!((r.record_count, r.torn_batch), (4, 0));
+        assert_eq!(r.data_end, r.frames_end);
+        assert_eq!(r.last_record_offset as usize, offs[3]);
+        // A batch without its last record is left out, whatever ends the scan.
+        let frames: Vec<_> = [single.clone()]
+            .into_iter()
+            .chain(done.clone())
+            .chain(torn.clone())
+            .collect();
+        let (mut img, seed, offs) = flagged_image(&frames);
+        let full = scan_frames(seed, &img, data_capacity(img.len() as u64));
+        assert_eq!(full.stop, ScanStop::Blank);
+        assert_eq!((full.record_count, full.torn_batch), (4, 2));
+        assert_eq!(full.data_end as usize, offs[4]);
+        assert_eq!(full.frames_end as usize, offs[5] + frame_size(50));
+        assert_eq!(full.last_record_offset as usize, offs[3]);
+        let crc3 = u32_at(&img[offs[3]..], 0);
+        assert_eq!(
+            full.last_crc, crc3,
+            "the chain ends at the last complete batch"
+        );
+        // Torn inside its second frame: an invalid stop, same prefix.
+        img[offs[5] + 40] ^= 1;
+        let r = scan_frames(seed, &img, data_capacity(img.len() as u64));
+        assert!(matches!(r.stop, ScanStop::Invalid { .. }));
+        assert_eq!(
+            (r.record_count, r.torn_batch, r.data_end),
+            (4, 1, offs[4] as u64)
+        );
+    }
+
+    #[test]
+    fn frame_flags_are_checked() {
+        let seed = 9;
+        let (mut f, _) = encode_frame_with_flags(seed, seed, FrameKind::Record, 1, 64, 1, b"x");
+        assert!(matches!(decode_frame(seed, &f), FrameDecode::Frame(h) if h.continues_batch()));
+        // An unknown flag bit, and a flag on padding, are invalid (checksum fixed up).
+        for (kind, flags) in [(FrameKind::Record, 2u8), (FrameKind::Padding, 1)] {
+            (f, _) = encode_frame_with_flags(seed, seed, kind, flags, 64, 1, b"x");
+            assert_eq!(
+                decode_frame(seed, &f),
+                FrameDecode::Invalid(FormatError::BadField("flags"))
+            );
+        }
     }
 
     #[test]
