@@ -414,6 +414,14 @@ pub struct AofManagerConfig {
     /// `Threads` (the default) the environment variable `AOF2_EXECUTOR=threads|glommio`
     /// decides instead (the test suite runs on glommio this way).
     pub executor: ShardExecutor,
+    /// Opt-in polling: a thread that waits for its I/O (a shard thread waiting for
+    /// completions, or a caller waiting for the commit it runs) first polls its ring's
+    /// completion queue for up to this many microseconds, and sleeps only if nothing
+    /// completed by then (default 0: sleep at once). A CPU that stays busy answers a
+    /// completion sooner than an idle one wakes up, at the price of burning up to this
+    /// long per wait; see the README's benchmark figures for what it buys. Shards on
+    /// glommio wait in glommio and do not poll.
+    pub completion_poll_us: u32,
 }
 
 /// What runs a shard's loop and the tasks spawned onto it.
@@ -508,6 +516,7 @@ impl Default for AofManagerConfig {
             io_uring_disable: Vec::new(),
             tier0_cache_bytes: 64 << 20,
             executor: ShardExecutor::default(),
+            completion_poll_us: 0,
         }
     }
 }

@@ -109,6 +109,7 @@ impl ShardSet {
         let mut pinned = Vec::with_capacity(n);
         #[allow(unused_mut)]
         let mut hosts = Vec::new();
+        let poll = std::time::Duration::from_micros(u64::from(cfg.completion_poll_us));
         for i in 0..n {
             let cpu = cfg.pin_shards.then(|| cpus[i % cpus.len()]);
             let arena_buffers = (cfg.registered_buffer_bytes / crate::log::BUF_SIZE as u64) as u32;
@@ -131,6 +132,7 @@ impl ShardSet {
                 executor,
                 arena_buffers,
                 &cfg.io_uring_disable,
+                poll,
             )
             .map_err(|e| {
                 if executor.is_glommio() {
@@ -161,7 +163,7 @@ impl ShardSet {
         }
         log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}: {running:?}");
         let callers = matches!(running.first(), Some(Running::Uring(_)))
-            .then(|| CallerRings::new(cfg.caller_rings, &cfg.io_uring_disable));
+            .then(|| CallerRings::new(cfg.caller_rings, &cfg.io_uring_disable, poll));
         let set = ShardSet {
             shards: Mutex::new(shards),
             ctls,
@@ -311,6 +313,8 @@ impl ShardSet {
                 foreign_task_wakeups: c.tasks.foreign_wakes.load(r),
                 eventfd_wakeups: c.tasks.eventfd_writes.load(r),
                 ring_enters: c.ring_ops.enters.load(r),
+                poll_hits: c.ring_ops.poll_hits.load(r),
+                poll_misses: c.ring_ops.poll_misses.load(r),
             })
             .collect()
     }

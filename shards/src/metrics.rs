@@ -107,4 +107,8 @@ pub struct ShardStats {
     pub eventfd_wakeups: u64,
     /// `io_uring_enter` calls of the shard's ring (0 on the portable backend).
     pub ring_enters: u64,
+    /// Waits of the shard's ring that polling answered (`completion_poll_us`).
+    pub poll_hits: u64,
+    /// Waits that polled for the whole `completion_poll_us`, then slept.
+    pub poll_misses: u64,
 }

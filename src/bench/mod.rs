@@ -1,4 +1,4 @@
-//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1Z, R1-R3, S1, Z1, C1, T1, P1), each
+//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1B, W1Z, W2P, R1-R3, S1, Z1, C1, T1, P1), each
 //! measured against a raw baseline in the same run on the same directory, reported as a
 //! ratio (these machines are noisy; only ratios taken in one run compare). It lives
 //! on the binary's side, not in the library: one file per workload, `baseline` for the
@@ -15,8 +15,10 @@ mod small;
 mod tasks;
 mod tasks_w3;
 mod w1;
+mod w1_burst;
 mod w1_zstd;
 mod w2;
+mod w2_poll;
 mod w3;
 mod w4;
 mod w5;
@@ -54,6 +56,9 @@ pub struct BenchOptions {
 pub(crate) struct Ctx {
     root: PathBuf,
     manager: AofManager,
+    /// The backend `manager` was asked for (workloads that start managers of their own
+    /// ask for the same).
+    backend: IoBackend,
     quick: bool,
     seq: AtomicU64,
 }
@@ -64,12 +69,23 @@ impl Ctx {
     }
     /// A log with the default configuration changed by `f`.
     fn open_with(&self, f: impl FnOnce(&mut AofConfig)) -> BenchResult<Aof> {
+        self.open_on(&self.manager, f)
+    }
+    /// A new log on manager `m`, with the default configuration changed by `f`.
+    fn open_on(&self, m: &AofManager, f: impl FnOnce(&mut AofConfig)) -> BenchResult<Aof> {
         let mut cfg = AofConfig::default();
         cfg.root_dir = self
             .root
             .join(format!("log-{}", self.seq.fetch_add(1, Ordering::Relaxed)));
         f(&mut cfg);
-        Ok(Aof::new(self.manager.handle(), cfg)?)
+        Ok(Aof::new(m.handle(), cfg)?)
+    }
+    /// A manager like the benchmark's, with `completion_poll_us` set.
+    fn polling_manager(&self, poll_us: u32) -> BenchResult<AofManager> {
+        let mut mcfg = AofManagerConfig::default();
+        mcfg.backend = self.backend;
+        mcfg.completion_poll_us = poll_us;
+        Ok(AofManager::with_config(mcfg)?)
     }
     fn duration(&self) -> Duration {
         if self.quick {
@@ -167,6 +183,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         quick: opts.quick,
         seq: AtomicU64::new(0),
         manager,
+        backend: opts.backend,
     };
     if !opts.json {
         println!(
@@ -193,10 +210,12 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 14] = [
+    let workloads: [(&[&str], Workload); 16] = [
         (&["W1"], w1::w1),
+        (&["W1", "W1B"], w1_burst::w1_burst),
         (&["W1", "W1Z"], w1_zstd::w1z),
         (&["W2"], w2::w2),
+        (&["W2", "W2P"], w2_poll::w2_poll),
         (&["W3"], w3::w3),
         (&["W4"], w4::w4),
         (&["W5"], w5::w5),

@@ -103,6 +103,7 @@ pub fn fmt_value(v: f64, unit: &str) -> String {
         "rec/s" if v >= 1e3 => format!("{:.1} k/s", v / 1e3),
         "rec/s" => format!("{v:.0} /s"),
         "us" => format!("{v:.0} us"),
+        "ns" => format!("{v:.0} ns"),
         "GB/s" => format!("{v:.2} GB/s"),
         "ms" => format!("{v:.1} ms"),
         _ => format!("{v:.2}"),

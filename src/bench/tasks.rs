@@ -235,17 +235,6 @@ fn dma_slice(
     Ok(h)
 }
 
-/// CPU time this thread has used, in ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a plain query into a valid struct.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// W1 shape: 100-byte records appended with no flush wait, by a task on the log's
 /// shard and by a foreign thread on a log of the same shard: records/s and the
 /// appending thread's CPU ns per record.

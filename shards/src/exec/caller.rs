@@ -30,6 +30,8 @@ const CALLER_RING_ENTRIES: u32 = 8;
 pub struct CallerRings {
     limit: usize,
     disable: Vec<UringFeature>,
+    /// How long a caller polls its ring before it sleeps (`completion_poll_us`).
+    poll: std::time::Duration,
     live: AtomicUsize,
     /// Operations and `io_uring_enter` calls of every caller ring of the manager.
     counts: Arc<OpCounts>,
@@ -37,7 +39,11 @@ pub struct CallerRings {
 
 impl CallerRings {
     /// At most `limit` caller rings, using none of `disable` (the shards' list).
-    pub fn new(limit: usize, disable: &[UringFeature]) -> Arc<CallerRings> {
+    pub fn new(
+        limit: usize,
+        disable: &[UringFeature],
+        poll: std::time::Duration,
+    ) -> Arc<CallerRings> {
         let mut disable = disable.to_vec();
         // Registered buffers would pin memory per thread: a caller's writes come from
         // the log's buffers, which its shard's ring registered, not this one.
@@ -45,6 +51,7 @@ impl CallerRings {
         Arc::new(CallerRings {
             limit,
             disable,
+            poll,
             live: AtomicUsize::new(0),
             counts: Arc::default(),
         })
@@ -74,7 +81,11 @@ impl CallerRings {
                 *slot = Thread::Unavailable;
             }
             match &mut *slot {
-                Thread::Ready(r) => f(Some(r)),
+                Thread::Ready(r) => {
+                    // The thread's ring may have been made by another manager.
+                    r.exec.ring_mut().set_poll(self.poll);
+                    f(Some(r))
+                }
                 _ => f(None),
             }
         })

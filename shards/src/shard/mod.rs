@@ -371,6 +371,7 @@ impl Shard {
         executor: ShardExecutor,
         arena_buffers: u32,
         disable: &[UringFeature],
+        poll: std::time::Duration,
     ) -> std::io::Result<Shard> {
         let ctl = Arc::new(ShardCtl::new(id, cpu, Some(new_eventfd()?)));
         let efd = ctl.efd.as_ref().map_or(-1, |f| f.as_raw_fd());
@@ -394,6 +395,7 @@ impl Shard {
                     _ => match UringRing::new(efd, arena_buffers, &disable) {
                         Ok(mut ring) => {
                             ring.count_ops(c.ring_ops.clone());
+                            ring.set_poll(poll);
                             if let Some(a) = ring.arena() {
                                 let _ = c.arena.set(a);
                             }

@@ -124,6 +124,8 @@ pub struct UringRing {
     /// The host waits on the eventfd the ring notifies (`notify_eventfd`), never in
     /// the ring.
     host_waits: bool,
+    /// A blocking wait polls the completion queue this long before it sleeps.
+    poll: Duration,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -168,6 +170,37 @@ impl UringRing {
         self.efd = -1;
         self.host_waits = true;
         Ok(())
+    }
+
+    /// How long a blocking wait polls the completion queue before it sleeps.
+    pub fn set_poll(&mut self, d: Duration) {
+        self.poll = d;
+    }
+
+    /// Submits what is queued, then polls the completion queue for up to the poll
+    /// time until `want` completions are there. True if they are (no sleep needed).
+    fn poll_for(&mut self, want: u32) -> io::Result<bool> {
+        self.enter(0)?;
+        let start = std::time::Instant::now();
+        loop {
+            if self.ring.completion().len() >= want as usize {
+                bump(&self.counts.poll_hits);
+                return Ok(true);
+            }
+            if start.elapsed() >= self.poll {
+                bump(&self.counts.poll_misses);
+                return Ok(false);
+            }
+            // The work that completes a sync (the file system's journal thread, the
+            // disk's completion work) may need this very CPU: yield it to anything
+            // runnable rather than spin over it.
+            // SAFETY: no arguments; it cannot fail in a way that matters here.
+            unsafe { libc::sched_yield() };
+            if self.setup.features.defer_taskrun {
+                // Completions are posted only when this thread enters the ring.
+                self.enter(0)?;
+            }
+        }
     }
 
     /// How long dropping the ring waits for operations in the kernel (tests shorten it).
@@ -383,7 +416,13 @@ impl Ring for UringRing {
             sq.sync();
             sq.is_empty() && !sq.cq_overflow() && !sq.taskrun()
         };
-        let r = if idle { Ok(0) } else { self.enter(want) };
+        let r = if idle {
+            Ok(0)
+        } else if want > 0 && !self.poll.is_zero() && self.poll_for(want)? {
+            Ok(0)
+        } else {
+            self.enter(want)
+        };
         if block {
             host.awake();
         }

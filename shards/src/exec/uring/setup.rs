@@ -238,6 +238,7 @@ impl UringRing {
             drop_wait: DROP_WAIT,
             wait_all: false,
             host_waits: false,
+            poll: std::time::Duration::ZERO,
             _not_send: PhantomData,
         })
     }

@@ -34,6 +34,10 @@ pub struct OpCounts {
     pub arena_writes: AtomicU64,
     /// `io_uring_enter` system calls (submitting, waiting, or both).
     pub enters: AtomicU64,
+    /// Blocking waits that polling answered (`completion_poll_us`).
+    pub poll_hits: AtomicU64,
+    /// Blocking waits that polled in vain, then slept.
+    pub poll_misses: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64) {
