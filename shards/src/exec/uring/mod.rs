@@ -416,9 +416,9 @@ impl Ring for UringRing {
             sq.sync();
             sq.is_empty() && !sq.cq_overflow() && !sq.taskrun()
         };
-        let r = if idle {
-            Ok(0)
-        } else if want > 0 && !self.poll.is_zero() && self.poll_for(want)? {
+        // Opt-in: poll first; what completed meanwhile needs no sleep.
+        let polled = !idle && want > 0 && !self.poll.is_zero() && self.poll_for(want)?;
+        let r = if idle || polled {
             Ok(0)
         } else {
             self.enter(want)
