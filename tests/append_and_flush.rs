@@ -377,3 +377,40 @@ fn dropping_the_manager_first_closes_logs_cleanly() {
     let aof = open(&m, small_cfg(dir.path()));
     assert_eq!(read_back(&aof, rid), b"before shutdown");
 }
+
+/// `completion_poll_us`: waits poll before they sleep; every commit, the shard's and
+/// a caller's, still reports only what a completed sync covers.
+#[test]
+fn with_completion_polling_on_shard_and_caller_commits_are_durable_and_counted() {
+    use bop_rs::aof2::config::CommitMode;
+    use bop_rs::aof2::{AofManager, AofManagerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut mcfg = AofManagerConfig::default();
+    mcfg.completion_poll_us = 200;
+    let m = AofManager::with_config(mcfg).unwrap();
+    for (i, mode) in [CommitMode::Shard, CommitMode::Caller].into_iter().enumerate() {
+        let mut cfg = small_cfg(&dir.path().join(format!("log{i}")));
+        cfg.commit = mode;
+        let aof = open(&m, cfg);
+        let mut rids = Vec::new();
+        for seq in 0..200u64 {
+            let r = aof.append_record(&payload(i as u64, seq)).unwrap();
+            aof.flush_until(r).unwrap();
+            assert!(aof.tail_state().durable > r, "{r} durable once flush_until returns");
+            rids.push((seq, r));
+        }
+        for (seq, r) in rids {
+            assert_eq!(read_back(&aof, r), payload(i as u64, seq));
+        }
+    }
+    let polls: u64 = m
+        .shard_stats()
+        .iter()
+        .map(|s| s.poll_hits + s.poll_misses)
+        .sum();
+    if m.io_backend() == "io_uring" && !m.executor().is_glommio() {
+        assert!(polls > 0, "the shards' waits polled");
+    } else {
+        assert_eq!(polls, 0, "only io_uring rings on threads poll");
+    }
+}
