@@ -388,7 +388,10 @@ fn with_completion_polling_on_shard_and_caller_commits_are_durable_and_counted()
     let mut mcfg = AofManagerConfig::default();
     mcfg.completion_poll_us = 200;
     let m = AofManager::with_config(mcfg).unwrap();
-    for (i, mode) in [CommitMode::Shard, CommitMode::Caller].into_iter().enumerate() {
+    for (i, mode) in [CommitMode::Shard, CommitMode::Caller]
+        .into_iter()
+        .enumerate()
+    {
         let mut cfg = small_cfg(&dir.path().join(format!("log{i}")));
         cfg.commit = mode;
         let aof = open(&m, cfg);
@@ -396,7 +399,10 @@ fn with_completion_polling_on_shard_and_caller_commits_are_durable_and_counted()
         for seq in 0..200u64 {
             let r = aof.append_record(&payload(i as u64, seq)).unwrap();
             aof.flush_until(r).unwrap();
-            assert!(aof.tail_state().durable > r, "{r} durable once flush_until returns");
+            assert!(
+                aof.tail_state().durable > r,
+                "{r} durable once flush_until returns"
+            );
             rids.push((seq, r));
         }
         for (seq, r) in rids {

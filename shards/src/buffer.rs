@@ -37,7 +37,14 @@ pub struct BufferArena {
     buffer_size: usize,
     buffers: u32,
     free: Mutex<(Vec<u32>, Vec<u32>)>,
+    /// Heap buffers of other sizes that logs gave back ([`BufferArena::keep`]), for the
+    /// next log that asks for one: a new log's first buffers then cost no allocation,
+    /// zeroing or page faults. At most [`SPARE_BYTES`] of them.
+    spares: Mutex<Vec<AlignedBuf>>,
 }
+
+/// Heap buffers a shard keeps for reuse, at most (see [`BufferArena::keep`]).
+pub const SPARE_BYTES: usize = 4 << 20;
 
 // SAFETY: the arena owns its allocation; slots are handed out to one owner at a time
 // through the mutex-guarded free lists.
@@ -62,6 +69,7 @@ impl BufferArena {
             buffer_size,
             buffers,
             free: Mutex::new(((0..buffers).rev().collect(), (0..blocks).rev().collect())),
+            spares: Mutex::new(Vec::new()),
         })
     }
 
@@ -90,7 +98,10 @@ impl BufferArena {
                 self.buffers as usize * self.buffer_size + i as usize * BLOCK,
             )
         } else {
-            return None;
+            drop(free);
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let i = spares.iter().rposition(|b| b.len == size)?;
+            return Some(spares.swap_remove(i));
         };
         drop(free);
         // SAFETY: `off + size` is within the allocation (slot arithmetic above).
@@ -104,6 +115,21 @@ impl BufferArena {
             len: size,
             home: Some((self.clone(), slot)),
         })
+    }
+
+    /// Takes a log buffer its log no longer needs: a heap buffer is kept for the next
+    /// [`BufferArena::take`] of its size while the spares stay within [`SPARE_BYTES`]
+    /// (stale contents, as every log buffer has); anything else is dropped (an arena
+    /// slot returns to its free list).
+    pub fn keep(&self, buf: AlignedBuf) {
+        if buf.home.is_some() {
+            return;
+        }
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let held: usize = spares.iter().map(|b| b.len).sum();
+        if held + buf.len <= SPARE_BYTES {
+            spares.push(buf);
+        }
     }
 
     fn give_back(&self, slot: Slot) {

@@ -334,6 +334,14 @@ pub fn frame_crc(seed: u32, tail: &[u8; FRAME_HEADER_LEN - 4], payload: &[u8]) -
     h.finalize()
 }
 
+/// Checksum of a frame from its bytes `[4, frame end)` in one piece (equal to
+/// [`frame_crc`] of its parts).
+pub fn frame_crc_of(seed: u32, from_4: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(seed);
+    h.update(from_4);
+    h.finalize()
+}
+
 /// Encodes a whole frame into a new vector (tests and tools; the log writes in place).
 pub fn encode_frame(
     seed: u32,

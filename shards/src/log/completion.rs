@@ -167,6 +167,7 @@ impl LogCore {
                 let from = block_floor(s.written_end);
                 s.written_end = end;
                 s.release_buffers(&mut self.pool);
+                self.trim_pool(POOL_BUFFERS);
                 self.metrics.write_ops += 1;
                 self.metrics.bytes_written += end - from;
                 Progress::default()
@@ -186,6 +187,7 @@ impl LogCore {
                 s.durable_end = end;
                 let now = self.clock.monotonic_ns();
                 s.release_buffers(&mut self.pool);
+                self.trim_pool(POOL_BUFFERS);
                 self.total_durable += gained;
                 self.paced_sync(gained, now);
                 self.advance_durable(pos(seg, end));
@@ -213,7 +215,7 @@ impl LogCore {
                         self.pool.push(b);
                     }
                 }
-                self.pool.truncate(POOL_BUFFERS);
+                self.trim_pool(POOL_BUFFERS);
                 let sealed = SealedSegment {
                     header: s.header,
                     seed: s.seed,

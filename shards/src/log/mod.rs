@@ -107,6 +107,10 @@ pub struct Progress {
     pub wake_waiters: bool,
 }
 
+/// Full buffers are written behind the appenders once they hold at least this much
+/// (or one buffer, if larger).
+const WRITE_BEHIND_MIN: u64 = 256 * 1024;
+
 /// A `fill` closure's panic, caught while the log's lock was held: resumed by the
 /// caller once the lock is released.
 pub type FillPanic = Box<dyn std::any::Any + Send + 'static>;
@@ -187,6 +191,25 @@ pub struct LogCore {
     cont: Option<continuation::Cont>,
     /// How fast the next file is zero-written while the log commits.
     zero_pace: zero_pace::ZeroPace,
+}
+
+impl Drop for LogCore {
+    /// A closed log's buffers go to its shard's spares, for the next new log.
+    fn drop(&mut self) {
+        let Some(arena) = self.arena.take() else {
+            return;
+        };
+        for b in self.pool.drain(..) {
+            arena.keep(b);
+        }
+        for s in &mut self.segs {
+            for (_, b) in s.bufs.drain(..) {
+                if let Ok(b) = Arc::try_unwrap(b) {
+                    arena.keep(b);
+                }
+            }
+        }
+    }
 }
 
 impl LogCore {
@@ -314,15 +337,24 @@ impl LogCore {
         }
         let mut wake = self.reserve(total)?;
         let ts = self.next_timestamp();
-        let mut rid = None;
-        for (i, r) in records.iter().enumerate() {
-            let flags = if i + 1 < records.len() {
+        let flags = |i: usize| {
+            if i + 1 < records.len() {
                 format::FRAME_FLAG_BATCH_MORE
             } else {
                 0
-            };
-            rid = self.put_frame(r.len(), flags, ts, Payload::Bytes(r)).ok();
-        }
+            }
+        };
+        let rid = if let Some(rid) = self.put_batch_in_place(records, total, ts) {
+            Some(rid)
+        } else {
+            let mut rid = None;
+            for (i, r) in records.iter().enumerate() {
+                rid = self
+                    .put_frame(r.len(), flags(i), ts, Payload::Bytes(r))
+                    .ok();
+            }
+            rid
+        };
         wake |= self.appended(total);
         Ok(Appended {
             rid: rid.expect("a batch holds a record"),
@@ -453,8 +485,13 @@ impl LogCore {
             // Back from idle: the partly filled block's prefix, as it was.
             s.copy_in(segment::block_floor(off), &tail);
         }
-        // A buffer filled up: the shard can write it behind.
-        wake |= s.bufs_end != first_new_buffer && s.bufs.len() > 1;
+        // Buffers filled up: the shard can write them behind. Small buffers (a small
+        // segment's) are written a few at a time, not one wake-up each.
+        let behind = s.bufs.back().map_or(0, |b| b.0);
+        wake |= s.bufs_end != first_new_buffer
+            && s.bufs.len() > 1
+            && behind.saturating_sub(segment::block_floor(s.written_end))
+                >= WRITE_BEHIND_MIN.max(s.buf_size as u64);
         Ok(wake)
     }
 
@@ -479,21 +516,37 @@ impl LogCore {
             s.durable_end as u32,
             ts,
         );
-        let at = off + format::FRAME_HEADER_LEN as u64;
-        let crc = match payload {
-            Payload::Bytes(p) => {
-                s.copy_in(at, p);
-                format::frame_crc(s.seed, &tail, p)
+        let h = format::FRAME_HEADER_LEN;
+        let crc = if let Some(f) = s.frame_slot(off, frame as usize) {
+            // The common case: the frame lies in one buffer. Built in place and
+            // checksummed in one pass over its bytes.
+            f[4..h].copy_from_slice(&tail);
+            match payload {
+                Payload::Bytes(p) => f[h..h + len].copy_from_slice(p),
+                Payload::Fill(fill) => segment::run_fill(fill, &mut f[h..h + len])?,
             }
-            Payload::Fill(fill) => {
-                let seed = s.seed;
-                s.fill_in(at, len, fill, |p| format::frame_crc(seed, &tail, p))?
-            }
+            f[h + len..].fill(0);
+            let crc = format::frame_crc_of(s.seed, &f[4..]);
+            f[..4].copy_from_slice(&crc.to_le_bytes());
+            crc
+        } else {
+            let at = off + h as u64;
+            let crc = match payload {
+                Payload::Bytes(p) => {
+                    s.copy_in(at, p);
+                    format::frame_crc(s.seed, &tail, p)
+                }
+                Payload::Fill(fill) => {
+                    let seed = s.seed;
+                    s.fill_in(at, len, fill, |p| format::frame_crc(seed, &tail, p))?
+                }
+            };
+            let pad = frame as usize - h - len;
+            s.copy_in(off, &crc.to_le_bytes());
+            s.copy_in(off + 4, &tail);
+            s.copy_in(end - pad as u64, &[0u8; format::FRAME_ALIGN][..pad]);
+            crc
         };
-        let pad = frame as usize - format::FRAME_HEADER_LEN - len;
-        s.copy_in(off, &crc.to_le_bytes());
-        s.copy_in(off + 4, &tail);
-        s.copy_in(end - pad as u64, &[0u8; format::FRAME_ALIGN][..pad]);
         s.last_crc = crc;
         s.appended_end = end;
         s.record_count += 1;
@@ -510,6 +563,61 @@ impl LogCore {
         self.metrics.records_appended += 1;
         self.metrics.bytes_appended += len as u64;
         Ok(rid)
+    }
+
+    /// [`LogCore::put_frame`] for a whole batch whose `total` frame bytes lie in one
+    /// buffer: built in place in one pass, the segment's state updated once. `None`
+    /// (nothing written) when the frames straddle buffers.
+    fn put_batch_in_place(&mut self, records: &[&[u8]], total: u64, ts: u64) -> Option<RecordId> {
+        let s = self.segs.back_mut().expect("a segment to append to");
+        let start = s.appended_end;
+        let slot = s.frame_slot(start, total as usize)?;
+        let h = format::FRAME_HEADER_LEN;
+        let (seed, synced_before) = (s.seed, s.durable_end as u32);
+        let (mut at, mut prev, mut bytes) = (0usize, s.last_crc, 0u64);
+        let n = records.len();
+        for (i, p) in records.iter().enumerate() {
+            let flags = if i + 1 < n {
+                format::FRAME_FLAG_BATCH_MORE
+            } else {
+                0
+            };
+            let size = format::frame_size(p.len());
+            let f = &mut slot[at..at + size];
+            let tail = format::encode_frame_tail(
+                prev,
+                FrameKind::Record,
+                flags,
+                p.len() as u32,
+                synced_before,
+                ts,
+            );
+            f[4..h].copy_from_slice(&tail);
+            f[h..h + p.len()].copy_from_slice(p);
+            f[h + p.len()..].fill(0);
+            prev = format::frame_crc_of(seed, &f[4..]);
+            f[..4].copy_from_slice(&prev.to_le_bytes());
+            at += size;
+            bytes += p.len() as u64;
+        }
+        assert_eq!(at as u64, total, "a batch's frames fill what was reserved");
+        let last = start + total - format::frame_size(records[n - 1].len()) as u64;
+        s.last_crc = prev;
+        s.appended_end = start + total;
+        s.record_count += n as u64;
+        s.last_record_offset = last as u32;
+        s.newest_ts = ts;
+        if self.rel.timed {
+            s.newest_mono = self.clock.monotonic_ns();
+        }
+        let rid = RecordId::from_parts(
+            u32::try_from(s.id).expect("segment ids fit 32 bits (checked before a segment opens)"),
+            u32::try_from(last).expect("segments are smaller than 4 GiB"),
+        );
+        self.records_total += n as u64;
+        self.metrics.records_appended += n as u64;
+        self.metrics.bytes_appended += bytes;
+        Some(rid)
     }
 
     /// Accounts for `frames` bytes just appended: watermark and interval flushes.

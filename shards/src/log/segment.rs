@@ -39,6 +39,15 @@ pub(super) const fn block_floor(x: u64) -> u64 {
     x & !(BLOCK as u64 - 1)
 }
 
+/// Runs an `append_with` closure on `dst`, catching its panic (resumed by the caller
+/// once the log's lock is let go).
+pub(super) fn run_fill(
+    fill: &mut dyn FnMut(&mut [u8]),
+    dst: &mut [u8],
+) -> Result<(), super::FillPanic> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(dst)))
+}
+
 /// A segment that is being appended to or not yet sealed.
 pub(super) struct Seg {
     pub(super) id: u64,
@@ -96,6 +105,27 @@ impl Seg {
         }
     }
 
+    /// The bytes of a frame of `len` bytes at segment offset `off` (at or past the
+    /// append end, inside the buffers), to write in place, if they lie in one buffer.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) fn frame_slot(&self, off: u64, len: usize) -> Option<&mut [u8]> {
+        // Appends go to the last buffer (rarely the one before): skip the division.
+        let last = self.bufs.back().expect("buffers cover the append end");
+        let (base, buf) = if off >= last.0 {
+            last
+        } else {
+            &self.bufs[self.buf_index(off)]
+        };
+        let at = (off - base) as usize;
+        if at + len > self.buf_size {
+            return None;
+        }
+        // SAFETY: [off, off + len) is at or past the append end, which only the holder
+        // of the log lock (us) writes and no write reads; the caller drops the slice
+        // before it moves the append end or lets go of the lock.
+        Some(unsafe { buf.slice_mut(at, len) })
+    }
+
     /// Lets `fill` write the `len` payload bytes at segment offset `off` (at or past the
     /// append end, inside the buffers) in place, then returns `crc` of them. Bytes that
     /// straddle two buffers go through a scratch copy. When `fill` panics, its payload
@@ -108,24 +138,16 @@ impl Seg {
         fill: &mut dyn FnMut(&mut [u8]),
         crc: impl FnOnce(&[u8]) -> u32,
     ) -> Result<u32, super::FillPanic> {
-        let mut run =
-            |dst: &mut [u8]| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(dst)));
         if len == 0 {
-            run(&mut [])?;
+            run_fill(fill, &mut [])?;
             return Ok(crc(&[]));
         }
-        let (base, buf) = &self.bufs[self.buf_index(off)];
-        let at = (off - base) as usize;
-        if at + len <= self.buf_size {
-            // SAFETY: [off, off + len) is at or past the append end, which only the
-            // holder of the log lock (us) writes and no write reads; the slice is gone
-            // before the lock is let go.
-            let dst = unsafe { buf.slice_mut(at, len) };
-            run(dst)?;
+        if let Some(dst) = self.frame_slot(off, len) {
+            run_fill(fill, dst)?;
             return Ok(crc(dst));
         }
         let mut scratch = vec![0u8; len];
-        run(&mut scratch)?;
+        run_fill(fill, &mut scratch)?;
         self.copy_in(off, &scratch);
         Ok(crc(&scratch))
     }
@@ -225,9 +247,7 @@ impl Seg {
             }
             let (_, b) = s.bufs.pop_front().expect("front exists");
             if let Ok(b) = Arc::try_unwrap(b) {
-                if pool.len() < POOL_BUFFERS {
-                    pool.push(b);
-                }
+                pool.push(b); // trimmed to POOL_BUFFERS by the log
             }
         }
     }

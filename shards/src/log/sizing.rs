@@ -116,20 +116,34 @@ impl LogCore {
                     return;
                 }
                 self.idle_at = None;
-                self.pool.clear();
+                self.trim_pool(0);
                 if let Some(s) = self.segs.back_mut() {
                     let from = block_floor(s.appended_end);
                     let mut tail = vec![0u8; (s.appended_end - from) as usize];
                     if !tail.is_empty() {
                         s.copy_to(from, &mut tail);
                     }
-                    s.bufs.clear();
+                    for (_, b) in s.bufs.drain(..) {
+                        if let (Ok(b), Some(a)) = (std::sync::Arc::try_unwrap(b), &self.arena) {
+                            a.keep(b);
+                        }
+                    }
                     s.bufs_end = from;
                     s.parked_tail = Some(tail);
                 }
                 self.metrics.idle_buffer_releases += 1;
             }
             Some(_) => {}
+        }
+    }
+
+    /// Keeps at most `keep` spare buffers; the rest go to the shard's spares.
+    pub(super) fn trim_pool(&mut self, keep: usize) {
+        while self.pool.len() > keep {
+            let b = self.pool.pop().expect("longer than keep");
+            if let Some(a) = &self.arena {
+                a.keep(b);
+            }
         }
     }
 
