@@ -59,7 +59,7 @@ fn by_cursor(aof: &Aof) -> Records {
 
 /// Every record through a stream, after the log is closed (so the stream ends).
 fn by_stream(aof: &Aof) -> Records {
-    aof.close();
+    aof.close().unwrap();
     let mut out = Vec::new();
     let mut s = SealedSegmentStream::new(aof).unwrap();
     while let Some(seg) = s.next_segment_blocking().unwrap() {

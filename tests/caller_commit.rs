@@ -90,6 +90,10 @@ fn a_callers_failed_sync_poisons_the_log_for_every_waiter() {
     );
     assert!(log.metrics().failures >= 1);
     assert!(matches!(log.append(b"x"), Err(AofError::Poisoned { .. })));
+    // Closing reports it too, every time.
+    for _ in 0..2 {
+        assert!(matches!(log.close(), Err(AofError::Poisoned { .. })));
+    }
 }
 
 /// 64 threads appending and waiting share each sync; a sync wakes the waiters it

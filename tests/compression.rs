@@ -156,7 +156,7 @@ fn json_lines_compress_to_under_40_percent_and_read_back_the_same() {
     );
     assert!(after.bytes > 0 && after.bytes <= 64 << 20);
     // A reopen reads the compressed files and agrees.
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     let aof = open(&m, zstd_cfg(d.path()));
     check_all(&aof, &recs);
@@ -170,7 +170,7 @@ fn segments_left_raw_by_an_earlier_session_are_compressed_after_the_next_open() 
     let m = manager();
     let aof = open(&m, small_cfg(d.path()));
     let recs = fill(&aof, 0, 6);
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     assert!(dir_bytes(d.path()).1.iter().all(|n| !n.ends_with(".zst")));
     let aof = open(&m, zstd_cfg(d.path()));
@@ -179,7 +179,7 @@ fn segments_left_raw_by_an_earlier_session_are_compressed_after_the_next_open() 
     assert!(cat.iter().filter(|s| s.compressed).count() >= 6);
     check_all(&aof, &recs);
     // Compression off again: compressed segments stay compressed and read the same.
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     let aof = open(&m, small_cfg(d.path()));
     check_all(&aof, &recs);
@@ -211,7 +211,7 @@ fn release_and_size_retention_count_and_remove_compressed_files() {
         &aof,
         &recs[recs.partition_point(|r| r.0.segment_index() < keep.segment_index())..],
     );
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     // Size retention counts bytes on disk: a limit of ~6 raw segments keeps many
     // more compressed ones.
@@ -324,7 +324,7 @@ fn a_full_disk_during_compression_keeps_the_raw_segment_and_loses_nothing() {
             .unwrap();
         assert_eq!(r.read_record(*rid).unwrap().payload(), &p[..]);
     }
-    log.close();
+    log.close().unwrap();
     drop(log);
     // Space again: the next open compresses them.
     full.store(false, Ordering::SeqCst);
@@ -407,7 +407,7 @@ fn readers_racing_swaps_and_releases_see_their_bytes_or_released_never_an_error(
     // Written raw, so every sealed segment is swapped while the readers read.
     let aof = open(&m, small_cfg(d.path()));
     let recs = Arc::new(fill(&aof, 0, 40));
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     let aof = Arc::new(open(&m, zstd_cfg(d.path())));
     let stop = Arc::new(AtomicBool::new(false));
@@ -503,6 +503,7 @@ fn a_panicking_swap_is_abandoned_and_the_worker_and_the_close_go_on() {
     }
     within(Duration::from_secs(10), "close of the log", move || {
         a.close()
-    });
+    })
+    .expect("a healthy log closes cleanly");
     drop(b);
 }

@@ -47,7 +47,7 @@ fn retains(round: u64) -> bool {
 }
 
 fn compresses(round: u64) -> bool {
-    round % 3 != 0
+    !round.is_multiple_of(3)
 }
 
 /// Every fourth round writes from a task on the log's shard (a `Shard` round).
@@ -56,7 +56,7 @@ fn in_task(round: u64) -> bool {
 }
 
 fn commit_mode(round: u64) -> CommitMode {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         CommitMode::Caller
     } else {
         CommitMode::Shard
@@ -178,7 +178,7 @@ async fn write_loop(aof: &bop_rs::aof2::Aof, round: u64, blocking: bool) {
             println!("COMPRESSED {compressed}");
         }
         // (`seal_active` blocks: a task on the shard leaves sealing to rolls.)
-        if seq % 101 == 0 && blocking {
+        if seq.is_multiple_of(101) && blocking {
             aof.seal_active().unwrap();
         }
     }
@@ -322,7 +322,7 @@ fn verify(root: &Path, acked: &[Vec<(u64, RecordId)>], floor: u64) -> usize {
     }
     drop(readers);
     // The stream reads every record back in order, each round a gap-free prefix.
-    aof.close();
+    aof.close().unwrap();
     let mut stream_seq: Vec<Option<u64>> = vec![None; acked.len()];
     let mut s = SealedSegmentStream::new(&aof).unwrap();
     while let Some(seg) = s.next_segment_blocking().unwrap() {

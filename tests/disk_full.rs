@@ -338,7 +338,7 @@ fn a_full_disk_while_compressing_keeps_the_raw_segments_and_compresses_once_free
         recs.push((aof.append_record(&p).unwrap(), p));
     }
     aof.flush().unwrap();
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     let fillers = [fill(lo.path(), 0), fill_all(lo.path())];
     // Reopened with compression on a full disk: every swap fails, nothing is lost.
@@ -361,7 +361,7 @@ fn a_full_disk_while_compressing_keeps_the_raw_segments_and_compresses_once_free
     for (rid, p) in &recs {
         assert_eq!(&read_back(&aof, *rid), p, "{rid}");
     }
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
     // Space again: the next open compresses every sealed segment.
     for f in fillers {

@@ -154,7 +154,7 @@ fn write_concurrently(aof: Arc<Aof>, writers: u64, n: u64) -> Vec<(RecordId, Vec
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    aof.close();
+    aof.close().unwrap();
     all.sort_by_key(|(r, _)| *r);
     all
 }
@@ -269,7 +269,7 @@ fn a_stream_can_start_at_or_after_any_record() {
         want.push((aof.append_record(&p).unwrap(), p));
     }
     aof.flush().unwrap();
-    aof.close();
+    aof.close().unwrap();
     let collect = |mut s: SealedSegmentStream| {
         let mut got = Vec::new();
         while let Some(seg) = s.next_segment_blocking().unwrap() {
@@ -351,7 +351,7 @@ fn tail_followers_report_durable_advances_seals_and_the_end() {
     }
     let rid = aof.append_record(b"last").unwrap();
     aof.flush_until(rid).unwrap();
-    aof.close();
+    aof.close().unwrap();
     // A clean close seals the active segment too.
     sealed.push(SegmentId::new(rid.segment_index() as u64));
     for h in blocking {

@@ -76,7 +76,7 @@ fn released_segments_are_gone_for_readers_and_for_good_after_a_reopen() {
     assert_eq!(catalog[0].segment_id, kept_seg);
     drop(first);
     drop(s);
-    aof.close();
+    aof.close().unwrap();
     drop(aof);
 
     // Released files left the segment directory (kept as spares or unlinked); those a

@@ -199,7 +199,8 @@ fn fail_a_shard_under_load(backend: IoBackend, fault: ShardFault, cause: &str) {
         waiters.push((
             "close",
             spawn(Box::new(move || {
-                c.close();
+                // Whether it saw the failure depends on timing: it must return.
+                let _ = c.close();
                 Err("closed".into())
             })),
         ));
@@ -223,10 +224,12 @@ fn fail_a_shard_under_load(backend: IoBackend, fault: ShardFault, cause: &str) {
     let e = a.append(b"after").unwrap_err();
     assert!(is_shard_failure(&e, victim, cause), "{e}");
     assert!(set.shards()[victim].failure().is_some());
-    within(Duration::from_secs(10), "close of a failed log", {
+    let e = within(Duration::from_secs(10), "close of a failed log", {
         let a = a.clone();
         move || a.close()
-    });
+    })
+    .expect_err("close reports the failure");
+    assert!(is_shard_failure(&e, victim, cause), "{e}");
 
     // The other shard is untouched, and new logs go there.
     let rid = b.append(b"still fine").unwrap();
@@ -339,7 +342,13 @@ fn callers_that_commit_themselves_see_their_shards_failure_too() {
                 "{msg}"
             );
         }
-        within(Duration::from_secs(10), "close", move || log.close());
+        let e = within(Duration::from_secs(10), "close", move || log.close())
+            .expect_err("close reports the failure");
+        assert!(
+            e.to_string()
+                .contains(&format!("shard thread {victim} failed")),
+            "{e}"
+        );
     }
 }
 
@@ -402,11 +411,13 @@ fn a_panic_in_one_log_poisons_that_log_and_its_shard_neighbours_go_on() {
 
         // The broken log closes (its lock is released), and a reopen recovers it.
         let a2 = a.clone();
-        within(
+        let e = within(
             Duration::from_secs(10),
             "close of the broken log",
             move || a2.close(),
-        );
+        )
+        .expect_err("close reports the failure");
+        assert!(matches!(e, AofError::Poisoned { .. }), "{e}");
         drop(a);
         let a = open_log(&set, &d.path().join("a"));
         for (rid, p) in &acked {

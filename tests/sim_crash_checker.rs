@@ -1098,7 +1098,7 @@ impl World {
             let f = self.fs.open(&p, OpenMode::Read).unwrap();
             let zst = name.to_string_lossy().ends_with(".zst");
             assert!(
-                zst || f.size().unwrap() % 4096 == 0,
+                zst || f.size().unwrap().is_multiple_of(4096),
                 "seed {}: {} is not block-sized",
                 self.seed,
                 p.display()

@@ -284,7 +284,7 @@ fn stream_block_consumes_until_the_log_closes() {
                     aof.flush_until(rid).unwrap();
                 }
             }
-            aof.close();
+            aof.close().unwrap();
         })
     };
     let opened = aof2_shards::reader::readers_opened();

@@ -55,7 +55,7 @@ unsafe impl Sync for BufferArena {}
 impl BufferArena {
     /// An arena of `buffers` buffers of `buffer_size` bytes and `blocks` 4 KiB blocks.
     pub fn new(buffers: u32, buffer_size: usize, blocks: u32) -> Arc<BufferArena> {
-        assert!(buffer_size % BLOCK == 0 && buffer_size > 0);
+        assert!(buffer_size.is_multiple_of(BLOCK) && buffer_size > 0);
         let len = buffers as usize * buffer_size + blocks as usize * BLOCK;
         let layout = Layout::from_size_align(len.max(BLOCK), BLOCK).expect("arena layout");
         // SAFETY: layout has non-zero size.

@@ -39,6 +39,7 @@ use crate::format::{
     self, FormatError, HeaderState, SegmentFooter, SegmentHeader, BLOCK, FOOTER_LEN, FOOTER_REGION,
     FORMAT_VERSION, HEADER_LEN,
 };
+use crate::zstd_codec;
 
 /// First 8 bytes of a compressed segment's trailer.
 pub const ZST_MAGIC: [u8; 8] = *b"AOF2ZST\0";
@@ -157,16 +158,13 @@ pub fn compress_segment_until(
         .copy_from_slice(&raw[footer_at..footer_at + FOOTER_LEN]);
     let mut chunks = Vec::with_capacity(cuts.len());
     // One context for the segment (making one per chunk costs more than small chunks).
-    let mut zc = zstd::bulk::Compressor::new(level)
-        .map_err(|_| FormatError::BadField("zstd refused the level"))?;
+    let mut zc = zstd_codec::Compressor::new(level)?;
     for w in cuts.windows(2) {
         if stop() {
             return Ok(None);
         }
         let (a, b) = (w[0], w[1]);
-        let z = zc
-            .compress(&raw[a..b])
-            .map_err(|_| FormatError::BadField("zstd refused the level"))?;
+        let z = zc.compress(&raw[a..b])?;
         chunks.push(Chunk {
             raw_start: a as u64,
             raw_len: (b - a) as u32,
@@ -387,13 +385,6 @@ pub fn inflate_chunk(file: &[u8], c: &Chunk) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
-thread_local! {
-    /// A decompression context per thread, reused (making one per chunk costs about
-    /// as much as a small chunk's inflation).
-    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 /// As [`inflate_chunk`], into `out` (cleared first; its memory is reused).
 pub fn inflate_chunk_into(file: &[u8], c: &Chunk, out: &mut Vec<u8>) -> Result<(), FormatError> {
     let z = file
@@ -408,15 +399,7 @@ pub fn inflate_chunk_into(file: &[u8], c: &Chunk, out: &mut Vec<u8>) -> Result<(
     }
     out.clear();
     out.reserve(c.raw_len as usize);
-    let n = DCTX
-        .with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new()?);
-            }
-            d.as_mut().expect("made above").decompress_to_buffer(z, out)
-        })
-        .map_err(|_| FormatError::BadField("zstd frame"))?;
+    let n = zstd_codec::decompress_into(z, out)?;
     if n != c.raw_len as usize || out.len() != n {
         return Err(FormatError::BadField("inflated length"));
     }
@@ -536,7 +519,7 @@ mod tests {
                         }
                     }
                     // Padding in block 0 is the only place a flip can go unnoticed.
-                    let region = at < CHUNKS_AT && at >= HEADER_LEN + FOOTER_LEN;
+                    let region = (HEADER_LEN + FOOTER_LEN..CHUNKS_AT).contains(&at);
                     assert!(
                         region || (0..expect.len()).any(|i| c.inflate(i).is_err()),
                         "byte {at} flipped and nothing noticed"

@@ -291,6 +291,12 @@ impl AofConfig {
     /// Rejects configurations whose values contradict each other (rather than guessing).
     pub fn validate(&self) -> AofResult<()> {
         let bad = |m: String| Err(AofError::InvalidConfig(m));
+        if self.compression == Compression::Zstd && !cfg!(feature = "zstd") {
+            return bad(format!(
+                "{}: compression = Zstd needs the `zstd` cargo feature of bop-rs (on by default)",
+                self.root_dir.display()
+            ));
+        }
         if self.root_dir.as_os_str().is_empty() {
             return bad("root_dir is empty".into());
         }

@@ -231,7 +231,7 @@ impl SegmentHeader {
         };
         if h.file_size < MIN_SEGMENT_FILE
             || h.file_size > MAX_SEGMENT_FILE
-            || h.file_size % BLOCK as u64 != 0
+            || !h.file_size.is_multiple_of(BLOCK as u64)
         {
             return Err(FormatError::BadField("file_size"));
         }
@@ -571,7 +571,7 @@ impl SegmentFooter {
         };
         if f.data_end < HEADER_LEN as u64
             || f.data_end > data_capacity(file_size)
-            || f.data_end % FRAME_ALIGN as u64 != 0
+            || !f.data_end.is_multiple_of(FRAME_ALIGN as u64)
         {
             return Err(FormatError::BadField("data_end"));
         }
@@ -776,7 +776,7 @@ pub fn find_frame_proving_corruption(seed: u32, image: &[u8], bad: u64, limit: u
     let mut off = align_frame(bad as usize + 1);
     while off + FRAME_HEADER_LEN <= limit {
         // Zero blocks are the common case after a torn tail: skip them quickly.
-        if off % BLOCK == 0
+        if off.is_multiple_of(BLOCK)
             && off + BLOCK <= limit
             && image[off..off + BLOCK].iter().all(|&x| x == 0)
         {

@@ -1,4 +1,6 @@
 #![warn(missing_docs)]
+// Tests build configs by assigning fields, as the specification's users do.
+#![cfg_attr(test, allow(clippy::field_reassign_with_default))]
 //! The AOF2 engine: on-disk format, log core, recovery, executors, shards. The public
 //! API is the `bop_rs::aof2` facade; this crate is its engine. ARCHITECTURE.md (at the
 //! repository's top) walks the layers and the path of one append.
@@ -30,6 +32,7 @@ pub mod inspect;
 pub mod layout;
 pub mod log;
 pub mod log_handle;
+pub mod log_histograms;
 pub mod log_shared;
 pub mod manager;
 pub mod metrics;
@@ -40,3 +43,4 @@ pub mod shard;
 pub mod signal;
 pub mod stream;
 pub mod tail;
+pub mod zstd_codec;

@@ -679,6 +679,11 @@ impl LogHandle {
         &self.paths.root
     }
 
+    /// The log's latency and batching histograms (`None` before its first commit).
+    pub fn histograms(&self) -> Option<crate::log_histograms::LogHistograms> {
+        self.shared.lock_core().histograms()
+    }
+
     /// The configuration in effect (normalized).
     pub fn config(&self) -> AofConfig {
         self.shared.lock_core().config().clone()
@@ -686,25 +691,42 @@ impl LogHandle {
 
     /// Closes the log: flushes, closes files, releases the lock; followers and streams
     /// end once they have read what was durable. Idempotent.
-    pub fn close(&self) {
-        let Some(lock) = self.lock.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return;
-        };
-        let (ack, done) = std::sync::mpsc::channel();
-        self.shard.close(CloseRequest {
-            key: self.shared.key,
-            ack,
-            lock: Some(lock),
-        });
-        // On a shard thread we cannot wait; the shard releases the lock once drained.
-        if current_shard().is_none() {
-            let _ = done.recv();
+    pub fn close(&self) -> AofResult<()> {
+        let lock = self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lock) = lock {
+            let (ack, done) = std::sync::mpsc::channel();
+            self.shard.close(CloseRequest {
+                key: self.shared.key,
+                ack,
+                lock: Some(lock),
+            });
+            // On a shard thread we cannot wait; the shard releases the lock once drained.
+            if current_shard().is_none() {
+                let _ = done.recv();
+            }
         }
+        // A final sync or seal that failed poisoned the log.
+        match self.shared.lock_core().poison() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl LogHandle {
+    /// `close` ran (by a call or a drop).
+    pub fn is_closed(&self) -> bool {
+        self.lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 }
 
 impl Drop for LogHandle {
     fn drop(&mut self) {
-        self.close();
+        // A failure was reported to whoever called `close`, or is logged where it
+        // happened; a drop has no one to tell.
+        let _ = self.close();
     }
 }

@@ -30,6 +30,8 @@ pub struct ShardSet {
     chunks: Arc<ChunkCache>,
     /// What runs the shards' loops.
     executor: crate::config::ShardExecutor,
+    /// The logs opened on the set, for metrics (`open_logs`); dropped ones are pruned.
+    logs: Mutex<Vec<std::sync::Weak<crate::log_handle::LogHandle>>>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -176,8 +178,26 @@ impl ShardSet {
             chunks: Arc::new(ChunkCache::new(
                 usize::try_from(cfg.tier0_cache_bytes).unwrap_or(usize::MAX),
             )),
+            logs: Mutex::new(Vec::new()),
         };
         Ok((set, hosts))
+    }
+
+    /// Lists `log` among the set's open logs (for [`ShardSet::open_logs`]).
+    pub fn register_log(&self, log: &Arc<crate::log_handle::LogHandle>) {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.retain(|l| l.strong_count() > 0);
+        logs.push(Arc::downgrade(log));
+    }
+
+    /// The logs open on the set now, in the order they were opened.
+    pub fn open_logs(&self) -> Vec<Arc<crate::log_handle::LogHandle>> {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.retain(|l| l.strong_count() > 0);
+        logs.iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|l| !l.is_closed())
+            .collect()
     }
 
     /// The caller rings of committing threads (`None` where the shards run the

@@ -366,7 +366,7 @@ impl SegmentReader {
         let off = rid.segment_offset() as u64;
         if off < HEADER_LEN as u64
             || off + FRAME_HEADER_LEN as u64 > self.data_end
-            || off % FRAME_ALIGN as u64 != 0
+            || !off.is_multiple_of(FRAME_ALIGN as u64)
         {
             return Err(not_found(
                 rid,

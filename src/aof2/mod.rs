@@ -182,8 +182,16 @@ impl AofManagerHandle {
 /// directory lock before returning. After a crash, the next open verifies the unsealed
 /// segment and seals it.
 pub struct Aof {
-    pub(crate) log: LogHandle,
+    pub(crate) log: Arc<LogHandle>,
     _set: Arc<ShardSet>,
+}
+
+impl Drop for Aof {
+    /// Closes the log here, even while a metrics scrape holds its handle a moment
+    /// longer: the directory's lock is released before the drop returns.
+    fn drop(&mut self) {
+        let _ = self.log.close();
+    }
 }
 
 impl Aof {
@@ -191,7 +199,8 @@ impl Aof {
     /// places it on the least loaded shard. `cfg` is validated, then normalized. No
     /// segment file is prepared here: the first append waits for its file.
     pub fn new(handle: AofManagerHandle, cfg: AofConfig) -> AofResult<Aof> {
-        let log = LogHandle::open(&handle.set, cfg)?;
+        let log = Arc::new(LogHandle::open(&handle.set, cfg)?);
+        handle.set.register_log(&log);
         Ok(Aof {
             log,
             _set: handle.set,
@@ -327,8 +336,12 @@ impl Aof {
     /// Syncs everything appended, seals the active segment, closes the files and
     /// releases the directory lock;
     /// later appends fail with [`AofError::Closed`], and followers and streams end once
-    /// they have read what was durable. Dropping the `Aof` does the same. Idempotent.
-    pub fn close(&self) {
+    /// they have read what was durable. Dropping the `Aof` does the same (without a
+    /// caller to report to). Idempotent: every call returns `Err(Poisoned)` if a write
+    /// or sync failed, the final sync and seal included, and `Ok(())` otherwise. On the
+    /// log's own shard thread (a task) it cannot wait: it starts the close and reports
+    /// what has failed so far.
+    pub fn close(&self) -> AofResult<()> {
         self.log.close()
     }
 

@@ -24,6 +24,10 @@ pub(super) enum Effect {
     Durable {
         seg: u64,
         end: u64,
+        /// Records appended when the commit started (every one of them it covers).
+        records: u64,
+        /// When it started (monotonic ns).
+        started: u64,
     },
     Sealed {
         seg: u64,
@@ -172,7 +176,12 @@ impl LogCore {
                 self.metrics.bytes_written += end - from;
                 Progress::default()
             }
-            Effect::Durable { seg, end } => {
+            Effect::Durable {
+                seg,
+                end,
+                records,
+                started,
+            } => {
                 let s = front_of(&mut self.segs, seg);
                 assert!(
                     end >= s.durable_end && end <= s.appended_end,
@@ -190,6 +199,8 @@ impl LogCore {
                 self.trim_pool(POOL_BUFFERS);
                 self.total_durable += gained;
                 self.paced_sync(gained, now);
+                let wall = self.clock.realtime_ns();
+                self.hist.synced(records, started, now, wall);
                 self.advance_durable(pos(seg, end));
                 if wrote {
                     self.metrics.write_ops += 1;

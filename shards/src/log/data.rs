@@ -137,7 +137,21 @@ impl LogCore {
                     });
                 }
                 kinds.push(OpKind::Sync { seg });
-                Some(self.chain(kinds, Effect::Durable { seg, end }, false))
+                let effect = Effect::Durable {
+                    seg,
+                    end,
+                    // Records of later segments (appended past a roll) are not
+                    // covered by this commit.
+                    records: self.records_total
+                        - self
+                            .segs
+                            .iter()
+                            .skip(1)
+                            .map(|s| s.record_count)
+                            .sum::<u64>(),
+                    started: self.clock.monotonic_ns(),
+                };
+                Some(self.chain(kinds, effect, false))
             }
             DataPlan::Seal => {
                 let footer = SegmentFooter {

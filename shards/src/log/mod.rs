@@ -191,6 +191,8 @@ pub struct LogCore {
     cont: Option<continuation::Cont>,
     /// How fast the next file is zero-written while the log commits.
     zero_pace: zero_pace::ZeroPace,
+    /// Latency and batching histograms.
+    hist: crate::log_histograms::HistogramState,
 }
 
 impl Drop for LogCore {
@@ -274,6 +276,7 @@ impl LogCore {
             inject_panic: false,
             cont: None,
             zero_pace: zero_pace::ZeroPace::default(),
+            hist: crate::log_histograms::HistogramState::starting_at(rec.records_total),
             cfg,
         };
         for s in core.sealed.clone() {
@@ -396,6 +399,11 @@ impl LogCore {
             });
         }
         Ok(())
+    }
+
+    /// The log's histograms (`None` before its first commit).
+    pub fn histograms(&self) -> Option<crate::log_histograms::LogHistograms> {
+        self.hist.snapshot()
     }
 
     /// Frame bytes one segment of `segment_max_bytes` holds (the largest batch).
@@ -625,6 +633,7 @@ impl LogCore {
     fn appended(&mut self, frames: u64) -> bool {
         let mut wake = false;
         self.total_appended += frames;
+        self.hist.appended(self.records_total, self.last_ts);
         if self.total_appended - self.watermark_mark >= self.cfg.flush.flush_watermark_bytes {
             self.watermark_mark = self.total_appended;
             self.flush_target = self.flush_target.max(self.end_pos());

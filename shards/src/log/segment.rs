@@ -225,7 +225,7 @@ impl Seg {
         // from a block boundary, never past what was appended.
         let len: usize = data.iter().map(IoData::len).sum();
         assert!(
-            from % BLOCK as u64 == 0
+            from.is_multiple_of(BLOCK as u64)
                 && to <= s.appended_end
                 && len as u64 == to.div_ceil(BLOCK as u64) * BLOCK as u64 - from
                 && data.iter().all(|d| !d.is_empty() && d.len() % BLOCK == 0),

@@ -70,7 +70,7 @@ impl LogCore {
         let size = want.min(self.buf_size).min(file_size as usize);
         let size = size / BLOCK * BLOCK;
         assert!(
-            size >= BLOCK && size % BLOCK == 0,
+            size >= BLOCK && size.is_multiple_of(BLOCK),
             "buffer size {size} for a file of {file_size} bytes is not whole blocks"
         );
         size

@@ -10,7 +10,7 @@ impl LogCore {
     /// from now on, so small test segments span several buffers and exercise writing
     /// full buffers behind the appenders.
     pub fn set_buffer_size(&mut self, size: usize) {
-        assert!(size >= BLOCK && size % BLOCK == 0 && size <= BUF_SIZE);
+        assert!(size >= BLOCK && size.is_multiple_of(BLOCK) && size <= BUF_SIZE);
         self.buf_size = size;
     }
 

@@ -672,7 +672,7 @@ fn zero_after_header(file: &dyn FsFile, path: &Path) -> AofResult<bool> {
 /// A size the engine prepares segment files at.
 fn valid_prepared_size(size: u64) -> bool {
     (format::MIN_SEGMENT_FILE..=format::MAX_SEGMENT_FILE).contains(&size)
-        && size % BLOCK as u64 == 0
+        && size.is_multiple_of(BLOCK as u64)
 }
 
 fn backend_read(

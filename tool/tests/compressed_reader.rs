@@ -4,6 +4,7 @@
 //! from a real log's sealed ones by hand, so each case is exact (`compression.rs`
 //! tests the engine's own).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use aof2_shards::compressed_format::compress_segment;
@@ -144,7 +145,7 @@ fn read_all(root: &std::path::Path) -> Vec<(RecordId, Vec<u8>)> {
     let aof = open(&m, small_cfg(root));
     let mut all = Vec::new();
     let mut s = bop_rs::aof2::reader::SealedSegmentStream::new(&aof).unwrap();
-    aof.close();
+    aof.close().unwrap();
     while let Some(seg) = s.next_segment_blocking().unwrap() {
         let mut c = seg.into_cursor();
         while let Some(r) = c.next().unwrap() {

@@ -3,6 +3,7 @@
 //! chooses other bits; the read-only tools never change a mode. Checked in a child
 //! process, so its permissive umask (000) touches no other test.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use bop_rs::aof2::{Aof, AofConfig, AofError};

@@ -108,7 +108,7 @@ pub fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     stop.store(true, Ordering::Release);
     handoff.1.notify_all();
     waiter.join().map_err(|_| "baseline waiter panicked")?;
-    aof.close();
+    aof.close()?;
     follower.join().map_err(|_| "follower panicked")?;
     let desc = "4 KiB pwrite + fdatasync, then a condvar hand-off to a waiting thread";
     let w = "R2 append -> follower wake-up (4 KiB + flush)";

@@ -2,6 +2,7 @@
 //! zero-writing, its stale frames never read back, and recovery after a crash in the
 //! middle of a write stops exactly at the last frame of the file's new life.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use bop_rs::aof2::config::SegmentId;

@@ -1,6 +1,7 @@
 //! The read-only tools end to end: `aof2 dump`, `verify`, `stat`, `tail` run as the
 //! built binary against logs this test writes; `verify` against flipped bytes.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use aof2_shards::inspect::LogDir;

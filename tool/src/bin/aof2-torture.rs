@@ -127,7 +127,7 @@ fn check(dir: &Path, acks: &Path) -> Result<String, String> {
     let mut next_seq: HashMap<u64, u64> = HashMap::new();
     let mut last_round = 0;
     // Closed first: the stream then ends once it has delivered everything durable.
-    aof.close();
+    aof.close().map_err(|e| format!("close: {e}"))?;
     let mut stream = SealedSegmentStream::new(&aof).map_err(|e| e.to_string())?;
     while let Some(seg) = stream.next_segment_blocking().map_err(|e| e.to_string())? {
         let mut cursor = seg.into_cursor();
