@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+mod prometheus;
 pub mod reader;
 
 pub use config::{AofConfig, AofManagerConfig, IoBackend, RecordId, SegmentId};
@@ -149,6 +150,18 @@ impl AofManager {
     /// held (at most [`AofManagerConfig::tier0_cache_bytes`]).
     pub fn tier0_stats(&self) -> ChunkCacheStats {
         self.set.chunk_cache().stats()
+    }
+
+    /// Every open log of the manager and the manager's own series (shards, Tier 0) in
+    /// the Prometheus text exposition format 0.0.4, for a service to serve at its
+    /// metrics endpoint: per-log counters and gauges and three histograms (append to
+    /// durable, sync duration, records per sync), labelled `log="<root_dir>"`.
+    pub fn prometheus_text(&self) -> String {
+        prometheus::render(
+            &self.set.open_logs(),
+            &self.set.shard_stats(),
+            self.set.chunk_cache().stats(),
+        )
     }
 }
 
