@@ -192,7 +192,8 @@ pub(crate) fn render(
             histogram(&mut out, name, &l.label, h, sum, bounds, scale);
         }
     }
-    let shard_series: [(&str, &str, &str, fn(&ShardStats) -> u64); 8] = [
+    type ShardSeries = (&'static str, &'static str, &'static str, fn(&ShardStats) -> u64);
+    let shard_series: [ShardSeries; 8] = [
         (
             "aof_shard_logs",
             "gauge",
