@@ -389,7 +389,8 @@ impl AofConfig {
 #[non_exhaustive]
 pub struct AofManagerConfig {
     /// Number of shard threads; 0 (the default) starts one per CPU in the process's
-    /// affinity set (`sched_getaffinity`).
+    /// affinity set (`sched_getaffinity`), at most as many as its cgroup's CPU quota
+    /// allows (`cpu.max`, or `cpu.cfs_quota_us` on cgroup v1), rounded up.
     pub shards: usize,
     /// Pin each shard thread to one CPU of the affinity set (default true). A pin that
     /// fails is logged as a warning and the thread runs unpinned.

@@ -18,29 +18,48 @@
 //!   segment, following the tail, consuming a whole log in order; [`inspect`]:
 //!   read-only checks of a log directory for the command-line tools.
 
+#[doc(hidden)]
 pub mod buffer;
 pub mod chunk_cache;
+#[doc(hidden)]
 pub mod clock;
+#[doc(hidden)]
 pub mod compress;
+#[doc(hidden)]
 pub mod compressed_format;
 pub mod config;
+#[doc(hidden)]
+pub mod cpu_quota;
 pub mod error;
+#[doc(hidden)]
 pub mod exec;
+#[doc(hidden)]
 pub mod format;
+#[doc(hidden)]
 pub mod fs;
+#[doc(hidden)]
 pub mod inspect;
+#[doc(hidden)]
 pub mod layout;
 pub mod log;
+#[doc(hidden)]
 pub mod log_handle;
+#[doc(hidden)]
 pub mod log_histograms;
+#[doc(hidden)]
 pub mod log_shared;
+#[doc(hidden)]
 pub mod manager;
 pub mod metrics;
 pub mod reader;
+#[doc(hidden)]
 pub mod recovery;
+#[doc(hidden)]
 pub mod release_mark;
 pub mod shard;
+#[doc(hidden)]
 pub mod signal;
 pub mod stream;
 pub mod tail;
+#[doc(hidden)]
 pub mod zstd_codec;

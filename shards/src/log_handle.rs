@@ -730,3 +730,13 @@ impl Drop for LogHandle {
         let _ = self.close();
     }
 }
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle")
+            .field("root_dir", &self.paths.root)
+            .field("shard", &self.shard.id)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}

@@ -80,7 +80,9 @@ impl ShardSet {
     ) -> AofResult<(ShardSet, Vec<crate::shard::HostOf>)> {
         let cpus = affinity_cpus();
         let n = if cfg.shards == 0 {
-            cpus.len()
+            // One per CPU the process may use: its affinity set, and its cgroup's quota.
+            let quota = crate::cpu_quota::cpu_quota().unwrap_or(usize::MAX);
+            cpus.len().min(quota).max(1)
         } else {
             cfg.shards
         };
@@ -375,5 +377,15 @@ impl ShardSet {
 impl Drop for ShardSet {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for ShardSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardSet")
+            .field("shards", &self.ctls.len())
+            .field("cpus", &self.cpus)
+            .field("executor", &self.executor)
+            .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,9 @@
 //! Counters and gauges of one log.
 
-/// Counters (monotonic, `_total`) and gauges of one log at one moment.
+/// Counters (monotonic, `_total`) and gauges of one log at one moment. New fields may
+/// be added: build one from `Default` and assign fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlushMetricsSnapshot {
     /// Records appended (this session).
     pub records_appended: u64,

@@ -640,3 +640,25 @@ impl SegmentCursor {
         }
     }
 }
+
+impl std::fmt::Debug for SegmentReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentReader")
+            .field("path", &self.path)
+            .field("segment", &self.header.segment_id)
+            .field("sealed", &self.sealed)
+            .field("data_end", &self.data_end)
+            .field("record_count", &self.record_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SegmentCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCursor")
+            .field("reader", &self.reader)
+            .field("offset", &self.off)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}

@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub type ActiveSegmentCursor = SegmentCursor;
 
 /// One step of a [`SealedSegmentStream`].
+#[derive(Debug)]
 pub enum StreamSegment {
     /// The rest of a sealed segment.
     Sealed(SegmentCursor),
@@ -200,5 +201,14 @@ impl SealedSegmentStream {
             }
             self.view.signal().wait_change(seen, None);
         }
+    }
+}
+
+impl std::fmt::Debug for SealedSegmentStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let next = crate::config::RecordId::from_u64(self.progress.load(Ordering::Acquire));
+        f.debug_struct("SealedSegmentStream")
+            .field("next", &next)
+            .finish_non_exhaustive()
     }
 }

@@ -185,3 +185,15 @@ impl TailFollower {
         }
     }
 }
+
+impl std::fmt::Debug for TailFollower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailFollower")
+            .field(
+                "durable_seen",
+                &crate::config::RecordId::from_u64(self.durable_seen),
+            )
+            .field("active_seen", &self.active_seen)
+            .finish_non_exhaustive()
+    }
+}

@@ -38,12 +38,13 @@ use std::sync::Arc;
 
 /// Owns the shard threads. Dropping it flushes and closes every log still open and
 /// stops the threads; later calls on those logs fail with [`AofError::Closed`].
+#[derive(Debug)]
 pub struct AofManager {
     set: Arc<ShardSet>,
 }
 
 /// A cheap, cloneable reference to a manager, used to place logs on its shards.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AofManagerHandle {
     set: Arc<ShardSet>,
 }
@@ -194,6 +195,7 @@ impl AofManagerHandle {
 /// reads its footer instead of scanning it), closes its files and releases the
 /// directory lock before returning. After a crash, the next open verifies the unsealed
 /// segment and seals it.
+#[derive(Debug)]
 pub struct Aof {
     pub(crate) log: Arc<LogHandle>,
     _set: Arc<ShardSet>,

@@ -192,7 +192,12 @@ pub(crate) fn render(
             histogram(&mut out, name, &l.label, h, sum, bounds, scale);
         }
     }
-    type ShardSeries = (&'static str, &'static str, &'static str, fn(&ShardStats) -> u64);
+    type ShardSeries = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ShardStats) -> u64,
+    );
     let shard_series: [ShardSeries; 8] = [
         (
             "aof_shard_logs",

@@ -26,6 +26,7 @@ use aof2_shards::stream::SealedSegmentStream as Engine;
 /// neither skips nor repeats a record. A cursor handed out earlier stops counting once
 /// `next_segment` is called again. The stream holds no lock: it never blocks the
 /// writer, and it keeps reading what was durable after the `Aof` is closed.
+#[derive(Debug)]
 pub struct SealedSegmentStream {
     inner: Engine,
 }

@@ -48,6 +48,7 @@ impl Located {
 
 /// One segment of a log, as `catalog_snapshot` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SegmentInfo {
     /// Its id.
     pub segment_id: u64,
