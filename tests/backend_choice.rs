@@ -137,9 +137,7 @@ fn child_without_io_uring() {
     // Strict: a clear error naming io_uring and the way out.
     let mut strict = AofManagerConfig::default();
     strict.backend = IoBackend::Uring;
-    let e = AofManager::with_config(strict)
-        .err()
-        .expect("strict must fail");
+    let e = AofManager::with_config(strict).expect_err("strict must fail");
     let msg = e.to_string();
     assert!(matches!(e, AofError::Startup(_)), "{msg}");
     assert!(msg.contains("io_uring") && msg.contains("Auto"), "{msg}");
@@ -192,8 +190,7 @@ fn child_bad_backend_env() {
         return;
     }
     let e = AofManager::with_config(AofManagerConfig::default())
-        .err()
-        .expect("an unknown backend name is refused");
+        .expect_err("an unknown backend name is refused");
     let msg = e.to_string();
     assert!(
         msg.contains("AOF2_BACKEND") && msg.contains("fast") && msg.contains("uring"),
@@ -260,9 +257,7 @@ fn child_without_memlock() {
         .is_glommio()
     {
         // glommio itself needs 512 KiB: refused up front, naming the limit.
-        let e = ShardSet::start(&cfg)
-            .err()
-            .expect("too little memlock for glommio");
+        let e = ShardSet::start(&cfg).expect_err("too little memlock for glommio");
         assert!(e.to_string().contains("RLIMIT_MEMLOCK"), "{e}");
         println!("CHILD OK");
         return;

@@ -43,12 +43,12 @@ fn invalid_config_is_refused_with_the_field_named() {
     let m = manager();
     let mut c = small_cfg(dir.path());
     c.flush.flush_watermark_bytes = c.flush.max_unflushed_bytes * 2;
-    let e = Aof::new(m.handle(), c).err().expect("refused");
+    let e = Aof::new(m.handle(), c).expect_err("refused");
     assert!(matches!(e, AofError::InvalidConfig(_)), "{e}");
     assert!(e.to_string().contains("flush_watermark_bytes"), "{e}");
     let mut c = small_cfg(dir.path());
     c.segment_min_bytes = 8 * 1024 * 1024;
-    let e = Aof::new(m.handle(), c).err().expect("refused");
+    let e = Aof::new(m.handle(), c).expect_err("refused");
     assert!(e.to_string().contains("segment_min_bytes"), "{e}");
     assert!(
         !dir.path().join("segments").exists(),
@@ -73,9 +73,7 @@ fn a_root_dir_that_is_a_regular_file_is_an_error_naming_it() {
     let root = dir.path().join("file");
     std::fs::write(&root, b"not a directory").unwrap();
     let m = manager();
-    let e = Aof::new(m.handle(), small_cfg(&root))
-        .err()
-        .expect("refused");
+    let e = Aof::new(m.handle(), small_cfg(&root)).expect_err("refused");
     assert!(e.to_string().contains(&root.display().to_string()), "{e}");
     assert_eq!(
         std::fs::read(&root).unwrap(),
@@ -90,9 +88,7 @@ fn a_root_dir_that_is_a_regular_file_is_an_error_naming_it() {
 fn a_read_only_root_dir_is_an_error_naming_the_path() {
     if let Ok(root) = std::env::var("AOF2_CHILD_READ_ONLY_ROOT") {
         let m = manager();
-        let e = Aof::new(m.handle(), small_cfg(Path::new(&root)))
-            .err()
-            .expect("refused");
+        let e = Aof::new(m.handle(), small_cfg(Path::new(&root))).expect_err("refused");
         let msg = e.to_string();
         assert!(msg.contains(&root), "{msg}");
         assert!(
@@ -128,9 +124,7 @@ fn a_second_writer_in_this_process_is_refused_until_the_first_is_dropped() {
     let m = manager();
     let first = open(&m, small_cfg(dir.path()));
     let r = first.append_record(b"mine").unwrap();
-    let e = Aof::new(m.handle(), small_cfg(dir.path()))
-        .err()
-        .expect("second writer refused");
+    let e = Aof::new(m.handle(), small_cfg(dir.path())).expect_err("second writer refused");
     assert!(matches!(e, AofError::Locked { .. }), "{e}");
     assert!(
         e.to_string().contains(&dir.path().display().to_string()),
@@ -182,9 +176,7 @@ fn a_foreign_file_in_the_segment_directory_is_an_error_and_is_left_alone() {
     let stray = dir.path().join("segments/notes.txt");
     std::fs::write(&stray, b"mine").unwrap();
     let m = manager();
-    let e = Aof::new(m.handle(), small_cfg(dir.path()))
-        .err()
-        .expect("refused");
+    let e = Aof::new(m.handle(), small_cfg(dir.path())).expect_err("refused");
     assert!(matches!(e, AofError::ForeignFile { .. }), "{e}");
     assert!(e.to_string().contains("notes.txt"), "{e}");
     assert_eq!(std::fs::read(&stray).unwrap(), b"mine");
@@ -199,9 +191,7 @@ fn a_segment_of_a_newer_format_version_is_refused_by_name() {
     bytes[8..10].copy_from_slice(&(format::SEGMENT_VERSION + 1).to_le_bytes());
     std::fs::write(&seg, &bytes).unwrap();
     let m = manager();
-    let e = Aof::new(m.handle(), small_cfg(dir.path()))
-        .err()
-        .expect("refused");
+    let e = Aof::new(m.handle(), small_cfg(dir.path())).expect_err("refused");
     assert!(
         matches!(
             e,
@@ -302,9 +292,7 @@ fn corruption_followed_by_valid_frames_is_an_error_naming_segment_offset_and_pat
     bytes[victim.segment_offset() as usize + 40] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let m = manager();
-    let e = Aof::new(m.handle(), small_cfg(dir.path()))
-        .err()
-        .expect("refused");
+    let e = Aof::new(m.handle(), small_cfg(dir.path())).expect_err("refused");
     match &e {
         AofError::Corruption {
             path,

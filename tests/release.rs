@@ -363,10 +363,7 @@ fn a_stream_or_follower_created_before_a_release_never_skips_released_records() 
     let cut = *rids.iter().find(|r| r.segment_index() == 2).unwrap();
     assert_eq!(aof.release_before(cut).unwrap(), 2);
     for s in [&mut s, &mut s2] {
-        let e = s
-            .next_segment_blocking()
-            .err()
-            .expect("Released, not a skip");
+        let e = s.next_segment_blocking().expect_err("Released, not a skip");
         assert!(
             matches!(
                 e,

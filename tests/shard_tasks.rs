@@ -145,7 +145,7 @@ fn a_shard_past_the_last_is_a_clear_error() {
     let mut c = AofConfig::default();
     c.root_dir = dir.path().to_path_buf();
     c.shard = Some(5);
-    let e = Aof::new(m.handle(), c).err().expect("refused");
+    let e = Aof::new(m.handle(), c).expect_err("refused");
     assert!(
         matches!(
             e,

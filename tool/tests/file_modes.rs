@@ -101,7 +101,7 @@ fn child_permissive_umask() {
         let mut c = AofConfig::default();
         c.root_dir = top.join(format!("bad{bad:o}"));
         c.file_mode = bad;
-        let e = Aof::new(m.handle(), c).err().expect("refused");
+        let e = Aof::new(m.handle(), c).expect_err("refused");
         assert!(
             matches!(e, AofError::InvalidConfig(ref s) if s.contains("file_mode")),
             "{e}"
