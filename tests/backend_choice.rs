@@ -124,9 +124,7 @@ fn child_without_io_uring() {
     {
         let mut g = AofManagerConfig::default();
         g.executor = bop_rs::aof2::config::ShardExecutor::Glommio;
-        let e = AofManager::with_config(g)
-            .err()
-            .expect("glommio needs io_uring");
+        let e = AofManager::with_config(g).expect_err("glommio needs io_uring");
         let msg = e.to_string();
         assert!(matches!(e, AofError::Startup(_)), "{msg}");
         assert!(

@@ -106,7 +106,7 @@ fn glommio_with_the_portable_backend_is_a_clear_error() {
     let mut c = AofManagerConfig::default();
     c.executor = ShardExecutor::Glommio;
     c.backend = IoBackend::Sync;
-    let e = AofManager::with_config(c).err().expect("refused");
+    let e = AofManager::with_config(c).expect_err("refused");
     assert!(matches!(e, AofError::InvalidConfig(_)), "{e}");
     assert!(e.to_string().contains("io_uring"), "{e}");
 }
@@ -228,7 +228,7 @@ fn a_host_dropped_unrun_fails_its_shard_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = AofConfig::default();
     cfg.root_dir = dir.path().to_path_buf();
-    let e = Aof::new(m.handle(), cfg).err().expect("refused");
+    let e = Aof::new(m.handle(), cfg).expect_err("refused");
     assert!(e.to_string().contains("dropped without running"), "{e}");
     assert!(m
         .spawn_on_shard(0, || async {})
