@@ -61,6 +61,23 @@ use std::sync::{Arc, MutexGuard};
 
 const WRITERS: u64 = 4;
 
+/// The payload of the checker's panicking `fill` closures (its length argument), which
+/// the panic hook keeps quiet.
+struct FillFails(usize);
+
+/// Keeps the checker's own `fill` panics out of the output; every other panic prints.
+fn quiet_fill_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<FillFails>().is_none() {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// Records read back: (id, payload).
 type Records = Vec<(RecordId, Vec<u8>)>;
 
@@ -218,6 +235,7 @@ fn payload(len: usize, rng: &mut SimRng, session: usize, seq: usize, writer: u64
 
 impl World {
     fn new(seed: u64, model: Model, trace: bool) -> World {
+        quiet_fill_panics();
         let mut rng = SimRng::new(seed);
         let mut cfg = AofConfig::default();
         cfg.root_dir = "/sim/log".into();
@@ -854,12 +872,62 @@ impl World {
             })
             .collect();
         let refs: Vec<&[u8]> = ps.iter().map(Vec::as_slice).collect();
+        // One single append in eight is written in place (`append_with`); one in forty
+        // is first tried with a `fill` that panics, which must append nothing.
+        let in_place = n == 1 && self.rng.below(8) == 0;
+        if n == 1 && self.rng.below(40) == 0 {
+            // Half of them larger than two buffers: the room reserved for them spans
+            // buffers that must then stay unwritten.
+            let len = if self.rng.chance(1, 2) {
+                ps[0].len()
+            } else {
+                (2 * self.buf_size + self.rng.below(self.buf_size as u64) as usize)
+                    .min(self.cfg.max_record_bytes())
+            };
+            // As `Aof::append_with` does: held back, it waits (pumps) and tries again.
+            for attempt in 0..1000 {
+                let r = o
+                    .core()
+                    .append_with(len, &mut |b| std::panic::panic_any(FillFails(b.len())));
+                match r {
+                    Ok(Ok(a)) => self.fail(format!("a panicking fill appended {}", a.rid)),
+                    Ok(Err(p)) => {
+                        if p.downcast_ref::<FillFails>().map(|f| f.0) != Some(len) {
+                            self.fail("another panic than the fill's came back".into());
+                        }
+                        self.say(|| {
+                            format!("append_with of {len} bytes panicked: nothing appended")
+                        });
+                        break;
+                    }
+                    Err(AofError::WouldBlock(kind)) => {
+                        if attempt == 999 {
+                            self.fail(format!(
+                                "append_with blocked ({kind:?}) and made no progress in 1000 pumps"
+                            ));
+                        }
+                        o.core().request_flush_all();
+                        o.shared.wake_shard();
+                        let n = 1 + self.rng.below(3) as usize;
+                        self.pump(o, n);
+                    }
+                    Err(_) => break, // refused (too large, poisoned, a failed preparation)
+                }
+            }
+        }
         // A blocked append is retried until it goes through: waiting must make progress.
         for attempt in 0.. {
-            let r = if n == 1 {
-                o.core().append(&ps[0])
-            } else {
+            let r = if n > 1 {
                 o.core().append_batch(&refs)
+            } else if in_place {
+                let p = &ps[0];
+                match o.core().append_with(p.len(), &mut |b| b.copy_from_slice(p)) {
+                    Ok(Ok(a)) => Ok(a),
+                    Ok(Err(_)) => self.fail("a fill that copies panicked".into()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                o.core().append(&ps[0])
             };
             match r {
                 Ok(a) => {

@@ -60,7 +60,7 @@ impl std::fmt::Display for RecordId {
 }
 
 /// Identifies a segment of a log. Ids increase and are never reused; they are dense
-/// from 0 across clean closes and may skip a number after a crash (see README,
+/// from 0 across clean closes and may skip a number after a crash (see docs/design.md,
 /// "Segments and ids").
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SegmentId(u64);
@@ -118,7 +118,7 @@ pub enum Compression {
     None,
     /// Sealed segments are compressed with zstd (at [`AofConfig::compression_level`])
     /// by a background worker at a low priority, never on a shard; readers see no
-    /// difference (see README, "Compression").
+    /// difference (see docs/operations.md, "Compression").
     Zstd,
 }
 
@@ -156,11 +156,12 @@ pub enum RetentionPolicy {
     /// Every segment is kept until `release_before` releases it.
     #[default]
     KeepAll,
-    /// A sealed segment is released once its newest record is older than `ttl_seconds`
-    /// (measured on the monotonic clock from when the log first saw the segment sealed,
-    /// so a step of the wall clock neither releases early nor never). The active
-    /// segment is sealed after `AofConfig::segment_max_age_seconds` (default: the ttl),
-    /// so a slow log expires too.
+    /// A sealed segment is released once its newest record is older than `ttl_seconds`.
+    /// Segments written in this session measure that age on the monotonic clock from
+    /// the newest record's append (a step of the wall clock neither releases early nor
+    /// never); segments found at open, from the wall-clock time their footer says they
+    /// were sealed (at or after that append). The active segment is sealed after
+    /// `AofConfig::segment_max_age_seconds` (default: the ttl), so a slow log expires too.
     Time {
         /// Age of a segment's newest record after which the segment is released.
         ttl_seconds: u64,
@@ -168,7 +169,7 @@ pub enum RetentionPolicy {
     /// Sealed segments are released, oldest first, while their files total more than
     /// `max_total_bytes`. On disk the log then takes at most `max_total_bytes` plus the
     /// active segment, the prepared next one, the spares and one file being removed
-    /// (README, "Retention").
+    /// (docs/operations.md, "Retention and release").
     Size {
         /// Bytes of sealed segment files to keep at most.
         max_total_bytes: u64,
@@ -426,7 +427,7 @@ pub struct AofManagerConfig {
     /// completion queue for up to this many microseconds, and sleeps only if nothing
     /// completed by then (default 0: sleep at once). A CPU that stays busy answers a
     /// completion sooner than an idle one wakes up, at the price of burning up to this
-    /// long per wait; see the README's benchmark figures for what it buys. Shards on
+    /// long per wait; docs/benchmarks.md (W2P) measures what it buys. Shards on
     /// glommio wait in glommio and do not poll.
     pub completion_poll_us: u32,
 }

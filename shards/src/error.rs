@@ -8,13 +8,12 @@ pub type AofResult<T> = Result<T, AofError>;
 
 /// What kind of capacity a `WouldBlock` ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WouldBlockKind {
     /// `max_unflushed_bytes` is reached: the append would have to wait for a sync.
     Admission,
     /// The record needs a new segment whose file is still being prepared.
     Rollover,
-    /// The caller asked not to wait for a flush.
-    Flush,
 }
 
 /// Every error the engine reports. Messages name the path, segment, offset or value involved.

@@ -21,7 +21,7 @@
 //! generation, so a frame left by an earlier use of a file, or copied from another
 //! segment, never validates. Each frame also stores the checksum of the frame before
 //! it (`prev_crc`), so frames cannot be reordered, dropped or duplicated unnoticed.
-//! Byte-by-byte layouts are in README.md ("On-disk format").
+//! Byte-by-byte layouts are in docs/format.md.
 
 /// Version of the release mark and of a compressed segment's trailer; newer versions
 /// are refused, not guessed at.

@@ -28,14 +28,15 @@ pub struct LogHistograms {
 
 impl LogHistograms {
     fn new() -> LogHistograms {
-        // Two significant digits (1% error), up to an hour: a few KiB each.
-        let h = || Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("histogram bounds");
+        // One significant digit (values within 10%), up to 100 s: about 4 KiB each, so
+        // a log's three cost about 12 KiB.
+        let h = || Histogram::new_with_bounds(1, 100_000_000_000, 1).expect("histogram bounds");
         LogHistograms {
             append_to_durable_ns: h(),
             append_to_durable_sum_ns: 0,
             sync_ns: h(),
             sync_sum_ns: 0,
-            records_per_sync: Histogram::new_with_bounds(1, 1 << 40, 2).expect("histogram bounds"),
+            records_per_sync: Histogram::new_with_bounds(1, 1 << 32, 1).expect("histogram bounds"),
             records_per_sync_sum: 0,
         }
     }

@@ -3,7 +3,7 @@
 //! An [`AofManager`] starts one shard thread per CPU; each [`Aof`] (one log, one
 //! directory) lives on a shard, which does all of its disk I/O with group commit.
 //! Appends copy into memory and return a [`RecordId`]; [`Aof::flush_until`] returns
-//! once a completed `fdatasync` covers the record. See README.md for the durability
+//! once a completed `fdatasync` covers the record. See docs/guarantees.md for the durability
 //! contract, error semantics and on-disk format.
 
 pub mod config;

@@ -158,14 +158,14 @@ pub(crate) fn render(
     let hists: [(&str, &str, Pick, &[f64], f64); 3] = [
         (
             "aof_append_to_durable_seconds",
-            "From an append to the completed sync covering it, per record (20 us resolution).",
+            "From an append to the completed sync covering it, per record (values within 10%, appends grouped by 20 us).",
             |h| (&h.append_to_durable_ns, h.append_to_durable_sum_ns),
             &SECONDS_BUCKETS,
             1e-9,
         ),
         (
             "aof_sync_duration_seconds",
-            "Data commits (write and fdatasync), from start to completion.",
+            "Data commits (write and fdatasync), from start to completion (values within 10%).",
             |h| (&h.sync_ns, h.sync_sum_ns),
             &SECONDS_BUCKETS,
             1e-9,

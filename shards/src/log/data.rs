@@ -49,9 +49,12 @@ impl LogCore {
         let wants_sync = s.durable_end < s.appended_end
             && (s.rolled || self.flush_target > pos(s.id, s.durable_end));
         let wants_seal = s.rolled && s.durable_end == s.appended_end;
-        // Whole buffers behind the one being filled can be written without waiting.
+        // Whole buffers behind the one being filled can be written without waiting;
+        // never past what was appended (an append taken back, by a panicking
+        // `append_with`, may leave buffers reserved past the append end).
         let behind = if s.bufs.len() > 1 {
-            s.bufs.back().map(|b| b.0).unwrap_or(0)
+            let last = s.bufs.back().map(|b| b.0).unwrap_or(0);
+            last.min(block_floor(s.appended_end))
         } else {
             0
         };

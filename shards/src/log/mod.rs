@@ -6,7 +6,7 @@
 //! here: buffer hand-off, watermark / interval / explicit flush, back-pressure, segment
 //! roll and seal, segment preparation.
 //!
-//! Ordering rules this module enforces (see README, "Durability contract"):
+//! Ordering rules this module enforces (see docs/guarantees.md, "Durability contract"):
 //! - A segment's header is written and synced before any of its frames is written, so a
 //!   file with a blank header never holds frames.
 //! - A segment's frames are synced, then its footer is written and synced (sealed),
@@ -382,6 +382,8 @@ impl LogCore {
         let ts = self.next_timestamp();
         let rid = match self.put_frame(len, 0, ts, Payload::Fill(fill)) {
             Ok(rid) => rid,
+            // Nothing was appended. (A segment opened for it stays open, empty, and
+            // takes the next record: ids stay dense.)
             Err(p) => return Ok(Err(p)),
         };
         wake |= self.appended(frame);

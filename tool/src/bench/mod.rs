@@ -95,7 +95,7 @@ impl Ctx {
         }
     }
     /// Ours and the baseline alternate in this many slices, order swapped each round,
-    /// so the disk's stalls (this machine's reach ~0.7 s; see README) hit both alike.
+    /// so the disk's stalls (this machine's reach ~0.7 s; see docs/benchmarks.md) hit both alike.
     fn rounds(&self) -> usize {
         if self.quick {
             2
