@@ -45,14 +45,18 @@ enum Command {
         /// Run on tmpfs anyway (where fdatasync is a no-op).
         #[arg(long)]
         allow_tmpfs: bool,
-        /// Run only these workloads (comma-separated: W1,W1Z,W2,W3,W4,W5,R1,R2,R3,S1,Z1,C1,P1;
-        /// R1 and R3 run together, W1 includes W1Z).
+        /// Run only these workloads (comma-separated: W1,W1B,W1Z,W2,W2P,W3,W4,W5,R1,R2,R3,S1,Z1,C1,T1,P1;
+        /// R1 and R3 run together, W1 includes W1B and W1Z, W2 includes W2P).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// I/O backend: auto (io_uring, else the portable one), uring (strict) or sync.
         /// Default: auto, or the AOF2_BACKEND environment variable.
         #[arg(long, value_parser = parse_backend)]
         backend: Option<IoBackend>,
+        /// Write SVG plots into this directory (created if missing): latency percentile
+        /// curves (W2, P1) and the throughput rows' ratios to their baselines.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Print a log's records in order: ID, timestamp (ns), length, payload (escaped).
     Dump {
@@ -73,11 +77,17 @@ enum Command {
     Verify {
         /// The log directory.
         dir: PathBuf,
+        /// Print one JSON object (segments and the outcome) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a log's segments (state, sizes, records) and totals.
     Stat {
         /// The log directory.
         dir: PathBuf,
+        /// Print one JSON object (segments and totals) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the last records of a log; with -f, keep printing new ones as a writer in
     /// another process appends them (read-only: the writer's lock is not taken).
@@ -125,7 +135,9 @@ fn main() -> ExitCode {
             allow_tmpfs,
             only,
             backend,
+            plot,
         } => bench::run(&BenchOptions {
+            plot,
             dir,
             quick,
             json,
@@ -142,8 +154,10 @@ fn main() -> ExitCode {
         } => tools::dump(&dir, from, limit, hex)
             .map(|_| ())
             .map_err(Into::into),
-        Command::Verify { dir } => tools::verify(&dir).map(|_| ()).map_err(Into::into),
-        Command::Stat { dir } => tools::stat(&dir).map(|_| ()).map_err(Into::into),
+        Command::Verify { dir, json: false } => tools::verify(&dir).map(|_| ()).map_err(Into::into),
+        Command::Verify { dir, json: true } => tools::verify_json(&dir).map_err(Into::into),
+        Command::Stat { dir, json: false } => tools::stat(&dir).map(|_| ()).map_err(Into::into),
+        Command::Stat { dir, json: true } => tools::stat_json(&dir).map_err(Into::into),
         Command::Tail {
             dir,
             follow,

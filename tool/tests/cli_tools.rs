@@ -467,3 +467,49 @@ fn tail_follow(
     });
     (child, rx)
 }
+
+/// `stat --json` and `verify --json`: one JSON object each, with the same figures as
+/// the text; a damaged log is `"ok": false` with the error, and exit status 1.
+#[test]
+fn stat_and_verify_print_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let rids = write_log(dir.path(), 300);
+    let root = dir.path().to_str().unwrap();
+    let out = aof2(&["stat", "--json", root]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stat prints JSON");
+    assert_eq!(v["records"], 300);
+    let segs = v["segments"].as_array().unwrap();
+    assert!(segs.len() >= 2);
+    assert_eq!(
+        segs.iter()
+            .map(|s| s["records"].as_u64().unwrap())
+            .sum::<u64>(),
+        300
+    );
+    let out = aof2(&["verify", "--json", root]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify prints JSON");
+    assert_eq!(
+        (v["ok"].as_bool(), v["records"].as_u64()),
+        (Some(true), Some(300))
+    );
+    // Damage a synced frame of a sealed segment.
+    let victim = rids[10];
+    let seg = dir
+        .path()
+        .join("segments")
+        .join(format!("{:020}.seg", victim.segment_index()));
+    flip(&seg, victim.segment_offset() as u64 + 40);
+    let out = aof2(&["verify", "--json", root]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on failure too");
+    assert_eq!(v["ok"].as_bool(), Some(false));
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(&seg.display().to_string()),
+        "{v}"
+    );
+}

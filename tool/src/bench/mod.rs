@@ -8,6 +8,7 @@ mod baseline;
 mod paths;
 #[cfg(feature = "peers")]
 mod peers;
+mod plots;
 mod r2;
 mod reads;
 mod report;
@@ -51,6 +52,8 @@ pub struct BenchOptions {
     pub only: Vec<String>,
     /// The I/O backend of the shards.
     pub backend: IoBackend,
+    /// Write SVG plots here.
+    pub plot: Option<PathBuf>,
 }
 
 pub(crate) struct Ctx {
@@ -234,11 +237,32 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
             "workload", "metric", "aof2", "baseline", "ratio"
         );
     }
+    // A progress line on stderr, only where someone watches it (a terminal, not --json).
+    let progress = !opts.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let total = workloads
+        .iter()
+        .filter(|(names, _)| names.iter().any(|n| wanted(n)))
+        .count();
+    let started = std::time::Instant::now();
+    let mut done = 0;
     for (names, f) in workloads {
         if !names.iter().any(|n| wanted(n)) {
             continue;
         }
-        for r in f(&ctx)? {
+        if progress {
+            eprint!(
+                "\r\x1b[K[{}/{total}] {} ... ({:.0} s so far)",
+                done + 1,
+                names.last().expect("a name"),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        done += 1;
+        let rows_of_workload = f(&ctx)?;
+        if progress {
+            eprint!("\r\x1b[K");
+        }
+        for r in rows_of_workload {
             if !opts.json {
                 let (base, ratio) = if r.baseline.is_nan() {
                     ("-".to_string(), "-".to_string())
@@ -283,5 +307,10 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         println!("\nratio = aof2 / baseline: above 1 is better for throughput, below 1 is better for latency.");
     }
     drop(ctx);
+    if let Some(dir) = &opts.plot {
+        for p in plots::write(dir, &rows)? {
+            eprintln!("plot: {}", p.display());
+        }
+    }
     Ok(rows)
 }

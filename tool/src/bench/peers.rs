@@ -113,6 +113,9 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         rotate(ctx.rounds(), &mut [&mut run_ours, &mut run_theirs])?;
     }
     let w1 = "P1 one writer, 4 KiB append + sync";
+    let t = "P1: one writer, 4 KiB append + durable wait, against okaywal 0.3";
+    super::plots::record_curve("latency_p1", t, "aof2", &ours);
+    super::plots::record_curve("latency_p1", t, "okaywal 0.3", &theirs);
     let desc = "okaywal 0.3: 4 KiB entry + commit";
     let mut rows = vec![
         latency_row(w1, "p50", 0.5, (&ours, &theirs), desc),

@@ -45,6 +45,11 @@ fn w2_on(ctx: &Ctx, pinned: Option<usize>) -> BenchResult<Vec<Row>> {
     // busy log's steady state.
     warm_up(&aof, &f, 1000)?;
     let (ours, base) = slices(&aof, &f, rounds, per_round, 0)?;
+    if pinned.is_none() {
+        let t = "W2: one writer, 4 KiB append + flush_until (after 4 MiB)";
+        super::plots::record_curve("latency_w2", t, "aof2", &ours);
+        super::plots::record_curve("latency_w2", t, "pwrite 4 KiB + fdatasync", &base);
+    }
     let workload = if pinned.is_some() {
         "W2 same, writer pinned to the shard's CPU"
     } else {
