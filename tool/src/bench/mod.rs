@@ -8,6 +8,8 @@ mod baseline;
 mod paths;
 #[cfg(feature = "peers")]
 mod peers;
+#[cfg(feature = "peers")]
+mod peers_more;
 mod plots;
 mod r2;
 mod reads;

@@ -1,14 +1,15 @@
-//! P1: this engine against the peer a user would pick, okaywal 0.3 (a leader/follower
-//! write-ahead log whose first waiting thread writes and syncs itself), each through
-//! its own durable call, on the same directory, alternating in slices: one writer
-//! (append + sync latency), two writers and 64 writers (durable records/s).
+//! P1: this engine against the durable peers that build here, okaywal 0.3 (a
+//! leader/follower write-ahead log whose first waiting thread writes and syncs itself),
+//! walrus-rust 0.2 and writeahead 0.4, each through its own durable call, on the same
+//! directory, all alternating in slices: one writer (append + sync latency), two
+//! writers and 64 writers (durable records/s); and commitlog 0.2 in a buffered row
+//! (it does not sync), marked so.
 //!
-//! okaywal is compiled only with `--features peers` (the README's benchmark command),
-//! so the library embedders get never depends on it.
+//! The peers are compiled only with `--features peers` (the README's benchmark
+//! command), into the tool: the library never depends on them.
 
 use super::report::*;
 use super::{rotate, BenchResult, Ctx};
-use bop_rs::aof2::Aof;
 use hdrhistogram::Histogram;
 use okaywal::{Entry, EntryId, LogManager, SegmentReader, WriteAheadLog};
 use std::path::Path;
@@ -81,88 +82,160 @@ fn threads_for(
     Ok(n)
 }
 
-/// P1: aof2 against okaywal, one, two and 64 writers.
+/// A peer engine durably appending 4 KiB records on this run's directory.
+struct Peer {
+    /// What the rows call it.
+    name: &'static str,
+    /// The one-writer latency rows' workload name, and their baselines' description.
+    one_writer: &'static str,
+    desc: &'static str,
+    /// One durable append (returns once the peer says it is durable).
+    one: One,
+}
+
+type One = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The durable peers that build here (`--features peers`), opened in `root`.
+fn peers(root: &Path, payload: &Arc<Vec<u8>>) -> BenchResult<Vec<Peer>> {
+    let mut out = Vec::new();
+    let wal = Arc::new(Okaywal::open(&root.join("okaywal"))?);
+    let p = payload.clone();
+    out.push(Peer {
+        name: "okaywal 0.3",
+        one_writer: "P1 one writer, 4 KiB append + sync",
+        desc: "okaywal 0.3: 4 KiB entry + commit",
+        one: Arc::new(move || wal.append_sync(&p).map_err(|e| e.to_string())),
+    });
+    let walrus = Arc::new(super::peers_more::Walrus::open(&root.join("walrus"))?);
+    let p = payload.clone();
+    out.push(Peer {
+        name: "walrus-rust 0.2",
+        one_writer: "P1 one writer vs walrus-rust 0.2",
+        desc: "walrus-rust 0.2: append_for_topic, FsyncSchedule::SyncEach (O_SYNC)",
+        one: Arc::new(move || walrus.append_sync(&p)),
+    });
+    let wa = Arc::new(super::peers_more::WriteAheadLog::open(
+        &root.join("writeahead"),
+    )?);
+    let p = payload.clone();
+    out.push(Peer {
+        name: "writeahead 0.4",
+        one_writer: "P1 one writer vs writeahead 0.4",
+        desc: "writeahead 0.4: WriteHandle::write (durable when it resolves)",
+        one: Arc::new(move || wa.append_sync(&p)),
+    });
+    Ok(out)
+}
+
+/// P1: aof2 against every durable peer, one, two and 64 writers, all of them
+/// interleaved in each round; and the buffered peer in a buffered row.
 pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let aof = Arc::new(ctx.open()?);
-    let wal = Arc::new(Okaywal::open(&ctx.root.join("okaywal"))?);
     let payload = Arc::new(vec![0x6bu8; 4096]);
-    // Warm both up (segment files, caches).
-    for _ in 0..100 {
-        let r = aof.append_record(&payload)?;
-        aof.flush_until(r)?;
-        wal.append_sync(&payload)?;
+    let peers = peers(&ctx.root, &payload)?;
+    let ours: One = {
+        let (aof, payload) = (aof.clone(), payload.clone());
+        Arc::new(move || {
+            let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
+            aof.flush_until(r).map_err(|e| e.to_string())
+        })
+    };
+    let all: Vec<One> = std::iter::once(ours)
+        .chain(peers.iter().map(|p| p.one.clone()))
+        .collect();
+    // Warm every one up (segment files, caches).
+    for one in &all {
+        for _ in 0..100 {
+            one()?;
+        }
     }
     let per_round = if ctx.quick { 300 } else { 2000 };
-    let (mut ours, mut theirs) = (hist(), hist());
+    let mut hists: Vec<Histogram<u64>> = all.iter().map(|_| hist()).collect();
     {
-        let sample = |h: &mut Histogram<u64>, f: &dyn Fn() -> BenchResult<()>| {
-            for _ in 0..per_round {
-                let t = Instant::now();
-                f()?;
-                h.record(t.elapsed().as_nanos() as u64)?;
-            }
-            BenchResult::Ok(())
-        };
-        let a = |aof: &Aof| -> BenchResult<()> {
-            let r = aof.append_record(&payload)?;
-            aof.flush_until(r)?;
-            Ok(())
-        };
-        let mut run_ours = || sample(&mut ours, &|| a(&aof));
-        let mut run_theirs = || sample(&mut theirs, &|| wal.append_sync(&payload));
-        rotate(ctx.rounds(), &mut [&mut run_ours, &mut run_theirs])?;
-    }
-    let w1 = "P1 one writer, 4 KiB append + sync";
-    let t = "P1: one writer, 4 KiB append + durable wait, against okaywal 0.3";
-    super::plots::record_curve("latency_p1", t, "aof2", &ours);
-    super::plots::record_curve("latency_p1", t, "okaywal 0.3", &theirs);
-    let desc = "okaywal 0.3: 4 KiB entry + commit";
-    let mut rows = vec![
-        latency_row(w1, "p50", 0.5, (&ours, &theirs), desc),
-        latency_row(w1, "p99", 0.99, (&ours, &theirs), desc),
-        latency_row(w1, "p99.9", 0.999, (&ours, &theirs), desc),
-    ];
-    let slice = ctx.duration() / ctx.rounds() as u32;
-    for (threads, name) in [
-        (2, "P1 two writers, 4 KiB append + sync each"),
-        (64, "P1 64 writers, 4 KiB append + sync each"),
-    ] {
-        let (mut n_ours, mut n_theirs) = (0u64, 0u64);
-        let (mut t_ours, mut t_theirs) = (Duration::ZERO, Duration::ZERO);
-        let ours_one: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = {
-            let (aof, payload) = (aof.clone(), payload.clone());
-            Arc::new(move || {
-                let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
-                aof.flush_until(r).map_err(|e| e.to_string())
+        let mut runs: Vec<Box<dyn FnMut() -> BenchResult<()> + '_>> = all
+            .iter()
+            .zip(hists.iter_mut())
+            .map(|(one, h)| {
+                Box::new(move || {
+                    for _ in 0..per_round {
+                        let t = Instant::now();
+                        one()?;
+                        h.record(t.elapsed().as_nanos() as u64)?;
+                    }
+                    Ok(())
+                }) as Box<dyn FnMut() -> BenchResult<()>>
             })
-        };
-        let theirs_one: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = {
-            let (wal, payload) = (wal.clone(), payload.clone());
-            Arc::new(move || wal.append_sync(&payload).map_err(|e| e.to_string()))
-        };
-        let mut run_ours = || {
-            let t = Instant::now();
-            n_ours += threads_for(threads, slice, ours_one.clone())?;
-            t_ours += t.elapsed();
-            Ok(())
-        };
-        let mut run_theirs = || {
-            let t = Instant::now();
-            n_theirs += threads_for(threads, slice, theirs_one.clone())?;
-            t_theirs += t.elapsed();
-            Ok(())
-        };
-        rotate(ctx.rounds(), &mut [&mut run_ours, &mut run_theirs])?;
-        rows.push(Row {
-            workload: name,
-            metric: "durable records/s",
-            unit: "rec/s",
-            ours: n_ours as f64 / t_ours.as_secs_f64(),
-            baseline: n_theirs as f64 / t_theirs.as_secs_f64(),
-            higher_is_better: true,
-            baseline_desc: "okaywal 0.3, the same threads: entry + commit each",
-            median_ratio: None,
-        });
+            .collect();
+        let mut refs: Vec<&mut dyn FnMut() -> BenchResult<()>> =
+            runs.iter_mut().map(|r| r.as_mut() as _).collect();
+        rotate(ctx.rounds(), &mut refs)?;
     }
+    let t = "P1: one writer, 4 KiB append + durable wait, against the peers";
+    super::plots::record_curve("latency_p1", t, "aof2", &hists[0]);
+    let mut rows = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        super::plots::record_curve("latency_p1", t, p.name, &hists[i + 1]);
+        for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+            rows.push(latency_row(
+                p.one_writer,
+                metric,
+                q,
+                (&hists[0], &hists[i + 1]),
+                p.desc,
+            ));
+        }
+    }
+    let slice = ctx.duration() / ctx.rounds() as u32;
+    for (threads, names) in [
+        (
+            2,
+            [
+                "P1 two writers, 4 KiB append + sync each",
+                "P1 two writers vs walrus-rust 0.2",
+                "P1 two writers vs writeahead 0.4",
+            ],
+        ),
+        (
+            64,
+            [
+                "P1 64 writers, 4 KiB append + sync each",
+                "P1 64 writers vs walrus-rust 0.2",
+                "P1 64 writers vs writeahead 0.4",
+            ],
+        ),
+    ] {
+        let mut done = vec![(0u64, Duration::ZERO); all.len()];
+        {
+            let mut runs: Vec<Box<dyn FnMut() -> BenchResult<()> + '_>> = all
+                .iter()
+                .zip(done.iter_mut())
+                .map(|(one, d)| {
+                    Box::new(move || {
+                        let t = Instant::now();
+                        d.0 += threads_for(threads, slice, one.clone())?;
+                        d.1 += t.elapsed();
+                        Ok(())
+                    }) as Box<dyn FnMut() -> BenchResult<()>>
+                })
+                .collect();
+            let mut refs: Vec<&mut dyn FnMut() -> BenchResult<()>> =
+                runs.iter_mut().map(|r| r.as_mut() as _).collect();
+            rotate(ctx.rounds(), &mut refs)?;
+        }
+        let rate = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
+        for (i, p) in peers.iter().enumerate() {
+            rows.push(Row {
+                workload: names[i],
+                metric: "durable records/s",
+                unit: "rec/s",
+                ours: rate(done[0]),
+                baseline: rate(done[i + 1]),
+                higher_is_better: true,
+                baseline_desc: p.desc,
+                median_ratio: None,
+            });
+        }
+    }
+    rows.extend(super::peers_more::buffered_row(ctx)?);
     Ok(rows)
 }

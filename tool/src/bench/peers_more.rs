@@ -1,0 +1,112 @@
+//! P1's other peers (`--features peers`): walrus-rust 0.2 and writeahead 0.4 through
+//! their durable calls, and commitlog 0.2, which does not sync, in a buffered row.
+
+use super::report::*;
+use super::{alternate, BenchResult, Ctx};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// walrus-rust with `FsyncSchedule::SyncEach`: its files are opened `O_SYNC`, so an
+/// append is durable when it returns.
+pub struct Walrus(walrus_rust::Walrus);
+
+impl Walrus {
+    /// Opens a walrus instance whose files live under `dir`.
+    pub fn open(dir: &Path) -> BenchResult<Walrus> {
+        std::fs::create_dir_all(dir)?;
+        // walrus reads its data directory from the environment (once, at creation);
+        // P1 sets it before any of its threads run.
+        std::env::set_var("WALRUS_DATA_DIR", dir);
+        let w = walrus_rust::Walrus::with_consistency_and_schedule_for_key(
+            "p1",
+            walrus_rust::ReadConsistency::StrictlyAtOnce,
+            walrus_rust::FsyncSchedule::SyncEach,
+        )?;
+        Ok(Walrus(w))
+    }
+
+    /// One durable append.
+    pub fn append_sync(&self, payload: &[u8]) -> Result<(), String> {
+        self.0
+            .append_for_topic("p1", payload)
+            .map_err(|e| format!("walrus: {e}"))
+    }
+}
+
+/// writeahead: a writer thread that group-commits; `write` resolves once the record
+/// is `fdatasync`ed.
+pub struct WriteAheadLog {
+    _wal: writeahead::WriteAhead<writeahead::SimpleFile>,
+    handle: writeahead::WriteHandle,
+}
+
+impl WriteAheadLog {
+    /// Opens (creates) a writeahead log in `dir`.
+    pub fn open(dir: &Path) -> BenchResult<WriteAheadLog> {
+        let mut wal = writeahead::WriteAhead::<writeahead::SimpleFile>::with_options(
+            writeahead::WriteAheadOptions {
+                log_dir: dir.to_path_buf(),
+                ..Default::default()
+            },
+        );
+        wal.start().map_err(|e| format!("writeahead: {e}"))?;
+        let handle = wal.writer().map_err(|e| format!("writeahead: {e}"))?;
+        Ok(WriteAheadLog { _wal: wal, handle })
+    }
+
+    /// One durable append (waits for the future on this thread).
+    pub fn append_sync(&self, payload: &[u8]) -> Result<(), String> {
+        futures_lite::future::block_on(self.handle.write(payload.to_vec()))
+            .map(|_| ())
+            .map_err(|e| format!("writeahead: {e}"))
+    }
+}
+
+/// Buffered appends, 100 B from one thread, no sync: aof2 (its W1 shape) against
+/// commitlog 0.2 (`append_msg`; it has no durable append), alternating in slices.
+pub fn buffered_row(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    let aof = ctx.open()?;
+    let mut log =
+        commitlog::CommitLog::new(commitlog::LogOptions::new(ctx.root.join("commitlog")))?;
+    let payload = [0x5au8; 100];
+    let slice = ctx.duration() / ctx.rounds() as u32;
+    let (mut n_ours, mut t_ours, mut n_theirs, mut t_theirs) =
+        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    alternate(
+        ctx.rounds(),
+        || {
+            let start = Instant::now();
+            while start.elapsed() < slice {
+                for _ in 0..1024 {
+                    aof.append_record(&payload)?;
+                }
+                n_ours += 1024;
+            }
+            t_ours += start.elapsed();
+            Ok(())
+        },
+        || {
+            let start = Instant::now();
+            while start.elapsed() < slice {
+                for _ in 0..1024 {
+                    log.append_msg(payload)
+                        .map_err(|e| format!("commitlog: {e:?}"))?;
+                }
+                n_theirs += 1024;
+            }
+            t_theirs += start.elapsed();
+            Ok(())
+        },
+    )?;
+    aof.flush()?;
+    Ok(vec![Row {
+        workload: "P1 buffered appends, 100 B, 1 thread",
+        metric: "records/s (not durable)",
+        unit: "rec/s",
+        ours: n_ours as f64 / t_ours.as_secs_f64(),
+        baseline: n_theirs as f64 / t_theirs.as_secs_f64(),
+        higher_is_better: true,
+        baseline_desc: "commitlog 0.2: append_msg (NOT durable: it never syncs)",
+        median_ratio: None,
+    }])
+}
