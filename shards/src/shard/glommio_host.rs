@@ -340,7 +340,7 @@ impl ShardHost {
         };
         let started = prepared.is_ok();
         match prepared {
-            Ok((lp, _)) => super::run_glommio(lp, ctl.clone(), efd).await,
+            Ok((lp, _)) => super::run_glommio(lp, ctl.clone(), efd, None).await,
             Err(cause) => fail_unstarted(&ctl, self.clock.clone(), cause),
         }
         if started {

@@ -581,8 +581,7 @@ fn start_glommio(
             return;
         }
     };
-    let _ = tx.send(Ok(running));
-    ex.run(run_glommio(lp, c, efd));
+    ex.run(run_glommio(lp, c, efd, Some((tx, running))));
 }
 
 /// The loop of a glommio shard, on the engine's own ring set up on this thread.
@@ -619,9 +618,19 @@ fn glommio_loop(
 /// The glommio loop: turns while there is work, yielding to glommio's other tasks;
 /// asleep in glommio's reactor (`glommio_host::Sleeper`) when there is none.
 #[cfg(feature = "glommio")]
-pub(crate) async fn run_glommio(mut lp: ShardLoop, ctl: Arc<ShardCtl>, efd: std::os::fd::RawFd) {
+pub(crate) async fn run_glommio(
+    mut lp: ShardLoop,
+    ctl: Arc<ShardCtl>,
+    efd: std::os::fd::RawFd,
+    started: Option<(Sender<std::io::Result<Running>>, Running)>,
+) {
     let host = glommio_host::GlommioHost(&ctl);
     let mut sleeper = glommio_host::Sleeper::new(efd);
+    // Started once the sleeper holds its descriptor: a manager's descriptors are all
+    // open when `with_config` returns, not some of them a moment later.
+    if let Some((tx, running)) = started {
+        let _ = tx.send(Ok(running));
+    }
     let cause = loop {
         match std::panic::catch_unwind(AssertUnwindSafe(|| lp.turn(&host))) {
             Ok(Ok(t)) if t.shut_down => return,

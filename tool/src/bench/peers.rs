@@ -140,9 +140,21 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             aof.flush_until(r).map_err(|e| e.to_string())
         })
     };
+    // The same writer on a log of a manager that polls for completions (300 us).
+    let polling = ctx.polling_manager(super::w2_poll::POLL_US)?;
+    let polled: One = {
+        let aof = Arc::new(ctx.open_on(&polling, |_| {})?);
+        let payload = payload.clone();
+        Arc::new(move || {
+            let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
+            aof.flush_until(r).map_err(|e| e.to_string())
+        })
+    };
     let all: Vec<One> = std::iter::once(ours)
         .chain(peers.iter().map(|p| p.one.clone()))
+        .chain(std::iter::once(polled))
         .collect();
+    let polled_at = all.len() - 1;
     // Warm every one up (segment files, caches).
     for one in &all {
         for _ in 0..100 {
@@ -185,7 +197,19 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             ));
         }
     }
+    super::plots::record_curve("latency_p1", t, "aof2, polling 300 us", &hists[polled_at]);
+    for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        rows.push(latency_row(
+            "P1 one writer, polling on (300 us) vs okaywal 0.3",
+            metric,
+            q,
+            (&hists[polled_at], &hists[1]),
+            "okaywal 0.3: 4 KiB entry + commit",
+        ));
+    }
     let slice = ctx.duration() / ctx.rounds() as u32;
+    // The polling log takes no part in the many-writer rows.
+    let all = &all[..polled_at];
     for (threads, names) in [
         (
             2,
