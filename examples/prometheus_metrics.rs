@@ -6,6 +6,9 @@
 //! `cargo run -p bop-rs --example prometheus_metrics [DIR]` (a temporary directory
 //! without DIR).
 
+mod common;
+use common::example_dir;
+
 use bop_rs::aof2::config::AofConfig;
 use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
 
@@ -41,19 +44,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         aof.close()?;
     }
     Ok(())
-}
-
-/// The directory given as the first argument (created if missing), or a temporary one
-/// (removed when the returned guard drops).
-fn example_dir() -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
-    match std::env::args_os().nth(1) {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            Ok((d.into(), None))
-        }
-        None => {
-            let t = tempfile::tempdir()?;
-            Ok((t.path().to_path_buf(), Some(t)))
-        }
-    }
 }

@@ -2,6 +2,9 @@
 //!
 //! `cargo run -p bop-rs --example quick_start [DIR]` (a temporary directory without DIR).
 
+mod common;
+use common::example_dir;
+
 use bop_rs::aof2::config::{AofConfig, SegmentId};
 use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
 
@@ -34,19 +37,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Close reports a failed final sync, which a drop cannot.
     aof.close()?;
     Ok(())
-}
-
-/// The directory given as the first argument (created if missing), or a temporary one
-/// (removed when the returned guard drops).
-fn example_dir() -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
-    match std::env::args_os().nth(1) {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            Ok((d.into(), None))
-        }
-        None => {
-            let t = tempfile::tempdir()?;
-            Ok((t.path().to_path_buf(), Some(t)))
-        }
-    }
 }

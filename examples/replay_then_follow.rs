@@ -5,6 +5,9 @@
 //! `cargo run -p bop-rs --example replay_then_follow [DIR]` (a temporary directory
 //! without DIR). Run it twice with the same DIR: the second run replays the first's.
 
+mod common;
+use common::example_dir;
+
 use bop_rs::aof2::config::AofConfig;
 use bop_rs::aof2::reader::{SealedSegmentStream, StreamSegment};
 use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
@@ -56,19 +59,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(followed, NEW);
     aof.close()?;
     Ok(())
-}
-
-/// The directory given as the first argument (created if missing), or a temporary one
-/// (removed when the returned guard drops).
-fn example_dir() -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
-    match std::env::args_os().nth(1) {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            Ok((d.into(), None))
-        }
-        None => {
-            let t = tempfile::tempdir()?;
-            Ok((t.path().to_path_buf(), Some(t)))
-        }
-    }
 }

@@ -740,3 +740,18 @@ impl std::fmt::Debug for LogHandle {
             .finish_non_exhaustive()
     }
 }
+
+impl crate::metrics::LogMetrics for LogHandle {
+    fn root_dir(&self) -> &std::path::Path {
+        LogHandle::root_dir(self)
+    }
+    fn metrics(&self) -> FlushMetricsSnapshot {
+        LogHandle::metrics(self)
+    }
+    fn histograms(&self) -> Option<crate::log_histograms::LogHistograms> {
+        LogHandle::histograms(self)
+    }
+    fn is_closed(&self) -> bool {
+        LogHandle::is_closed(self)
+    }
+}

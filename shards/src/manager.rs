@@ -31,7 +31,7 @@ pub struct ShardSet {
     /// What runs the shards' loops.
     executor: crate::config::ShardExecutor,
     /// The logs opened on the set, for metrics (`open_logs`); dropped ones are pruned.
-    logs: Mutex<Vec<std::sync::Weak<crate::log_handle::LogHandle>>>,
+    logs: Mutex<Vec<std::sync::Weak<dyn crate::metrics::LogMetrics>>>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -186,14 +186,14 @@ impl ShardSet {
     }
 
     /// Lists `log` among the set's open logs (for [`ShardSet::open_logs`]).
-    pub fn register_log(&self, log: &Arc<crate::log_handle::LogHandle>) {
+    pub fn register_log(&self, log: Arc<dyn crate::metrics::LogMetrics>) {
         let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         logs.retain(|l| l.strong_count() > 0);
-        logs.push(Arc::downgrade(log));
+        logs.push(Arc::downgrade(&log));
     }
 
     /// The logs open on the set now, in the order they were opened.
-    pub fn open_logs(&self) -> Vec<Arc<crate::log_handle::LogHandle>> {
+    pub fn open_logs(&self) -> Vec<Arc<dyn crate::metrics::LogMetrics>> {
         let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         logs.retain(|l| l.strong_count() > 0);
         logs.iter()

@@ -114,3 +114,16 @@ pub struct ShardStats {
     /// Waits that polled for the whole `completion_poll_us`, then slept.
     pub poll_misses: u64,
 }
+
+/// What a metrics exporter reads of one open log (implemented by its handle), so the
+/// set of shards can list its logs without depending on the handle.
+pub trait LogMetrics: Send + Sync {
+    /// The log's directory.
+    fn root_dir(&self) -> &std::path::Path;
+    /// Its counters and gauges now.
+    fn metrics(&self) -> FlushMetricsSnapshot;
+    /// Its histograms (`None` before its first commit).
+    fn histograms(&self) -> Option<crate::log_histograms::LogHistograms>;
+    /// It was closed (a closed log is not exported).
+    fn is_closed(&self) -> bool;
+}

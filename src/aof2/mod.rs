@@ -215,7 +215,7 @@ impl Aof {
     /// segment file is prepared here: the first append waits for its file.
     pub fn new(handle: AofManagerHandle, cfg: AofConfig) -> AofResult<Aof> {
         let log = Arc::new(LogHandle::open(&handle.set, cfg)?);
-        handle.set.register_log(&log);
+        handle.set.register_log(log.clone());
         Ok(Aof {
             log,
             _set: handle.set,

@@ -5,9 +5,8 @@
 
 use super::metrics::FlushMetricsExporter;
 use aof2_shards::chunk_cache::ChunkCacheStats;
-use aof2_shards::log_handle::LogHandle;
 use aof2_shards::log_histograms::LogHistograms;
-use aof2_shards::metrics::ShardStats;
+use aof2_shards::metrics::{LogMetrics, ShardStats};
 use hdrhistogram::Histogram;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -122,7 +121,7 @@ fn histogram(
 
 /// The text for `logs`, the shards' `stats` and Tier 0's `tier0`.
 pub(crate) fn render(
-    logs: &[Arc<LogHandle>],
+    logs: &[Arc<dyn LogMetrics>],
     stats: &[ShardStats],
     tier0: ChunkCacheStats,
 ) -> String {

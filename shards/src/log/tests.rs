@@ -3,6 +3,7 @@
 use super::ops::{Chain, IoData, OpKind};
 use super::prepare::PREP_RETRY_NS;
 use super::*;
+use crate::error::WouldBlockKind;
 use crate::format::{HeaderState, ScanStop, SegmentFooter, SegmentHeader, BLOCK};
 use std::collections::HashMap;
 use std::io;
