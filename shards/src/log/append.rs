@@ -23,6 +23,29 @@ enum Payload<'a> {
     Fill(&'a mut dyn FnMut(&mut [u8])),
 }
 
+/// Builds a whole frame in `f` (exactly its size) in place: the header's tail, the
+/// payload (copied, or written by `fill`), the zero padding, then the checksum over
+/// all of it in one pass. Returns the checksum; `Err` (nothing but `f` touched) when
+/// `fill` panicked.
+fn build_frame(
+    f: &mut [u8],
+    seed: u32,
+    tail: &[u8; format::FRAME_HEADER_LEN - 4],
+    len: usize,
+    payload: Payload<'_>,
+) -> Result<u32, FillPanic> {
+    let h = format::FRAME_HEADER_LEN;
+    f[4..h].copy_from_slice(tail);
+    match payload {
+        Payload::Bytes(p) => f[h..h + len].copy_from_slice(p),
+        Payload::Fill(fill) => segment::run_fill(fill, &mut f[h..h + len])?,
+    }
+    f[h + len..].fill(0);
+    let crc = format::frame_crc_of(seed, &f[4..]);
+    f[..4].copy_from_slice(&crc.to_le_bytes());
+    Ok(crc)
+}
+
 impl LogCore {
     /// Appends a record. `Err(WouldBlock(Admission))` when over `max_unflushed_bytes`,
     /// `Err(WouldBlock(Rollover))` when the record needs a new segment whose file is
@@ -262,17 +285,8 @@ impl LogCore {
         );
         let h = format::FRAME_HEADER_LEN;
         let crc = if let Some(f) = s.frame_slot(off, frame as usize) {
-            // The common case: the frame lies in one buffer. Built in place and
-            // checksummed in one pass over its bytes.
-            f[4..h].copy_from_slice(&tail);
-            match payload {
-                Payload::Bytes(p) => f[h..h + len].copy_from_slice(p),
-                Payload::Fill(fill) => segment::run_fill(fill, &mut f[h..h + len])?,
-            }
-            f[h + len..].fill(0);
-            let crc = format::frame_crc_of(s.seed, &f[4..]);
-            f[..4].copy_from_slice(&crc.to_le_bytes());
-            crc
+            // The common case: the frame lies in one buffer.
+            build_frame(f, s.seed, &tail, len, payload)?
         } else {
             let at = off + h as u64;
             let crc = match payload {
@@ -316,7 +330,6 @@ impl LogCore {
         let s = self.segs.back_mut().expect("a segment to append to");
         let start = s.appended_end;
         let slot = s.frame_slot(start, total as usize)?;
-        let h = format::FRAME_HEADER_LEN;
         let (seed, synced_before) = (s.seed, s.durable_end as u32);
         let (mut at, mut prev, mut bytes) = (0usize, s.last_crc, 0u64);
         let n = records.len();
@@ -336,11 +349,8 @@ impl LogCore {
                 synced_before,
                 ts,
             );
-            f[4..h].copy_from_slice(&tail);
-            f[h..h + p.len()].copy_from_slice(p);
-            f[h + p.len()..].fill(0);
-            prev = format::frame_crc_of(seed, &f[4..]);
-            f[..4].copy_from_slice(&prev.to_le_bytes());
+            prev = build_frame(f, seed, &tail, p.len(), Payload::Bytes(p))
+                .unwrap_or_else(|_| unreachable!("copying bytes never panics"));
             at += size;
             bytes += p.len() as u64;
         }
