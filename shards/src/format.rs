@@ -607,21 +607,8 @@ mod tests {
 
     /// Builds a segment image with the given payloads; returns it and the frame offsets.
     fn image(payloads: &[Vec<u8>]) -> (Vec<u8>, u32, Vec<usize>) {
-        let h = header();
-        let (hb, seed) = h.encode();
-        let mut img = vec![0u8; h.file_size as usize];
-        img[..HEADER_LEN].copy_from_slice(&hb);
-        let mut off = HEADER_LEN;
-        let mut prev = seed;
-        let mut offs = vec![];
-        for p in payloads {
-            let (f, crc) = encode_frame(seed, prev, FrameKind::Record, off as u32, 42, p);
-            img[off..off + f.len()].copy_from_slice(&f);
-            offs.push(off);
-            off += f.len();
-            prev = crc;
-        }
-        (img, seed, offs)
+        let frames: Vec<(Vec<u8>, u8)> = payloads.iter().map(|p| (p.clone(), 0)).collect();
+        flagged_image(&frames)
     }
 
     #[test]
@@ -755,7 +742,8 @@ mod tests {
         assert_eq!(r.data_end as usize, offs[9] + frame_size(63));
     }
 
-    /// An image of frames with the given (payload, flags).
+    /// An image of frames with the given (payload, flags), each appended when
+    /// everything before it was durable.
     fn flagged_image(frames: &[(Vec<u8>, u8)]) -> (Vec<u8>, u32, Vec<usize>) {
         let h = header();
         let (hb, seed) = h.encode();
@@ -764,7 +752,7 @@ mod tests {
         let (mut off, mut prev, mut offs) = (HEADER_LEN, seed, vec![]);
         for (p, flags) in frames {
             let (f, crc) =
-                encode_frame_with_flags(seed, prev, FrameKind::Record, *flags, 64, 42, p);
+                encode_frame_with_flags(seed, prev, FrameKind::Record, *flags, off as u32, 42, p);
             img[off..off + f.len()].copy_from_slice(&f);
             offs.push(off);
             off += f.len();

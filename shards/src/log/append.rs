@@ -305,22 +305,38 @@ impl LogCore {
             s.copy_in(end - pad as u64, &[0u8; format::FRAME_ALIGN][..pad]);
             crc
         };
+        Ok(self.frames_put(1, off, end, crc, ts, len as u64))
+    }
+
+    /// Records that `n` records (`bytes` of payload) now lie in the active segment up to
+    /// `end`, the last at `last` with checksum `crc`, appended at `ts`; returns the last
+    /// one's id.
+    fn frames_put(
+        &mut self,
+        n: u64,
+        last: u64,
+        end: u64,
+        crc: u32,
+        ts: u64,
+        bytes: u64,
+    ) -> RecordId {
+        let s = self.segs.back_mut().expect("a segment to append to");
         s.last_crc = crc;
         s.appended_end = end;
-        s.record_count += 1;
-        s.last_record_offset = off as u32;
+        s.record_count += n;
+        s.last_record_offset = last as u32;
         s.newest_ts = ts;
         if self.rel.timed {
             s.newest_mono = self.clock.monotonic_ns();
         }
         let rid = RecordId::from_parts(
             u32::try_from(s.id).expect("segment ids fit 32 bits (checked before a segment opens)"),
-            u32::try_from(off).expect("segments are smaller than 4 GiB"),
+            u32::try_from(last).expect("segments are smaller than 4 GiB"),
         );
-        self.records_total += 1;
-        self.metrics.records_appended += 1;
-        self.metrics.bytes_appended += len as u64;
-        Ok(rid)
+        self.records_total += n;
+        self.metrics.records_appended += n;
+        self.metrics.bytes_appended += bytes;
+        rid
     }
 
     /// [`LogCore::put_frame`] for a whole batch whose `total` frame bytes lie in one
@@ -356,22 +372,7 @@ impl LogCore {
         }
         assert_eq!(at as u64, total, "a batch's frames fill what was reserved");
         let last = start + total - format::frame_size(records[n - 1].len()) as u64;
-        s.last_crc = prev;
-        s.appended_end = start + total;
-        s.record_count += n as u64;
-        s.last_record_offset = last as u32;
-        s.newest_ts = ts;
-        if self.rel.timed {
-            s.newest_mono = self.clock.monotonic_ns();
-        }
-        let rid = RecordId::from_parts(
-            u32::try_from(s.id).expect("segment ids fit 32 bits (checked before a segment opens)"),
-            u32::try_from(last).expect("segments are smaller than 4 GiB"),
-        );
-        self.records_total += n as u64;
-        self.metrics.records_appended += n as u64;
-        self.metrics.bytes_appended += bytes;
-        Some(rid)
+        Some(self.frames_put(n as u64, last, start + total, prev, ts, bytes))
     }
 
     /// Accounts for `frames` bytes just appended: watermark and interval flushes.

@@ -130,10 +130,18 @@ pub(crate) fn rotate(
     rounds: usize,
     contenders: &mut [&mut dyn FnMut() -> BenchResult<()>],
 ) -> BenchResult<()> {
-    let n = contenders.len();
+    rotate_indexed(rounds, contenders.len(), |i| (contenders[i])())
+}
+
+/// [`rotate`] over `n` contenders named by index: `run(i)` runs contender `i`'s slice.
+pub(crate) fn rotate_indexed(
+    rounds: usize,
+    n: usize,
+    mut run: impl FnMut(usize) -> BenchResult<()>,
+) -> BenchResult<()> {
     for r in 0..rounds {
         for k in 0..n {
-            (contenders[(r + k) % n])()?;
+            run((r + k) % n)?;
         }
     }
     Ok(())

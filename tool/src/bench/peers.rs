@@ -9,7 +9,7 @@
 //! command), into the tool: the library never depends on them.
 
 use super::report::*;
-use super::{rotate, BenchResult, Ctx};
+use super::{rotate_indexed, BenchResult, Ctx};
 use hdrhistogram::Histogram;
 use okaywal::{Entry, EntryId, LogManager, SegmentReader, WriteAheadLog};
 use std::path::Path;
@@ -163,25 +163,14 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     }
     let per_round = if ctx.quick { 300 } else { 2000 };
     let mut hists: Vec<Histogram<u64>> = all.iter().map(|_| hist()).collect();
-    {
-        let mut runs: Vec<Box<dyn FnMut() -> BenchResult<()> + '_>> = all
-            .iter()
-            .zip(hists.iter_mut())
-            .map(|(one, h)| {
-                Box::new(move || {
-                    for _ in 0..per_round {
-                        let t = Instant::now();
-                        one()?;
-                        h.record(t.elapsed().as_nanos() as u64)?;
-                    }
-                    Ok(())
-                }) as Box<dyn FnMut() -> BenchResult<()>>
-            })
-            .collect();
-        let mut refs: Vec<&mut dyn FnMut() -> BenchResult<()>> =
-            runs.iter_mut().map(|r| r.as_mut() as _).collect();
-        rotate(ctx.rounds(), &mut refs)?;
-    }
+    rotate_indexed(ctx.rounds(), all.len(), |i| {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            all[i]()?;
+            hists[i].record(t.elapsed().as_nanos() as u64)?;
+        }
+        Ok(())
+    })?;
     let t = "P1: one writer, 4 KiB append + durable wait, against the peers";
     super::plots::record_curve("latency_p1", t, "aof2", &hists[0]);
     let mut rows = Vec::new();
@@ -229,23 +218,12 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         ),
     ] {
         let mut done = vec![(0u64, Duration::ZERO); all.len()];
-        {
-            let mut runs: Vec<Box<dyn FnMut() -> BenchResult<()> + '_>> = all
-                .iter()
-                .zip(done.iter_mut())
-                .map(|(one, d)| {
-                    Box::new(move || {
-                        let t = Instant::now();
-                        d.0 += threads_for(threads, slice, one.clone())?;
-                        d.1 += t.elapsed();
-                        Ok(())
-                    }) as Box<dyn FnMut() -> BenchResult<()>>
-                })
-                .collect();
-            let mut refs: Vec<&mut dyn FnMut() -> BenchResult<()>> =
-                runs.iter_mut().map(|r| r.as_mut() as _).collect();
-            rotate(ctx.rounds(), &mut refs)?;
-        }
+        rotate_indexed(ctx.rounds(), all.len(), |i| {
+            let t = Instant::now();
+            done[i].0 += threads_for(threads, slice, all[i].clone())?;
+            done[i].1 += t.elapsed();
+            Ok(())
+        })?;
         let rate = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
         for (i, p) in peers.iter().enumerate() {
             rows.push(Row {
