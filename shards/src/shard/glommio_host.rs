@@ -202,9 +202,6 @@ pub(super) struct Sleeper {
     fallback: bool,
 }
 
-/// The longest a glommio shard sleeps without looking for work (see `Sleeper::sleep`).
-const SAFETY_NET: Duration = Duration::from_millis(50);
-
 impl Sleeper {
     pub(super) fn new(efd: RawFd) -> Sleeper {
         Sleeper {
@@ -239,21 +236,14 @@ impl Sleeper {
             }
         }
         let pending = self.pending.as_mut().expect("set above");
-        let woken = std::future::poll_fn(|cx: &mut Context<'_>| {
+        let fired = std::future::poll_fn(|cx: &mut Context<'_>| {
             if LOOP_WOKEN.with(|f| f.replace(false)) {
                 return Poll::Ready(Ok(false));
             }
             LOOP_WAKER.with(|w| *w.borrow_mut() = Some(cx.waker().clone()));
             pending.as_mut().poll(cx).map(|r| r.map(|_| true))
-        });
-        // A safety net, not the wake-up path: a wake-up lost between the engine's
-        // eventfd and glommio's reactor (a soak run once hung here with seals waiting)
-        // costs at most this long instead of a hang.
-        let net = async {
-            glommio::timer::sleep(SAFETY_NET).await;
-            Ok(false)
-        };
-        let fired = futures_lite::future::or(woken, net).await;
+        })
+        .await;
         LOOP_WAKER.with(|w| w.borrow_mut().take());
         LOOP_WOKEN.with(|f| f.set(false));
         let fired = fired?;
