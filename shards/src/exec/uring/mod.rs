@@ -66,6 +66,9 @@ const ARENA_BLOCKS: u32 = 256;
 /// How long dropping a ring waits for operations still in the kernel before it leaks
 /// their memory instead of freeing it.
 const DROP_WAIT: Duration = Duration::from_secs(10);
+/// Enters a host-waiting ring makes, at most, to run what completions the kernel
+/// still holds before its host may sleep (each enter runs up to 20).
+const HELD_ROUNDS: usize = 16;
 
 /// Adds one to an eventfd, waking a ring that has a read armed on it. It cannot fail
 /// short of a counter overflow, which the ring's read resets.
@@ -124,6 +127,8 @@ pub struct UringRing {
     /// The host waits on the eventfd the ring notifies (`notify_eventfd`), never in
     /// the ring.
     host_waits: bool,
+    /// The eventfd that host sleeps on (-1: none).
+    host_efd: RawFd,
     /// A blocking wait polls the completion queue this long before it sleeps.
     poll: Duration,
     _not_send: PhantomData<*const ()>,
@@ -168,6 +173,7 @@ impl UringRing {
     pub fn notify_eventfd(&mut self, efd: RawFd) -> io::Result<()> {
         self.ring.submitter().register_eventfd(efd)?;
         self.efd = -1;
+        self.host_efd = efd;
         self.host_waits = true;
         Ok(())
     }
@@ -201,6 +207,33 @@ impl UringRing {
                 self.enter(0)?;
             }
         }
+    }
+
+    /// A host that sleeps on the eventfd (glommio) must not sleep while the kernel
+    /// still holds completions as deferred task work: an enter runs at most 20 of them
+    /// (Linux 6.13+), and the eventfd is written only when that list was empty, so
+    /// what is left behind would wait for an unrelated completion, or forever. Enters
+    /// again while the kernel flags such work or the submission queue holds entries;
+    /// if some remain after a few rounds (a flood), writes the eventfd so the host's
+    /// sleep ends at once.
+    fn run_held_completions(&mut self, out: &mut Vec<(u64, io::Result<()>)>) -> io::Result<()> {
+        for _ in 0..HELD_ROUNDS {
+            let left = {
+                let mut sq = self.ring.submission();
+                sq.sync();
+                !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+            };
+            if !left {
+                return Ok(());
+            }
+            self.enter(0)?;
+            self.reap(out)?;
+            self.push_unqueued();
+        }
+        if self.host_efd >= 0 {
+            signal_eventfd(self.host_efd);
+        }
+        Ok(())
     }
 
     /// How long dropping the ring waits for operations in the kernel (tests shorten it).
@@ -429,6 +462,9 @@ impl Ring for UringRing {
         r?;
         self.reap(out)?;
         self.push_unqueued();
+        if self.host_waits {
+            self.run_held_completions(out)?;
+        }
         if !block && self.host_waits {
             // A host that sleeps elsewhere (glommio) relies on the ring's timer to wake
             // it at the deadline: if this reap took the timer that was armed, arm the

@@ -94,7 +94,9 @@ impl UringRing {
                 b.setup_single_issuer();
             }
             if dt {
-                b.setup_defer_taskrun();
+                // TASKRUN_FLAG (5.19) with it: the kernel flags completions it still
+                // holds as task work, which a wait must run before its host sleeps.
+                b.setup_defer_taskrun().setup_taskrun_flag();
             }
             match b.build(entries) {
                 Ok(r) => {
@@ -238,6 +240,7 @@ impl UringRing {
             drop_wait: DROP_WAIT,
             wait_all: false,
             host_waits: false,
+            host_efd: -1,
             poll: std::time::Duration::ZERO,
             _not_send: PhantomData,
         })

@@ -148,3 +148,41 @@ fn dropping_a_ring_with_an_operation_that_never_completes_returns_and_leaks() {
         t.elapsed()
     );
 }
+
+#[test]
+fn a_host_waiting_ring_leaves_no_completion_behind_in_the_kernel() {
+    // With DEFER_TASKRUN, completions wait in the kernel as task work that only an
+    // enter runs, 20 items per enter (Linux 6.13+), and the eventfd is written only
+    // when that list was empty. A glommio shard sleeps on the eventfd: a wait that
+    // left items behind would leave them there until an unrelated completion came.
+    let efd = eventfd();
+    let Some(mut ring) = ring_or_skip(&efd, 128) else {
+        return;
+    };
+    let host_efd = eventfd();
+    ring.notify_eventfd(host_efd.as_raw_fd()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let file = PosixFs::default()
+        .open(&d.path().join("f"), OpenMode::create_new(false))
+        .unwrap();
+    const N: u64 = 90;
+    for t in 0..N {
+        ring.submit_linked(vec![Submission {
+            token: t,
+            op: RingOp::Sync { file: file.clone() },
+        }]);
+    }
+    let mut done = Vec::new();
+    // Submits them; whatever completes at once is reaped.
+    ring.wait(0, None, false, &NeverSleep, &mut done).unwrap();
+    // Every sync finishes (in the kernel's workers) and queues its completion.
+    std::thread::sleep(Duration::from_millis(300));
+    ring.wait(0, None, false, &NeverSleep, &mut done).unwrap();
+    assert_eq!(
+        done.len() as u64,
+        N,
+        "one wait reaps every completion the kernel holds (defer_taskrun: {})",
+        ring.setup().features.defer_taskrun
+    );
+    assert!(done.iter().all(|(_, r)| r.is_ok()));
+}
