@@ -1,6 +1,7 @@
 //! Configuration of a log (`AofConfig`) and of the shard threads (`AofManagerConfig`),
 //! and the identifiers records and segments are named by.
 
+pub use crate::archive::config::{ArchiveStore, S3Config, S3Credentials, Secret};
 use crate::error::{AofError, AofResult};
 use crate::format;
 use std::path::PathBuf;
@@ -226,6 +227,19 @@ pub struct AofConfig {
     /// `0o750`. As with `open(2)`, the process umask still clears bits. Existing files
     /// and directories keep their modes. Must include owner read and write (`0o600`).
     pub file_mode: u32,
+    /// With an archive ([`AofManagerConfig::archive`]): which archived copies are kept
+    /// (default `KeepAll`). What it drops is released for good, local copy and all, as
+    /// `Aof::release_before` would; `retention` governs the local copies only.
+    pub archive_retention: RetentionPolicy,
+    /// With an archive: bytes of archived segments a log keeps in its directory
+    /// (`hydrated/`) after readers downloaded them, least recently used dropped first
+    /// (default 256 MiB). They never count against `retention`.
+    pub hydrated_cache_bytes: u64,
+    /// With an archive: how far the segments the store does not hold yet may push the
+    /// local copies past `retention` while uploads fail or lag (default 4 GiB). Past
+    /// it, an append that needs a new segment fails with `AofError::ArchiveBacklog`,
+    /// naming the store; appends resume once uploads catch up.
+    pub archive_backlog_max_bytes: u64,
 }
 
 impl Default for AofConfig {
@@ -244,6 +258,9 @@ impl Default for AofConfig {
             spare_segments: 2,
             segment_max_age_seconds: None,
             file_mode: DEFAULT_FILE_MODE,
+            archive_retention: RetentionPolicy::KeepAll,
+            hydrated_cache_bytes: 256 * MIB,
+            archive_backlog_max_bytes: 4 * GIB,
         }
     }
 }
@@ -430,6 +447,13 @@ pub struct AofManagerConfig {
     /// long per wait; docs/benchmarks.md (W2P) measures what it buys. Shards on
     /// glommio wait in glommio and do not poll.
     pub completion_poll_us: u32,
+    /// Tier 2: where sealed segments are archived (default `None`: no archive, and
+    /// [`AofConfig::retention`] releases what it drops). With a store, every log of the
+    /// manager uploads each sealed segment in the background (its compressed file
+    /// when compression is on), `retention` only drops local copies the store holds,
+    /// and readers download the others when they need them (docs/operations.md,
+    /// "The archive").
+    pub archive: Option<ArchiveStore>,
 }
 
 /// What runs a shard's loop and the tasks spawned onto it.
@@ -525,6 +549,7 @@ impl Default for AofManagerConfig {
             tier0_cache_bytes: 64 << 20,
             executor: ShardExecutor::default(),
             completion_poll_us: 0,
+            archive: None,
         }
     }
 }

@@ -135,6 +135,41 @@ pub enum AofError {
         first_kept: u64,
     },
 
+    /// The archive store failed, or returned what the log did not upload.
+    #[error("archive ({store}): segment {segment} of {path} (object {key}): {reason}")]
+    Archive {
+        /// The log's directory.
+        path: PathBuf,
+        /// The store (never a credential).
+        store: String,
+        /// The segment.
+        segment: u64,
+        /// Its object's key.
+        key: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// Segments the archive does not hold yet keep the log's directory too far past
+    /// its retention bound: no new segment until uploads catch up.
+    #[error(
+        "{path}: {held_bytes} bytes of segments not yet in the archive ({store}) are kept past \
+         the retention bound, more than archive_backlog_max_bytes ({limit}); no new segment \
+         until uploads catch up (last upload error: {cause})"
+    )]
+    ArchiveBacklog {
+        /// The log's directory.
+        path: PathBuf,
+        /// The store (never a credential).
+        store: String,
+        /// Bytes held past the bound.
+        held_bytes: u64,
+        /// `archive_backlog_max_bytes`.
+        limit: u64,
+        /// The last upload failure.
+        cause: String,
+    },
+
     /// Every segment id a `RecordId` can hold (2^32) has been used in this directory.
     #[error("log {path} has used every segment id a record id can hold (2^32): start a new log")]
     SegmentIdsExhausted {

@@ -324,65 +324,14 @@ impl LogDir {
     }
 
     fn verify_sealed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
-        if u.compressed {
-            return self.verify_compressed(u, f);
-        }
         let file = self.open_file(&u.path)?;
         // Sealed: immutable, so mapped (no copy) rather than read.
         let image = file.map().map_err(io_err("map", &u.path))?;
-        if (image.len() as u64) < u.header.file_size {
-            return Err(corruption(
-                &u.path,
-                u.id,
-                image.len() as u64,
-                format!(
-                    "file is shorter than the {} bytes its header states",
-                    u.header.file_size
-                ),
-            ));
-        }
-        let image = &image[..u.header.file_size as usize];
-        let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
-        check_sealed_frames(u, f, image)?;
-        let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
-        // Past the data end: zeros, or a recycled file's stale bytes (never read).
-        let data_tail = if u.header.recycled {
-            (footer_at, footer_at)
+        if u.compressed {
+            check_compressed_image(u, f, &image)?;
         } else {
-            (f.data_end as usize, footer_at)
-        };
-        let zeros = [data_tail, (footer_at + FOOTER_LEN, image.len())];
-        for (a, b) in zeros {
-            if let Some(i) = image[a..b].iter().position(|&x| x != 0) {
-                return Err(bad(
-                    (a + i) as u64,
-                    "a non-zero byte where a sealed segment holds only zeros".into(),
-                ));
-            }
+            check_raw_image(u, f, &image)?;
         }
-        self.segment_stat(u)
-    }
-
-    /// A compressed segment: its structures, every chunk inflated, and the frames they
-    /// hold checked as a raw segment's are.
-    fn verify_compressed(&self, u: &Used, f: &SegmentFooter) -> AofResult<SegmentStat> {
-        let file = self.open_file(&u.path)?;
-        let map = file.map().map_err(io_err("map", &u.path))?;
-        let c = CompressedSegment::parse_at(&map)
-            .map_err(|(at, e)| corruption(&u.path, u.id, at, format!("compressed segment: {e}")))?;
-        let mut image = map[..HEADER_LEN].to_vec();
-        for (i, chunk) in c.chunks.iter().enumerate() {
-            let raw = c.inflate(i).map_err(|e| {
-                corruption(
-                    &u.path,
-                    u.id,
-                    chunk.raw_start,
-                    format!("compressed chunk at {}: {e}", chunk.comp_off),
-                )
-            })?;
-            image.extend_from_slice(&raw);
-        }
-        check_sealed_frames(u, f, &image)?;
         self.segment_stat(u)
     }
 
@@ -455,6 +404,8 @@ impl LogDir {
                     footer,
                     compressed: false,
                     disk_bytes: u.header.file_size,
+                    archived: false,
+                    local: true,
                 },
             )?)),
             None => Ok(SegmentCursor::open_ended(SegmentReader::unsealed(
@@ -470,6 +421,93 @@ impl LogDir {
 
 /// The frames of sealed segment `u` in `image` (from offset 0): every checksum and
 /// link, and that they end where footer `f` says, with its count, last record and CRC.
+/// Checks the bytes of sealed segment `s` as `verify` checks its file: a raw file's
+/// header, frames, chain and zeros, or a compressed file's structure and every chunk
+/// inflated and checked the same way (`s.compressed`). `path` names it in errors (the
+/// archive checks an upload, or a download, this way).
+pub fn check_sealed_bytes(path: &Path, s: &SealedSegment, bytes: &[u8]) -> AofResult<()> {
+    let u = Used {
+        id: s.header.segment_id,
+        path: path.to_path_buf(),
+        header: s.header,
+        seed: s.seed,
+        footer: Some(s.footer),
+        damaged_footer: None,
+        compressed: s.compressed,
+        disk_bytes: bytes.len() as u64,
+    };
+    let expected = s.header.encode().0;
+    if bytes.len() < HEADER_LEN || bytes[..HEADER_LEN] != expected {
+        return Err(corruption(
+            path,
+            u.id,
+            0,
+            "the segment header is not the one the log recorded",
+        ));
+    }
+    if s.compressed {
+        check_compressed_image(&u, &s.footer, bytes)
+    } else {
+        check_raw_image(&u, &s.footer, bytes)
+    }
+}
+
+/// A raw sealed segment's bytes: long enough, frames and chain, zeros where there are
+/// no frames.
+fn check_raw_image(u: &Used, f: &SegmentFooter, image: &[u8]) -> AofResult<()> {
+    if (image.len() as u64) < u.header.file_size {
+        return Err(corruption(
+            &u.path,
+            u.id,
+            image.len() as u64,
+            format!(
+                "file is shorter than the {} bytes its header states",
+                u.header.file_size
+            ),
+        ));
+    }
+    let image = &image[..u.header.file_size as usize];
+    let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
+    check_sealed_frames(u, f, image)?;
+    let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
+    // Past the data end: zeros, or a recycled file's stale bytes (never read).
+    let data_tail = if u.header.recycled {
+        (footer_at, footer_at)
+    } else {
+        (f.data_end as usize, footer_at)
+    };
+    let zeros = [data_tail, (footer_at + FOOTER_LEN, image.len())];
+    for (a, b) in zeros {
+        if let Some(i) = image[a..b].iter().position(|&x| x != 0) {
+            return Err(bad(
+                (a + i) as u64,
+                "a non-zero byte where a sealed segment holds only zeros".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A compressed segment's bytes: its structures, every chunk inflated, and the frames
+/// they hold checked as a raw segment's are.
+fn check_compressed_image(u: &Used, f: &SegmentFooter, map: &[u8]) -> AofResult<()> {
+    let c = CompressedSegment::parse_at(map)
+        .map_err(|(at, e)| corruption(&u.path, u.id, at, format!("compressed segment: {e}")))?;
+    let mut image = map[..HEADER_LEN].to_vec();
+    for (i, chunk) in c.chunks.iter().enumerate() {
+        let raw = c.inflate(i).map_err(|e| {
+            corruption(
+                &u.path,
+                u.id,
+                chunk.raw_start,
+                format!("compressed chunk at {}: {e}", chunk.comp_off),
+            )
+        })?;
+        image.extend_from_slice(&raw);
+    }
+    check_sealed_frames(u, f, &image)
+}
+
 fn check_sealed_frames(u: &Used, f: &SegmentFooter, image: &[u8]) -> AofResult<()> {
     let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
     let mut it = format::frames(u.seed, image, f.data_end);

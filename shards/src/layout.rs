@@ -115,6 +115,12 @@ pub struct LogPaths {
     pub released: PathBuf,
     /// `root_dir/RELEASED.tmp`.
     pub released_tmp: PathBuf,
+    /// `root_dir/LOG_ID`: the log's archive id.
+    pub log_id: PathBuf,
+    /// `root_dir/archive`: stubs of archived segments.
+    pub archive: PathBuf,
+    /// `root_dir/hydrated`: archived segments downloaded for readers.
+    pub hydrated: PathBuf,
 }
 
 impl LogPaths {
@@ -126,6 +132,9 @@ impl LogPaths {
             lock: root.join(LOCK_FILE),
             released: root.join(RELEASED_FILE),
             released_tmp: root.join(RELEASED_TMP),
+            log_id: root.join("LOG_ID"),
+            archive: root.join("archive"),
+            hydrated: root.join("hydrated"),
         }
     }
     /// Segment `id`'s file.
@@ -155,6 +164,18 @@ impl LogPaths {
         } else {
             self.segment(id)
         }
+    }
+    /// Segment `id`'s stub: the archive holds it.
+    pub fn stub(&self, id: u64) -> PathBuf {
+        self.archive.join(format!("{id:020}.stub"))
+    }
+    /// Segment `id`'s downloaded copy (`compressed`: of its `.zst` object).
+    pub fn hydrated(&self, id: u64, compressed: bool) -> PathBuf {
+        self.hydrated.join(if compressed {
+            compressed_file_name(id)
+        } else {
+            segment_file_name(id)
+        })
     }
     /// Segment `id`'s compressed file while it is written.
     pub fn compressed_temp(&self, id: u64) -> PathBuf {

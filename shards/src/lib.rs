@@ -19,6 +19,8 @@
 //!   read-only checks of a log directory for the command-line tools.
 
 #[doc(hidden)]
+pub mod archive;
+#[doc(hidden)]
 pub mod buffer;
 pub mod chunk_cache;
 #[doc(hidden)]

@@ -112,6 +112,19 @@ impl LogView {
 
     fn open_located(&self, located: Located, pin: Arc<SegmentPin>) -> AofResult<SegmentReader> {
         let r = match located {
+            Located::Sealed(s) if !s.local => {
+                // Only the archive holds it: a checked download, then read as a local
+                // copy (a mapping of the downloaded file outlives its eviction).
+                let path =
+                    crate::archive::hydrate::hydrate(&self.shared, &*self.fs, &self.paths, &s)?;
+                if s.compressed {
+                    let (map, index) = SegmentReader::open_compressed(&*self.fs, &path)?;
+                    SegmentReader::compressed_from(path, Arc::new(map), Arc::new(index))
+                        .cached(self.chunks.clone(), self.shared.key)
+                } else {
+                    SegmentReader::sealed(&*self.fs, path, s)?
+                }
+            }
             Located::Sealed(s) if s.compressed => {
                 let path = self.paths.compressed(s.header.segment_id);
                 let (map, index) = self.shared.compressed_file(s.header.segment_id, || {
@@ -200,6 +213,26 @@ impl LogHandle {
         if let Some(arena) = shard.arena.get() {
             core.set_arena(arena.clone());
         }
+        let archiver = set.archiver();
+        match &archiver {
+            Some(a) => {
+                let id =
+                    crate::archive::stub::ensure_log_id(&*fs, &paths, core.config().file_mode)?;
+                core.enable_archive(a.describe(), id);
+                crate::archive::hydrate::clear(&*fs, &paths);
+            }
+            None => {
+                if let Some(s) = core.sealed_segments().iter().find(|s| !s.local) {
+                    return Err(AofError::InvalidConfig(format!(
+                        "{}: segment {} (and maybe more) is held only by an archive (its stub \
+                         is {}); open the log with AofManagerConfig::archive set to that store",
+                        paths.root.display(),
+                        s.header.segment_id,
+                        paths.stub(s.header.segment_id).display()
+                    )));
+                }
+            }
+        }
         let shared = Arc::new(LogShared::new(
             NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             core,
@@ -208,6 +241,9 @@ impl LogHandle {
         ));
         if shared.lock_core().config().compression == Compression::Zstd {
             shared.set_compressor(set.compressor()?);
+        }
+        if let Some(a) = archiver {
+            shared.set_archiver(a);
         }
         // Refused if the shard failed since it was placed (the lock goes with `opened`).
         shard.add(Registration {

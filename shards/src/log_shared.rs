@@ -35,6 +35,15 @@ pub trait CompressLink: Send + Sync {
     fn queue(&self, log: Weak<LogShared>);
 }
 
+/// How a log reaches the archive (Tier 2): its worker's queue, and the store readers
+/// download archived segments from.
+pub trait ArchiveLink: Send + Sync {
+    /// Queues `log` for an upload or a deletion.
+    fn queue(&self, log: Weak<LogShared>);
+    /// The store.
+    fn store(&self) -> Arc<dyn crate::archive::store::ArchiveBackend>;
+}
+
 /// A cached mapping of a sealed segment, with the pin that keeps its file from reuse
 /// and the data end of the seal it was made for.
 type CachedMap = (Arc<Mapping>, Arc<SegmentPin>, u64);
@@ -75,6 +84,13 @@ pub struct LogShared {
     compressor: OnceLock<Arc<dyn CompressLink>>,
     /// In the worker's queue.
     compress_queued: AtomicBool,
+    /// The archive, when the manager has one.
+    archiver: OnceLock<Arc<dyn ArchiveLink>>,
+    /// Queued for the archive worker already.
+    archive_queued: AtomicBool,
+    /// Archived segments downloaded for readers (`hydrated/`), least recently used
+    /// first.
+    pub hydrated: Mutex<crate::archive::hydrate::Hydrated>,
 }
 
 /// Sealed-segment mappings kept per log (virtual address space only; the page cache
@@ -105,6 +121,9 @@ impl LogShared {
             compressed: Mutex::default(),
             compressor: OnceLock::new(),
             compress_queued: AtomicBool::new(false),
+            archiver: OnceLock::new(),
+            archive_queued: AtomicBool::new(false),
+            hydrated: Mutex::default(),
         }
     }
 
@@ -147,6 +166,32 @@ impl LogShared {
     /// Called by the worker as it takes the log from its queue.
     pub fn compression_dequeued(&self) {
         self.compress_queued.store(false, Ordering::Release);
+    }
+
+    /// Hands the log's sealed segments to the archive `a` from now on.
+    pub fn set_archiver(&self, a: Arc<dyn ArchiveLink>) {
+        let _ = self.archiver.set(a);
+    }
+
+    /// The archive store, when the manager has one.
+    pub fn archive_store(&self) -> Option<Arc<dyn crate::archive::store::ArchiveBackend>> {
+        self.archiver.get().map(|a| a.store())
+    }
+
+    /// Queues the log for the archive worker unless it is queued already (the shard
+    /// calls this when the core has an upload or a deletion for it).
+    pub fn wake_archiver(self: &Arc<Self>) {
+        let Some(a) = self.archiver.get() else {
+            return;
+        };
+        if !self.archive_queued.swap(true, Ordering::AcqRel) {
+            a.queue(Arc::downgrade(self));
+        }
+    }
+
+    /// Called by the archive worker as it takes the log from its queue.
+    pub fn archive_dequeued(&self) {
+        self.archive_queued.store(false, Ordering::Release);
     }
 
     /// The shared mapping of sealed segment `id` as sealed with data end `data_end`,

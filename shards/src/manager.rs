@@ -32,6 +32,8 @@ pub struct ShardSet {
     executor: crate::config::ShardExecutor,
     /// The logs opened on the set, for metrics (`open_logs`); dropped ones are pruned.
     logs: Mutex<Vec<std::sync::Weak<dyn crate::metrics::LogMetrics>>>,
+    /// Tier 2, when configured: the store and its upload threads.
+    archiver: Mutex<Option<Arc<crate::archive::worker::Archiver>>>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -166,6 +168,15 @@ impl ShardSet {
             );
         }
         log::debug!("aof2: started {n} shard(s) on CPUs {pinned:?}: {running:?}");
+        let archiver = match &cfg.archive {
+            Some(a) => {
+                let store = crate::archive::build_store(a)?;
+                Some(crate::archive::worker::Archiver::start(store).map_err(|e| {
+                    AofError::Startup(format!("cannot start the archive threads: {e}"))
+                })?)
+            }
+            None => None,
+        };
         let callers = matches!(running.first(), Some(Running::Uring(_)))
             .then(|| CallerRings::new(cfg.caller_rings, &cfg.io_uring_disable, poll));
         let set = ShardSet {
@@ -181,6 +192,7 @@ impl ShardSet {
                 usize::try_from(cfg.tier0_cache_bytes).unwrap_or(usize::MAX),
             )),
             logs: Mutex::new(Vec::new()),
+            archiver: Mutex::new(archiver),
         };
         Ok((set, hosts))
     }
@@ -346,6 +358,14 @@ impl ShardSet {
         &self.chunks
     }
 
+    /// The archive, when the manager has one.
+    pub fn archiver(&self) -> Option<Arc<crate::archive::worker::Archiver>> {
+        self.archiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The compression worker, started on first use.
     pub fn compressor(&self) -> AofResult<Arc<Compressor>> {
         let mut c = self.compressor.lock().unwrap_or_else(|p| p.into_inner());
@@ -370,6 +390,14 @@ impl ShardSet {
             .take();
         if let Some(c) = c {
             c.stop();
+        }
+        let a = self
+            .archiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(a) = a {
+            a.stop();
         }
     }
 }

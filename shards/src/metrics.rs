@@ -81,6 +81,31 @@ pub struct FlushMetricsSnapshot {
     pub compression_backlog_segments: u64,
     /// Their raw bytes.
     pub compression_backlog_bytes: u64,
+    /// Sealed segments uploaded to the archive (object and stub durable).
+    pub archive_uploads: u64,
+    /// Bytes of the objects uploaded.
+    pub archive_uploaded_bytes: u64,
+    /// Upload attempts that failed (each retried after a pause of 1 s doubling to 15 s).
+    pub archive_upload_failures: u64,
+    /// Archived copies deleted from the store (released segments).
+    pub archive_deletes: u64,
+    /// Local copies dropped because the archive holds them.
+    pub archive_local_drops: u64,
+    /// Sealed segments the archive does not hold yet (a gauge).
+    pub archive_backlog_segments: u64,
+    /// Their local bytes (a gauge).
+    pub archive_backlog_bytes: u64,
+    /// Local bytes kept past `retention`'s bound because the archive does not hold
+    /// them yet (a gauge; past `archive_backlog_max_bytes`, new segments are refused).
+    pub archive_held_over_bound_bytes: u64,
+    /// Age of the oldest segment the archive does not hold yet, in seconds (a gauge).
+    pub archive_oldest_unarchived_age_s: u64,
+    /// Archived segments downloaded for readers.
+    pub archive_hydrations: u64,
+    /// Time spent downloading and checking them, in ms.
+    pub archive_hydration_ms: u64,
+    /// Downloads that failed (unreachable store, or a checksum that did not match).
+    pub archive_hydration_failures: u64,
 }
 
 /// Counters of one shard: its tasks, how long their polls took, and its wake-ups.

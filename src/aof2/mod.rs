@@ -6,6 +6,7 @@
 //! once a completed `fdatasync` covers the record. See docs/guarantees.md for the durability
 //! contract, error semantics and on-disk format.
 
+pub mod archive;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -194,6 +194,11 @@ impl LogCore {
             if self.segs.is_empty() && self.continue_for(frames).is_some() {
                 return Err(AofError::WouldBlock(WouldBlockKind::Rollover));
             }
+            // Uploads failing or far behind hold the directory past its bound: past
+            // the ceiling, no new segment.
+            if let Some(e) = self.archive_backlog_error() {
+                return Err(e);
+            }
             if self.next_segment > u64::from(u32::MAX) {
                 return Err(AofError::SegmentIdsExhausted {
                     path: self.paths.root.clone(),

@@ -233,6 +233,8 @@ impl LogCore {
                     footer,
                     compressed: false,
                     disk_bytes: s.header.file_size,
+                    archived: false,
+                    local: true,
                 };
                 self.sealed.push(sealed);
                 // Its age runs on the monotonic clock from its newest record's append.

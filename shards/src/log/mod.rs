@@ -28,6 +28,8 @@ mod completion;
 use completion::{Effect, InFlight};
 mod append;
 pub use append::FillPanic;
+mod archive;
+pub use archive::{object_key, ArchiveGauges, UploadJob, UPLOAD_RETRY_MAX_NS};
 mod compression;
 pub use compression::{CompressJob, Swapped, COMPRESS_RETRY_NS};
 mod continuation;
@@ -91,6 +93,10 @@ pub struct Recovered {
     /// The last sealed segment, if a clean close sealed it: this session may continue
     /// it (see `continuation.rs`).
     pub continuable: Option<Continuable>,
+    /// Segments the archive holds (their stubs), with their objects' sizes.
+    pub archived: Vec<(u64, u64)>,
+    /// Archived copies of released segments still to delete: (segment, key).
+    pub archive_deletes: Vec<(u64, String)>,
 }
 
 /// A segment a clean close sealed last, which the next session may continue.
@@ -155,6 +161,7 @@ pub struct LogCore {
     house_io: Option<InFlight>,
     rel: Releases,
     comp: compression::Compressions,
+    arch: archive::Archive,
     next_op: u64,
     pool: Vec<AlignedBuf>,
     /// The shard's registered memory, if any: buffers and blocks come from it first.
@@ -250,6 +257,11 @@ impl LogCore {
                 ..Releases::default()
             },
             comp: compression::Compressions::default(),
+            arch: archive::Archive {
+                object_bytes: rec.archived.into_iter().collect(),
+                deletes: rec.archive_deletes.into(),
+                ..archive::Archive::default()
+            },
             next_op: 1,
             pool: Vec::new(),
             arena: None,
@@ -448,6 +460,8 @@ impl LogCore {
             && self.prep_io.is_none()
             && self.house_io.is_none()
             && !self.compression_running()
+            && !self.upload_running()
+            && !self.archive_delete_running()
             && (self.poisoned.is_some()
                 || (self.data_drained() && self.marked_ready && !self.release_pending()))
     }
@@ -460,12 +474,20 @@ impl LogCore {
     /// The counters, with the current backlog (`backpressure_waits` is the handle's).
     pub fn metrics(&self) -> FlushMetricsSnapshot {
         let (segs, bytes) = self.compression_backlog();
+        let a = self.archive_gauges();
+        let age = a.oldest_unarchived_ns.map_or(0, |t| {
+            self.clock.realtime_ns().saturating_sub(t) / 1_000_000_000
+        });
         FlushMetricsSnapshot {
             backlog_bytes: self.unflushed_bytes(),
             removals_failing: self.removals_failing(),
             spare_bytes: self.spare_bytes(),
             compression_backlog_segments: segs,
             compression_backlog_bytes: bytes,
+            archive_backlog_segments: a.backlog_segments,
+            archive_backlog_bytes: a.backlog_bytes,
+            archive_held_over_bound_bytes: a.held_over_bound_bytes,
+            archive_oldest_unarchived_age_s: age,
             ..self.metrics
         }
     }

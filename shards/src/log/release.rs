@@ -334,14 +334,17 @@ impl LogCore {
         let released: Vec<_> = self.sealed.drain(..count).collect();
         for s in &released {
             assert!(s.header.segment_id < mark.first_segment);
-            self.queue_removal(
-                s.header.segment_id,
-                s.header.file_size,
-                Leaving::Released {
-                    compressed: s.compressed,
-                },
-            );
+            if s.local {
+                self.queue_removal(
+                    s.header.segment_id,
+                    s.header.file_size,
+                    Leaving::Released {
+                        compressed: s.compressed,
+                    },
+                );
+            }
             self.forget_released(s);
+            self.release_archived(s);
         }
         self.rel.first_kept = mark.first_segment;
         self.rel.first_record_index = mark.first_record_index;

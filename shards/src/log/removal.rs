@@ -68,6 +68,8 @@ pub(super) enum Leaving {
     Superseded,
     /// A spare beyond the pool's bound (named by its old segment id).
     Spare,
+    /// The local copy of a segment the archive holds (`compressed`: its `.zst`).
+    Archived { compressed: bool },
 }
 
 /// One file on its way out of the directory.
@@ -120,7 +122,9 @@ impl LogCore {
     /// The file an entry removes, where it is now.
     fn removal_path(&self, r: &Removal) -> PathBuf {
         match r.leaving {
-            Leaving::Released { compressed } => self.paths.sealed(r.id, compressed),
+            Leaving::Released { compressed } | Leaving::Archived { compressed } => {
+                self.paths.sealed(r.id, compressed)
+            }
             Leaving::Superseded => self.paths.segment(r.id),
             Leaving::Spare => self.paths.spare(r.id),
         }
@@ -132,6 +136,7 @@ impl LogCore {
             Leaving::Released { .. } => "remove the released segment file",
             Leaving::Superseded => "remove the raw file of the compressed segment",
             Leaving::Spare => "remove the spare file",
+            Leaving::Archived { .. } => "remove the local copy of the archived segment",
         }
     }
 
@@ -186,7 +191,9 @@ impl LogCore {
         let (id, size) = (r.id, r.size);
         let raw = matches!(
             r.leaving,
-            Leaving::Released { compressed: false } | Leaving::Superseded
+            Leaving::Released { compressed: false }
+                | Leaving::Superseded
+                | Leaving::Archived { compressed: false }
         );
         let spare = raw
             && self.cfg.spare_segments > 0

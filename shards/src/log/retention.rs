@@ -43,14 +43,20 @@ impl LogCore {
     pub(super) fn retain_sealed(&mut self, s: &SealedSegment, newest: Newest) {
         self.rel.sealed_bytes += s.disk_bytes;
         if let Some(ttl) = self.ttl_ns() {
-            let deadline = match newest {
-                Newest::Mono(t) => t.saturating_add(ttl),
-                Newest::Wall(ts) => {
-                    let age = self.clock.realtime_ns().saturating_sub(ts);
-                    self.clock.monotonic_ns() + ttl.saturating_sub(age)
-                }
-            };
+            let deadline = self.deadline_after(newest, ttl);
             self.rel.expiry.push_back((s.header.segment_id, deadline));
+        }
+        self.expire_archived_at(s, newest);
+    }
+
+    /// When a segment whose newest record is `newest` is `ttl` ns old (monotonic ns).
+    pub(super) fn deadline_after(&self, newest: Newest, ttl: u64) -> u64 {
+        match newest {
+            Newest::Mono(t) => t.saturating_add(ttl),
+            Newest::Wall(ts) => {
+                let age = self.clock.realtime_ns().saturating_sub(ts);
+                self.clock.monotonic_ns() + ttl.saturating_sub(age)
+            }
         }
     }
 
@@ -83,6 +89,31 @@ impl LogCore {
             }
         }
         // A prefix of the sealed segments, never beyond the first unsealed one.
+        // With an archive, `retention` drops local copies and `archive_retention`
+        // releases.
+        let k = if self.arch.on {
+            self.apply_archive_retention(now)
+        } else {
+            self.retention_releases(now)
+        };
+        if k == 0 {
+            return;
+        }
+        let target = match self.sealed.get(k) {
+            Some(s) => s.header.segment_id,
+            None => self.first_unsealed(),
+        };
+        if target > self.rel.want {
+            log::debug!(
+                "aof2: retention releases segments below {target} of {}",
+                self.paths.root.display()
+            );
+            self.rel.want = target;
+        }
+    }
+
+    /// How many of the oldest sealed segments `retention` releases (no archive).
+    fn retention_releases(&self, now: u64) -> usize {
         let mut k = 0;
         match self.cfg.retention {
             RetentionPolicy::Time { .. } => {
@@ -103,32 +134,38 @@ impl LogCore {
             }
             _ => {}
         }
-        if k == 0 {
-            return;
-        }
-        let target = match self.sealed.get(k) {
-            Some(s) => s.header.segment_id,
-            None => self.first_unsealed(),
-        };
-        if target > self.rel.want {
-            log::debug!(
-                "aof2: retention releases segments below {target} of {}",
-                self.paths.root.display()
-            );
-            self.rel.want = target;
-        }
+        k
     }
 
     /// When the policy next has something to do (monotonic ns), if it waits on time.
     pub(super) fn retention_deadline(&self) -> Option<u64> {
-        // Segments already asked for wait for the release, not for time.
+        // Segments already asked for wait for the release, not for time. With an
+        // archive, a local copy's deadline counts once the store holds it (the upload's
+        // end wakes the log for one already due), and the archive's own ttl releases.
+        let droppable = |id: u64| {
+            !self.arch.on
+                || self
+                    .sealed
+                    .binary_search_by_key(&id, |s| s.header.segment_id)
+                    .is_ok_and(|i| self.sealed[i].local && self.sealed[i].archived)
+        };
         let expiry = self.ttl_ns().and_then(|_| {
             self.rel
                 .expiry
                 .iter()
-                .find(|&&(id, _)| id >= self.rel.want)
+                .find(|&&(id, _)| id >= self.rel.want && droppable(id))
                 .map(|&(_, d)| d)
         });
+        let archived_expiry = self
+            .arch
+            .expiry
+            .iter()
+            .find(|&&(id, _)| id >= self.rel.want)
+            .map(|&(_, d)| d);
+        let expiry = match (expiry, archived_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let age = self.max_age_ns().and_then(|max_age| {
             self.segs
                 .back()

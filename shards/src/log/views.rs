@@ -16,8 +16,14 @@ pub struct SealedSegment {
     /// Stored compressed (`<id>.zst`) rather than raw (`<id>.seg`).
     pub compressed: bool,
     /// Bytes its file takes in the directory: the `.zst` file's length when
-    /// compressed, else the segment file's size (`header.file_size`).
+    /// compressed, else the segment file's size (`header.file_size`); 0 once only the
+    /// archive holds it.
     pub disk_bytes: u64,
+    /// The archive holds it: its stub (`archive/<id>.stub`) is durable.
+    pub archived: bool,
+    /// A local copy is in the segment directory (`compressed` says which file); when
+    /// false, only the archive holds it and readers hydrate it.
+    pub local: bool,
 }
 
 /// A segment as readers see it (see [`LogCore::locate`]).
@@ -61,8 +67,13 @@ pub struct SegmentInfo {
     /// Stored compressed (`<id>.zst`, sealed segments only).
     pub compressed: bool,
     /// Bytes its file takes in the directory (the compressed file's length when
-    /// compressed, else `file_size`).
+    /// compressed, else `file_size`; 0 when only the archive holds it).
     pub disk_bytes: u64,
+    /// The archive holds it (sealed segments of a manager with an archive).
+    pub archived: bool,
+    /// A copy is in the log's directory (false: only the archive holds it, and a
+    /// reader downloads it).
+    pub local: bool,
     /// End of its durable frames (the data end, once sealed).
     pub durable_bytes: u64,
     /// Records in it (for an unsealed segment: appended so far, durable or not).
@@ -130,6 +141,8 @@ impl LogCore {
             file_size: s.header.file_size,
             compressed: s.compressed,
             disk_bytes: s.disk_bytes,
+            archived: s.archived,
+            local: s.local,
             durable_bytes: s.footer.data_end,
             record_count: s.footer.record_count,
             created_at_ns: s.header.created_at_ns,
@@ -145,6 +158,8 @@ impl LogCore {
                 file_size: s.header.file_size,
                 compressed: false,
                 disk_bytes: s.header.file_size,
+                archived: false,
+                local: true,
                 durable_bytes: s.durable_end,
                 record_count: s.record_count,
                 created_at_ns: s.header.created_at_ns,

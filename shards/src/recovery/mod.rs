@@ -475,23 +475,72 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             u.footer = Some(footer);
         }
     }
-    let mut sealed = Vec::with_capacity(used.len());
-    let mut records_total = mark.first_record_index;
+    // Segments the archive holds: their stubs (below the mark: released, their
+    // objects still to delete).
+    let (below, stubs): (Vec<_>, Vec<_>) = crate::archive::recovery::read_stubs(fs, paths)?
+        .into_iter()
+        .partition(|s| s.segment.header.segment_id < mark.first_segment);
+    let archive_deletes = below
+        .into_iter()
+        .map(|s| (s.segment.header.segment_id, s.key))
+        .collect();
+    let mut archived = Vec::new();
+    let mut sealed: Vec<(SealedSegment, PathBuf)> = Vec::with_capacity(used.len());
     for u in &used {
         let footer = u.footer.expect("every used segment is sealed now");
+        last_ts = last_ts.max(footer.sealed_at_ns);
+        sealed.push((
+            SealedSegment {
+                header: u.header,
+                seed: u.seed,
+                footer,
+                compressed: u.compressed,
+                disk_bytes: u.disk_bytes,
+                archived: false,
+                local: true,
+            },
+            u.path.clone(),
+        ));
+    }
+    for stub in stubs {
+        let id = stub.segment.header.segment_id;
+        let path = paths.stub(id);
+        archived.push((id, stub.object_bytes));
+        match sealed.binary_search_by_key(&id, |s| s.0.header.segment_id) {
+            Ok(i) => {
+                let local = &mut sealed[i].0;
+                if local.header != stub.segment.header || local.footer != stub.segment.footer {
+                    return Err(corruption(
+                        &path,
+                        id,
+                        0,
+                        "the archive stub describes another segment than the local file",
+                    ));
+                }
+                local.archived = true;
+            }
+            Err(i) => {
+                last_ts = last_ts.max(stub.segment.footer.sealed_at_ns);
+                sealed.insert(i, (stub.segment, path));
+            }
+        }
+    }
+    let mut records_total = mark.first_record_index;
+    for (s, path) in &sealed {
+        let id = s.header.segment_id;
         // Ids may skip (a crash leaves blank files that are moved past), records may
         // not: each segment starts where the previous ended, which catches a lost file.
-        if u.header.base_record_index != records_total {
+        if s.header.base_record_index != records_total {
             return Err(corruption(
-                &u.path,
-                u.id,
+                path,
+                id,
                 0,
                 format!(
                     "segment starts at record {} but {} records come before it{}: \
                      records are missing (a segment file lost?)",
-                    u.header.base_record_index,
+                    s.header.base_record_index,
                     records_total,
-                    if sealed.is_empty() && mark.first_segment > 0 {
+                    if records_total == mark.first_record_index && mark.first_segment > 0 {
                         format!(
                             " (the release mark says the log starts at segment {} with record {})",
                             mark.first_segment, mark.first_record_index
@@ -502,16 +551,14 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
                 ),
             ));
         }
-        records_total = u.header.base_record_index + footer.record_count;
-        last_ts = last_ts.max(footer.sealed_at_ns);
-        sealed.push(SealedSegment {
-            header: u.header,
-            seed: u.seed,
-            footer,
-            compressed: u.compressed,
-            disk_bytes: u.disk_bytes,
-        });
+        records_total = s.header.base_record_index + s.footer.record_count;
     }
+    let last_archived = sealed
+        .iter()
+        .rev()
+        .find(|s| !s.0.local)
+        .map(|s| s.0.header.segment_id);
+    let sealed: Vec<SealedSegment> = sealed.into_iter().map(|s| s.0).collect();
     // Ids of the files above the last used segment, before they move (see
     // `ids_above_unused`).
     let blank_ids: Vec<u64> = blank.iter().map(|b| b.0).collect();
@@ -526,6 +573,7 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
     let max_on_disk = used
         .iter()
         .map(|u| u.id)
+        .chain(last_archived)
         .chain(blank.iter().map(|b| b.0))
         .max();
     // A `.ready` file vouches only for its own id: ids below it may have been handed
@@ -594,7 +642,12 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         fs.fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
     let continuable = match used.last() {
-        Some(u) if ids_above_unused(u.id, &blank_ids, &ready_ids) => continuable(fs, u)?,
+        Some(u)
+            if ids_above_unused(u.id, &blank_ids, &ready_ids)
+                && last_archived.is_none_or(|a| a < u.id) =>
+        {
+            continuable(fs, u)?
+        }
         _ => None,
     };
     Ok(Recovered {
@@ -607,6 +660,8 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
         spares,
         unsynced_dirs: Vec::new(),
         continuable,
+        archived,
+        archive_deletes,
     })
 }
 

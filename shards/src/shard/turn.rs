@@ -293,13 +293,16 @@ impl ShardLoop {
                 e.shared.forget_released_maps(core.first_kept());
                 let chains = core.poll(now);
                 e.deadline = core.deadline();
-                (chains, core.compression_wanted())
+                (chains, core.compression_wanted(), core.archive_wanted())
             });
-            let Some((chains, compress)) = polled else {
+            let Some((chains, compress, archive)) = polled else {
                 continue;
             };
             if compress {
                 e.shared.wake_compressor();
+            }
+            if archive {
+                e.shared.wake_archiver();
             }
             for c in chains {
                 started = true;

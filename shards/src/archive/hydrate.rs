@@ -1,0 +1,172 @@
+//! Reading archived segments back (hydration): a reader that needs a segment only the
+//! archive holds downloads its object into the log's `hydrated/` directory, checks it
+//! (size and SHA-256 against the stub, then the segment's frames as `verify` does)
+//! before any reader sees a byte, and opens it as a local copy. Downloaded copies stay
+//! within `hydrated_cache_bytes`, least recently used removed first (a reader that
+//! mapped one keeps its mapping); the directory is emptied at open.
+//!
+//! The download runs on the reader's thread (the store's own runtime does the network
+//! I/O for S3), never on a shard: a shard's thread gets `WouldDeadlock`.
+
+use super::stub::{read_file, Stub};
+use crate::error::{AofError, AofResult};
+use crate::fs::{Fs, OpenMode};
+use crate::layout::LogPaths;
+use crate::log::SealedSegment;
+use crate::log_shared::LogShared;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The downloaded copies of a log, least recently used first: (segment, bytes).
+#[derive(Debug, Default)]
+pub struct Hydrated {
+    lru: VecDeque<(u64, u64)>,
+}
+
+impl Hydrated {
+    fn touch(&mut self, id: u64) -> bool {
+        match self.lru.iter().position(|e| e.0 == id) {
+            Some(i) => {
+                let e = self.lru.remove(i).expect("indexed");
+                self.lru.push_back(e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.lru.iter().map(|e| e.1).sum()
+    }
+}
+
+/// The local path of archived segment `s`, downloading and checking it first unless a
+/// checked copy is there.
+pub fn hydrate(
+    shared: &LogShared,
+    fs: &dyn Fs,
+    paths: &LogPaths,
+    s: &SealedSegment,
+) -> AofResult<PathBuf> {
+    let id = s.header.segment_id;
+    let path = paths.hydrated(id, s.compressed);
+    if shared
+        .hydrated
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .touch(id)
+        && fs.kind(&path).ok().flatten().is_some()
+    {
+        return Ok(path);
+    }
+    if let Some(shard) = crate::shard::current_shard() {
+        return Err(AofError::WouldDeadlock {
+            call: "a read of a segment only the archive holds (its download)",
+            shard,
+        });
+    }
+    let (store_name, log_id) = shared.lock_core().archive_names().ok_or_else(|| {
+        AofError::InvalidConfig(format!(
+            "{}: segment {id} is held only by an archive (archive/{id:020}.stub), and the \
+             manager has none: set AofManagerConfig::archive",
+            paths.root.display()
+        ))
+    })?;
+    let store = shared.archive_store().expect("the archive is on");
+    let key = crate::log::object_key(&log_id, id, s.compressed);
+    let started = Instant::now();
+    let r = download(fs, paths, s, &*store, &key, &path);
+    let ms = started.elapsed().as_millis() as u64;
+    shared.lock_core().note_hydration(ms, r.is_ok());
+    let bytes = r.map_err(|reason| AofError::Archive {
+        path: paths.root.clone(),
+        store: store_name,
+        segment: id,
+        key,
+        reason,
+    })?;
+    let limit = shared.lock_core().config().hydrated_cache_bytes;
+    let mut h = shared.hydrated.lock().unwrap_or_else(|p| p.into_inner());
+    if !h.touch(id) {
+        h.lru.push_back((id, bytes));
+    }
+    // Least recently used out, never the one just read.
+    while h.bytes() > limit && h.lru.len() > 1 {
+        let (old, _) = h.lru.pop_front().expect("non-empty");
+        for c in [false, true] {
+            let _ = fs.unlink(&paths.hydrated(old, c));
+        }
+    }
+    Ok(path)
+}
+
+/// Downloads and checks `key` into `path`; its size in bytes.
+fn download(
+    fs: &dyn Fs,
+    paths: &LogPaths,
+    s: &SealedSegment,
+    store: &dyn super::store::ArchiveBackend,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<u64, String> {
+    let id = s.header.segment_id;
+    let stub_path = paths.stub(id);
+    let stub = read_file(fs, &stub_path)
+        .map_err(|e| format!("read {}: {e}", stub_path.display()))
+        .and_then(|b| Stub::decode(&b).map_err(|e| format!("{}: {e}", stub_path.display())))?;
+    let o = store.get(key).map_err(|e| e.to_string())?;
+    let sum: [u8; 32] = Sha256::digest(&o.data).into();
+    if sum != stub.sha256 || o.data.len() as u64 != stub.object_bytes {
+        return Err(format!(
+            "the object read back is not the one uploaded ({} bytes, SHA-256 {}; the stub \
+             records {} bytes, SHA-256 {}): a tampered or foreign object, not used",
+            o.data.len(),
+            super::stub::hex(&sum),
+            stub.object_bytes,
+            super::stub::hex(&stub.sha256)
+        ));
+    }
+    if let Some(meta) = &o.sha256 {
+        if !meta.eq_ignore_ascii_case(&super::stub::hex(&sum)) {
+            return Err(format!(
+                "the object's stored SHA-256 ({meta}) does not match its bytes: not used"
+            ));
+        }
+    }
+    crate::inspect::check_sealed_bytes(path, s, &o.data).map_err(|e| e.to_string())?;
+    let dir = &paths.hydrated;
+    if fs.kind(dir).ok().flatten().is_none() {
+        match fs.mkdir(dir, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create {}: {e}", dir.display())),
+        }
+    }
+    // A cache: written and renamed, not synced (emptied at every open).
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = fs.unlink(&tmp);
+    let f = fs
+        .open(&tmp, OpenMode::create_new(false))
+        .map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    crate::fs::write_all_at(&*f, 0, &[&o.data])
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    drop(f);
+    fs.rename(&tmp, path)
+        .map_err(|e| format!("rename {}: {e}", tmp.display()))?;
+    Ok(o.data.len() as u64)
+}
+
+/// Empties `hydrated/` (at open: downloaded copies are a cache).
+pub fn clear(fs: &dyn Fs, paths: &LogPaths) {
+    let dir = &paths.hydrated;
+    if let Ok(names) = fs.list_dir(dir) {
+        for n in names {
+            let _ = fs.unlink(&dir.join(n));
+        }
+    }
+}
