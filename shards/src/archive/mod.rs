@@ -5,7 +5,8 @@
 //! Files, one job each: `config` what the service configures; `store` the store seam
 //! and the local-directory store; `mem_store` an in-memory store with faults (tests);
 //! `stub` the durable local record of an archived segment and the log's archive id;
-//! `recovery` reading the stubs at open; `worker` the upload threads; `hydrate`
+//! `recovery` reading the stubs at open; `upload` one upload, step by step; `worker`
+//! the upload threads; `hydrate`
 //! downloads for readers; `s3_store` the S3 store (cargo feature `s3`).
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod recovery;
 pub mod s3_store;
 pub mod store;
 pub mod stub;
+pub mod upload;
 pub mod worker;
 
 use crate::error::AofResult;

@@ -12,12 +12,11 @@
 //! whose answer or stub was lost) counts if its checksum matches, and is an error
 //! naming the key otherwise: an object is never overwritten.
 
-use super::store::{ArchiveBackend, Created};
-use super::stub::{hex, write_durably, Stub};
-use crate::fs::{EntryKind, Fs};
+use super::store::ArchiveBackend;
+use super::upload::{Upload, Uploaded};
+use crate::fs::Fs;
 use crate::log::UploadJob;
 use crate::log_shared::{ArchiveLink, LogShared};
-use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -213,62 +212,17 @@ fn upload_one(
     job: &UploadJob,
 ) -> Result<Option<u64>, String> {
     let stop = || q.stopping() || log.lock_core().upload_should_stop();
-    if stop() {
-        return Ok(None);
-    }
-    let path = &job.path;
-    let data =
-        super::stub::read_file(fs, path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    crate::inspect::check_sealed_bytes(path, &job.segment, &data)
-        .map_err(|e| format!("the local copy fails its check, not uploaded: {e}"))?;
-    let sum: [u8; 32] = Sha256::digest(&data).into();
-    let sha = hex(&sum);
-    if stop() {
-        return Ok(None);
-    }
-    let store_err = |e: super::store::StoreError| format!("{}: {e}", store.describe());
-    match store.put_new(&job.key, &data, &sha).map_err(store_err)? {
-        Created::New => {}
-        Created::Exists => {
-            // An earlier attempt's object (its answer or its stub was lost), or
-            // someone else's: it counts only if it is this very segment.
-            let o = store.get(&job.key).map_err(store_err)?;
-            let theirs: [u8; 32] = Sha256::digest(&o.data).into();
-            if theirs != sum {
-                return Err(format!(
-                    "object {} exists in the {} with other contents (SHA-256 {}, ours {sha}); \
-                     it is never overwritten",
-                    job.key,
-                    store.describe(),
-                    hex(&theirs)
-                ));
-            }
+    let mut up = Upload::new(job.clone());
+    let r = loop {
+        match up.step(fs, store, &stop) {
+            Ok(Uploaded::More) => {}
+            Ok(Uploaded::Done { bytes }) => return Ok(Some(bytes)),
+            Ok(Uploaded::Stopped) => break Ok(None),
+            Err(e) => break Err(e),
         }
-    }
-    let stub = Stub {
-        segment: job.segment,
-        key: job.key.clone(),
-        object_bytes: data.len() as u64,
-        sha256: sum,
     };
-    let dir = job.stub.parent().expect("stubs live in a directory");
-    ensure_dir(fs, dir, job.mode).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    write_durably(fs, &job.stub, &stub.encode(), job.mode)
-        .map_err(|e| format!("write {}: {e}", job.stub.display()))?;
-    Ok(Some(data.len() as u64))
-}
-
-/// Creates the log's `archive/` directory if missing, durably.
-fn ensure_dir(fs: &dyn Fs, dir: &std::path::Path, file_mode: u32) -> std::io::Result<()> {
-    if fs.kind(dir)? == Some(EntryKind::Dir) {
-        return Ok(());
-    }
-    match fs.mkdir(dir, crate::config::dir_mode(file_mode)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    fs.fsync_dir(dir.parent().expect("the log's directory"))
+    up.clean_up(fs);
+    r
 }
 
 /// Deletes a released segment's object, then its stub (so a crash between leaves a

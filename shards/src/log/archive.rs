@@ -393,8 +393,14 @@ impl LogCore {
             self.queue_removal(id, size, Leaving::Archived { compressed });
             self.metrics.archive_local_drops += 1;
         }
-        // Archived copies: `archive_retention` over every sealed segment.
-        let releasable = self.releasable();
+        // Archived copies: `archive_retention` over the sealed segments, never past
+        // one the store does not hold yet (the policy governs archived copies).
+        let releasable = self
+            .sealed
+            .iter()
+            .take(self.releasable())
+            .take_while(|s| s.archived)
+            .count();
         match self.cfg.archive_retention {
             RetentionPolicy::Time { .. } => self
                 .arch
