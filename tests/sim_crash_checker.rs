@@ -13,7 +13,12 @@
 //!   crashes cut swaps anywhere; compressed segments are inflated and checked as raw;
 //! - releases (`release_before` of random records): the log starts at or after every
 //!   release that was reported durable and never after what was asked for; records
-//!   below that start are exempt from the rules above, all others are not.
+//!   below that start are exempt from the rules above, all others are not;
+//! - the archive (a quarter of the seeds, with `Size` retention dropping local copies):
+//!   the upload's steps run between turns against an in-memory store that fails puts
+//!   and loses their answers, so crashes cut uploads and local removals anywhere;
+//!   segments only the archive holds are read back from the store (SHA-256 and frames
+//!   checked) and held to the same rules.
 //!
 //! Each seed runs on both backends' execution models: the portable one (each chain run
 //! to completion with blocking calls) and the io_uring one (chains cut into linked
@@ -35,6 +40,10 @@
 //! `AOF2_BACKEND=sync|uring` runs one model only; `AOF2_SIM_SEED=S` runs seed S alone
 //! and prints its steps. A failure names its seed and model.
 
+use aof2_shards::archive::mem_store::MemStore;
+use aof2_shards::archive::store::ArchiveBackend;
+use aof2_shards::archive::stub::Stub;
+use aof2_shards::archive::upload::{Upload, Uploaded};
 use aof2_shards::clock::Clock;
 use aof2_shards::compress::swap::{Stepped, Swap};
 use aof2_shards::compressed_format::CompressedSegment;
@@ -140,6 +149,15 @@ struct World {
     /// Swaps to a compressed file finished, and compressed segments read back.
     compressed: u64,
     compressed_read: u64,
+    /// The archive's store (a quarter of the seeds): it outlives every crash.
+    store: Option<Arc<MemStore>>,
+    /// Uploads finished, and archived-only segments read back from the store.
+    uploaded: u64,
+    archived_read: u64,
+    /// Negative control: the log hears of an upload once the store holds the object,
+    /// before its stub is durable, so a local copy may go with nothing left to find
+    /// the object by. The checker must catch it.
+    early_archive_ack: bool,
 }
 
 /// One open session: the log on a shard with no thread, whose turns the checker runs.
@@ -160,6 +178,8 @@ struct Open {
     releases: Vec<ReleaseTicket>,
     /// The compression worker's swap in progress.
     swap: Option<Swap>,
+    /// The archive worker's upload in progress.
+    upload: Option<Upload>,
     /// Readers holding a sealed segment's mapping (and its pin), as `open_reader` does.
     readers: Vec<(u64, Arc<Mapping>, Arc<SegmentPin>)>,
 }
@@ -271,6 +291,20 @@ impl World {
             cfg.compression = aof2_shards::config::Compression::Zstd;
             cfg.compression_level = 1;
         }
+        // The archive, in a quarter of the seeds (chosen by the seed alone, so the
+        // other seeds' draws stay as they were): local copies dropped under `Size`
+        // retention once uploaded; archived copies kept within 1 MiB in half of them.
+        let archive = (seed / 3) % 4 == 1;
+        if archive {
+            cfg.retention = aof2_shards::config::RetentionPolicy::Size {
+                max_total_bytes: [128 * 1024, 512 * 1024][(seed / 12 % 2) as usize],
+            };
+            if seed / 24 % 2 == 1 {
+                cfg.archive_retention = aof2_shards::config::RetentionPolicy::Size {
+                    max_total_bytes: 1 << 20,
+                };
+            }
+        }
         let cfg = cfg.normalized();
         let faults = (seed % 3 == 2).then(|| Faults {
             write_error_ppm: rng.below(5_000) as u32,
@@ -314,6 +348,10 @@ impl World {
             released_asked: 0,
             compressed: 0,
             compressed_read: 0,
+            store: archive.then(|| Arc::new(MemStore::new())),
+            uploaded: 0,
+            archived_read: 0,
+            early_archive_ack: false,
         }
     }
 
@@ -387,6 +425,20 @@ impl World {
             opened.recovered,
         );
         core.set_buffer_size(self.buf_size);
+        if let Some(store) = &self.store {
+            let id = aof2_shards::archive::stub::ensure_log_id(&self.fs, &self.paths, 0o600)
+                .or_else(|e| {
+                    if self.fs.faults_injected() == 0 {
+                        return Err(e);
+                    }
+                    self.fs.set_faults(Faults::default());
+                    let r = aof2_shards::archive::stub::ensure_log_id(&self.fs, &self.paths, 0o600);
+                    self.fs.set_faults(self.faults.clone().unwrap_or_default());
+                    r
+                })
+                .unwrap_or_else(|e| self.fail(format!("the log id: {e}")));
+            core.enable_archive(store.describe(), id);
+        }
         if self.ignore_pins {
             core.ignore_pins_for_test();
         }
@@ -426,6 +478,7 @@ impl World {
             commit: None,
             releases: Vec::new(),
             swap: None,
+            upload: None,
             readers: Vec::new(),
         }
     }
@@ -477,10 +530,13 @@ impl World {
             }
             let first = found.len();
             let path = self.paths.sealed(s.header.segment_id, s.compressed);
-            let mut img = self
-                .fs
-                .read_file(&path)
-                .unwrap_or_else(|e| self.fail(format!("{}: {e}", path.display())));
+            let mut img = if s.local {
+                self.fs
+                    .read_file(&path)
+                    .unwrap_or_else(|e| self.fail(format!("{}: {e}", path.display())))
+            } else {
+                self.archived_image(s)
+            };
             if s.compressed {
                 img = self.inflate(&path, &img, s.header.file_size);
                 self.compressed_read += 1;
@@ -555,6 +611,104 @@ impl World {
                 "record {rid} came back but was never appended in that order"
             ));
         }
+    }
+
+    /// The object of a segment only the archive holds, found by its stub and checked
+    /// against it (size and SHA-256).
+    fn archived_image(&mut self, s: &aof2_shards::log::SealedSegment) -> Vec<u8> {
+        let id = s.header.segment_id;
+        let stub_path = self.paths.stub(id);
+        let stub = self
+            .fs
+            .read_file(&stub_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Stub::decode(&b))
+            .unwrap_or_else(|e| self.fail(format!("segment {id}'s stub: {e}")));
+        let store = self.store.clone().unwrap_or_else(|| {
+            self.fail(format!(
+                "segment {id} is archived-only in a seed with no archive"
+            ))
+        });
+        let o = store.get(&stub.key).unwrap_or_else(|e| {
+            self.fail(format!(
+                "segment {id} is held only by the archive, but its object {} is not there: {e}",
+                stub.key
+            ))
+        });
+        use sha2::Digest;
+        let sum: [u8; 32] = sha2::Sha256::digest(&o.data).into();
+        if sum != stub.sha256 {
+            self.fail(format!(
+                "segment {id}'s object {} has other bytes",
+                stub.key
+            ));
+        }
+        self.archived_read += 1;
+        o.data
+    }
+
+    /// One step of the archive worker (a deletion, or one step of an upload, starting
+    /// one if the core has it), as the worker thread runs them, so crashes land between
+    /// any two. The store fails a put now and then, or loses its answer.
+    fn archive_step(&mut self, o: &mut Open) {
+        let store = self.store.clone().expect("an archive seed");
+        if self.rng.chance(1, 25) {
+            store.fail_puts.store(1, Ordering::SeqCst);
+        }
+        if self.rng.chance(1, 25) {
+            store.lose_put_answers.store(1, Ordering::SeqCst);
+        }
+        let del = o.core().next_archive_delete();
+        if let Some((id, key, stub)) = del {
+            let ok = store.delete(&key).is_ok()
+                && match self.fs.unlink(&stub) {
+                    Ok(()) => self.fs.fsync_dir(&self.paths.archive).is_ok(),
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                };
+            self.say(|| format!("archived copy of segment {id} deleted: {ok}"));
+            o.core().archive_delete_done(id, ok);
+            o.shared.wake_shard();
+            return;
+        }
+        if o.upload.is_none() {
+            let job = o.core().next_upload();
+            let Some(job) = job else { return };
+            self.say(|| format!("upload segment {}", job.segment.header.segment_id));
+            o.upload = Some(Upload::new(job));
+        }
+        let up = o.upload.as_mut().expect("an upload");
+        let (id, key) = (up.segment(), up.key().to_string());
+        let shared = o.shared.clone();
+        let stop = || shared.lock_core().upload_should_stop();
+        let r = up.step(&self.fs, &*store, &stop);
+        match r {
+            Ok(Uploaded::More) => {
+                if self.early_archive_ack && up.object_stored() {
+                    self.say(|| format!("segment {id}: acknowledged before its stub (control)"));
+                    o.upload = None;
+                    o.core().upload_done(id, &key, 0);
+                    o.shared.wake_shard();
+                }
+                return;
+            }
+            Ok(Uploaded::Done { bytes }) => {
+                self.say(|| format!("segment {id} archived ({bytes} bytes)"));
+                self.uploaded += 1;
+                o.core().upload_done(id, &key, bytes);
+            }
+            Ok(Uploaded::Stopped) => {
+                self.say(|| format!("upload of segment {id} stopped"));
+                o.upload.as_mut().unwrap().clean_up(&self.fs);
+                o.core().upload_stopped(id);
+            }
+            Err(e) => {
+                self.say(|| format!("upload of segment {id} failed: {e}"));
+                o.upload.as_mut().unwrap().clean_up(&self.fs);
+                o.core().upload_failed(id, e);
+            }
+        }
+        o.upload = None;
+        o.shared.wake_shard();
     }
 
     /// The raw image a compressed segment file holds (every chunk inflated).
@@ -653,7 +807,11 @@ impl World {
         if compressing && self.rng.chance(1, 2) {
             self.compress_step(o);
         }
-        t.busy || committing || compressing
+        let archiving = self.store.is_some() && (o.upload.is_some() || o.core().archive_wanted());
+        if archiving && self.rng.chance(1, 2) {
+            self.archive_step(o);
+        }
+        t.busy || committing || compressing || archiving
     }
 
     /// A caller that waits for `upto` commits itself, as a blocking `flush_until` does
@@ -1221,6 +1379,7 @@ fn acknowledged_records_survive_simulated_crashes() {
     let mut recycled = 0u64;
     let mut continued = 0u64;
     let (mut compressed, mut compressed_read) = (0u64, 0u64);
+    let (mut uploaded, mut archived_read) = (0u64, 0u64);
     let mut slowest = (std::time::Duration::ZERO, 0);
     for seed in first..first + seeds {
         // Every seed on one model, alternating (both get a different half).
@@ -1234,10 +1393,12 @@ fn acknowledged_records_survive_simulated_crashes() {
         continued += w.sessions.iter().map(|s| s.continued).sum::<u64>();
         compressed += w.compressed;
         compressed_read += w.compressed_read;
+        uploaded += w.uploaded;
+        archived_read += w.archived_read;
         crashes += w.sessions.len();
     }
     println!(
-        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified, {recycled} segments in recycled files, {continued} continued after a clean close, {compressed} segments compressed ({compressed_read} read back compressed), in {:.1?} (slowest: seed {} {:.1?})",
+        "{seeds} seeds on {models:?}, {crashes} reopens, {acked} acknowledged records verified, {recycled} segments in recycled files, {continued} continued after a clean close, {compressed} segments compressed ({compressed_read} read back compressed), {uploaded} uploaded ({archived_read} read back from the archive), in {:.1?} (slowest: seed {} {:.1?})",
         start.elapsed(),
         slowest.1,
         slowest.0
@@ -1250,6 +1411,10 @@ fn acknowledged_records_survive_simulated_crashes() {
     assert!(
         seeds < 100 || compressed_read > 0,
         "compressed segments were checked"
+    );
+    assert!(
+        seeds < 100 || archived_read > 0,
+        "segments only the archive holds were checked"
     );
 }
 
@@ -1381,5 +1546,23 @@ fn recycling_a_mapped_file_is_caught() {
     assert!(
         caught.is_some(),
         "the crash checker did not notice mapped files being recycled"
+    );
+}
+
+#[test]
+fn dropping_a_local_copy_before_its_stub_is_durable_is_caught() {
+    // Archive seeds only: (seed / 3) % 4 == 1.
+    let caught = (0..2400u64).filter(|s| (s / 3) % 4 == 1).find(|&seed| {
+        std::panic::catch_unwind(|| {
+            let mut w = World::new(seed, Model::Blocking, false);
+            w.early_archive_ack = true;
+            w.run(400);
+        })
+        .is_err()
+    });
+    println!("an early archive acknowledgement was caught at seed {caught:?}");
+    assert!(
+        caught.is_some(),
+        "the crash checker did not notice local copies dropped before their stubs were durable"
     );
 }

@@ -50,7 +50,10 @@ pub fn read_stubs(fs: &dyn Fs, paths: &LogPaths) -> AofResult<Vec<Stub>> {
         }
         stubs.push(stub);
     }
-    if changed {
+    // A stub may have been renamed into place without its directory being synced (an
+    // upload whose last step failed, or a crash right there): make it durable before
+    // a local copy is let go on its word.
+    if changed || !stubs.is_empty() {
         fs.fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
     stubs.sort_by_key(|s| s.segment.header.segment_id);

@@ -72,6 +72,11 @@ impl Upload {
         self.job.segment.header.segment_id
     }
 
+    /// True once the store holds the object (the stub may not be written yet).
+    pub fn object_stored(&self) -> bool {
+        self.next > Step::Put
+    }
+
     /// The object's key.
     pub fn key(&self) -> &str {
         &self.job.key

@@ -46,7 +46,45 @@ fn build_frame(
     Ok(crc)
 }
 
+/// A segment `reserve` opened for the record it reserved room for, and what it changed
+/// to do so: undone if that record is not appended after all (its `fill` panicked).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JustOpened {
+    id: u64,
+    size: u64,
+    rolled_prev: bool,
+    recycled: bool,
+}
+
 impl LogCore {
+    /// Puts back the segment `o` describes: still empty, nothing of it written (the
+    /// log's lock was held since it opened), it becomes the next prepared file again,
+    /// and the segment before it takes appends again if only this roll ended it.
+    fn undo_open(&mut self, o: JustOpened) {
+        let s = self.segs.pop_back().expect("the segment just opened");
+        assert!(
+            s.id == o.id && s.record_count == 0 && s.written_end == 0 && !s.header_durable,
+            "segment {} of {} was used before its opening could be undone",
+            s.id,
+            self.paths.root.display()
+        );
+        for (_, b) in s.bufs {
+            if let Ok(b) = Arc::try_unwrap(b) {
+                self.pool.push(b);
+            }
+        }
+        self.next_segment = o.id;
+        self.prepared.push_front((o.id, o.size));
+        if o.recycled {
+            self.recycled.insert(o.id);
+        }
+        if o.rolled_prev {
+            if let Some(prev) = self.segs.back_mut() {
+                prev.rolled = false;
+            }
+        }
+    }
+
     /// Appends a record. `Err(WouldBlock(Admission))` when over `max_unflushed_bytes`,
     /// `Err(WouldBlock(Rollover))` when the record needs a new segment whose file is
     /// not prepared yet: the caller wakes the shard, waits for progress and retries.
@@ -139,9 +177,15 @@ impl LogCore {
         let ts = self.next_timestamp();
         let rid = match self.put_frame(len, 0, ts, Payload::Fill(fill)) {
             Ok(rid) => rid,
-            // Nothing was appended. (A segment opened for it stays open, empty, and
-            // takes the next record: ids stay dense.)
-            Err(p) => return Ok(Err(p)),
+            // Nothing was appended; a segment opened for it goes back to the prepared
+            // files, as if the append had never come (so a close right after marks it
+            // `.ready`, and ids stay dense).
+            Err(p) => {
+                if let Some(o) = self.just_opened.take() {
+                    self.undo_open(o);
+                }
+                return Ok(Err(p));
+            }
         };
         wake |= self.appended(frame);
         Ok(Ok(Appended {
@@ -180,6 +224,7 @@ impl LogCore {
     /// one if they do not fit), with buffers behind all of it. Returns whether the
     /// shard has work.
     fn reserve(&mut self, frames: u64) -> AofResult<bool> {
+        self.just_opened = None;
         let unflushed = self.total_appended - self.total_durable;
         if unflushed > 0 && unflushed + frames > self.cfg.flush.max_unflushed_bytes {
             return Err(AofError::WouldBlock(WouldBlockKind::Admission));
@@ -210,14 +255,23 @@ impl LogCore {
                 Some(&(id, psize)) if id == self.next_segment && Self::fits(psize, frames) => {
                     self.prepared.pop_front();
                     self.want = None;
+                    let mut rolled_prev = false;
                     if let Some(s) = self.segs.back_mut() {
                         if !s.rolled {
                             let (size, opened) = (s.header.file_size, s.opened_mono);
                             s.rolled = true;
+                            rolled_prev = true;
                             self.filled(size, opened, self.clock.monotonic_ns());
                         }
                     }
+                    let recycled = self.recycled.contains(&id);
                     self.open_segment(psize);
+                    self.just_opened = Some(JustOpened {
+                        id,
+                        size: psize,
+                        rolled_prev,
+                        recycled,
+                    });
                     wake = true;
                 }
                 _ => {

@@ -189,6 +189,8 @@ pub struct LogCore {
     zero_pace: zero_pace::ZeroPace,
     /// Latency and batching histograms.
     hist: crate::log_histograms::HistogramState,
+    /// The segment the last `reserve` opened, until its record is in.
+    just_opened: Option<append::JustOpened>,
 }
 
 impl Drop for LogCore {
@@ -278,6 +280,7 @@ impl LogCore {
             cont: None,
             zero_pace: zero_pace::ZeroPace::default(),
             hist: crate::log_histograms::HistogramState::starting_at(rec.records_total),
+            just_opened: None,
             cfg,
         };
         for s in core.sealed.clone() {
