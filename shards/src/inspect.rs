@@ -14,6 +14,9 @@
 //! held, as `/proc/locks` tells) is reported as being written, checked up to its last
 //! complete frame.
 
+use crate::archive::recovery::read_stubs_readonly;
+use crate::archive::store::ArchiveBackend;
+use crate::archive::stub::Stub;
 use crate::compressed_format::CompressedSegment;
 use crate::error::{AofError, AofResult};
 use crate::format::{
@@ -66,6 +69,31 @@ pub struct SegmentStat {
     /// The last segment, unsealed, while a writer holds the log's lock: it is being
     /// written, so it was checked up to its last complete frame (`data_end`).
     pub live: bool,
+    /// Where it is kept: locally, in the archive, or both.
+    pub location: Location,
+}
+
+/// Where a segment is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// In the segment directory only (not archived, or no archive).
+    Local,
+    /// In the segment directory and in the archive (its stub is in `archive/`).
+    Both,
+    /// Only in the archive: `path` is its stub, and `verify` checks its object only
+    /// when given the store ([`LogDir::with_archive`]).
+    Archive,
+}
+
+impl Location {
+    /// `local`, `both` or `archive`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Location::Local => "local",
+            Location::Both => "both",
+            Location::Archive => "archive",
+        }
+    }
 }
 
 /// A log directory opened for reading.
@@ -74,6 +102,10 @@ pub struct LogDir {
     fs: PosixFs,
     mark: ReleaseMark,
     survey: Survey,
+    /// Stubs of archived segments kept (at or above the mark).
+    stubs: Vec<Stub>,
+    /// The archive's store, to check (and read) archived-only segments.
+    archive: Option<Arc<dyn ArchiveBackend>>,
 }
 
 /// The release mark and the segment directory, read together (one look).
@@ -121,12 +153,132 @@ impl LogDir {
         }
         let live = || lock_held(&paths.lock) != Some(false);
         let (mark, survey) = settle(live, || look(&fs, &paths))?;
+        let stubs = read_stubs_readonly(&fs, &paths)?
+            .into_iter()
+            .filter(|s| s.segment.header.segment_id >= mark.first_segment)
+            .collect();
         Ok(LogDir {
             paths,
             fs,
             mark,
             survey,
+            stubs,
+            archive: None,
         })
+    }
+
+    /// Reads (and `verify` checks) segments only the archive holds from `store`.
+    pub fn with_archive(mut self, store: Arc<dyn ArchiveBackend>) -> LogDir {
+        self.archive = Some(store);
+        self
+    }
+
+    /// Stubs of the archived segments the log keeps.
+    pub fn stubs(&self) -> &[Stub] {
+        &self.stubs
+    }
+
+    /// Segments only the archive holds (no local copy), with their stubs.
+    pub fn archived_only(&self) -> Vec<&Stub> {
+        self.stubs
+            .iter()
+            .filter(|s| {
+                let id = s.segment.header.segment_id;
+                !self.survey.used.iter().any(|u| u.id == id)
+            })
+            .collect()
+    }
+
+    /// The stat of an archived-only segment, from its stub.
+    fn archived_stat(&self, st: &Stub) -> SegmentStat {
+        let s = &st.segment;
+        SegmentStat {
+            id: s.header.segment_id,
+            path: self.paths.stub(s.header.segment_id),
+            sealed: true,
+            file_size: s.header.file_size,
+            compressed: s.compressed,
+            disk_bytes: 0,
+            data_end: s.footer.data_end,
+            records: s.footer.record_count,
+            base_record_index: s.header.base_record_index,
+            created_at_ns: s.header.created_at_ns,
+            sealed_at_ns: Some(s.footer.sealed_at_ns),
+            torn_tail: None,
+            live: false,
+            location: Location::Archive,
+        }
+    }
+
+    /// A cursor over an archived-only segment: its object fetched and checked, kept in
+    /// a temporary file only while it is mapped.
+    pub fn archived_cursor(&self, st: &Stub) -> AofResult<SegmentCursor> {
+        let bytes = self.archived_bytes(st)?;
+        let id = st.segment.header.segment_id;
+        let tmp = std::env::temp_dir().join(format!(
+            "aof2-archived-{}-{id}-{}",
+            std::process::id(),
+            if st.segment.compressed { "zst" } else { "seg" }
+        ));
+        std::fs::write(&tmp, &bytes).map_err(io_err("write", &tmp))?;
+        let r = if st.segment.compressed {
+            SegmentReader::compressed(&self.fs, tmp.clone())
+        } else {
+            SegmentReader::sealed(&self.fs, tmp.clone(), st.segment)
+        };
+        // Mapped: the file can go now.
+        let _ = std::fs::remove_file(&tmp);
+        Ok(SegmentCursor::new(r?))
+    }
+
+    /// Local stats and archived-only ones, in id order.
+    fn merged(&self, local: Vec<SegmentStat>) -> Vec<SegmentStat> {
+        let mut out = local;
+        for st in &mut out {
+            if self
+                .stubs
+                .iter()
+                .any(|s| s.segment.header.segment_id == st.id)
+            {
+                st.location = Location::Both;
+            }
+        }
+        for st in self.archived_only() {
+            out.push(self.archived_stat(st));
+        }
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// An archived-only segment's object, fetched from the store and checked against
+    /// its stub (size and SHA-256) and as a sealed segment.
+    pub fn archived_bytes(&self, st: &Stub) -> AofResult<Vec<u8>> {
+        let id = st.segment.header.segment_id;
+        let path = self.paths.stub(id);
+        let bad = |why: String| corruption(&path, id, 0, why);
+        let Some(store) = &self.archive else {
+            return Err(bad(format!(
+                "segment {id} is held only by the archive (object {}); give the store \
+                 (--archive-dir) to read it",
+                st.key
+            )));
+        };
+        let o = store
+            .get(&st.key)
+            .map_err(|e| bad(format!("{}: {e}", store.describe())))?;
+        use sha2::Digest;
+        let sum: [u8; 32] = sha2::Sha256::digest(&o.data).into();
+        if sum != st.sha256 || o.data.len() as u64 != st.object_bytes {
+            return Err(bad(format!(
+                "object {} in the {} is not the one uploaded (SHA-256 {}, the stub records {})",
+                st.key,
+                store.describe(),
+                crate::archive::stub::hex(&sum),
+                crate::archive::stub::hex(&st.sha256)
+            )));
+        }
+        check_sealed_bytes(&path, &st.segment, &o.data)?;
+        Ok(o.data)
     }
 
     /// True when a writer holds the log's lock now (from `/proc/locks`, without
@@ -184,7 +336,7 @@ impl LogDir {
             .map(|u| self.segment_stat(u))
             .collect::<AofResult<_>>()?;
         self.mark_live(&mut out);
-        Ok(out)
+        Ok(self.merged(out))
     }
 
     /// Segment `id` as the directory holds it now (a new look at its header and
@@ -215,6 +367,7 @@ impl LogDir {
             sealed_at_ns: u.footer.map(|f| f.sealed_at_ns),
             torn_tail: None,
             live: false,
+            location: Location::Local,
         };
         match u.footer {
             Some(f) => {
@@ -292,33 +445,66 @@ impl LogDir {
     ) -> AofResult<Vec<SegmentStat>> {
         let used = &survey.used;
         recovery::check_only_last_unsealed(used)?;
-        let mut out = Vec::with_capacity(used.len());
+        // Local segments and those only the archive holds, in id order.
+        let mut all: Vec<(u64, Option<&Used>, Option<&Stub>)> =
+            used.iter().map(|u| (u.id, Some(u), None)).collect();
+        for st in &self.stubs {
+            let id = st.segment.header.segment_id;
+            if !used.iter().any(|u| u.id == id) {
+                all.push((id, None, Some(st)));
+            }
+        }
+        all.sort_by_key(|e| e.0);
+        let mut out = Vec::with_capacity(all.len());
         // The first segment kept starts where the release mark says: any later, and
         // records between were lost rather than released.
         let mut records = mark.first_record_index;
-        for u in used {
-            if u.header.base_record_index != records {
+        for (id, u, stub) in all {
+            let (base, path) = match (u, stub) {
+                (Some(u), _) => (u.header.base_record_index, u.path.clone()),
+                (None, Some(st)) => (st.segment.header.base_record_index, self.paths.stub(id)),
+                (None, None) => unreachable!("listed from one or the other"),
+            };
+            if base != records {
                 return Err(corruption(
-                    &u.path,
-                    u.id,
+                    &path,
+                    id,
                     0,
                     format!(
-                        "segment starts at record {} but the segments before it end at record {records}",
-                        u.header.base_record_index
+                        "segment starts at record {base} but the segments before it end at record {records}"
                     ),
                 ));
             }
-            let st = match (u.footer, checked.get(&u.id)) {
-                (Some(_), Some(st)) => st.clone(),
-                (Some(f), None) => {
-                    let st = self.verify_sealed(u, &f)?;
-                    checked.insert(u.id, st.clone());
-                    st
+            let st = match (u, stub) {
+                (Some(u), _) => match (u.footer, checked.get(&u.id)) {
+                    (Some(_), Some(st)) => st.clone(),
+                    (Some(f), None) => {
+                        let st = self.verify_sealed(u, &f)?;
+                        checked.insert(u.id, st.clone());
+                        st
+                    }
+                    (None, _) => self.verify_unsealed(u)?,
+                },
+                (None, Some(stub)) => {
+                    if self.archive.is_some() {
+                        self.archived_bytes(stub)?;
+                    }
+                    self.archived_stat(stub)
                 }
-                (None, _) => self.verify_unsealed(u)?,
+                (None, None) => unreachable!("listed from one or the other"),
             };
-            records = u.header.base_record_index + st.records;
+            records = base + st.records;
             out.push(st);
+        }
+        let stubs: Vec<u64> = self
+            .stubs
+            .iter()
+            .map(|s| s.segment.header.segment_id)
+            .collect();
+        for st in &mut out {
+            if st.location == Location::Local && stubs.contains(&st.id) {
+                st.location = Location::Both;
+            }
         }
         Ok(out)
     }

@@ -71,6 +71,10 @@ enum Command {
         /// Print payloads as hex instead of escaped text.
         #[arg(long)]
         hex: bool,
+        /// The log's archive directory (`ArchiveStore::LocalDir`): segments only the
+        /// archive holds are read from it (checked against their stubs).
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
     },
     /// Check every frame, footer and header of a log; print the first problem (segment,
     /// offset, path) and exit non-zero if there is one.
@@ -80,6 +84,10 @@ enum Command {
         /// Print one JSON object (segments and the outcome) instead of text.
         #[arg(long)]
         json: bool,
+        /// The log's archive directory (`ArchiveStore::LocalDir`): segments only the
+        /// archive holds are fetched and checked too (otherwise only their stubs).
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
     },
     /// Print a log's segments (state, sizes, records) and totals.
     Stat {
@@ -151,11 +159,22 @@ fn main() -> ExitCode {
             from,
             limit,
             hex,
-        } => tools::dump(&dir, from, limit, hex)
+            archive_dir,
+        } => tools::dump(&dir, from, limit, hex, archive_dir.as_deref())
             .map(|_| ())
             .map_err(Into::into),
-        Command::Verify { dir, json: false } => tools::verify(&dir).map(|_| ()).map_err(Into::into),
-        Command::Verify { dir, json: true } => tools::verify_json(&dir).map_err(Into::into),
+        Command::Verify {
+            dir,
+            json: false,
+            archive_dir,
+        } => tools::verify(&dir, archive_dir.as_deref())
+            .map(|_| ())
+            .map_err(Into::into),
+        Command::Verify {
+            dir,
+            json: true,
+            archive_dir,
+        } => tools::verify_json(&dir, archive_dir.as_deref()).map_err(Into::into),
         Command::Stat { dir, json: false } => tools::stat(&dir).map(|_| ()).map_err(Into::into),
         Command::Stat { dir, json: true } => tools::stat_json(&dir).map_err(Into::into),
         Command::Tail {

@@ -2,7 +2,8 @@
 //! open a log directory without the writer's lock, so they can run beside a live
 //! writer in another process, and never change a file.
 
-use aof2_shards::inspect::{LogDir, SegmentStat};
+use aof2_shards::archive::store::LocalDirStore;
+use aof2_shards::inspect::{Location, LogDir, SegmentStat};
 use aof2_shards::reader::{SegmentCursor, SegmentRecord};
 use bop_rs::aof2::config::RecordId;
 use bop_rs::aof2::error::{AofError, AofResult};
@@ -34,7 +35,11 @@ fn out_err(e: std::io::Error) -> AofError {
 
 /// Writes one record as `ID<TAB>TIMESTAMP_NS<TAB>LEN<TAB>PAYLOAD`, the payload with
 /// non-printable bytes escaped (or as a hex dump with `hex`).
-fn print_record(out: &mut impl Write, r: &SegmentRecord<'_>, hex: bool) -> std::io::Result<()> {
+fn print_record(
+    out: &mut (impl Write + ?Sized),
+    r: &SegmentRecord<'_>,
+    hex: bool,
+) -> std::io::Result<()> {
     let p = r.payload();
     write!(out, "{}\t{}\t{}\t", r.record_id(), r.timestamp(), p.len())?;
     if hex {
@@ -52,22 +57,62 @@ fn print_record(out: &mut impl Write, r: &SegmentRecord<'_>, hex: bool) -> std::
 
 /// `aof2 dump`: prints records in order, from `from` (inclusive) if given, at most
 /// `limit` of them. Returns how many were printed.
-pub fn dump(root: &Path, from: Option<RecordId>, limit: Option<u64>, hex: bool) -> AofResult<u64> {
-    let dir = LogDir::open(root)?;
+pub fn dump(
+    root: &Path,
+    from: Option<RecordId>,
+    limit: Option<u64>,
+    hex: bool,
+    archive_dir: Option<&Path>,
+) -> AofResult<u64> {
+    let dir = open_dir(root, archive_dir)?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut printed = 0u64;
     let limit = limit.unwrap_or(u64::MAX);
     let start_seg = from.map_or(0, |r| r.segment_index() as u64);
     if let Some(r) = from {
-        if !dir.segments().iter().any(|u| u.id == start_seg) {
+        let archived = dir
+            .archived_only()
+            .iter()
+            .any(|s| s.segment.header.segment_id == start_seg);
+        if !archived && !dir.segments().iter().any(|u| u.id == start_seg) {
             return Err(AofError::RecordNotFound {
                 rid: r.to_string(),
                 reason: format!("{} has no segment {start_seg}", root.display()),
             });
         }
     }
+    // Segments only the archive holds, each read from its checked object, in id order
+    // with the local ones.
+    let archived = dir.archived_only();
+    let mut next_archived = archived
+        .iter()
+        .filter(|s| s.segment.header.segment_id >= start_seg)
+        .peekable();
+    let mut print_archived_below = |below: u64, printed: &mut u64, out: &mut dyn Write| {
+        while let Some(st) = next_archived.next_if(|s| s.segment.header.segment_id < below) {
+            if *printed >= limit {
+                break;
+            }
+            let id = st.segment.header.segment_id;
+            let mut c = dir.archived_cursor(st)?;
+            if let Some(r) = from.filter(|r| r.segment_index() as u64 == id) {
+                c.seek(r)?;
+            }
+            while *printed < limit {
+                match c.next()? {
+                    Some(r) => {
+                        print_record(out, &r, hex).map_err(out_err)?;
+                        *printed += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok::<(), AofError>(())
+    };
     for u in dir.segments().iter().filter(|u| u.id >= start_seg) {
+        print_archived_below(u.id, &mut printed, &mut out)?;
         if printed >= limit {
             break;
         }
@@ -112,16 +157,40 @@ pub fn dump(root: &Path, from: Option<RecordId>, limit: Option<u64>, hex: bool) 
             }
         }
     }
+    print_archived_below(u64::MAX, &mut printed, &mut out)?;
     out.flush().map_err(out_err)?;
     Ok(printed)
 }
 
 /// `aof2 verify`: checks every segment; prints one line per segment and a summary.
-pub fn verify(root: &Path) -> AofResult<Vec<SegmentStat>> {
+/// The log at `root`, with its archive directory when one is given.
+fn open_dir(root: &Path, archive_dir: Option<&Path>) -> AofResult<LogDir> {
     let dir = LogDir::open(root)?;
+    Ok(match archive_dir {
+        Some(a) => dir.with_archive(std::sync::Arc::new(LocalDirStore::new(a.to_path_buf()))),
+        None => dir,
+    })
+}
+
+pub fn verify(root: &Path, archive_dir: Option<&Path>) -> AofResult<Vec<SegmentStat>> {
+    let dir = open_dir(root, archive_dir)?;
     let stats = dir.verify()?;
     for s in &stats {
         let state = if s.sealed { "sealed" } else { "unsealed" };
+        if s.location == Location::Archive {
+            let how = if archive_dir.is_some() {
+                "object fetched and checked"
+            } else {
+                "stub only: pass --archive-dir to check its object"
+            };
+            println!(
+                "segment {:>6}  {state:<8}  {:>9} records  {:>12} bytes of frames  (archived: {how})",
+                s.id,
+                s.records,
+                s.data_end - aof2_shards::format::HEADER_LEN as u64
+            );
+            continue;
+        }
         print!(
             "segment {:>6}  {state:<8}  {:>9} records  {:>12} bytes of frames",
             s.id,
@@ -153,9 +222,10 @@ pub fn stat(root: &Path) -> AofResult<Vec<SegmentStat>> {
     let dir = LogDir::open(root)?;
     let stats = dir.stat()?;
     println!(
-        "{:>8}  {:<8}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
+        "{:>8}  {:<8}  {:<8}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
         "segment",
         "state",
+        "where",
         "raw bytes",
         "disk bytes",
         "data bytes",
@@ -172,8 +242,9 @@ pub fn stat(root: &Path) -> AofResult<Vec<SegmentStat>> {
             (false, false, Some(_)) => "torn",
         };
         println!(
-            "{:>8}  {state:<8}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
+            "{:>8}  {state:<8}  {:<8}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>20}",
             s.id,
+            s.location.name(),
             s.file_size,
             s.disk_bytes,
             s.data_end,
@@ -204,7 +275,32 @@ pub fn stat(root: &Path) -> AofResult<Vec<SegmentStat>> {
         dir.prepared_files(),
         root.display()
     );
+    if let Some((n, bytes)) = upload_backlog(root, &stats) {
+        let archived = stats
+            .iter()
+            .filter(|s| s.location != Location::Local)
+            .count();
+        let only = stats
+            .iter()
+            .filter(|s| s.location == Location::Archive)
+            .count();
+        println!(
+            "archive: {archived} segments archived ({only} only there), upload backlog {n} sealed segments ({bytes} bytes)"
+        );
+    }
     Ok(stats)
+}
+
+/// For a log that uses an archive (it has a `LOG_ID`): sealed segments kept only
+/// locally (not uploaded yet) and their bytes.
+fn upload_backlog(root: &Path, stats: &[SegmentStat]) -> Option<(u64, u64)> {
+    if !root.join("LOG_ID").exists() {
+        return None;
+    }
+    let waiting = stats
+        .iter()
+        .filter(|s| s.sealed && s.location == Location::Local);
+    Some(waiting.fold((0, 0), |(n, b), s| (n + 1, b + s.disk_bytes)))
 }
 
 /// Where `aof2 tail` reads.
@@ -328,6 +424,7 @@ fn segment_json(s: &SegmentStat) -> serde_json::Value {
         "id": s.id,
         "path": s.path.display().to_string(),
         "sealed": s.sealed,
+        "location": s.location.name(),
         "compressed": s.compressed,
         "live": s.live,
         "file_size": s.file_size,
@@ -346,12 +443,14 @@ fn segment_json(s: &SegmentStat) -> serde_json::Value {
 /// `aof2 stat --json`: `{"dir", "segments": [...], "records", "raw_bytes", "disk_bytes"}`.
 pub fn stat_json(root: &Path) -> AofResult<()> {
     let stats = LogDir::open(root)?.stat()?;
+    let backlog = upload_backlog(root, &stats);
     let v = serde_json::json!({
         "dir": root.display().to_string(),
         "segments": stats.iter().map(segment_json).collect::<Vec<_>>(),
         "records": stats.iter().map(|s| s.records).sum::<u64>(),
         "raw_bytes": stats.iter().map(|s| s.file_size).sum::<u64>(),
         "disk_bytes": stats.iter().map(|s| s.disk_bytes).sum::<u64>(),
+        "upload_backlog": backlog.map(|(n, b)| serde_json::json!({ "segments": n, "bytes": b })),
     });
     println!("{v}");
     Ok(())
@@ -359,8 +458,8 @@ pub fn stat_json(root: &Path) -> AofResult<()> {
 
 /// `aof2 verify --json`: `{"dir", "ok": true, "segments": [...], "records"}`, or on
 /// damage `{"dir", "ok": false, "error": "..."}` (and the exit status is 1).
-pub fn verify_json(root: &Path) -> AofResult<()> {
-    let r = LogDir::open(root).and_then(|d| d.verify());
+pub fn verify_json(root: &Path, archive_dir: Option<&Path>) -> AofResult<()> {
+    let r = open_dir(root, archive_dir).and_then(|d| d.verify());
     let v = match &r {
         Ok(stats) => serde_json::json!({
             "dir": root.display().to_string(),
