@@ -124,6 +124,15 @@ fn segments_go_to_the_archive_and_read_back_after_their_local_copies_went() {
     assert!(gone.contains(&(rid.segment_index() as u64)));
     assert_eq!(&read_back(&aof, *rid), p);
     assert!(aof.flush_metrics().archive_hydrations > 0);
+    let text = m.prometheus_text();
+    for name in [
+        "aof_archive_uploads_total",
+        "aof_archive_backlog_segments",
+        "aof_archive_held_over_bound_bytes",
+        "aof_archive_hydrations_total",
+    ] {
+        assert!(text.contains(&format!("{name}{{")), "{name} missing:\n{text}");
+    }
     aof.close().unwrap();
     drop(aof);
 

@@ -65,6 +65,27 @@ impl FlushMetricsExporter {
                 s.compression_backlog_segments,
             ),
             ("aof_compression_backlog_bytes", s.compression_backlog_bytes),
+            ("aof_archive_uploads_total", s.archive_uploads),
+            ("aof_archive_uploaded_bytes_total", s.archive_uploaded_bytes),
+            ("aof_archive_upload_failures_total", s.archive_upload_failures),
+            ("aof_archive_deletes_total", s.archive_deletes),
+            ("aof_archive_local_drops_total", s.archive_local_drops),
+            ("aof_archive_backlog_segments", s.archive_backlog_segments),
+            ("aof_archive_backlog_bytes", s.archive_backlog_bytes),
+            (
+                "aof_archive_held_over_bound_bytes",
+                s.archive_held_over_bound_bytes,
+            ),
+            (
+                "aof_archive_oldest_unarchived_age_seconds",
+                s.archive_oldest_unarchived_age_s,
+            ),
+            ("aof_archive_hydrations_total", s.archive_hydrations),
+            ("aof_archive_hydration_ms_total", s.archive_hydration_ms),
+            (
+                "aof_archive_hydration_failures_total",
+                s.archive_hydration_failures,
+            ),
         ]
         .into_iter()
         .map(|(name, value)| MetricSample { name, value })

@@ -82,6 +82,22 @@ fn help(name: &str) -> &'static str {
         "aof_compression_failures_total" => "Failed compressions.",
         "aof_compression_backlog_segments" => "Sealed segments waiting for compression.",
         "aof_compression_backlog_bytes" => "Bytes of the segments waiting for compression.",
+        "aof_archive_uploads_total" => "Sealed segments uploaded to the archive.",
+        "aof_archive_uploaded_bytes_total" => "Bytes of the objects uploaded.",
+        "aof_archive_upload_failures_total" => "Upload attempts that failed (retried).",
+        "aof_archive_deletes_total" => "Archived copies of released segments deleted.",
+        "aof_archive_local_drops_total" => "Local copies dropped because the archive holds them.",
+        "aof_archive_backlog_segments" => "Sealed segments the archive does not hold yet.",
+        "aof_archive_backlog_bytes" => "Local bytes of the segments not archived yet.",
+        "aof_archive_held_over_bound_bytes" => {
+            "Local bytes kept past retention because the archive does not hold them yet."
+        }
+        "aof_archive_oldest_unarchived_age_seconds" => {
+            "Age of the oldest segment not archived yet."
+        }
+        "aof_archive_hydrations_total" => "Archived segments downloaded for readers.",
+        "aof_archive_hydration_ms_total" => "Milliseconds spent downloading and checking them.",
+        "aof_archive_hydration_failures_total" => "Downloads that failed.",
         _ => "See the FlushMetricsSnapshot field of the same meaning.",
     }
 }
