@@ -131,7 +131,10 @@ fn segments_go_to_the_archive_and_read_back_after_their_local_copies_went() {
         "aof_archive_held_over_bound_bytes",
         "aof_archive_hydrations_total",
     ] {
-        assert!(text.contains(&format!("{name}{{")), "{name} missing:\n{text}");
+        assert!(
+            text.contains(&format!("{name}{{")),
+            "{name} missing:\n{text}"
+        );
     }
     aof.close().unwrap();
     drop(aof);
@@ -353,11 +356,16 @@ fn compressed_segments_are_archived_as_their_zstd_files() {
     c.compression = bop_rs::aof2::config::Compression::Zstd;
     let aof = open(&m, c);
     let want = write(&aof, 8, 800);
-    wait_for("compressed uploads and local drops", Duration::from_secs(30), || {
-        settled(&aof) && aof.flush_metrics().archive_local_drops > 0
-    });
+    wait_for(
+        "compressed uploads and local drops",
+        Duration::from_secs(30),
+        || settled(&aof) && aof.flush_metrics().archive_local_drops > 0,
+    );
     let keys = store.keys();
-    assert!(!keys.is_empty() && keys.iter().all(|k| k.ends_with(".zst")), "{keys:?}");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.ends_with(".zst")),
+        "{keys:?}"
+    );
     // Smaller than the raw segments: the compressed files went up.
     let raw: u64 = aof
         .catalog_snapshot()

@@ -19,96 +19,25 @@ use bop_rs::aof2::reader::SegmentCursor;
 use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, RecordId};
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const ACCESS: &str = "AKIDAOF2TEST";
-const SECRET: &str = "PLANTED-s3-secret-0123456789abcdef";
-const BUCKET: &str = "aof2-test";
+#[path = "common/s3s.rs"]
+mod s3s;
+use s3s::{Server, ACCESS, BUCKET, SECRET};
 
-fn binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("AOF2_S3S_FS") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
-}
-
-/// A running `s3s-fs` over a scratch directory.
-struct Server {
-    bin: PathBuf,
-    root: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(root: &Path) -> Option<Server> {
-        let Some(bin) = binary() else {
-            assert!(
-                std::env::var("AOF2_REQUIRE_S3").as_deref() != Ok("1"),
-                "AOF2_REQUIRE_S3=1 but no s3s-fs binary (AOF2_S3S_FS or PATH)"
-            );
-            eprintln!("no s3s-fs binary (AOF2_S3S_FS or PATH): nothing to check");
-            return None;
-        };
-        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = Server {
-            bin,
-            root: root.to_path_buf(),
-            port,
-            child: None,
-        };
-        s.resume();
-        Some(s)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts (again) on the same port and directory; waits until it listens.
-    fn resume(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", ACCESS, "--secret-key", SECRET])
-            .arg(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "s3s-fs did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The test's server, or `None` (and a note) where there is no binary, unless
+/// `AOF2_REQUIRE_S3=1` makes that a failure.
+fn start_server(root: &Path) -> Option<Server> {
+    let Some(bin) = s3s::binary() else {
+        assert!(
+            std::env::var("AOF2_REQUIRE_S3").as_deref() != Ok("1"),
+            "AOF2_REQUIRE_S3=1 but no s3s-fs binary (AOF2_S3S_FS or PATH)"
+        );
+        eprintln!("no s3s-fs binary (AOF2_S3S_FS or PATH): nothing to check");
+        return None;
+    };
+    Some(Server::start_with(bin, root).expect("s3s-fs starts"))
 }
 
 fn s3_config(server: &Server) -> S3Config {
@@ -210,7 +139,7 @@ fn scratch() -> tempfile::TempDir {
 fn a_log_round_trips_through_a_real_s3_server() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(server) = Server::start(&s3dir.path().join("s3")) else {
+    let Some(server) = start_server(&s3dir.path().join("s3")) else {
         return;
     };
     let m = s3_manager(&server);
@@ -241,7 +170,7 @@ fn a_log_round_trips_through_a_real_s3_server() {
 fn a_stopped_server_stops_no_append_and_uploads_resume_when_it_returns() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(mut server) = Server::start(&s3dir.path().join("s3")) else {
+    let Some(mut server) = start_server(&s3dir.path().join("s3")) else {
         return;
     };
     let m = s3_manager(&server);
@@ -274,7 +203,7 @@ fn a_stopped_server_stops_no_append_and_uploads_resume_when_it_returns() {
         msg.contains(&format!("segment {archived}")) && msg.contains("S3 bucket aof2-test"),
         "{msg}"
     );
-    server.resume();
+    server.resume().unwrap();
     wait_for("uploads after the outage", Duration::from_secs(60), || {
         let m = aof.flush_metrics();
         m.archive_backlog_segments == 0 && m.archive_held_over_bound_bytes == 0
@@ -286,7 +215,7 @@ fn a_stopped_server_stops_no_append_and_uploads_resume_when_it_returns() {
 fn a_tampered_object_on_the_server_is_an_error_never_data() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(server) = Server::start(&s3dir.path().join("s3")) else {
+    let Some(server) = start_server(&s3dir.path().join("s3")) else {
         return;
     };
     let m = s3_manager(&server);
@@ -332,7 +261,7 @@ impl log::Log for Collect {
 fn the_secret_key_appears_in_no_log_error_debug_output_or_metric() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(mut server) = Server::start(&s3dir.path().join("s3")) else {
+    let Some(mut server) = start_server(&s3dir.path().join("s3")) else {
         return;
     };
     static LOGS: std::sync::OnceLock<Arc<Collect>> = std::sync::OnceLock::new();
@@ -376,7 +305,7 @@ fn the_secret_key_appears_in_no_log_error_debug_output_or_metric() {
         secret_access_key: Secret::new(format!("{SECRET}-wrong")),
         session_token: None,
     };
-    server.resume();
+    server.resume().unwrap();
     text.push(m.prometheus_text());
     text.push(format!("{:?}", aof.flush_metrics()));
     text.push(format!("{aof:?}"));

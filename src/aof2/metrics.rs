@@ -67,7 +67,10 @@ impl FlushMetricsExporter {
             ("aof_compression_backlog_bytes", s.compression_backlog_bytes),
             ("aof_archive_uploads_total", s.archive_uploads),
             ("aof_archive_uploaded_bytes_total", s.archive_uploaded_bytes),
-            ("aof_archive_upload_failures_total", s.archive_upload_failures),
+            (
+                "aof_archive_upload_failures_total",
+                s.archive_upload_failures,
+            ),
             ("aof_archive_deletes_total", s.archive_deletes),
             ("aof_archive_local_drops_total", s.archive_local_drops),
             ("aof_archive_backlog_segments", s.archive_backlog_segments),

@@ -1,9 +1,10 @@
-//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1B, W1Z, W2P, R1-R3, S1, Z1, C1, T1, P1), each
+//! The benchmark harness behind `aof2 bench`: its workloads (W1-W5, W1B, W1Z, W2P, R1-R3, S1, Z1, C1, T1, P1, A1), each
 //! measured against a raw baseline in the same run on the same directory, reported as a
 //! ratio (these machines are noisy; only ratios taken in one run compare). It lives
 //! on the binary's side, not in the library: one file per workload, `baseline` for the
 //! raw baselines' tools, `report` for rows and printing.
 
+mod a1_archive;
 mod baseline;
 mod paths;
 #[cfg(feature = "peers")]
@@ -223,7 +224,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         |w: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.eq_ignore_ascii_case(w));
     let mut rows = Vec::new();
     type Workload = fn(&Ctx) -> BenchResult<Vec<Row>>;
-    let workloads: [(&[&str], Workload); 16] = [
+    let workloads: [(&[&str], Workload); 17] = [
         (&["W1"], w1::w1),
         (&["W1", "W1B"], w1_burst::w1_burst),
         (&["W1", "W1Z"], w1_zstd::w1z),
@@ -240,6 +241,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         (&["C1"], paths::c1),
         (&["T1"], tasks::t1),
         (&["P1"], peer_rows),
+        (&["A1"], a1_archive::a1),
     ];
     if !opts.json {
         println!(

@@ -1,0 +1,302 @@
+//! A1: the archive. Upload throughput, hydration of an archived-only segment (cold:
+//! downloaded and checked; cached: from `hydrated/`), and W1 / W2 on a log whose
+//! segments are uploaded while it writes, each against a baseline in the same run:
+//! the store's own put and get of the same bytes, a local segment's reader, and the
+//! same appends on a manager without an archive.
+//!
+//! The store is a local directory beside the logs; with the `s3` feature and an
+//! `s3s-fs` binary (`AOF2_S3S_FS` or the `PATH`), a loopback `s3s-fs` server (its
+//! data on the same disk) instead.
+
+use super::report::*;
+use super::{alternate, BenchResult, Ctx};
+use aof2_shards::archive::store::ArchiveBackend;
+use bop_rs::aof2::config::{ArchiveStore, RetentionPolicy, SegmentId};
+use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
+use hdrhistogram::Histogram;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[cfg(feature = "s3")]
+#[path = "../../../tests/common/s3s.rs"]
+mod s3s;
+
+/// The store the rows use, and what keeps it alive.
+struct Store {
+    cfg: ArchiveStore,
+    backend: Arc<dyn ArchiveBackend>,
+    name: String,
+    #[cfg(feature = "s3")]
+    _server: Option<s3s::Server>,
+}
+
+fn store(root: &Path) -> BenchResult<Store> {
+    #[cfg(feature = "s3")]
+    if let Some(bin) = s3s::binary() {
+        let server = s3s::Server::start_with(bin, &root.join("s3s"))?;
+        let mut c = bop_rs::aof2::config::S3Config::default();
+        c.bucket = s3s::BUCKET.into();
+        c.endpoint = Some(server.endpoint());
+        c.allow_http = true;
+        c.credentials = bop_rs::aof2::config::S3Credentials::Static {
+            access_key_id: s3s::ACCESS.into(),
+            secret_access_key: bop_rs::aof2::config::Secret::new(s3s::SECRET),
+            session_token: None,
+        };
+        let cfg = ArchiveStore::S3(c);
+        let backend = aof2_shards::archive::build_store(&cfg)?;
+        return Ok(Store {
+            name: format!("s3s-fs on loopback ({})", backend.describe()),
+            cfg,
+            backend,
+            _server: Some(server),
+        });
+    }
+    let dir = root.join("archive-store");
+    let cfg = ArchiveStore::LocalDir(dir.clone());
+    Ok(Store {
+        backend: aof2_shards::archive::build_store(&cfg)?,
+        name: format!("a local directory ({})", dir.display()),
+        cfg,
+        #[cfg(feature = "s3")]
+        _server: None,
+    })
+}
+
+fn wait(what: &str, limit: Duration, f: impl Fn() -> bool) -> BenchResult<()> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            return Err(format!("A1: {what} not within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Fills `n` sealed segments of `aof` with 64 KiB records.
+fn fill(aof: &Aof, n: usize, seg: u64) -> BenchResult<()> {
+    let rec = vec![0x5au8; 64 << 10];
+    for _ in 0..n {
+        let mut written = 0;
+        while written + (80 << 10) < seg {
+            aof.append_record(&rec)?;
+            written += rec.len() as u64 + 64;
+        }
+        aof.flush()?;
+        aof.seal_active()?;
+    }
+    Ok(())
+}
+
+/// A1: the archive's rows.
+pub fn a1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    let st = store(&ctx.root)?;
+    println!("(A1: the archive is {})", st.name);
+    let mut mcfg = AofManagerConfig::default();
+    mcfg.backend = ctx.backend;
+    mcfg.archive = Some(st.cfg.clone());
+    let am = AofManager::with_config(mcfg)?;
+    let mut rows = uploads_and_hydration(ctx, &am, &st)?;
+    rows.extend(while_uploading(ctx, &am)?);
+    Ok(rows)
+}
+
+fn uploads_and_hydration(ctx: &Ctx, am: &AofManager, st: &Store) -> BenchResult<Vec<Row>> {
+    let seg: u64 = if ctx.quick { 8 << 20 } else { 64 << 20 };
+    let n = if ctx.quick { 3 } else { 4 };
+    // The segments are written on the plain manager, then the log is opened with the
+    // archive: the upload of all of them is timed alone.
+    let plain = ctx.open_with(|c| {
+        c.segment_min_bytes = seg;
+        c.segment_target_bytes = seg;
+    })?;
+    fill(&plain, n, seg)?;
+    let root = plain.root_dir().to_path_buf();
+    plain.close()?;
+    drop(plain);
+    let mut cfg = bop_rs::aof2::config::AofConfig::default();
+    cfg.root_dir = root.clone();
+    cfg.segment_min_bytes = seg;
+    cfg.segment_target_bytes = seg;
+    let t = Instant::now();
+    let aof = Aof::new(am.handle(), cfg.clone())?;
+    wait("uploads", Duration::from_secs(300), || {
+        aof.flush_metrics().archive_backlog_segments == 0
+    })?;
+    let upload = t.elapsed();
+    let bytes = aof.flush_metrics().archive_uploaded_bytes;
+    // Baseline: the store's own put of the same files' bytes (read included), fresh keys.
+    let t = Instant::now();
+    let mut base_bytes = 0;
+    for s in aof.catalog_snapshot().iter().filter(|s| s.sealed) {
+        let path = root
+            .join("segments")
+            .join(format!("{:020}.seg", s.segment_id));
+        let data = std::fs::read(&path)?;
+        base_bytes += data.len() as u64;
+        st.backend
+            .put_new(&format!("baseline/{}", s.segment_id), &data, "-")
+            .map_err(|e| e.to_string())?;
+    }
+    let base_upload = t.elapsed();
+    let mbps = |b: u64, t: Duration| b as f64 / (1 << 20) as f64 / t.as_secs_f64();
+    // Local copies go (retention keeps one segment's worth), then each archived-only
+    // segment is opened cold (downloaded) and again (cached), against the store's get
+    // and a local segment's reader.
+    aof.close()?;
+    drop(aof);
+    cfg.retention = RetentionPolicy::Size {
+        max_total_bytes: seg,
+    };
+    let aof = Aof::new(am.handle(), cfg)?;
+    wait("local drops", Duration::from_secs(60), || {
+        aof.catalog_snapshot().iter().filter(|s| !s.local).count() >= n - 1
+    })?;
+    let archived: Vec<u64> = aof
+        .catalog_snapshot()
+        .iter()
+        .filter(|s| !s.local)
+        .map(|s| s.segment_id)
+        .collect();
+    let local = aof
+        .catalog_snapshot()
+        .iter()
+        .find(|s| s.local && s.sealed)
+        .map(|s| s.segment_id);
+    let (mut cold, mut cached, mut get, mut local_open) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &id in &archived {
+        let t = Instant::now();
+        drop(aof.open_reader(SegmentId::new(id))?);
+        cold.push(t.elapsed());
+        let t = Instant::now();
+        drop(aof.open_reader(SegmentId::new(id))?);
+        cached.push(t.elapsed());
+        let key = format!("baseline/{id}");
+        let t = Instant::now();
+        st.backend.get(&key).map_err(|e| e.to_string())?;
+        get.push(t.elapsed());
+        if let Some(l) = local {
+            let t = Instant::now();
+            drop(aof.open_reader(SegmentId::new(l))?);
+            local_open.push(t.elapsed());
+        }
+    }
+    let ms = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.get(v.len() / 2)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    let row = rows_of(if ctx.quick {
+        "A1 archive (8 MiB segments)"
+    } else {
+        "A1 archive (64 MiB segments)"
+    });
+    Ok(vec![
+        row(
+            "upload MiB/s",
+            "MiB/s",
+            mbps(bytes, upload),
+            mbps(base_bytes, base_upload),
+            true,
+            "read + the store's put of the same bytes (no check, no hash, no stub)",
+        ),
+        row(
+            "hydrate cold p50",
+            "ms",
+            ms(&cold),
+            ms(&get),
+            false,
+            "the store's get of the same object",
+        ),
+        row(
+            "hydrate cached p50",
+            "ms",
+            ms(&cached),
+            ms(&local_open),
+            false,
+            "open_reader of a local sealed segment",
+        ),
+    ])
+}
+
+/// W1 (100-byte appends) and W2 (4 KiB + flush_until) on a log whose 1 MiB segments
+/// are uploaded as it writes, against the same on a manager without an archive.
+fn while_uploading(ctx: &Ctx, am: &AofManager) -> BenchResult<Vec<Row>> {
+    let small = |c: &mut bop_rs::aof2::config::AofConfig| {
+        c.segment_min_bytes = 1 << 20;
+        c.segment_target_bytes = 1 << 20;
+        c.retention = RetentionPolicy::Size {
+            max_total_bytes: 8 << 20,
+        };
+    };
+    let ours = ctx.open_on(am, small)?;
+    let base = ctx.open_with(small)?;
+    let slice = ctx.duration() / ctx.rounds() as u32;
+    let rec = vec![0x42u8; 100];
+    let (mut n_ours, mut t_ours, mut n_base, mut t_base) =
+        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    let w1 = |aof: &Aof, n: &mut u64, t: &mut Duration| -> BenchResult<()> {
+        let start = Instant::now();
+        while start.elapsed() < slice {
+            for _ in 0..1024 {
+                aof.append_record(&rec)?;
+            }
+            *n += 1024;
+        }
+        *t += start.elapsed();
+        Ok(())
+    };
+    alternate(
+        ctx.rounds(),
+        || w1(&ours, &mut n_ours, &mut t_ours),
+        || w1(&base, &mut n_base, &mut t_base),
+    )?;
+    let uploads_w1 = ours.flush_metrics().archive_uploads;
+    let rec = vec![0x24u8; 4096];
+    let per_round = 250;
+    let rounds = if ctx.quick { 4 } else { 20 };
+    let mut h_ours = Histogram::<u64>::new(3)?;
+    let mut h_base = Histogram::<u64>::new(3)?;
+    let w2 = |aof: &Aof, h: &mut Histogram<u64>| -> BenchResult<()> {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            let rid = aof.append_record(&rec)?;
+            aof.flush_until(rid)?;
+            h.record(t.elapsed().as_nanos() as u64)?;
+        }
+        Ok(())
+    };
+    alternate(rounds, || w2(&ours, &mut h_ours), || w2(&base, &mut h_base))?;
+    let uploads = ours.flush_metrics().archive_uploads;
+    if uploads_w1 == 0 || uploads <= uploads_w1 {
+        println!(
+            "(A1: only {uploads_w1} uploads during W1 and {} during W2)",
+            uploads - uploads_w1
+        );
+    }
+    let row = rows_of("A1 W1 while segments upload");
+    let mut rows = vec![row(
+        "records/s",
+        "rec/s",
+        n_ours as f64 / t_ours.as_secs_f64(),
+        n_base as f64 / t_base.as_secs_f64(),
+        true,
+        "the same appends, manager without an archive",
+    )];
+    let lat = |metric, q| {
+        latency_row(
+            "A1 W2 while segments upload",
+            metric,
+            q,
+            (&h_ours, &h_base),
+            "the same, manager without an archive",
+        )
+    };
+    rows.push(lat("p50", 0.5));
+    rows.push(lat("p99", 0.99));
+    Ok(rows)
+}
