@@ -376,3 +376,67 @@ fn compressed_segments_are_archived_as_their_zstd_files() {
     assert!(store.bytes() < raw, "{} of {raw}", store.bytes());
     assert_eq!(all_records(&aof), want);
 }
+
+#[test]
+fn an_async_stream_reads_archived_segments_without_blocking_its_runtime() {
+    use bop_rs::aof2::reader::{SealedSegmentStream, StreamSegment};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemStore::new());
+    let m = archive_manager(ArchiveStore::Custom(store.clone()));
+    let aof = Arc::new(open(&m, cfg(tmp.path())));
+    let want = write(&aof, 9, 600);
+    wait_for("local drops", Duration::from_secs(30), || {
+        settled(&aof) && aof.flush_metrics().archive_local_drops > 0
+    });
+    assert!(!only_archived(&aof).is_empty());
+    let gets = store.gets.load(Ordering::Relaxed);
+    store.get_delay_ms.store(100, Ordering::Relaxed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut stream = SealedSegmentStream::new(&aof).unwrap();
+    let got = rt.block_on(async {
+        // A ticker on the same runtime thread keeps running while segments download.
+        let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let mut got = Vec::new();
+        let mut waited = Duration::ZERO;
+        while got.len() < want.len() {
+            let (t0, ticks0) = (Instant::now(), ticks.load(Ordering::Relaxed));
+            let seg = stream.next_segment().await.unwrap().expect("more segments");
+            if t0.elapsed() >= Duration::from_millis(100) {
+                // A download (100 ms in this store): the ticker ran meanwhile.
+                waited += t0.elapsed();
+                assert!(
+                    ticks.load(Ordering::Relaxed) - ticks0 >= 20,
+                    "the runtime's thread was blocked for {:?}",
+                    t0.elapsed()
+                );
+            }
+            let mut c = match seg {
+                StreamSegment::Sealed(c) | StreamSegment::Active(c) => c,
+            };
+            while let Some(r) = c.next().unwrap() {
+                got.push((r.record_id(), r.payload().to_vec()));
+            }
+        }
+        ticker.abort();
+        assert!(
+            waited >= Duration::from_millis(100),
+            "no segment was downloaded"
+        );
+        got
+    });
+    assert_eq!(got, want);
+    assert!(
+        store.gets.load(Ordering::Relaxed) > gets,
+        "archived segments were downloaded"
+    );
+}

@@ -88,6 +88,40 @@ impl LogView {
         }))
     }
 
+    /// Downloads the segment a reader at position `at` reads next (the first readable
+    /// from `at`'s segment on, or the one after it once `at` is at its end) if only the
+    /// archive holds it, on a thread of its own, awaited: the async reader's open of it
+    /// then waits for no store.
+    pub async fn hydrate_for_async(&self, at: u64) -> AofResult<()> {
+        let (seg, off) = (at >> 32, at & u64::from(u32::MAX));
+        let next = {
+            let core = self.lock_core();
+            match core.locate(seg) {
+                Some(Located::Sealed(s))
+                    if s.header.segment_id == seg && off >= s.footer.data_end =>
+                {
+                    core.locate(seg + 1)
+                }
+                l => l,
+            }
+        };
+        let s = match next {
+            Some(Located::Sealed(s)) if !s.local => s,
+            _ => return Ok(()),
+        };
+        if crate::archive::hydrate::is_hydrated(&self.shared, &*self.fs, &self.paths, &s) {
+            return Ok(());
+        }
+        crate::archive::hydrate::hydrate_off_thread(
+            self.shared.clone(),
+            self.fs.clone(),
+            self.paths.clone(),
+            s,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Opens a reader over what `located` describes, holding `pin`. A release that
     /// became durable between the look and the open (the pin keeps a file from reuse,
     /// not from removal) is `Released`, as if it had come first.

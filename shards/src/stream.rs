@@ -185,6 +185,9 @@ impl SealedSegmentStream {
     pub async fn next_segment(&mut self) -> AofResult<Option<StreamSegment>> {
         loop {
             let seen = self.view.signal().version();
+            // A segment only the archive holds is downloaded off this thread first.
+            let at = self.progress.load(Ordering::Acquire);
+            self.view.hydrate_for_async(at).await?;
             if let Some(r) = self.poll() {
                 return r;
             }

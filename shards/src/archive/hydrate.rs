@@ -6,7 +6,9 @@
 //! mapped one keeps its mapping); the directory is emptied at open.
 //!
 //! The download runs on the reader's thread (the store's own runtime does the network
-//! I/O for S3), never on a shard: a shard's thread gets `WouldDeadlock`.
+//! I/O for S3), never on a shard: a shard's thread gets `WouldDeadlock`. An async reader
+//! ([`hydrate_off_thread`]) has it run on a thread of its own and awaits it, so its
+//! runtime's thread never waits for the store.
 
 use super::stub::{read_file, Stub};
 use crate::error::{AofError, AofResult};
@@ -17,6 +19,8 @@ use crate::log_shared::LogShared;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 /// The downloaded copies of a log, least recently used first: (segment, bytes).
@@ -102,6 +106,59 @@ pub fn hydrate(
     }
     Ok(path)
 }
+
+/// True when segment `id` has a downloaded copy (a read of it waits for no store).
+pub fn is_hydrated(shared: &LogShared, fs: &dyn Fs, paths: &LogPaths, s: &SealedSegment) -> bool {
+    let id = s.header.segment_id;
+    shared
+        .hydrated
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lru
+        .iter()
+        .any(|e| e.0 == id)
+        && fs
+            .kind(&paths.hydrated(id, s.compressed))
+            .ok()
+            .flatten()
+            .is_some()
+}
+
+/// [`hydrate`] on a thread of its own (`aof2-hydrate`), awaited.
+pub async fn hydrate_off_thread(
+    shared: Arc<LogShared>,
+    fs: Arc<dyn Fs>,
+    paths: LogPaths,
+    s: SealedSegment,
+) -> AofResult<PathBuf> {
+    let slot: Arc<Mutex<Slot>> = Arc::default();
+    let done = slot.clone();
+    std::thread::Builder::new()
+        .name("aof2-hydrate".into())
+        .spawn(move || {
+            let r = hydrate(&shared, &*fs, &paths, &s);
+            let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+            d.0 = Some(r);
+            if let Some(w) = d.1.take() {
+                w.wake();
+            }
+        })
+        .map_err(|e| AofError::Startup(format!("cannot start a download thread: {e}")))?;
+    std::future::poll_fn(|cx| {
+        let mut d = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match d.0.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                d.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// A download's result, and the waker of the task awaiting it.
+type Slot = (Option<AofResult<PathBuf>>, Option<Waker>);
 
 /// Downloads and checks `key` into `path`; its size in bytes.
 fn download(

@@ -19,6 +19,8 @@ pub struct MemStore {
     pub lose_put_answers: AtomicU32,
     /// The next this many gets return the object with one byte flipped.
     pub tamper_gets: AtomicU32,
+    /// Every get takes this long (ms): a slow store.
+    pub get_delay_ms: AtomicU64,
     /// Calls made: puts, gets, deletes.
     pub puts: AtomicU64,
     /// Gets made.
@@ -105,6 +107,10 @@ impl ArchiveBackend for MemStore {
     fn get(&self, key: &str) -> Result<Object, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.check_up("get", key)?;
+        let delay = self.get_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         let (mut data, sha) = self.lock().get(key).cloned().ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::NotFound,
