@@ -8,6 +8,10 @@
 //! is held somewhere (a local copy, or a stub and its object). Every other round
 //! compresses, so the archive holds `.zst` objects too.
 //!
+//! With the `s3` feature and an `s3s-fs` binary (CI has both), the archive is a real
+//! S3-compatible server on loopback instead of a local directory, so kills also land
+//! with requests in flight.
+//!
 //! `AOF2_CRASH_ROUNDS=N` sets the number of kills (default 10).
 
 mod common;
@@ -31,10 +35,34 @@ fn record(round: u64, seq: u64) -> Vec<u8> {
     p
 }
 
-fn archive_manager(dir: &Path) -> AofManager {
+#[cfg(feature = "s3")]
+#[path = "common/s3s.rs"]
+mod s3s;
+
+/// The store: the S3 server at `endpoint`, or a local directory.
+fn store(dir: &Path, endpoint: Option<&str>) -> ArchiveStore {
+    #[cfg(feature = "s3")]
+    if let Some(e) = endpoint {
+        let mut c = bop_rs::aof2::config::S3Config::default();
+        c.bucket = s3s::BUCKET.into();
+        c.endpoint = Some(e.to_string());
+        c.allow_http = true;
+        c.request_timeout = Duration::from_secs(2);
+        c.credentials = bop_rs::aof2::config::S3Credentials::Static {
+            access_key_id: s3s::ACCESS.into(),
+            secret_access_key: bop_rs::aof2::config::Secret::new(s3s::SECRET),
+            session_token: None,
+        };
+        return ArchiveStore::S3(c);
+    }
+    let _ = endpoint;
+    ArchiveStore::LocalDir(dir.join("store"))
+}
+
+fn archive_manager(dir: &Path, endpoint: Option<&str>) -> AofManager {
     init_log();
     let mut c = AofManagerConfig::default();
-    c.archive = Some(ArchiveStore::LocalDir(dir.join("store")));
+    c.archive = Some(store(dir, endpoint));
     AofManager::with_config(c).expect("manager starts")
 }
 
@@ -61,7 +89,8 @@ fn archive_child_writer() {
     };
     let round: u64 = round.parse().unwrap();
     let dir = Path::new(&dir);
-    let m = archive_manager(dir);
+    let endpoint = std::env::var("AOF2_CRASH_S3_ENDPOINT").ok();
+    let m = archive_manager(dir, endpoint.as_deref());
     let aof = open(&m, cfg(dir, round));
     println!("READY");
     let mut seq = 0u64;
@@ -106,6 +135,13 @@ fn acknowledged_records_survive_sigkill_with_the_archive() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
+    #[cfg(feature = "s3")]
+    let server = s3s::binary()
+        .map(|bin| s3s::Server::start_with(bin, &dir.path().join("s3s")).expect("s3s-fs starts"));
+    #[cfg(feature = "s3")]
+    let endpoint = server.as_ref().map(|s| s.endpoint());
+    #[cfg(not(feature = "s3"))]
+    let endpoint: Option<String> = None;
     let mut acked: Vec<Vec<(u64, RecordId)>> = Vec::new();
     let mut rng = 0x2545_f491_u64;
     let mut archived_only = 0usize;
@@ -113,6 +149,7 @@ fn acknowledged_records_survive_sigkill_with_the_archive() {
         let mut c = child("archive_child_writer")
             .env("AOF2_CRASH_DIR", dir.path())
             .env("AOF2_CRASH_ROUND", round.to_string())
+            .envs(endpoint.iter().map(|e| ("AOF2_CRASH_S3_ENDPOINT", e)))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -153,7 +190,7 @@ fn acknowledged_records_survive_sigkill_with_the_archive() {
         acked.push(mine);
 
         // Reopen with the archive and read everything back.
-        let m = archive_manager(dir.path());
+        let m = archive_manager(dir.path(), endpoint.as_deref());
         let aof = open(&m, cfg(dir.path(), round));
         archived_only += aof.catalog_snapshot().iter().filter(|s| !s.local).count();
         let found = all_records(&aof);
@@ -195,7 +232,8 @@ fn acknowledged_records_survive_sigkill_with_the_archive() {
         "no segment was held by the archive alone at any reopen"
     );
     println!(
-        "{rounds} kills with the archive, {total} acknowledged records, all recovered; \
-         {archived_only} archived-only segments seen at reopens"
+        "{rounds} kills with the archive ({}), {total} acknowledged records, all recovered; \
+         {archived_only} archived-only segments seen at reopens",
+        endpoint.as_deref().unwrap_or("a local directory")
     );
 }
