@@ -288,8 +288,9 @@ fn without_memlock_the_ring_works_unregistered() {
     if !uring_available("without_memlock_the_ring_works_unregistered") {
         return;
     }
-    // Where memlock allows (root, or a large enough limit), the zero chunk and the log
-    // buffer arena are registered, and data writes go out from them.
+    // Where memlock allows (root, or a large enough limit), the zero chunk is
+    // registered at start, the log buffer arena when the first log is placed on the
+    // shard (a shard with no log holds none), and data writes go out from them.
     let mut cfg = AofManagerConfig::default();
     cfg.backend = IoBackend::Uring;
     cfg.shards = 1;
@@ -300,13 +301,14 @@ fn without_memlock_the_ring_works_unregistered() {
                 set.running()[0],
                 Running::Uring(RingSetup {
                     registered_zeros: true,
-                    registered_arena: 9_437_184, // 8 x 1 MiB buffers + 256 blocks
+                    registered_arena: 0,
                     ..
                 })
             ),
             "{:?}",
             set.running()
         );
+        assert_eq!(set.shard_stats()[0].arena_bytes, 0, "no arena before a log");
         let d = tempfile::tempdir().unwrap();
         let mut c = small_cfg(d.path());
         // 1 MiB log buffers (the arena's size class) from the first segment on.
@@ -316,6 +318,8 @@ fn without_memlock_the_ring_works_unregistered() {
         // The shard's ring registered the arena; a caller's own ring registers nothing.
         c.commit = CommitMode::Shard;
         let log = LogHandle::open(&set, c).unwrap();
+        // 8 x 1 MiB buffers + 256 blocks, made for the first log.
+        assert_eq!(set.shard_stats()[0].arena_bytes, 9_437_184);
         let before = set.fixed_writes();
         let mut rids = Vec::new();
         for i in 0..2000u64 {

@@ -418,7 +418,8 @@ pub struct AofManagerConfig {
     /// Log buffers per shard registered with its io_uring ring, in bytes (default 8 MiB,
     /// rounded down to whole 1 MiB buffers; 0 registers none). Writes from registered
     /// memory skip per-operation page pinning. The memory is allocated and pinned when
-    /// the shard starts, and is charged to `RLIMIT_MEMLOCK` unless the process has
+    /// the first log is placed on the shard (a shard with no log holds none; metric
+    /// `ShardStats::arena_bytes`), and is charged to `RLIMIT_MEMLOCK` unless the process has
     /// `CAP_IPC_LOCK`; where that refuses it, the ring runs with unregistered buffers.
     pub registered_buffer_bytes: u64,
     /// At most this many threads get an io_uring ring of their own for committing

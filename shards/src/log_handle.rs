@@ -244,8 +244,8 @@ impl LogHandle {
         let opened = recovery::open_log(&*fs, &paths, &clock, cfg.file_mode)?;
         let commit = cfg.commit;
         let mut core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
-        if let Some(arena) = shard.arena.get() {
-            core.set_arena(arena.clone());
+        if let Some(arena) = shard.arena_for_log() {
+            core.set_arena(arena);
         }
         let archiver = set.archiver();
         match &archiver {

@@ -349,6 +349,7 @@ impl ShardSet {
                 ring_enters: c.ring_ops.enters.load(r),
                 poll_hits: c.ring_ops.poll_hits.load(r),
                 poll_misses: c.ring_ops.poll_misses.load(r),
+                arena_bytes: c.arena.get().map_or(0, |a| a.region().1 as u64),
             })
             .collect()
     }

@@ -138,6 +138,9 @@ pub struct ShardStats {
     pub poll_hits: u64,
     /// Waits that polled for the whole `completion_poll_us`, then slept.
     pub poll_misses: u64,
+    /// Bytes of the shard's buffer arena: 0 until the first log is placed on the shard
+    /// (and where its ring registers none).
+    pub arena_bytes: u64,
 }
 
 /// What a metrics exporter reads of one open log (implemented by its handle), so the

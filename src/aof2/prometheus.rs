@@ -213,7 +213,7 @@ pub(crate) fn render(
         &'static str,
         fn(&ShardStats) -> u64,
     );
-    let shard_series: [ShardSeries; 8] = [
+    let shard_series: [ShardSeries; 9] = [
         (
             "aof_shard_logs",
             "gauge",
@@ -261,6 +261,12 @@ pub(crate) fn render(
             "counter",
             "Waits that polled in vain, then slept.",
             |s| s.poll_misses,
+        ),
+        (
+            "aof_shard_arena_bytes",
+            "gauge",
+            "Bytes of the shard's buffer arena (made with its first log).",
+            |s| s.arena_bytes,
         ),
     ];
     for (name, kind, what, get) in shard_series {

@@ -89,6 +89,13 @@ pub trait Ring {
     /// Test hook: the next `wait` reports a completion the kernel dropped.
     fn inject_lost_completion(&mut self) {}
 
+    /// Takes `arena` (the shard's log buffers, made when its first log was placed) as
+    /// registered memory where it can; true once settled (registered, or refused for
+    /// good), false to be asked again later (operations in flight).
+    fn adopt_arena(&mut self, _arena: &std::sync::Arc<crate::buffer::BufferArena>) -> bool {
+        true
+    }
+
     /// True when a write and its sync may go out as one `RWF_DSYNC` write.
     fn dsync_writes(&self) -> bool {
         true

@@ -94,6 +94,12 @@ pub trait Executor {
     /// True when `log` has a chain that has not finished.
     fn has_chains(&self, log: u64) -> bool;
 
+    /// See [`chains::Ring::adopt_arena`]; executors without a ring have nothing to
+    /// register.
+    fn adopt_arena(&mut self, _arena: &Arc<crate::buffer::BufferArena>) -> bool {
+        true
+    }
+
     /// Test hook: the next `progress` reports a completion the kernel dropped; an
     /// executor with nothing in flight reports its failure at once (`Err`).
     fn inject_lost_completion(&mut self) -> Result<(), String>;
@@ -160,6 +166,10 @@ impl<R: Ring + 'static> Executor for RingExecutor<R> {
 
     fn has_chains(&self, log: u64) -> bool {
         self.runner.has_chains(log)
+    }
+
+    fn adopt_arena(&mut self, arena: &Arc<crate::buffer::BufferArena>) -> bool {
+        self.ring.adopt_arena(arena)
     }
 
     fn inject_lost_completion(&mut self) -> Result<(), String> {

@@ -137,8 +137,11 @@ pub struct ShardCtl {
     sleeping: AtomicBool,
     /// io_uring was wanted (`Auto`) but could not be set up: the portable backend runs.
     pub uring_fallback: AtomicBool,
-    /// The shard's registered buffer arena, where the ring has one.
+    /// The shard's buffer arena, made when the first log is placed here (where the
+    /// ring can register one); the shard's loop registers it with its ring.
     pub arena: OnceLock<Arc<BufferArena>>,
+    /// Log buffers of that arena (0: the ring registers none).
+    arena_buffers: std::sync::atomic::AtomicU32,
     /// Operations the ring submitted, by opcode.
     pub ring_ops: Arc<OpCounts>,
     /// Why the shard failed (a panic message or a ring failure), once it has.
@@ -181,6 +184,7 @@ impl ShardCtl {
             sleeping: AtomicBool::new(false),
             uring_fallback: AtomicBool::new(false),
             arena: OnceLock::new(),
+            arena_buffers: std::sync::atomic::AtomicU32::new(0),
             ring_ops: Arc::default(),
             failed: OnceLock::new(),
             faults: AtomicU64::new(0),
@@ -263,6 +267,19 @@ impl ShardCtl {
     /// Lowers the flag after a sleep.
     fn awoke(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// The arena a log placed here takes its buffers from, made on first use: a shard
+    /// with no log holds none (its ring registers it at its next turn).
+    pub fn arena_for_log(&self) -> Option<Arc<BufferArena>> {
+        let n = self.arena_buffers.load(Ordering::Acquire);
+        (n > 0).then(|| {
+            self.arena
+                .get_or_init(|| {
+                    BufferArena::new(n, crate::log::BUF_SIZE, crate::exec::uring::ARENA_BLOCKS)
+                })
+                .clone()
+        })
     }
 
     /// Why the shard failed, if it has.
@@ -396,9 +413,8 @@ impl Shard {
                         Ok(mut ring) => {
                             ring.count_ops(c.ring_ops.clone());
                             ring.set_poll(poll);
-                            if let Some(a) = ring.arena() {
-                                let _ = c.arena.set(a);
-                            }
+                            c.arena_buffers
+                                .store(ring.arena_buffers(), Ordering::Release);
                             c.ring.store(true, Ordering::Release);
                             let setup = ring.setup();
                             (Box::new(RingExecutor::new(ring)), Running::Uring(setup))
@@ -605,9 +621,8 @@ fn glommio_loop(
             "io_uring refused to register the shard's eventfd: {e}"
         ))
     })?;
-    if let Some(a) = ring.arena() {
-        let _ = c.arena.set(a);
-    }
+    c.arena_buffers
+        .store(ring.arena_buffers(), Ordering::Release);
     c.ring.store(true, Ordering::Release);
     let running = Running::Uring(ring.setup());
     let mut lp = ShardLoop::new(c.clone(), Box::new(RingExecutor::new(ring)), clock);

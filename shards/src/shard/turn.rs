@@ -66,6 +66,8 @@ pub struct ShardLoop {
     /// The host sleeps elsewhere (a glommio reactor): a turn never blocks in the
     /// executor, it returns and the host waits for the executor's eventfd.
     never_block: bool,
+    /// The shard's arena is registered with the executor (or needs not be).
+    arena_settled: bool,
 }
 
 /// Forgets a drained log: closes its files and tells its waiters it ended.
@@ -120,6 +122,7 @@ impl ShardLoop {
             done: Vec::new(),
             tasks: Tasks::default(),
             never_block: false,
+            arena_settled: false,
         }
     }
 
@@ -153,6 +156,13 @@ impl ShardLoop {
     pub fn turn(&mut self, host: &dyn Host) -> Result<Turned, String> {
         self.injected()?;
         self.take_inbox();
+        if !self.arena_settled {
+            // The first log placed here made the shard's arena: registered now, before
+            // any of its operations (and again later if operations were in flight).
+            if let Some(a) = self.ctl.arena.get() {
+                self.arena_settled = self.exec.adopt_arena(a);
+            }
+        }
         // Tasks first: what they append and flush goes out with this turn's chains.
         if self.tasks.run(&self.ctl.tasks) {
             self.take_inbox();

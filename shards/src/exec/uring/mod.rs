@@ -62,7 +62,7 @@ const ZERO_BUF: u16 = 0;
 /// Registered buffer index of the shard's buffer arena.
 const ARENA_BUF: u16 = 1;
 /// 4 KiB blocks in a shard's arena (bounce copies, headers, footers in flight).
-const ARENA_BLOCKS: u32 = 256;
+pub const ARENA_BLOCKS: u32 = 256;
 /// How long dropping a ring waits for operations still in the kernel before it leaks
 /// their memory instead of freeing it.
 const DROP_WAIT: Duration = Duration::from_secs(10);
@@ -127,6 +127,9 @@ pub struct UringRing {
     /// The host waits on the eventfd the ring notifies (`notify_eventfd`), never in
     /// the ring.
     host_waits: bool,
+    /// Log buffers the shard's arena may register once its first log comes (0: none,
+    /// or adopted already).
+    arena_buffers: u32,
     /// The eventfd that host sleeps on (-1: none).
     host_efd: RawFd,
     /// A blocking wait polls the completion queue this long before it sleeps.
@@ -140,9 +143,68 @@ impl UringRing {
         self.counts = counts;
     }
 
-    /// The registered arena logs on this shard should take their buffers from.
+    /// The registered arena, once adopted.
     pub fn arena(&self) -> Option<Arc<BufferArena>> {
         self.arena.clone()
+    }
+
+    /// Log buffers this ring may register (0: none: no fixed-buffer opcode, or memlock
+    /// refused even the zero chunk).
+    pub fn arena_buffers(&self) -> u32 {
+        self.arena_buffers
+    }
+
+    /// Registers `arena` beside the zero chunk (both again: a registration is replaced
+    /// whole). Only with nothing in flight, so no operation uses the zero chunk while
+    /// it is re-registered.
+    fn register_arena(&mut self, arena: &Arc<BufferArena>) -> bool {
+        if self.arena.is_some() || self.arena_buffers == 0 {
+            return true;
+        }
+        if !self.held.is_empty() {
+            return false;
+        }
+        let zeros = crate::buffer::zero_chunk();
+        let zero_iov = libc::iovec {
+            // SAFETY: the zero chunk is never written after initialisation.
+            iov_base: unsafe { zeros.slice(0, crate::buffer::PREP_CHUNK) }.as_ptr()
+                as *mut libc::c_void,
+            iov_len: crate::buffer::PREP_CHUNK,
+        };
+        let (p, len) = arena.region();
+        let both = [
+            zero_iov,
+            libc::iovec {
+                iov_base: p as *mut libc::c_void,
+                iov_len: len,
+            },
+        ];
+        if let Err(e) = self.ring.submitter().unregister_buffers() {
+            log::info!("aof2: io_uring would not unregister its buffers ({e}); the arena stays unregistered");
+            self.arena_buffers = 0;
+            return true;
+        }
+        // SAFETY: the zero chunk is static; the arena outlives the ring (`self.arena` is
+        // dropped after the ring's fd is closed, which unregisters it, or leaked).
+        match unsafe { self.ring.submitter().register_buffers(&both) } {
+            Ok(()) => {
+                self.arena = Some(arena.clone());
+                self.setup.registered_arena = len;
+            }
+            Err(e) => {
+                log::info!(
+                    "aof2: io_uring refused to register {} MiB of buffers ({e}); the zero chunk alone",
+                    (len + crate::buffer::PREP_CHUNK) >> 20
+                );
+                // SAFETY: as above, the zero chunk alone.
+                if unsafe { self.ring.submitter().register_buffers(&both[..1]) }.is_err() {
+                    self.setup.features.write_fixed = false;
+                    self.setup.features.writev_fixed = false;
+                }
+            }
+        }
+        self.arena_buffers = 0;
+        true
     }
 
     /// How the ring was set up.
@@ -485,6 +547,10 @@ impl Ring for UringRing {
     /// that even `IORING_FEAT_NODROP` could not hold would.
     fn inject_lost_completion(&mut self) {
         self.injected_lost += 1;
+    }
+
+    fn adopt_arena(&mut self, arena: &Arc<BufferArena>) -> bool {
+        self.register_arena(arena)
     }
 
     fn dsync_writes(&self) -> bool {

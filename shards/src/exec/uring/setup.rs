@@ -3,8 +3,8 @@
 //! probe), and the registered buffers (the zero chunk and the shard's arena) where
 //! memlock allows and a fixed-buffer opcode may be used.
 
-use super::{UringRing, ARENA_BLOCKS, DROP_WAIT, ENTRIES};
-use crate::buffer::{zero_chunk, BufferArena, PREP_CHUNK};
+use super::{UringRing, DROP_WAIT, ENTRIES};
+use crate::buffer::{zero_chunk, PREP_CHUNK};
 use crate::config::UringFeature;
 use io_uring::{opcode, IoUring, Probe};
 use std::collections::{HashMap, VecDeque};
@@ -165,37 +165,13 @@ impl UringRing {
             iov_base: unsafe { zeros.slice(0, PREP_CHUNK) }.as_ptr() as *mut libc::c_void,
             iov_len: PREP_CHUNK,
         };
-        // The zero chunk and the arena, pinned by the kernel; each charged to
-        // RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Less where that refuses,
-        // and nothing where no fixed-buffer opcode may be used.
+        // The zero chunk, pinned by the kernel (charged to RLIMIT_MEMLOCK unless the
+        // process has CAP_IPC_LOCK); nothing where no fixed-buffer opcode may be used.
+        // The shard's arena joins it when the first log is placed on the shard
+        // (`adopt_arena`): a shard with no log pins no arena.
         let use_fixed = features.write_fixed || features.writev_fixed;
-        let arena = (use_fixed && arena_buffers > 0)
-            .then(|| BufferArena::new(arena_buffers, crate::log::BUF_SIZE, ARENA_BLOCKS));
         let mut registered_zeros = false;
-        let mut registered_arena = 0;
-        if let Some(a) = &arena {
-            let (p, len) = a.region();
-            let iov = [
-                zero_iov,
-                libc::iovec {
-                    iov_base: p as *mut libc::c_void,
-                    iov_len: len,
-                },
-            ];
-            // SAFETY: the zero chunk is static; the arena outlives the ring (`self.arena`
-            // is dropped after the ring's fd is closed, which unregisters it, or leaked).
-            match unsafe { ring.submitter().register_buffers(&iov) } {
-                Ok(()) => {
-                    registered_zeros = true;
-                    registered_arena = len;
-                }
-                Err(e) => log::info!(
-                    "aof2: io_uring refused to register {} MiB of buffers ({e}); trying the zero chunk alone",
-                    (len + PREP_CHUNK) >> 20
-                ),
-            }
-        }
-        if use_fixed && !registered_zeros {
+        if use_fixed {
             // SAFETY: the zero chunk is a static allocation that lives as long as the process.
             match unsafe { ring.submitter().register_buffers(&[zero_iov]) } {
                 Ok(()) => registered_zeros = true,
@@ -231,9 +207,10 @@ impl UringRing {
             setup: RingSetup {
                 features,
                 registered_zeros,
-                registered_arena,
+                registered_arena: 0,
             },
-            arena: arena.filter(|_| registered_arena > 0),
+            arena: None,
+            arena_buffers: if registered_zeros { arena_buffers } else { 0 },
             counts: Arc::default(),
             overflow_base,
             injected_lost: 0,
