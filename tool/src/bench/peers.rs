@@ -1,6 +1,6 @@
 //! P1: this engine against the durable peers that build here, okaywal 0.3 (a
 //! leader/follower write-ahead log whose first waiting thread writes and syncs itself),
-//! walrus-rust 0.2 and writeahead 0.4, each through its own durable call, on the same
+//! walrus-rust 0.2, writeahead 0.4 and raft-engine 0.4, each through its own durable call, on the same
 //! directory, all alternating in slices: one writer (append + sync latency), two
 //! writers and 64 writers (durable records/s); and commitlog 0.2 in a buffered row
 //! (it does not sync), marked so.
@@ -124,6 +124,16 @@ fn peers(root: &Path, payload: &Arc<Vec<u8>>) -> BenchResult<Vec<Peer>> {
         desc: "writeahead 0.4: WriteHandle::write (durable when it resolves)",
         one: Arc::new(move || wa.append_sync(&p)),
     });
+    let re = Arc::new(super::peers_more::RaftEngine::open(
+        &root.join("raft-engine"),
+    )?);
+    let p = payload.clone();
+    out.push(Peer {
+        name: "raft-engine 0.4",
+        one_writer: "P1 one writer vs raft-engine 0.4",
+        desc: "raft-engine 0.4: one-put LogBatch, write(sync = true)",
+        one: Arc::new(move || re.append_sync(&p)),
+    });
     Ok(out)
 }
 
@@ -206,6 +216,7 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                 "P1 two writers, 4 KiB append + sync each",
                 "P1 two writers vs walrus-rust 0.2",
                 "P1 two writers vs writeahead 0.4",
+                "P1 two writers vs raft-engine 0.4",
             ],
         ),
         (
@@ -214,6 +225,7 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                 "P1 64 writers, 4 KiB append + sync each",
                 "P1 64 writers vs walrus-rust 0.2",
                 "P1 64 writers vs writeahead 0.4",
+                "P1 64 writers vs raft-engine 0.4",
             ],
         ),
     ] {

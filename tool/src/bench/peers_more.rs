@@ -1,5 +1,6 @@
-//! P1's other peers (`--features peers`): walrus-rust 0.2 and writeahead 0.4 through
-//! their durable calls, and commitlog 0.2, which does not sync, in a buffered row.
+//! P1's other peers (`--features peers`): walrus-rust 0.2, writeahead 0.4 and
+//! raft-engine 0.4 (TiKV's log engine, without default features) through their durable
+//! calls, and commitlog 0.2, which does not sync, in a buffered row.
 
 use super::report::*;
 use super::{alternate, BenchResult, Ctx};
@@ -59,6 +60,41 @@ impl WriteAheadLog {
         futures_lite::future::block_on(self.handle.write(payload.to_vec()))
             .map(|_| ())
             .map_err(|e| format!("writeahead: {e}"))
+    }
+}
+
+/// raft-engine: each append is a one-item `LogBatch` (a key-value put with a new key
+/// under one region) written with `sync = true`; concurrent writers are grouped by its
+/// own leader/follower write queue.
+pub struct RaftEngine {
+    engine: raft_engine::Engine,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RaftEngine {
+    /// Opens (creates) a raft-engine in `dir`.
+    pub fn open(dir: &Path) -> BenchResult<RaftEngine> {
+        let cfg = raft_engine::Config {
+            dir: dir.display().to_string(),
+            ..Default::default()
+        };
+        let engine = raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine: {e}"))?;
+        Ok(RaftEngine {
+            engine,
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// One durable append.
+    pub fn append_sync(&self, payload: &[u8]) -> Result<(), String> {
+        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut b = raft_engine::LogBatch::default();
+        b.put(1, k.to_be_bytes().to_vec(), payload.to_vec())
+            .map_err(|e| format!("raft-engine: {e}"))?;
+        self.engine
+            .write(&mut b, true)
+            .map(|_| ())
+            .map_err(|e| format!("raft-engine: {e}"))
     }
 }
 
