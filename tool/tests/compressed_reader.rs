@@ -206,8 +206,8 @@ fn a_log_with_a_compressed_segment_opens_reads_and_verifies_the_same() {
         .unwrap_or_else(|| panic!("no compressed segment in:\n{text}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
-        cols[..4],
-        ["1", "zstd", "65536", &zst_len.to_string()],
+        cols[..5],
+        ["1", "zstd", "local", "65536", &zst_len.to_string()],
         "{line}"
     );
     assert!(text.contains("1 compressed: 65536 raw bytes in"), "{text}");
