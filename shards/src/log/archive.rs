@@ -52,6 +52,10 @@ pub(super) struct Archive {
     pub(super) expiry: VecDeque<(u64, u64)>,
     /// Local bytes held past `retention`'s bound because the store lacks them.
     pub(super) held_bytes: u64,
+    /// Every sealed segment below this id is archived (or gone locally): the search
+    /// for the next upload starts here, so a log of many segments costs its shard no
+    /// scan per poll.
+    pub(super) floor: std::cell::Cell<u64>,
 }
 
 /// One upload for the worker: everything it needs without the log's lock.
@@ -150,6 +154,18 @@ impl LogCore {
                 || self.comp.abandoned.contains(&id))
     }
 
+    /// The sealed segments from the first one that may still need an upload.
+    fn upload_candidates(&self) -> &[super::SealedSegment] {
+        let mut i = self
+            .sealed
+            .partition_point(|s| s.header.segment_id < self.arch.floor.get());
+        while let Some(s) = self.sealed.get(i).filter(|s| s.archived || !s.local) {
+            self.arch.floor.set(s.header.segment_id + 1);
+            i += 1;
+        }
+        &self.sealed[i..]
+    }
+
     /// True when the worker has something to do for this log: an upload due, or an
     /// archived copy to delete.
     pub fn archive_wanted(&self) -> bool {
@@ -163,7 +179,7 @@ impl LogCore {
                 .arch
                 .retry_at
                 .is_none_or(|t| self.clock.monotonic_ns() >= t)
-            && self.sealed.iter().any(|s| self.uploadable(s));
+            && self.upload_candidates().iter().any(|s| self.uploadable(s));
         delete || upload
     }
 
@@ -184,7 +200,10 @@ impl LogCore {
         {
             return None;
         }
-        let s = *self.sealed.iter().find(|s| self.uploadable(s))?;
+        let s = *self
+            .upload_candidates()
+            .iter()
+            .find(|s| self.uploadable(s))?;
         let id = s.header.segment_id;
         self.arch.running = Some(id);
         Some(UploadJob {
@@ -346,7 +365,9 @@ impl LogCore {
         let mut total = self.rel.sealed_bytes;
         let mut held = 0;
         let mut drop = Vec::new();
-        for (i, s) in self.sealed.iter().enumerate() {
+        // (`KeepAll` keeps every local copy: nothing to look at.)
+        let keep_all = bound.is_none() && ttl.is_none();
+        for (i, s) in self.sealed.iter().enumerate().filter(|_| !keep_all) {
             if !s.local || s.header.segment_id < self.rel.want {
                 continue;
             }
@@ -410,11 +431,19 @@ impl LogCore {
                 .count()
                 .min(releasable),
             RetentionPolicy::Size { max_total_bytes } => {
-                let mut total: u64 = self.arch.object_bytes.values().sum();
-                let mut k = 0;
+                // The objects of the segments kept (those of released ones are on
+                // their way out of the store, and count no more).
+                let bytes = |s: &super::SealedSegment| {
+                    self.arch
+                        .object_bytes
+                        .get(&s.header.segment_id)
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let mut k = self.sealed_wanted();
+                let mut total: u64 = self.sealed[k..].iter().map(bytes).sum();
                 while total > max_total_bytes && k < releasable {
-                    let id = self.sealed[k].header.segment_id;
-                    total -= self.arch.object_bytes.get(&id).copied().unwrap_or(0);
+                    total -= bytes(&self.sealed[k]);
                     k += 1;
                 }
                 k
