@@ -28,6 +28,8 @@ pub fn binary() -> Option<PathBuf> {
 /// A running `s3s-fs` over a scratch directory (killed when dropped).
 pub struct Server {
     bin: PathBuf,
+    /// Run at the lowest CPU priority (the benchmark: it stands in for a remote store).
+    pub nice: bool,
     /// Its data: `<root>/<bucket>/<key>`.
     pub root: PathBuf,
     /// Its loopback port.
@@ -38,12 +40,18 @@ pub struct Server {
 impl Server {
     /// Starts `bin` over `root` (creating the bucket's directory) on a free port.
     pub fn start_with(bin: PathBuf, root: &Path) -> std::io::Result<Server> {
+        Self::start_niced(bin, root, false)
+    }
+
+    /// As `start_with`, at the lowest CPU priority if `nice`.
+    pub fn start_niced(bin: PathBuf, root: &Path, nice: bool) -> std::io::Result<Server> {
         std::fs::create_dir_all(root.join(BUCKET))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let mut s = Server {
             bin,
+            nice,
             root: root.to_path_buf(),
             port,
             child: None,
@@ -59,7 +67,14 @@ impl Server {
 
     /// Starts (again) on the same port and directory; waits until it listens.
     pub fn resume(&mut self) -> std::io::Result<()> {
-        let child = Command::new(&self.bin)
+        let mut cmd = if self.nice {
+            let mut c = Command::new("nice");
+            c.args(["-n", "19"]).arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        let child = cmd
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS, "--secret-key", SECRET])
             .arg(&self.root)

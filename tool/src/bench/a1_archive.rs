@@ -5,8 +5,10 @@
 //! same appends on a manager without an archive.
 //!
 //! The store is a local directory beside the logs; with the `s3` feature and an
-//! `s3s-fs` binary (`AOF2_S3S_FS` or the `PATH`), a loopback `s3s-fs` server (its
-//! data on the same disk) instead.
+//! `s3s-fs` binary (`AOF2_S3S_FS` or the `PATH`), a loopback `s3s-fs` server instead,
+//! its data on tmpfs where there is one (the server stands in for a remote store: its
+//! own disk writes would land on the logs' disk). `AOF2_BENCH_ARCHIVE=dir` forces the
+//! local directory.
 
 use super::report::*;
 use super::{alternate, BenchResult, Ctx};
@@ -29,12 +31,33 @@ struct Store {
     name: String,
     #[cfg(feature = "s3")]
     _server: Option<s3s::Server>,
+    /// The server's data directory, removed with the store.
+    _data: Option<std::path::PathBuf>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        #[cfg(feature = "s3")]
+        drop(self._server.take());
+        if let Some(d) = &self._data {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 fn store(root: &Path) -> BenchResult<Store> {
     #[cfg(feature = "s3")]
-    if let Some(bin) = s3s::binary() {
-        let server = s3s::Server::start_with(bin, &root.join("s3s"))?;
+    if let Some(bin) =
+        s3s::binary().filter(|_| std::env::var("AOF2_BENCH_ARCHIVE").as_deref() != Ok("dir"))
+    {
+        let shm = Path::new("/dev/shm");
+        let data = if shm.is_dir() {
+            shm.join(format!("aof2-bench-s3s-{}", std::process::id()))
+        } else {
+            root.join("s3s")
+        };
+        // At the lowest CPU priority: it stands in for a store on other machines.
+        let server = s3s::Server::start_niced(bin, &data, true)?;
         let mut c = bop_rs::aof2::config::S3Config::default();
         c.bucket = s3s::BUCKET.into();
         c.endpoint = Some(server.endpoint());
@@ -47,10 +70,15 @@ fn store(root: &Path) -> BenchResult<Store> {
         let cfg = ArchiveStore::S3(c);
         let backend = aof2_shards::archive::build_store(&cfg)?;
         return Ok(Store {
-            name: format!("s3s-fs on loopback ({})", backend.describe()),
+            name: format!(
+                "s3s-fs on loopback ({}), data in {}",
+                backend.describe(),
+                data.display()
+            ),
             cfg,
             backend,
             _server: Some(server),
+            _data: Some(data),
         });
     }
     let dir = root.join("archive-store");
@@ -61,6 +89,7 @@ fn store(root: &Path) -> BenchResult<Store> {
         cfg,
         #[cfg(feature = "s3")]
         _server: None,
+        _data: None,
     })
 }
 
