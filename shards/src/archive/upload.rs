@@ -46,6 +46,22 @@ pub enum Uploaded {
     },
 }
 
+/// Bytes per read of a local copy: one read in the disk's queue at a time, each short,
+/// so a segment's upload (its file was written with O_DIRECT: it is read from the
+/// disk) never queues megabytes ahead of a writer's commit.
+const READ_PIECE: usize = 128 * 1024;
+
+/// A whole file, read `READ_PIECE` bytes at a time.
+fn read_in_pieces(fs: &dyn Fs, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let f = fs.open(path, OpenMode::Read)?;
+    let n = f.size()? as usize;
+    let mut b = vec![0u8; n];
+    for (i, piece) in b.chunks_mut(READ_PIECE).enumerate() {
+        crate::fs::read_exact_at(&*f, (i * READ_PIECE) as u64, piece)?;
+    }
+    Ok(b)
+}
+
 /// One segment's upload, step by step.
 pub struct Upload {
     job: UploadJob,
@@ -107,7 +123,7 @@ impl Upload {
         match self.next {
             Step::Read => {
                 let path = &j.path;
-                let data = super::stub::read_file(fs, path)
+                let data = read_in_pieces(fs, path)
                     .map_err(|e| format!("read {}: {e}", path.display()))?;
                 crate::inspect::check_sealed_bytes(path, &j.segment, &data)
                     .map_err(|e| format!("the local copy fails its check, not uploaded: {e}"))?;

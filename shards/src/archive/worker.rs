@@ -143,10 +143,25 @@ impl Drop for Archiver {
     }
 }
 
+/// The calling thread at the lowest CPU priority (nice 19) and in the idle I/O class:
+/// its reads of local copies go to the disk only when nothing else waits (where the
+/// disk's scheduler honours I/O priorities, as mq-deadline and bfq do).
 fn lower_priority() {
     // SAFETY: setpriority takes no pointers; on Linux PRIO_PROCESS with who = 0 sets
     // the nice value of the calling thread only.
     unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, 19) };
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: ioprio_set takes no pointers; who = 0 is the calling thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
 }
 
 fn run(q: &Queue, store: &dyn ArchiveBackend) {
