@@ -90,7 +90,7 @@ pub struct LogShared {
     archive_queued: AtomicBool,
     /// Archived segments downloaded for readers (`hydrated/`), least recently used
     /// first.
-    pub hydrated: Mutex<crate::archive::hydrate::Hydrated>,
+    pub hydrated: Mutex<crate::archive::hydrated_cache::Hydrated>,
 }
 
 /// Sealed-segment mappings kept per log (virtual address space only; the page cache

@@ -10,6 +10,7 @@
 //! ([`hydrate_off_thread`]) has it run on a thread of its own and awaits it, so its
 //! runtime's thread never waits for the store.
 
+pub use super::hydrated_cache::Hydrated;
 use super::stub::{read_file, Stub};
 use crate::error::{AofError, AofResult};
 use crate::fs::{Fs, OpenMode};
@@ -17,35 +18,10 @@ use crate::layout::LogPaths;
 use crate::log::SealedSegment;
 use crate::log_shared::LogShared;
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Instant;
-
-/// The downloaded copies of a log, least recently used first: (segment, bytes).
-#[derive(Debug, Default)]
-pub struct Hydrated {
-    lru: VecDeque<(u64, u64)>,
-}
-
-impl Hydrated {
-    fn touch(&mut self, id: u64) -> bool {
-        match self.lru.iter().position(|e| e.0 == id) {
-            Some(i) => {
-                let e = self.lru.remove(i).expect("indexed");
-                self.lru.push_back(e);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> u64 {
-        self.lru.iter().map(|e| e.1).sum()
-    }
-}
 
 /// The local path of archived segment `s`, downloading and checking it first unless a
 /// checked copy is there.
@@ -94,12 +70,7 @@ pub fn hydrate(
     })?;
     let limit = shared.lock_core().config().hydrated_cache_bytes;
     let mut h = shared.hydrated.lock().unwrap_or_else(|p| p.into_inner());
-    if !h.touch(id) {
-        h.lru.push_back((id, bytes));
-    }
-    // Least recently used out, never the one just read.
-    while h.bytes() > limit && h.lru.len() > 1 {
-        let (old, _) = h.lru.pop_front().expect("non-empty");
+    for old in h.insert(id, bytes, limit) {
         for c in [false, true] {
             let _ = fs.unlink(&paths.hydrated(old, c));
         }
@@ -114,9 +85,7 @@ pub fn is_hydrated(shared: &LogShared, fs: &dyn Fs, paths: &LogPaths, s: &Sealed
         .hydrated
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .lru
-        .iter()
-        .any(|e| e.0 == id)
+        .holds(id)
         && fs
             .kind(&paths.hydrated(id, s.compressed))
             .ok()

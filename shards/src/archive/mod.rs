@@ -5,14 +5,15 @@
 //! Files, one job each: `config` what the service configures; `store` the store seam
 //! and the local-directory store; `mem_store` an in-memory store with faults (tests);
 //! `stub` the durable local record of an archived segment and the log's archive id;
-//! `recovery` reading the stubs at open; `upload` one upload, step by step; `worker`
+//! `upload` one upload, step by step; `worker`
 //! the upload threads; `hydrate`
-//! downloads for readers; `s3_store` the S3 store (cargo feature `s3`).
+//! downloads for readers (`hydrated_cache` their LRU bookkeeping); `s3_store` the S3 store (cargo feature `s3`). Reading the
+//! stubs at open is recovery's (`recovery/stubs.rs`).
 
 pub mod config;
 pub mod hydrate;
+pub mod hydrated_cache;
 pub mod mem_store;
-pub mod recovery;
 #[cfg(feature = "s3")]
 pub mod s3_store;
 pub mod store;

@@ -30,6 +30,7 @@
 
 mod compressed;
 mod seal;
+pub mod stubs;
 
 pub use compressed::CompressedFindings;
 
@@ -42,7 +43,7 @@ use crate::format::{
 };
 use crate::fs::{EntryKind, Fs, FsFile, FsLock, OpenMode};
 use crate::layout::{parse_name, LogPaths, SegmentName};
-use crate::log::{Recovered, SealedSegment};
+use crate::log::Recovered;
 use crate::release_mark::ReleaseMark;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -475,90 +476,11 @@ fn recover(fs: &dyn Fs, paths: &LogPaths, clock: &Clock) -> AofResult<Recovered>
             u.footer = Some(footer);
         }
     }
-    // Segments the archive holds: their stubs (below the mark: released, their
-    // objects still to delete).
-    let (below, stubs): (Vec<_>, Vec<_>) = crate::archive::recovery::read_stubs(fs, paths)?
-        .into_iter()
-        .partition(|s| s.segment.header.segment_id < mark.first_segment);
-    let archive_deletes = below
-        .into_iter()
-        .map(|s| (s.segment.header.segment_id, s.key))
-        .collect();
-    let mut archived = Vec::new();
-    let mut sealed: Vec<(SealedSegment, PathBuf)> = Vec::with_capacity(used.len());
-    for u in &used {
-        let footer = u.footer.expect("every used segment is sealed now");
-        last_ts = last_ts.max(footer.sealed_at_ns);
-        sealed.push((
-            SealedSegment {
-                header: u.header,
-                seed: u.seed,
-                footer,
-                compressed: u.compressed,
-                disk_bytes: u.disk_bytes,
-                archived: false,
-                local: true,
-            },
-            u.path.clone(),
-        ));
-    }
-    for stub in stubs {
-        let id = stub.segment.header.segment_id;
-        let path = paths.stub(id);
-        archived.push((id, stub.object_bytes));
-        match sealed.binary_search_by_key(&id, |s| s.0.header.segment_id) {
-            Ok(i) => {
-                let local = &mut sealed[i].0;
-                if local.header != stub.segment.header || local.footer != stub.segment.footer {
-                    return Err(corruption(
-                        &path,
-                        id,
-                        0,
-                        "the archive stub describes another segment than the local file",
-                    ));
-                }
-                local.archived = true;
-            }
-            Err(i) => {
-                last_ts = last_ts.max(stub.segment.footer.sealed_at_ns);
-                sealed.insert(i, (stub.segment, path));
-            }
-        }
-    }
-    let mut records_total = mark.first_record_index;
-    for (s, path) in &sealed {
-        let id = s.header.segment_id;
-        // Ids may skip (a crash leaves blank files that are moved past), records may
-        // not: each segment starts where the previous ended, which catches a lost file.
-        if s.header.base_record_index != records_total {
-            return Err(corruption(
-                path,
-                id,
-                0,
-                format!(
-                    "segment starts at record {} but {} records come before it{}: \
-                     records are missing (a segment file lost?)",
-                    s.header.base_record_index,
-                    records_total,
-                    if records_total == mark.first_record_index && mark.first_segment > 0 {
-                        format!(
-                            " (the release mark says the log starts at segment {} with record {})",
-                            mark.first_segment, mark.first_record_index
-                        )
-                    } else {
-                        String::new()
-                    }
-                ),
-            ));
-        }
-        records_total = s.header.base_record_index + s.footer.record_count;
-    }
-    let last_archived = sealed
-        .iter()
-        .rev()
-        .find(|s| !s.0.local)
-        .map(|s| s.0.header.segment_id);
-    let sealed: Vec<SealedSegment> = sealed.into_iter().map(|s| s.0).collect();
+    let merged = stubs::merge_archived(fs, paths, mark, &used)?;
+    last_ts = last_ts.max(merged.last_ts);
+    let (sealed, records_total, last_archived) =
+        (merged.sealed, merged.records_total, merged.last_archived);
+    let (archived, archive_deletes) = (merged.archived, merged.archive_deletes);
     // Ids of the files above the last used segment, before they move (see
     // `ids_above_unused`).
     let blank_ids: Vec<u64> = blank.iter().map(|b| b.0).collect();

@@ -14,21 +14,22 @@
 //! held, as `/proc/locks` tells) is reported as being written, checked up to its last
 //! complete frame.
 
-use crate::archive::recovery::read_stubs_readonly;
+mod archived;
+mod checks;
 use crate::archive::store::ArchiveBackend;
 use crate::archive::stub::Stub;
-use crate::compressed_format::CompressedSegment;
 use crate::error::{AofError, AofResult};
-use crate::format::{
-    self, ScanStop, SegmentFooter, FOOTER_LEN, FOOTER_REGION, HEADER_LEN, NO_RECORD,
-};
+use crate::format::{self, ScanStop, SegmentFooter, FOOTER_REGION, HEADER_LEN};
 use crate::fs::posix::PosixFs;
 use crate::fs::{EntryKind, Fs, FsFile, OpenMode};
 use crate::layout::LogPaths;
 use crate::log::SealedSegment;
 use crate::reader::{SegmentCursor, SegmentReader};
+use crate::recovery::stubs::read_stubs_readonly;
 use crate::recovery::{self, corruption, io_err, Survey, Used};
 use crate::release_mark::ReleaseMark;
+pub use checks::check_sealed_bytes;
+use checks::{check_compressed_image, check_raw_image};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,120 +166,6 @@ impl LogDir {
             stubs,
             archive: None,
         })
-    }
-
-    /// Reads (and `verify` checks) segments only the archive holds from `store`.
-    pub fn with_archive(mut self, store: Arc<dyn ArchiveBackend>) -> LogDir {
-        self.archive = Some(store);
-        self
-    }
-
-    /// Stubs of the archived segments the log keeps.
-    pub fn stubs(&self) -> &[Stub] {
-        &self.stubs
-    }
-
-    /// Segments only the archive holds (no local copy), with their stubs.
-    pub fn archived_only(&self) -> Vec<&Stub> {
-        self.stubs
-            .iter()
-            .filter(|s| {
-                let id = s.segment.header.segment_id;
-                !self.survey.used.iter().any(|u| u.id == id)
-            })
-            .collect()
-    }
-
-    /// The stat of an archived-only segment, from its stub.
-    fn archived_stat(&self, st: &Stub) -> SegmentStat {
-        let s = &st.segment;
-        SegmentStat {
-            id: s.header.segment_id,
-            path: self.paths.stub(s.header.segment_id),
-            sealed: true,
-            file_size: s.header.file_size,
-            compressed: s.compressed,
-            disk_bytes: 0,
-            data_end: s.footer.data_end,
-            records: s.footer.record_count,
-            base_record_index: s.header.base_record_index,
-            created_at_ns: s.header.created_at_ns,
-            sealed_at_ns: Some(s.footer.sealed_at_ns),
-            torn_tail: None,
-            live: false,
-            location: Location::Archive,
-        }
-    }
-
-    /// A cursor over an archived-only segment: its object fetched and checked, kept in
-    /// a temporary file only while it is mapped.
-    pub fn archived_cursor(&self, st: &Stub) -> AofResult<SegmentCursor> {
-        let bytes = self.archived_bytes(st)?;
-        let id = st.segment.header.segment_id;
-        let tmp = std::env::temp_dir().join(format!(
-            "aof2-archived-{}-{id}-{}",
-            std::process::id(),
-            if st.segment.compressed { "zst" } else { "seg" }
-        ));
-        std::fs::write(&tmp, &bytes).map_err(io_err("write", &tmp))?;
-        let r = if st.segment.compressed {
-            SegmentReader::compressed(&self.fs, tmp.clone())
-        } else {
-            SegmentReader::sealed(&self.fs, tmp.clone(), st.segment)
-        };
-        // Mapped: the file can go now.
-        let _ = std::fs::remove_file(&tmp);
-        Ok(SegmentCursor::new(r?))
-    }
-
-    /// Local stats and archived-only ones, in id order.
-    fn merged(&self, local: Vec<SegmentStat>) -> Vec<SegmentStat> {
-        let mut out = local;
-        for st in &mut out {
-            if self
-                .stubs
-                .iter()
-                .any(|s| s.segment.header.segment_id == st.id)
-            {
-                st.location = Location::Both;
-            }
-        }
-        for st in self.archived_only() {
-            out.push(self.archived_stat(st));
-        }
-        out.sort_by_key(|s| s.id);
-        out
-    }
-
-    /// An archived-only segment's object, fetched from the store and checked against
-    /// its stub (size and SHA-256) and as a sealed segment.
-    pub fn archived_bytes(&self, st: &Stub) -> AofResult<Vec<u8>> {
-        let id = st.segment.header.segment_id;
-        let path = self.paths.stub(id);
-        let bad = |why: String| corruption(&path, id, 0, why);
-        let Some(store) = &self.archive else {
-            return Err(bad(format!(
-                "segment {id} is held only by the archive (object {}); give the store \
-                 (--archive-dir) to read it",
-                st.key
-            )));
-        };
-        let o = store
-            .get(&st.key)
-            .map_err(|e| bad(format!("{}: {e}", store.describe())))?;
-        use sha2::Digest;
-        let sum: [u8; 32] = sha2::Sha256::digest(&o.data).into();
-        if sum != st.sha256 || o.data.len() as u64 != st.object_bytes {
-            return Err(bad(format!(
-                "object {} in the {} is not the one uploaded (SHA-256 {}, the stub records {})",
-                st.key,
-                store.describe(),
-                crate::archive::stub::hex(&sum),
-                crate::archive::stub::hex(&st.sha256)
-            )));
-        }
-        check_sealed_bytes(&path, &st.segment, &o.data)?;
-        Ok(o.data)
     }
 
     /// True when a writer holds the log's lock now (from `/proc/locks`, without
@@ -603,146 +490,6 @@ impl LogDir {
             )?)),
         }
     }
-}
-
-/// The frames of sealed segment `u` in `image` (from offset 0): every checksum and
-/// link, and that they end where footer `f` says, with its count, last record and CRC.
-/// Checks the bytes of sealed segment `s` as `verify` checks its file: a raw file's
-/// header, frames, chain and zeros, or a compressed file's structure and every chunk
-/// inflated and checked the same way (`s.compressed`). `path` names it in errors (the
-/// archive checks an upload, or a download, this way).
-pub fn check_sealed_bytes(path: &Path, s: &SealedSegment, bytes: &[u8]) -> AofResult<()> {
-    let u = Used {
-        id: s.header.segment_id,
-        path: path.to_path_buf(),
-        header: s.header,
-        seed: s.seed,
-        footer: Some(s.footer),
-        damaged_footer: None,
-        compressed: s.compressed,
-        disk_bytes: bytes.len() as u64,
-    };
-    let expected = s.header.encode().0;
-    if bytes.len() < HEADER_LEN || bytes[..HEADER_LEN] != expected {
-        return Err(corruption(
-            path,
-            u.id,
-            0,
-            "the segment header is not the one the log recorded",
-        ));
-    }
-    if s.compressed {
-        check_compressed_image(&u, &s.footer, bytes)
-    } else {
-        check_raw_image(&u, &s.footer, bytes)
-    }
-}
-
-/// A raw sealed segment's bytes: long enough, frames and chain, zeros where there are
-/// no frames.
-fn check_raw_image(u: &Used, f: &SegmentFooter, image: &[u8]) -> AofResult<()> {
-    if (image.len() as u64) < u.header.file_size {
-        return Err(corruption(
-            &u.path,
-            u.id,
-            image.len() as u64,
-            format!(
-                "file is shorter than the {} bytes its header states",
-                u.header.file_size
-            ),
-        ));
-    }
-    let image = &image[..u.header.file_size as usize];
-    let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
-    check_sealed_frames(u, f, image)?;
-    let footer_at = (u.header.file_size - FOOTER_REGION) as usize;
-    // Past the data end: zeros, or a recycled file's stale bytes (never read).
-    let data_tail = if u.header.recycled {
-        (footer_at, footer_at)
-    } else {
-        (f.data_end as usize, footer_at)
-    };
-    let zeros = [data_tail, (footer_at + FOOTER_LEN, image.len())];
-    for (a, b) in zeros {
-        if let Some(i) = image[a..b].iter().position(|&x| x != 0) {
-            return Err(bad(
-                (a + i) as u64,
-                "a non-zero byte where a sealed segment holds only zeros".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A compressed segment's bytes: its structures, every chunk inflated, and the frames
-/// they hold checked as a raw segment's are.
-fn check_compressed_image(u: &Used, f: &SegmentFooter, map: &[u8]) -> AofResult<()> {
-    let c = CompressedSegment::parse_at(map)
-        .map_err(|(at, e)| corruption(&u.path, u.id, at, format!("compressed segment: {e}")))?;
-    let mut image = map[..HEADER_LEN].to_vec();
-    for (i, chunk) in c.chunks.iter().enumerate() {
-        let raw = c.inflate(i).map_err(|e| {
-            corruption(
-                &u.path,
-                u.id,
-                chunk.raw_start,
-                format!("compressed chunk at {}: {e}", chunk.comp_off),
-            )
-        })?;
-        image.extend_from_slice(&raw);
-    }
-    check_sealed_frames(u, f, &image)
-}
-
-fn check_sealed_frames(u: &Used, f: &SegmentFooter, image: &[u8]) -> AofResult<()> {
-    let bad = |off: u64, why: String| corruption(&u.path, u.id, off, why);
-    let mut it = format::frames(u.seed, image, f.data_end);
-    let (mut count, mut last_record, mut open_batch) = (0u64, NO_RECORD, false);
-    for fr in it.by_ref() {
-        let fr = fr.map_err(|(off, why)| bad(off, why))?;
-        if fr.header.kind == format::FrameKind::Record {
-            count += 1;
-            last_record = fr.offset as u32;
-            open_batch = fr.header.continues_batch();
-        }
-    }
-    if open_batch {
-        return Err(bad(
-            u64::from(last_record),
-            "sealed inside an atomic batch (its last record says more follow)".into(),
-        ));
-    }
-    if let Some(ScanStop::Blank) = it.stop() {
-        return Err(bad(
-            it.position(),
-            format!("zeros where the footer says frames run to {}", f.data_end),
-        ));
-    }
-    if it.position() != f.data_end {
-        return Err(bad(
-            it.position(),
-            format!(
-                "the last frame ends past the sealed data end {}",
-                f.data_end
-            ),
-        ));
-    }
-    if count != f.record_count || last_record != f.last_record_offset {
-        return Err(bad(
-                f.data_end,
-                format!(
-                    "the footer says {} records (last at {}), the frames hold {count} (last at {last_record})",
-                    f.record_count, f.last_record_offset
-                ),
-            ));
-    }
-    if it.last_crc() != f.last_frame_crc {
-        return Err(bad(
-            f.data_end,
-            "the footer does not seal the last frame (checksum differs)".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Runs `look` until it succeeds, or until it fails the same way in two looks in a
