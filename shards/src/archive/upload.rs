@@ -48,8 +48,9 @@ pub enum Uploaded {
 
 /// Bytes per read of a local copy: one read in the disk's queue at a time, each short,
 /// so a segment's upload (its file was written with O_DIRECT: it is read from the
-/// disk) never queues megabytes ahead of a writer's commit.
-const READ_PIECE: usize = 128 * 1024;
+/// disk) never holds a writer's commit up for long (A1: W2's p50 while uploading was
+/// 1.14x with 128 KiB reads, 1.07x with 32 KiB ones).
+const READ_PIECE: usize = 32 * 1024;
 
 /// A whole file, read `READ_PIECE` bytes at a time.
 fn read_in_pieces(fs: &dyn Fs, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
