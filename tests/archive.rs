@@ -3,89 +3,21 @@
 //! transparently (and checked), outages that stop no append, the backlog ceiling,
 //! releases that reach the store, and credentials that never print.
 
+#[path = "common/archived.rs"]
+mod archived;
 mod common;
 
+use archived::*;
 use bop_rs::aof2::archive::MemStore;
 use bop_rs::aof2::config::{
-    AofConfig, ArchiveStore, RetentionPolicy, S3Config, S3Credentials, Secret, SegmentId,
+    ArchiveStore, RetentionPolicy, S3Config, S3Credentials, Secret, SegmentId,
 };
 use bop_rs::aof2::error::AofError;
-use bop_rs::aof2::reader::SegmentCursor;
-use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, RecordId};
+use bop_rs::aof2::Aof;
 use common::*;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn archive_manager(store: ArchiveStore) -> AofManager {
-    init_log();
-    let mut c = AofManagerConfig::default();
-    c.archive = Some(store);
-    AofManager::with_config(c).expect("manager starts")
-}
-
-/// Small segments, and local copies kept within 128 KiB.
-fn cfg(root: &Path) -> AofConfig {
-    let mut c = small_cfg(root);
-    c.retention = RetentionPolicy::Size {
-        max_total_bytes: 128 << 10,
-    };
-    c
-}
-
-fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Appends `n` records (durably) and seals the last segment.
-fn write(aof: &Aof, tag: u64, n: u64) -> Vec<(RecordId, Vec<u8>)> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let p = payload(tag, i);
-        let rid = aof.append_record(&p).expect("append");
-        out.push((rid, p));
-    }
-    aof.flush().unwrap();
-    aof.seal_active().unwrap();
-    out
-}
-
-fn all_records(aof: &Aof) -> Vec<(RecordId, Vec<u8>)> {
-    let mut out = Vec::new();
-    for seg in aof.catalog_snapshot() {
-        let reader = aof.open_reader(SegmentId::new(seg.segment_id)).unwrap();
-        let mut c = SegmentCursor::new(reader);
-        while let Some(r) = c.next().expect("cursor reads") {
-            out.push((r.record_id(), r.payload().to_vec()));
-        }
-    }
-    out
-}
-
-/// Uploads caught up and the local copies retention lets go are gone.
-fn settled(aof: &Aof) -> bool {
-    let m = aof.flush_metrics();
-    m.archive_backlog_segments == 0
-        && aof
-            .catalog_snapshot()
-            .iter()
-            .filter(|s| s.sealed)
-            .all(|s| s.archived)
-        && m.removals_failing == 0
-}
-
-fn only_archived(aof: &Aof) -> Vec<u64> {
-    aof.catalog_snapshot()
-        .iter()
-        .filter(|s| !s.local)
-        .map(|s| s.segment_id)
-        .collect()
-}
 
 #[test]
 fn segments_go_to_the_archive_and_read_back_after_their_local_copies_went() {

@@ -9,14 +9,14 @@
 //! say so and pass, unless `AOF2_REQUIRE_S3=1` (CI) makes that a failure.
 #![cfg(feature = "s3")]
 
+#[path = "common/archived.rs"]
+mod archived;
 mod common;
 
-use bop_rs::aof2::config::{
-    AofConfig, ArchiveStore, RetentionPolicy, S3Config, S3Credentials, Secret, SegmentId,
-};
+use archived::*;
+use bop_rs::aof2::config::{ArchiveStore, S3Config, S3Credentials, Secret, SegmentId};
 use bop_rs::aof2::error::AofError;
-use bop_rs::aof2::reader::SegmentCursor;
-use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, RecordId};
+use bop_rs::aof2::{Aof, AofManager, AofManagerConfig};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -57,62 +57,12 @@ fn s3_config(server: &Server) -> S3Config {
 }
 
 fn s3_manager(server: &Server) -> AofManager {
-    init_log();
-    let mut c = AofManagerConfig::default();
-    c.archive = Some(ArchiveStore::S3(s3_config(server)));
-    AofManager::with_config(c).expect("manager starts")
+    archive_manager(ArchiveStore::S3(s3_config(server)))
 }
 
-fn cfg(root: &Path) -> AofConfig {
-    let mut c = small_cfg(root);
-    c.retention = RetentionPolicy::Size {
-        max_total_bytes: 128 << 10,
-    };
-    c
-}
-
-fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn write(aof: &Aof, tag: u64, n: u64) -> Vec<(RecordId, Vec<u8>)> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let p = payload(tag, i);
-        out.push((aof.append_record(&p).expect("append"), p));
-    }
-    aof.flush().unwrap();
-    aof.seal_active().unwrap();
-    out
-}
-
-fn all_records(aof: &Aof) -> Vec<(RecordId, Vec<u8>)> {
-    let mut out = Vec::new();
-    for seg in aof.catalog_snapshot() {
-        let reader = aof.open_reader(SegmentId::new(seg.segment_id)).unwrap();
-        let mut c = SegmentCursor::new(reader);
-        while let Some(r) = c.next().expect("cursor reads") {
-            out.push((r.record_id(), r.payload().to_vec()));
-        }
-    }
-    out
-}
-
-fn settled(aof: &Aof) -> bool {
-    let m = aof.flush_metrics();
-    m.archive_backlog_segments == 0 && m.archive_local_drops > 0 && m.removals_failing == 0
-}
-
-fn only_archived(aof: &Aof) -> Vec<u64> {
-    aof.catalog_snapshot()
-        .iter()
-        .filter(|s| !s.local)
-        .map(|s| s.segment_id)
-        .collect()
+/// Uploads caught up and local copies dropped.
+fn dropped(aof: &Aof) -> bool {
+    settled(aof) && aof.flush_metrics().archive_local_drops > 0
 }
 
 /// The object files the server keeps for `log_id`.
@@ -147,7 +97,7 @@ fn a_log_round_trips_through_a_real_s3_server() {
     let aof = open(&m, cfg(&root));
     let want = write(&aof, 1, 600);
     wait_for("uploads and local drops", Duration::from_secs(60), || {
-        settled(&aof)
+        dropped(&aof)
     });
     let gone = only_archived(&aof);
     assert!(gone.len() >= 3, "{gone:?}");
@@ -178,7 +128,7 @@ fn a_stopped_server_stops_no_append_and_uploads_resume_when_it_returns() {
     c.hydrated_cache_bytes = 0;
     let aof = open(&m, c);
     let mut want = write(&aof, 2, 600);
-    wait_for("uploads", Duration::from_secs(60), || settled(&aof));
+    wait_for("uploads", Duration::from_secs(60), || dropped(&aof));
     let archived = only_archived(&aof)[0];
     server.stop();
     // Appends and local durability go on.
@@ -222,7 +172,7 @@ fn a_tampered_object_on_the_server_is_an_error_never_data() {
     let root = tmp.path().join("log");
     let aof = open(&m, cfg(&root));
     write(&aof, 4, 600);
-    wait_for("uploads", Duration::from_secs(60), || settled(&aof));
+    wait_for("uploads", Duration::from_secs(60), || dropped(&aof));
     let id = only_archived(&aof)[0];
     let log_id = std::fs::read_to_string(root.join("LOG_ID")).unwrap();
     let obj = objects(&server, log_id.trim())
@@ -287,7 +237,7 @@ fn the_secret_key_appears_in_no_log_error_debug_output_or_metric() {
     let m = AofManager::with_config(mc).unwrap();
     let aof = open(&m, cfg(&tmp.path().join("log")));
     write(&aof, 5, 600);
-    wait_for("uploads", Duration::from_secs(60), || settled(&aof));
+    wait_for("uploads", Duration::from_secs(60), || dropped(&aof));
     // Failures too: the server down, uploads and a read failing.
     server.stop();
     write(&aof, 6, 300);

@@ -49,6 +49,8 @@ pub mod log_handle;
 #[doc(hidden)]
 pub mod log_histograms;
 #[doc(hidden)]
+pub mod log_queue;
+#[doc(hidden)]
 pub mod log_shared;
 #[doc(hidden)]
 pub mod manager;

@@ -84,7 +84,7 @@ impl S3Store {
             .thread_name("aof2-s3")
             // Uploads use what the shards and the application leave (as the archive's
             // own threads do).
-            .on_thread_start(lower_priority)
+            .on_thread_start(|| crate::log_queue::background_priority(false))
             .enable_all()
             .build()
             .map_err(|e| AofError::Startup(format!("cannot start the S3 client's runtime: {e}")))?;
@@ -140,13 +140,6 @@ impl S3Store {
             )),
         }
     }
-}
-
-/// Lowers the calling thread's CPU priority to the minimum (nice 19).
-fn lower_priority() {
-    // SAFETY: setpriority takes no pointers; on Linux PRIO_PROCESS with who = 0 sets
-    // the nice value of the calling thread only.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, 19) };
 }
 
 /// The kind of an `object_store` error, and a message naming the call.

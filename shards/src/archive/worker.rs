@@ -16,84 +16,26 @@ use super::store::ArchiveBackend;
 use super::upload::{Upload, Uploaded};
 use crate::fs::Fs;
 use crate::log::UploadJob;
+use crate::log_queue::LogQueue;
 use crate::log_shared::{ArchiveLink, LogShared};
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Upload threads per manager: logs upload in parallel up to this many at a time.
 pub const UPLOAD_THREADS: usize = 2;
 
-#[derive(Default)]
-struct State {
-    logs: VecDeque<Weak<LogShared>>,
-    /// Logs whose last step failed, and when to try them again.
-    retry: Vec<(Instant, Weak<LogShared>)>,
-    stop: bool,
-}
-
-#[derive(Default)]
-struct Queue {
-    state: Mutex<State>,
-    cv: Condvar,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn stopping(&self) -> bool {
-        self.lock().stop
-    }
-
-    fn retry(&self, at: Instant, log: Weak<LogShared>) {
-        self.lock().retry.push((at, log));
-        self.cv.notify_one();
-    }
-
-    /// The next log with work, waiting for one; `None` once stopped.
-    fn next(&self) -> Option<Weak<LogShared>> {
-        let mut st = self.lock();
-        loop {
-            if st.stop {
-                return None;
-            }
-            let now = Instant::now();
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.retry)
-                .into_iter()
-                .partition(|r| r.0 <= now);
-            st.retry = later;
-            st.logs.extend(due.into_iter().map(|r| r.1));
-            if let Some(l) = st.logs.pop_front() {
-                return Some(l);
-            }
-            st = match st.retry.iter().map(|r| r.0).min() {
-                Some(t) => {
-                    self.cv
-                        .wait_timeout(st, t - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-            };
-        }
-    }
-}
-
 /// The archive of a manager: its store and its upload threads.
 pub struct Archiver {
     store: Arc<dyn ArchiveBackend>,
-    queue: Arc<Queue>,
+    queue: Arc<LogQueue>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ArchiveLink for Archiver {
     fn queue(&self, log: Weak<LogShared>) {
-        self.queue.lock().logs.push_back(log);
-        self.queue.cv.notify_one();
+        self.queue.push(log);
     }
 
     fn store(&self) -> Arc<dyn ArchiveBackend> {
@@ -104,7 +46,7 @@ impl ArchiveLink for Archiver {
 impl Archiver {
     /// Starts the upload threads for `store`.
     pub fn start(store: Arc<dyn ArchiveBackend>) -> std::io::Result<Arc<Archiver>> {
-        let queue = Arc::new(Queue::default());
+        let queue = Arc::new(LogQueue::default());
         let mut threads = Vec::new();
         for i in 0..UPLOAD_THREADS {
             let (q, s) = (queue.clone(), store.clone());
@@ -128,8 +70,7 @@ impl Archiver {
 
     /// Stops the threads (an upload in progress stops before its next step) and waits.
     pub fn stop(&self) {
-        self.queue.lock().stop = true;
-        self.queue.cv.notify_all();
+        self.queue.stop();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -143,29 +84,8 @@ impl Drop for Archiver {
     }
 }
 
-/// The calling thread at the lowest CPU priority (nice 19) and in the idle I/O class:
-/// its reads of local copies go to the disk only when nothing else waits (where the
-/// disk's scheduler honours I/O priorities, as mq-deadline and bfq do).
-fn lower_priority() {
-    // SAFETY: setpriority takes no pointers; on Linux PRIO_PROCESS with who = 0 sets
-    // the nice value of the calling thread only.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, 19) };
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    // SAFETY: ioprio_set takes no pointers; who = 0 is the calling thread.
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        )
-    };
-}
-
-fn run(q: &Queue, store: &dyn ArchiveBackend) {
-    lower_priority();
+fn run(q: &LogQueue, store: &dyn ArchiveBackend) {
+    crate::log_queue::background_priority(true);
     while let Some(weak) = q.next() {
         let Some(log) = weak.upgrade() else { continue };
         log.archive_dequeued();
@@ -220,7 +140,7 @@ fn run(q: &Queue, store: &dyn ArchiveBackend) {
 /// Uploads one segment: `Ok(Some(object bytes))` once the store holds it and its stub
 /// is durable, `Ok(None)` if it stopped (closing, or shutting down).
 fn upload_one(
-    q: &Queue,
+    q: &LogQueue,
     log: &Arc<LogShared>,
     store: &dyn ArchiveBackend,
     fs: &dyn Fs,

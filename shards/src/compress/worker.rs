@@ -14,82 +14,29 @@
 
 use super::swap::{Stepped, Swap, SwapError};
 use crate::log::{Swapped, COMPRESS_RETRY_NS};
+use crate::log_queue::LogQueue;
 use crate::log_shared::{CompressLink, LogShared};
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
-struct State {
-    logs: VecDeque<Weak<LogShared>>,
-    /// Logs whose last swap failed, and when to try them again.
-    retry: Vec<(Instant, Weak<LogShared>)>,
-    stop: bool,
-}
-
-#[derive(Default)]
-struct Queue {
-    state: Mutex<State>,
-    cv: Condvar,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn stopping(&self) -> bool {
-        self.lock().stop
-    }
-
-    /// The next log with work, waiting for one; `None` once stopped.
-    fn next(&self) -> Option<Weak<LogShared>> {
-        let mut st = self.lock();
-        loop {
-            if st.stop {
-                return None;
-            }
-            let now = Instant::now();
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.retry)
-                .into_iter()
-                .partition(|r| r.0 <= now);
-            st.retry = later;
-            st.logs.extend(due.into_iter().map(|r| r.1));
-            if let Some(l) = st.logs.pop_front() {
-                return Some(l);
-            }
-            st = match st.retry.iter().map(|r| r.0).min() {
-                Some(t) => {
-                    self.cv
-                        .wait_timeout(st, t - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-            };
-        }
-    }
-}
-
 /// The compression worker of a manager.
 pub struct Compressor {
-    queue: Arc<Queue>,
+    queue: Arc<LogQueue>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl CompressLink for Compressor {
     fn queue(&self, log: Weak<LogShared>) {
-        self.queue.lock().logs.push_back(log);
-        self.queue.cv.notify_one();
+        self.queue.push(log);
     }
 }
 
 impl Compressor {
     /// Starts the worker thread.
     pub fn start() -> std::io::Result<Arc<Compressor>> {
-        let queue = Arc::new(Queue::default());
+        let queue = Arc::new(LogQueue::default());
         let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name("aof2-compress".into())
@@ -102,8 +49,7 @@ impl Compressor {
 
     /// Stops the worker (a swap in progress stops before its rename) and waits for it.
     pub fn stop(&self) {
-        self.queue.lock().stop = true;
-        self.queue.cv.notify_all();
+        self.queue.stop();
         let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = t {
             let _ = t.join();
@@ -117,22 +63,8 @@ impl Drop for Compressor {
     }
 }
 
-/// Lowers the calling thread's CPU priority to the minimum (nice 19): compression uses
-/// what the shards and the application leave.
-fn lower_priority() {
-    // SAFETY: setpriority takes no pointers; on Linux PRIO_PROCESS with who = 0 sets
-    // the nice value of the calling thread only.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, 19) };
-    if r != 0 {
-        log::debug!(
-            "aof2: lowering the compression thread's priority failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-fn run(q: &Queue) {
-    lower_priority();
+fn run(q: &LogQueue) {
+    crate::log_queue::background_priority(false);
     while let Some(weak) = q.next() {
         let Some(log) = weak.upgrade() else { continue };
         log.compression_dequeued();
@@ -162,7 +94,7 @@ fn run(q: &Queue) {
 
 /// Runs one swap to its end and tells the log's core how it ended.
 fn swap_one(
-    q: &Queue,
+    q: &LogQueue,
     log: &Arc<LogShared>,
     weak: &Weak<LogShared>,
     fs: &dyn crate::fs::Fs,
@@ -195,7 +127,7 @@ fn swap_one(
             swap.clean_up(fs);
             log.lock_core().compression_failed(id, op, &path, &error);
             let at = Instant::now() + Duration::from_nanos(COMPRESS_RETRY_NS);
-            q.lock().retry.push((at, weak.clone()));
+            q.retry(at, weak.clone());
         }
     }
 }
