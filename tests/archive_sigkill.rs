@@ -21,10 +21,8 @@ use bop_rs::aof2::reader::SegmentCursor;
 use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, RecordId};
 use common::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn record(round: u64, seq: u64) -> Vec<u8> {
     let mut p = payload(round, seq);
@@ -146,38 +144,17 @@ fn acknowledged_records_survive_sigkill_with_the_archive() {
     let mut rng = 0x2545_f491_u64;
     let mut archived_only = 0usize;
     for round in 0..rounds {
-        let mut c = child("archive_child_writer")
-            .env("AOF2_CRASH_DIR", dir.path())
-            .env("AOF2_CRASH_ROUND", round.to_string())
-            .envs(endpoint.iter().map(|e| ("AOF2_CRASH_S3_ENDPOINT", e)))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = c.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let run_for = Duration::from_millis(100 + rng % 500);
-        let started = Instant::now();
-        let mut lines = Vec::new();
-        while started.elapsed() < run_for {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(1)) {
-                lines.push(l);
-            }
-        }
-        c.kill().unwrap(); // SIGKILL
-        c.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
+        let lines = run_then_kill(
+            child("archive_child_writer")
+                .env("AOF2_CRASH_DIR", dir.path())
+                .env("AOF2_CRASH_ROUND", round.to_string())
+                .envs(endpoint.iter().map(|e| ("AOF2_CRASH_S3_ENDPOINT", e))),
+            run_for,
+        );
         let mut mine = Vec::new();
         for l in &lines {
             if let Some(rest) = l.strip_prefix("ACK ") {

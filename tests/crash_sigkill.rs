@@ -26,10 +26,8 @@ use bop_rs::aof2::config::SegmentId;
 use bop_rs::aof2::reader::SealedSegmentStream;
 use bop_rs::aof2::RecordId;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The payload of record `seq` of round `round` carries both, so the parent can tell
 /// rounds apart when it walks the files.
@@ -198,39 +196,18 @@ fn acknowledged_records_survive_sigkill() {
     let mut compressed = 0u64;
     let mut zst_seen = 0usize;
     for round in 0..rounds {
-        let mut c = child("child_writer")
-            .env("AOF2_CRASH_DIR", dir.path())
-            .env("AOF2_CRASH_ROUND", round.to_string())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = c.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let started = Instant::now();
         let mut compressed_now = 0u64;
         let mut mine = Vec::new();
-        let mut lines = Vec::new();
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let run_for = Duration::from_millis(30 + rng % 300);
-        while started.elapsed() < run_for {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(1)) {
-                lines.push(l);
-            }
-        }
-        c.kill().unwrap(); // SIGKILL
-        c.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
+        let lines = run_then_kill(
+            child("child_writer")
+                .env("AOF2_CRASH_DIR", dir.path())
+                .env("AOF2_CRASH_ROUND", round.to_string()),
+            run_for,
+        );
         // A kill before READY (libtest prints it after "test child_writer ... ") hits
         // the open or the recovery: a crash point like any other.
         for l in &lines {

@@ -128,6 +128,36 @@ pub fn run_child_ok(cmd: &mut Command, marker: &str) -> (String, String) {
     (stdout, stderr)
 }
 
+/// Spawns `cmd` with its stdout piped, collects the lines it prints for `run_for`, then
+/// kills it with SIGKILL and returns every line it printed (each line is one write
+/// below PIPE_BUF, so a kill never truncates one).
+pub fn run_then_kill(cmd: &mut Command, run_for: Duration) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut c = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let out = c.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut lines = Vec::new();
+    while started.elapsed() < run_for {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(1)) {
+            lines.push(l);
+        }
+    }
+    c.kill().unwrap(); // SIGKILL
+    c.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    lines
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
