@@ -8,7 +8,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub fn statfs_type(dir: &Path) -> std::io::Result<i64> {
+/// The file system `dir` is on: its statfs magic and the bytes free to an unprivileged user.
+pub fn fs_stat(dir: &Path) -> std::io::Result<(i64, u64)> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in path");
     // SAFETY: statfs is plain old data; zeroed is a valid value.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
@@ -16,7 +17,7 @@ pub fn statfs_type(dir: &Path) -> std::io::Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(s.f_type as i64)
+    Ok((s.f_type as i64, s.f_bavail as u64 * s.f_bsize as u64))
 }
 
 /// A file system's name from its statfs magic.

@@ -29,14 +29,14 @@ mod w5;
 mod z1;
 mod z1_reads;
 
-use baseline::{fs_name, statfs_type, PrewrittenFile, TMPFS};
+use baseline::{fs_name, fs_stat, PrewrittenFile, TMPFS};
 use report::fmt_value;
 pub use report::Row;
 
 use bop_rs::aof2::config::AofConfig;
 use bop_rs::aof2::{Aof, AofManager, AofManagerConfig, IoBackend};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -109,6 +109,12 @@ impl Ctx {
             6
         }
     }
+    /// Removes every log and baseline file made so far. Only between parts of a
+    /// workload, once their logs are closed.
+    fn tidy(&self) -> BenchResult<()> {
+        empty_dir(&self.root)
+            .map_err(|e| format!("cannot empty {}: {e}", self.root.display()).into())
+    }
     fn baseline_file(&self, name: &str, size: u64) -> BenchResult<PrewrittenFile> {
         Ok(PrewrittenFile::create(&self.root.join(name), size)?)
     }
@@ -162,6 +168,19 @@ fn peer_rows(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     }
 }
 
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints its report. Returns the rows.
 pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
     let parent = match &opts.dir {
@@ -170,7 +189,8 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
     };
     std::fs::create_dir_all(&parent)
         .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let magic = statfs_type(&parent).map_err(|e| format!("statfs {}: {e}", parent.display()))?;
+    let (magic, free) =
+        fs_stat(&parent).map_err(|e| format!("statfs {}: {e}", parent.display()))?;
     let fs = fs_name(magic);
     if magic == TMPFS && !opts.allow_tmpfs {
         return Err(format!(
@@ -209,6 +229,17 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
             ctx.manager.shard_count(),
             ctx.manager.executor(),
         );
+        // The largest workload (P1's peers, T1's parts) holds about 1 GiB at --quick and
+        // a few GiB at full length; each workload's files go when it ends.
+        let needed = if opts.quick { 2u64 << 30 } else { 6 << 30 };
+        if free < needed {
+            println!(
+                "WARNING: {:.1} GiB free in {}; a run may need {} GiB (pass --dir elsewhere)",
+                free as f64 / (1u64 << 30) as f64,
+                parent.display(),
+                needed >> 30
+            );
+        }
         if magic == TMPFS {
             println!(
                 "WARNING: tmpfs: fdatasync is a no-op here; these are not durable-disk figures"
@@ -271,6 +302,9 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         }
         done += 1;
         let rows_of_workload = f(&ctx)?;
+        // Each workload's logs and baseline files go once it has finished: kept to the
+        // end, a run's (T1's, W4's, the peers') fill several GiB.
+        ctx.tidy()?;
         if progress {
             eprint!("\r\x1b[K");
         }

@@ -18,6 +18,9 @@ impl Walrus {
         // walrus reads its data directory from the environment (once, at creation);
         // P1 sets it before any of its threads run.
         std::env::set_var("WALRUS_DATA_DIR", dir);
+        // Without it walrus prints a debug line per write to stdout: thousands of lines in
+        // the report, and a cost no user of it would pay.
+        std::env::set_var("WALRUS_QUIET", "1");
         let w = walrus_rust::Walrus::with_consistency_and_schedule_for_key(
             "p1",
             walrus_rust::ReadConsistency::StrictlyAtOnce,

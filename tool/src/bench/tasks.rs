@@ -23,15 +23,21 @@ use std::time::{Duration, Instant};
 pub fn t1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let mut rows = Vec::new();
     let cpus = ctx.manager.shard_cpus();
+    // Each part's logs go once it has finished (`tidy`): together they fill a few GiB.
     for (shard, cpu) in cpus.iter().enumerate().take(2) {
         rows.extend(w2_on_shard(ctx, shard, *cpu)?);
+        ctx.tidy()?;
     }
     if cpus.len() >= 2 {
         rows.extend(w2_across(ctx, cpus[1])?);
+        ctx.tidy()?;
     }
     rows.extend(w1_on_shard(ctx, 0)?);
+    ctx.tidy()?;
     rows.extend(cold_reads(ctx, 0)?);
+    ctx.tidy()?;
     rows.extend(super::tasks_w3::w3_on_shard(ctx, 0, false)?);
+    ctx.tidy()?;
     rows.extend(super::tasks_w3::w3_on_shard(ctx, 0, true)?);
     Ok(rows)
 }
