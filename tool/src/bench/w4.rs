@@ -129,37 +129,27 @@ pub fn w4(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     if recycled < prepared {
         log::warn!("W4 steady state: only {recycled} of {prepared} new segments were recycled");
     }
+    // A bandwidth row: the mean GB/s of `runs`, its ratio the median per round.
+    let gbps_row = |workload, runs: &[f64]| Row {
+        workload,
+        metric: "GB/s",
+        unit: "GB/s",
+        ours: mean(runs),
+        baseline,
+        higher_is_better: true,
+        baseline_desc,
+        median_ratio: Some(median_ratio(runs, &base_r)),
+    };
     Ok(vec![
-        Row {
-            workload: "W4 durable bandwidth (1 MiB per flush_until), fresh segment files",
-            metric: "GB/s",
-            unit: "GB/s",
-            ours: mean(&fresh_r),
-            baseline,
-            higher_is_better: true,
-            baseline_desc,
-            median_ratio: Some(median_ratio(&fresh_r, &base_r)),
-        },
-        Row {
-            workload: "W4 steady state: 64 MiB segments, recycled (Size 256 MiB)",
-            metric: "GB/s",
-            unit: "GB/s",
-            ours: mean(&steady_r),
-            baseline,
-            higher_is_better: true,
-            baseline_desc,
-            median_ratio: Some(median_ratio(&steady_r, &base_r)),
-        },
-        Row {
-            workload: "W4 steady state through append_with (in place)",
-            metric: "GB/s",
-            unit: "GB/s",
-            ours: mean(&with_r),
-            baseline,
-            higher_is_better: true,
-            baseline_desc,
-            median_ratio: Some(median_ratio(&with_r, &base_r)),
-        },
+        gbps_row(
+            "W4 durable bandwidth (1 MiB per flush_until), fresh segment files",
+            &fresh_r,
+        ),
+        gbps_row(
+            "W4 steady state: 64 MiB segments, recycled (Size 256 MiB)",
+            &steady_r,
+        ),
+        gbps_row("W4 steady state through append_with (in place)", &with_r),
         Row {
             workload: "W4 steady state",
             metric: "segments recycled / prepared",
