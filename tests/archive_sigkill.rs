@@ -79,17 +79,12 @@ fn cfg(dir: &Path, round: u64) -> bop_rs::aof2::config::AofConfig {
 /// The writer, run in a child process.
 #[test]
 fn archive_child_writer() {
-    let (Ok(dir), Ok(round)) = (
-        std::env::var("AOF2_CRASH_DIR"),
-        std::env::var("AOF2_CRASH_ROUND"),
-    ) else {
+    let Some((dir, round)) = crash_child() else {
         return; // only meaningful as a child of the test below
     };
-    let round: u64 = round.parse().unwrap();
-    let dir = Path::new(&dir);
     let endpoint = std::env::var("AOF2_CRASH_S3_ENDPOINT").ok();
-    let m = archive_manager(dir, endpoint.as_deref());
-    let aof = open(&m, cfg(dir, round));
+    let m = archive_manager(&dir, endpoint.as_deref());
+    let aof = open(&m, cfg(&dir, round));
     println!("READY");
     let mut seq = 0u64;
     loop {

@@ -64,15 +64,11 @@ fn commit_mode(round: u64) -> CommitMode {
 /// The writer, run in a child process.
 #[test]
 fn child_writer() {
-    let (Ok(dir), Ok(round)) = (
-        std::env::var("AOF2_CRASH_DIR"),
-        std::env::var("AOF2_CRASH_ROUND"),
-    ) else {
+    let Some((dir, round)) = crash_child() else {
         return; // only meaningful as a child of the test below
     };
-    let round: u64 = round.parse().unwrap();
     let m = manager();
-    let mut cfg = small_cfg(Path::new(&dir));
+    let mut cfg = small_cfg(&dir);
     cfg.segment_target_bytes = 128 * 1024;
     cfg.flush.flush_interval_ms = 2;
     cfg.flush.flush_watermark_bytes = 64 * 1024;

@@ -128,6 +128,18 @@ pub fn run_child_ok(cmd: &mut Command, marker: &str) -> (String, String) {
     (stdout, stderr)
 }
 
+/// In a SIGKILL test's child process (run by [`run_then_kill`] with `AOF2_CRASH_DIR`
+/// and `AOF2_CRASH_ROUND` set): its directory and round. `None` when the test runs on
+/// its own, where it is only meaningful as that child.
+pub fn crash_child() -> Option<(std::path::PathBuf, u64)> {
+    let dir = std::env::var("AOF2_CRASH_DIR").ok()?;
+    let round = std::env::var("AOF2_CRASH_ROUND").ok()?;
+    Some((
+        dir.into(),
+        round.parse().expect("AOF2_CRASH_ROUND is a number"),
+    ))
+}
+
 /// Spawns `cmd` with its stdout piped, collects the lines it prints for `run_for`, then
 /// kills it with SIGKILL and returns every line it printed (each line is one write
 /// below PIPE_BUF, so a kill never truncates one).
