@@ -162,8 +162,9 @@ fn child_soak() {
     let per_log_kib = (MAX_UNFLUSHED + 6 * 64 * 1024) / 1024;
     let bound = n as u64 * per_log_kib + 128 * 1024;
     let grew = peak_anon.saturating_sub(anon_before);
+    let nets: u64 = m.shard_stats().iter().map(|s| s.safety_net_wakeups).sum();
     println!(
-        "soak: {n} logs, {secs} s: {total} records appended, {} read by followers; anonymous memory grew {grew} KiB (bound {bound} KiB)",
+        "soak: {n} logs, {secs} s: {total} records appended, {} read by followers; anonymous memory grew {grew} KiB (bound {bound} KiB); {nets} sleeps ended by the glommio safety net",
         read.load(Ordering::Relaxed)
     );
     assert!(total > n as u64, "the writers made progress");

@@ -346,6 +346,7 @@ impl ShardSet {
                 longest_task_poll_ns: c.tasks.longest_poll_ns.load(r),
                 foreign_task_wakeups: c.tasks.foreign_wakes.load(r),
                 eventfd_wakeups: c.tasks.eventfd_writes.load(r),
+                safety_net_wakeups: c.tasks.net_wakes.load(r),
                 ring_enters: c.ring_ops.enters.load(r),
                 poll_hits: c.ring_ops.poll_hits.load(r),
                 poll_misses: c.ring_ops.poll_misses.load(r),

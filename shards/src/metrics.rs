@@ -132,6 +132,10 @@ pub struct ShardStats {
     pub foreign_task_wakeups: u64,
     /// Writes to the shard's eventfd: wake-ups of a shard sleeping in its ring.
     pub eventfd_wakeups: u64,
+    /// Glommio shards: sleeps that ended on the 5 ms safety net (a sleep with
+    /// operations in flight) instead of a completion or a request. A few while the disk
+    /// is slow are expected; many mean glommio scheduled the shard late.
+    pub safety_net_wakeups: u64,
     /// `io_uring_enter` calls of the shard's ring (0 on the portable backend).
     pub ring_enters: u64,
     /// Waits of the shard's ring that polling answered (`completion_poll_us`).

@@ -213,7 +213,7 @@ pub(crate) fn render(
         &'static str,
         fn(&ShardStats) -> u64,
     );
-    let shard_series: [ShardSeries; 9] = [
+    let shard_series: [ShardSeries; 10] = [
         (
             "aof_shard_logs",
             "gauge",
@@ -243,6 +243,12 @@ pub(crate) fn render(
             "counter",
             "Wake-ups of the shard sleeping in its ring.",
             |s| s.eventfd_wakeups,
+        ),
+        (
+            "aof_shard_safety_net_wakeups_total",
+            "counter",
+            "Glommio shards: sleeps with I/O in flight that the 5 ms safety net ended.",
+            |s| s.safety_net_wakeups,
         ),
         (
             "aof_shard_ring_enters_total",

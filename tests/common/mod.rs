@@ -115,17 +115,87 @@ pub fn child(test: &str) -> Command {
 }
 
 /// Runs a child command to completion and fails the test unless it exited with success
-/// and printed `marker` (its last step). Returns its stdout and stderr.
+/// and printed `marker` (its last step). Returns its stdout and stderr. A child that
+/// runs past `AOF2_CHILD_TIMEOUT_SECS` (300 by default) is a hang: the failure carries
+/// every thread's stack (through gdb, where installed) and the child is killed, so a
+/// CI run fails with the evidence instead of running out of time.
 pub fn run_child_ok(cmd: &mut Command, marker: &str) -> (String, String) {
-    let out = cmd.output().expect("the child runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    use std::io::Read;
+    let limit = Duration::from_secs(
+        std::env::var("AOF2_CHILD_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let mut ch = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the child runs");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    };
+    let out = drain(Box::new(ch.stdout.take().expect("piped")));
+    let err = drain(Box::new(ch.stderr.take().expect("piped")));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = ch.try_wait().expect("the child can be waited for") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let stacks = stacks_of(ch.id());
+            let _ = ch.kill();
+            let _ = ch.wait();
+            let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+            panic!(
+                "child hung: still running after {limit:?}; its threads:\n{stacks}\n\
+                 stdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     assert!(
-        out.status.success() && stdout.contains(marker),
-        "child failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        status.success() && stdout.contains(marker),
+        "child failed ({status}):\n{stdout}\n{stderr}"
     );
     (stdout, stderr)
+}
+
+/// Every thread's stack of process `pid`: user stacks through gdb where it is
+/// installed, and each thread's kernel wait channel either way.
+fn stacks_of(pid: u32) -> String {
+    let mut s = String::new();
+    if let Ok(o) = Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        s.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            s.push_str(&format!(
+                "task {:?} {} wchan {}\n{}",
+                t.file_name(),
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            ));
+        }
+    }
+    s
 }
 
 /// In a SIGKILL test's child process (run by [`run_then_kill`] with `AOF2_CRASH_DIR`

@@ -17,6 +17,18 @@
 //! readable its `recv` fails with `ENOTSOCK`, which the loop takes as "readable". If a
 //! later glommio answered at once instead, the loop would notice it waking with
 //! nothing to do, say so once, and fall back to sleeping 100 us at a time.
+//!
+//! glommio 0.9 can park with a woken task not run: its executor skips its task queues
+//! when a completion waits in its latency ring (a preemption timer it cancelled a
+//! moment before), then sleeps until the next event of its own rings, however long
+//! that is. A loop woken by its eventfd at that moment slept with the eventfd full
+//! and callers waiting (the CI soak that hung: seals waiting, the eventfd at 14, the
+//! wake-up delivered to a task glommio never ran). Two defences: the loop never goes
+//! to sleep with the eventfd already readable (it drains it and turns again, the case
+//! that made the wake-up land in that window), and while operations or deadlines are
+//! outstanding a sleep also ends after [`SAFETY_NET`], a glommio timer, which glommio
+//! arms in its own ring before it parks. An idle shard arms no timer: it still never
+//! wakes.
 
 use super::{current_shard, ShardCtl};
 use crate::clock::Clock;
@@ -28,6 +40,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -69,6 +82,10 @@ pub(super) fn executor(id: usize, cpu: Option<usize>) -> io::Result<glommio::Loc
         .make()
         .map_err(|e| io::Error::other(format!("glommio executor for shard {id}: {e}")))
 }
+
+/// The longest a glommio shard sleeps while it has operations in flight or a deadline
+/// set, however glommio schedules its wake-up (see the module docs).
+pub const SAFETY_NET: Duration = Duration::from_millis(5);
 
 /// The memlock glommio needs beyond the engine's registered buffers: its own minimum.
 pub const GLOMMIO_MEMLOCK_BYTES: u64 = 512 << 10;
@@ -196,10 +213,22 @@ fn drain(efd: RawFd) -> bool {
 pub(super) struct Sleeper {
     efd: RawFd,
     pending: Option<Readable>,
-    /// Consecutive wake-ups that found nothing at all.
+    /// The pending wait has answered "not yet" at least once.
+    waited: bool,
+    /// Consecutive waits that were ready at their first poll with nothing to do.
     empty: u32,
     /// glommio answered at once too often: sleep in short timer steps instead.
     fallback: bool,
+}
+
+/// What ended a sleep.
+enum Woke {
+    /// A wake-up from the shard's own thread.
+    Local,
+    /// The eventfd turned readable.
+    Readable,
+    /// The safety net's timer.
+    Net,
 }
 
 impl Sleeper {
@@ -207,21 +236,31 @@ impl Sleeper {
         Sleeper {
             efd,
             pending: readable(efd).ok(),
+            waited: false,
             empty: 0,
             fallback: false,
         }
     }
 
-    /// Sleeps until the eventfd is readable or a wake-up from this thread.
-    pub(super) async fn sleep(&mut self, ctl: &ShardCtl) -> io::Result<()> {
+    /// Sleeps until the eventfd is readable or a wake-up from this thread; with
+    /// `in_flight` (operations or deadlines outstanding), for at most [`SAFETY_NET`].
+    pub(super) async fn sleep(&mut self, ctl: &ShardCtl, in_flight: bool) -> io::Result<()> {
         if self.fallback {
             glommio::timer::sleep(Duration::from_micros(100)).await;
             drain(self.efd);
             return Ok(());
         }
+        // Completions or requests that came during the turn: turn again now rather
+        // than through a wait that would complete at once (see the module docs).
+        if drain(self.efd) {
+            return Ok(());
+        }
         if self.pending.is_none() {
             match readable(self.efd) {
-                Ok(r) => self.pending = Some(r),
+                Ok(r) => {
+                    self.pending = Some(r);
+                    self.waited = false;
+                }
                 // Out of descriptors (or memory) for the duplicate: the shard goes on,
                 // looking again every 100 us until one is free.
                 Err(e) => {
@@ -236,35 +275,52 @@ impl Sleeper {
             }
         }
         let pending = self.pending.as_mut().expect("set above");
-        let fired = std::future::poll_fn(|cx: &mut Context<'_>| {
+        let waited = &mut self.waited;
+        let mut net = in_flight.then(|| Box::pin(glommio::timer::Timer::new(SAFETY_NET)));
+        let woke = std::future::poll_fn(|cx: &mut Context<'_>| {
             if LOOP_WOKEN.with(|f| f.replace(false)) {
-                return Poll::Ready(Ok(false));
+                return Poll::Ready(Ok(Woke::Local));
             }
             LOOP_WAKER.with(|w| *w.borrow_mut() = Some(cx.waker().clone()));
-            pending.as_mut().poll(cx).map(|r| r.map(|_| true))
+            if let Poll::Ready(r) = pending.as_mut().poll(cx) {
+                return Poll::Ready(r.map(|_| Woke::Readable));
+            }
+            *waited = true;
+            match net.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(_)) => Poll::Ready(Ok(Woke::Net)),
+                _ => Poll::Pending,
+            }
         })
         .await;
         LOOP_WAKER.with(|w| w.borrow_mut().take());
         LOOP_WOKEN.with(|f| f.set(false));
-        let fired = fired?;
-        if fired {
-            let had = drain(self.efd);
-            // The next wait is armed at once, before the fired one is dropped: the shard
-            // holds one duplicate of its eventfd whenever it is quiet, not one or none
-            // depending on timing.
-            self.pending = readable(self.efd).ok();
-            if !had && !ctl.has_work() {
-                self.empty += 1;
-                if self.empty > 10_000 {
-                    log::warn!(
-                        "aof2: shard {}: glommio reports the eventfd readable when it is not; \
-                         sleeping in 100 us steps instead",
-                        ctl.id
-                    );
-                    self.fallback = true;
+        match woke? {
+            Woke::Local => {}
+            Woke::Net => {
+                ctl.tasks.net_wakes.fetch_add(1, Ordering::Relaxed);
+                drain(self.efd);
+            }
+            Woke::Readable => {
+                let had = drain(self.efd);
+                let at_once = !self.waited;
+                // The next wait is armed at once, before the fired one is dropped: the
+                // shard holds one duplicate of its eventfd whenever it is quiet, not one
+                // or none depending on timing.
+                self.pending = readable(self.efd).ok();
+                self.waited = false;
+                if at_once && !had && !ctl.has_work() {
+                    self.empty += 1;
+                    if self.empty > 10_000 {
+                        log::warn!(
+                            "aof2: shard {}: glommio reports the eventfd readable when it is not; \
+                             sleeping in 100 us steps instead",
+                            ctl.id
+                        );
+                        self.fallback = true;
+                    }
+                } else {
+                    self.empty = 0;
                 }
-            } else {
-                self.empty = 0;
             }
         }
         Ok(())

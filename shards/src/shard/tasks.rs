@@ -55,6 +55,8 @@ pub struct TaskStats {
     pub foreign_wakes: AtomicU64,
     /// Writes to the shard's eventfd (wake-ups of a sleeping ring).
     pub eventfd_writes: AtomicU64,
+    /// Sleeps of a glommio shard that its safety-net timer ended (`SAFETY_NET`).
+    pub net_wakes: AtomicU64,
 }
 
 /// The tasks of one shard, owned by its loop.

@@ -146,6 +146,17 @@ impl ShardLoop {
         self.tasks.len()
     }
 
+    /// Operations in flight, a deadline set, or logs closing: something will need the
+    /// loop without any request arriving.
+    pub fn awaits_progress(&self) -> bool {
+        self.shutting_down
+            || !self.closing.is_empty()
+            || self
+                .logs
+                .iter()
+                .any(|(k, e)| e.deadline.is_some() || self.exec.has_chains(*k))
+    }
+
     /// Logs on the shard.
     pub fn log_count(&self) -> usize {
         self.logs.len()
