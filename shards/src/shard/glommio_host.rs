@@ -25,10 +25,10 @@
 //! and callers waiting (the CI soak that hung: seals waiting, the eventfd at 14, the
 //! wake-up delivered to a task glommio never ran). Two defences: the loop never goes
 //! to sleep with the eventfd already readable (it drains it and turns again, the case
-//! that made the wake-up land in that window), and while operations or deadlines are
-//! outstanding a sleep also ends after [`SAFETY_NET`], a glommio timer, which glommio
-//! arms in its own ring before it parks. An idle shard arms no timer: it still never
-//! wakes.
+//! that made the wake-up land in that window), and while operations are in flight a
+//! sleep also ends after [`SAFETY_NET`] (with only a deadline set, that long after the
+//! deadline), a glommio timer, which glommio arms in its own ring before it parks. An
+//! idle shard arms no timer: it still never wakes.
 
 use super::{current_shard, ShardCtl};
 use crate::clock::Clock;
@@ -242,9 +242,10 @@ impl Sleeper {
         }
     }
 
-    /// Sleeps until the eventfd is readable or a wake-up from this thread; with
-    /// `in_flight` (operations or deadlines outstanding), for at most [`SAFETY_NET`].
-    pub(super) async fn sleep(&mut self, ctl: &ShardCtl, in_flight: bool) -> io::Result<()> {
+    /// Sleeps until the eventfd is readable or a wake-up from this thread; if the loop
+    /// needs a look after `look` anyway (operations in flight: zero; a deadline: the
+    /// time to it), for at most `look` + [`SAFETY_NET`].
+    pub(super) async fn sleep(&mut self, ctl: &ShardCtl, look: Option<Duration>) -> io::Result<()> {
         if self.fallback {
             glommio::timer::sleep(Duration::from_micros(100)).await;
             drain(self.efd);
@@ -276,7 +277,7 @@ impl Sleeper {
         }
         let pending = self.pending.as_mut().expect("set above");
         let waited = &mut self.waited;
-        let mut net = in_flight.then(|| Box::pin(glommio::timer::Timer::new(SAFETY_NET)));
+        let mut net = look.map(|d| Box::pin(glommio::timer::Timer::new(d + SAFETY_NET)));
         let woke = std::future::poll_fn(|cx: &mut Context<'_>| {
             if LOOP_WOKEN.with(|f| f.replace(false)) {
                 return Poll::Ready(Ok(Woke::Local));

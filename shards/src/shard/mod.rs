@@ -655,7 +655,7 @@ pub(crate) async fn run_glommio(
                     continue;
                 }
                 if host.may_sleep() {
-                    let r = sleeper.sleep(&ctl, lp.awaits_progress()).await;
+                    let r = sleeper.sleep(&ctl, lp.next_look()).await;
                     host.awake();
                     if let Err(e) = r {
                         break format!("waiting for its eventfd in glommio failed: {e}");

@@ -146,15 +146,20 @@ impl ShardLoop {
         self.tasks.len()
     }
 
-    /// Operations in flight, a deadline set, or logs closing: something will need the
-    /// loop without any request arriving.
-    pub fn awaits_progress(&self) -> bool {
-        self.shutting_down
+    /// How long until the loop needs a look even if no request or completion wakes
+    /// it: zero with operations in flight or logs closing, the time to the nearest
+    /// deadline otherwise, `None` when idle.
+    pub fn next_look(&self) -> Option<Duration> {
+        if self.shutting_down
             || !self.closing.is_empty()
-            || self
-                .logs
-                .iter()
-                .any(|(k, e)| e.deadline.is_some() || self.exec.has_chains(*k))
+            || self.logs.keys().any(|k| self.exec.has_chains(*k))
+        {
+            return Some(Duration::ZERO);
+        }
+        let due = self.logs.values().filter_map(|e| e.deadline).min()?;
+        Some(Duration::from_nanos(
+            due.saturating_sub(self.clock.monotonic_ns()),
+        ))
     }
 
     /// Logs on the shard.
