@@ -57,7 +57,8 @@ fn every_open_log_is_one_labelled_series_and_histograms_count_every_durable_reco
     let dir = tempfile::tempdir().unwrap();
     let m = manager();
     let open_log = |name: &str| open(&m, small_cfg(&dir.path().join(name)));
-    let a: Aof = open_log("a");
+    // The label is `root_dir` as configured, not the absolute path it resolves to.
+    let a: Aof = open_log("./a");
     let b: Aof = open_log("b \"quoted\"");
     for (aof, n) in [(&a, 50u64), (&b, 120)] {
         for i in 0..n {
@@ -77,7 +78,7 @@ fn every_open_log_is_one_labelled_series_and_histograms_count_every_durable_reco
             k => panic!("{name}: type {k}"),
         }
     }
-    let la = format!("log=\"{}\"", dir.path().join("a").display());
+    let la = format!("log=\"{}\"", dir.path().join("./a").display());
     let lb = format!(
         "log=\"{}\"",
         dir.path()

@@ -32,6 +32,8 @@ pub struct LogHandle {
     shard: Arc<ShardCtl>,
     fs: Arc<dyn Fs>,
     paths: LogPaths,
+    /// `root_dir` as configured (the metrics' `log` label); `paths` hold it absolute.
+    configured_root: std::path::PathBuf,
     lock: Mutex<Option<Box<dyn FsLock>>>,
     backpressure_waits: AtomicU64,
     /// Commits this handle's callers ran, their wake-ups, and wake-ups that found
@@ -241,6 +243,7 @@ impl LogHandle {
         let root = std::path::absolute(&cfg.root_dir)
             .map_err(|e| AofError::io("resolve root_dir", &cfg.root_dir, e))?;
         let paths = LogPaths::new(&root);
+        let configured_root = cfg.root_dir.clone();
         let opened = recovery::open_log(&*fs, &paths, &clock, cfg.file_mode)?;
         let commit = cfg.commit;
         let mut core = LogCore::new(cfg, paths.clone(), clock, nonce, opened.recovered);
@@ -288,6 +291,7 @@ impl LogHandle {
             shard,
             fs,
             paths,
+            configured_root,
             lock: Mutex::new(Some(opened.lock)),
             backpressure_waits: AtomicU64::new(0),
             caller_commits: AtomicU64::new(0),
@@ -663,7 +667,7 @@ impl std::fmt::Debug for LogHandle {
 
 impl crate::metrics::LogMetrics for LogHandle {
     fn root_dir(&self) -> &std::path::Path {
-        LogHandle::root_dir(self)
+        &self.configured_root
     }
     fn metrics(&self) -> FlushMetricsSnapshot {
         LogHandle::metrics(self)

@@ -150,7 +150,7 @@ pub struct ShardStats {
 /// What a metrics exporter reads of one open log (implemented by its handle), so the
 /// set of shards can list its logs without depending on the handle.
 pub trait LogMetrics: Send + Sync {
-    /// The log's directory.
+    /// The log's `root_dir` as configured (its `log` label).
     fn root_dir(&self) -> &std::path::Path;
     /// Its counters and gauges now.
     fn metrics(&self) -> FlushMetricsSnapshot;
