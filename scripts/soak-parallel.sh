@@ -13,7 +13,7 @@ ROUNDS=${1:-40}
 PARALLEL=${2:-3}
 features=()
 if [ "${AOF2_EXECUTOR:-}" = glommio ]; then features=(--features glommio); fi
-bin=$(cargo test --release "${features[@]}" --test soak --no-run --message-format=json 2>/dev/null |
+bin=$(cargo test "${features[@]}" --test soak --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "could not build tests/soak.rs"; exit 1; }
 logs=$(mktemp -d)
