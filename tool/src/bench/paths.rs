@@ -26,11 +26,6 @@ struct Path<'a> {
     op: Box<dyn Fn() -> BenchResult<()> + Sync + 'a>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn engine<'a>(aof: &'a Aof, payload: &'a [u8]) -> Box<dyn Fn() -> BenchResult<()> + Sync + 'a> {
     Box::new(move || {
         let r = aof.append_record(payload)?;
@@ -212,11 +207,11 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                     )),
                     metric,
                     unit: "us",
-                    ours: median(mine),
-                    baseline: median(base),
+                    ours: median(&mine),
+                    baseline: median(&base),
                     higher_is_better: false,
                     baseline_desc: "the fastest raw path in the same round",
-                    median_ratio: Some(median(ratios)),
+                    median_ratio: Some(median(&ratios)),
                 });
             }
         }

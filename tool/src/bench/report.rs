@@ -93,6 +93,41 @@ pub fn latency_row(
     }
 }
 
+/// The median of `v` (the upper one of an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The median of `ours[i] / base[i]`: rounds compared one by one.
+pub fn median_ratio(ours: &[f64], base: &[f64]) -> f64 {
+    let r: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
+    median(&r)
+}
+
+/// A row of per-round figures: the medians of ours and of the baseline, and the
+/// median of the per-round ratios.
+pub fn rounds_row(
+    workload: &'static str,
+    metric: &'static str,
+    unit: &'static str,
+    (ours, base): (&[f64], &[f64]),
+    higher_is_better: bool,
+    baseline_desc: &'static str,
+) -> Row {
+    Row {
+        workload,
+        metric,
+        unit,
+        ours: median(ours),
+        baseline: median(base),
+        higher_is_better,
+        baseline_desc,
+        median_ratio: Some(median_ratio(ours, base)),
+    }
+}
+
 pub fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }

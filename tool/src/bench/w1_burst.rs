@@ -48,11 +48,6 @@ fn burst(ctx: &Ctx, mode: Mode) -> BenchResult<f64> {
     Ok(ns)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// W1B: ns of the appending thread per record, medians over interleaved bursts.
 pub fn w1_burst(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let per_round = if ctx.quick { 2 } else { 5 };
@@ -77,7 +72,7 @@ pub fn w1_burst(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         rb.push(batch[i] / s);
         rw.push(with[i] / s);
     }
-    let s = median(&mut single.clone());
+    let s = median(&single);
     let w = "W1B burst of 4096 x 100 B, new log";
     Ok(vec![
         Row {
@@ -94,21 +89,21 @@ pub fn w1_burst(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             workload: w,
             metric: "append_batch(64) CPU",
             unit: "ns",
-            ours: median(&mut batch),
+            ours: median(&batch),
             baseline: s,
             higher_is_better: false,
             baseline_desc: "append_record one by one, same run (median of per-burst ratios)",
-            median_ratio: Some(median(&mut rb)),
+            median_ratio: Some(median(&rb)),
         },
         Row {
             workload: w,
             metric: "append_with CPU",
             unit: "ns",
-            ours: median(&mut with),
+            ours: median(&with),
             baseline: s,
             higher_is_better: false,
             baseline_desc: "append_record one by one, same run (median of per-burst ratios)",
-            median_ratio: Some(median(&mut rw)),
+            median_ratio: Some(median(&rw)),
         },
     ])
 }

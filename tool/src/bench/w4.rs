@@ -37,13 +37,6 @@ fn gbps(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9
 }
 
-/// The median of `ours[i] / base[i]`.
-fn median_ratio(ours: &[f64], base: &[f64]) -> f64 {
-    let mut r: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
-    r.sort_by(f64::total_cmp);
-    r[r.len() / 2]
-}
-
 /// W4: 1 MiB of records (16 x 64 KiB) per flush_until, fresh and recycled segments.
 pub fn w4(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let total: u64 = if ctx.quick { 64 << 20 } else { 1 << 30 };
