@@ -4,7 +4,7 @@ mod bench;
 mod tools;
 
 use bench::BenchOptions;
-use bop_rs::aof2::config::{IoBackend, RecordId};
+use bop_rs::aof2::config::{ArchiveStore, IoBackend, RecordId};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,10 +71,10 @@ enum Command {
         /// Print payloads as hex instead of escaped text.
         #[arg(long)]
         hex: bool,
-        /// The log's archive directory (`ArchiveStore::LocalDir`): segments only the
-        /// archive holds are read from it (checked against their stubs).
-        #[arg(long)]
-        archive_dir: Option<PathBuf>,
+        /// Where segments only the archive holds are read from (checked against their
+        /// stubs).
+        #[command(flatten)]
+        archive: ArchiveArgs,
     },
     /// Check every frame, footer and header of a log; print the first problem (segment,
     /// offset, path) and exit non-zero if there is one.
@@ -84,10 +84,10 @@ enum Command {
         /// Print one JSON object (segments and the outcome) instead of text.
         #[arg(long)]
         json: bool,
-        /// The log's archive directory (`ArchiveStore::LocalDir`): segments only the
-        /// archive holds are fetched and checked too (otherwise only their stubs).
-        #[arg(long)]
-        archive_dir: Option<PathBuf>,
+        /// Where segments only the archive holds are fetched from, to check their
+        /// objects too (without it, only their stubs are checked).
+        #[command(flatten)]
+        archive: ArchiveArgs,
     },
     /// Print a log's segments (state, sizes, records) and totals.
     Stat {
@@ -112,6 +112,59 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
     },
+}
+
+/// The log's archive, for the tools that read archived-only segments: a directory
+/// (`ArchiveStore::LocalDir`) or an S3-compatible bucket (`ArchiveStore::S3`, in a
+/// build with the `s3` feature; credentials from the `AWS_*` environment variables).
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    /// The log's archive directory (`ArchiveStore::LocalDir`).
+    #[arg(long, conflicts_with = "s3_bucket")]
+    archive_dir: Option<PathBuf>,
+    /// The log's S3 bucket (`ArchiveStore::S3`; credentials from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`).
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    /// The endpoint of an S3-compatible server (default: AWS S3 itself).
+    #[arg(long, requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket's region.
+    #[arg(long, requires = "s3_bucket", default_value = "us-east-1")]
+    s3_region: String,
+    /// The key prefix the log's manager was configured with (`S3Config::prefix`).
+    #[arg(long, requires = "s3_bucket", default_value = "")]
+    s3_prefix: String,
+    /// Allow plain HTTP (a loopback server).
+    #[arg(long, requires = "s3_bucket")]
+    s3_allow_http: bool,
+}
+
+impl ArchiveArgs {
+    /// The store these arguments name, if any.
+    fn store(self) -> Result<Option<ArchiveStore>, String> {
+        if let Some(d) = self.archive_dir {
+            return Ok(Some(ArchiveStore::LocalDir(d)));
+        }
+        let Some(bucket) = self.s3_bucket else {
+            return Ok(None);
+        };
+        #[cfg(feature = "s3")]
+        {
+            let mut c = bop_rs::aof2::config::S3Config::default();
+            c.bucket = bucket;
+            c.endpoint = self.s3_endpoint;
+            c.region = self.s3_region;
+            c.prefix = self.s3_prefix;
+            c.allow_http = self.s3_allow_http;
+            Ok(Some(ArchiveStore::S3(c)))
+        }
+        #[cfg(not(feature = "s3"))]
+        Err(format!(
+            "--s3-bucket {bucket}: this aof2 was built without S3 support (build it with \
+             `cargo install --path tool --features s3`)"
+        ))
+    }
 }
 
 struct StderrLogger;
@@ -159,22 +212,29 @@ fn main() -> ExitCode {
             from,
             limit,
             hex,
-            archive_dir,
-        } => tools::dump(&dir, from, limit, hex, archive_dir.as_deref())
-            .map(|_| ())
-            .map_err(Into::into),
+            archive,
+        } => archive.store().map_err(Into::into).and_then(|a| {
+            tools::dump(&dir, from, limit, hex, a.as_ref())
+                .map(|_| ())
+                .map_err(Into::into)
+        }),
         Command::Verify {
             dir,
             json: false,
-            archive_dir,
-        } => tools::verify(&dir, archive_dir.as_deref())
-            .map(|_| ())
-            .map_err(Into::into),
+            archive,
+        } => archive.store().map_err(Into::into).and_then(|a| {
+            tools::verify(&dir, a.as_ref())
+                .map(|_| ())
+                .map_err(Into::into)
+        }),
         Command::Verify {
             dir,
             json: true,
-            archive_dir,
-        } => tools::verify_json(&dir, archive_dir.as_deref()).map_err(Into::into),
+            archive,
+        } => archive
+            .store()
+            .map_err(Into::into)
+            .and_then(|a| tools::verify_json(&dir, a.as_ref()).map_err(Into::into)),
         Command::Stat { dir, json: false } => tools::stat(&dir).map(|_| ()).map_err(Into::into),
         Command::Stat { dir, json: true } => tools::stat_json(&dir).map_err(Into::into),
         Command::Tail {

@@ -2,10 +2,9 @@
 //! open a log directory without the writer's lock, so they can run beside a live
 //! writer in another process, and never change a file.
 
-use aof2_shards::archive::store::LocalDirStore;
 use aof2_shards::inspect::{Location, LogDir, SegmentStat};
 use aof2_shards::reader::{SegmentCursor, SegmentRecord};
-use bop_rs::aof2::config::RecordId;
+use bop_rs::aof2::config::{ArchiveStore, RecordId};
 use bop_rs::aof2::error::{AofError, AofResult};
 use std::io::Write;
 use std::path::Path;
@@ -62,9 +61,9 @@ pub fn dump(
     from: Option<RecordId>,
     limit: Option<u64>,
     hex: bool,
-    archive_dir: Option<&Path>,
+    archive: Option<&ArchiveStore>,
 ) -> AofResult<u64> {
-    let dir = open_dir(root, archive_dir)?;
+    let dir = open_dir(root, archive)?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut printed = 0u64;
@@ -164,24 +163,25 @@ pub fn dump(
 
 /// `aof2 verify`: checks every segment; prints one line per segment and a summary.
 /// The log at `root`, with its archive directory when one is given.
-fn open_dir(root: &Path, archive_dir: Option<&Path>) -> AofResult<LogDir> {
+/// The log directory at `root`, reading archived-only segments from `archive`.
+fn open_dir(root: &Path, archive: Option<&ArchiveStore>) -> AofResult<LogDir> {
     let dir = LogDir::open(root)?;
-    Ok(match archive_dir {
-        Some(a) => dir.with_archive(std::sync::Arc::new(LocalDirStore::new(a.to_path_buf()))),
+    Ok(match archive {
+        Some(a) => dir.with_archive(aof2_shards::archive::build_store(a)?),
         None => dir,
     })
 }
 
-pub fn verify(root: &Path, archive_dir: Option<&Path>) -> AofResult<Vec<SegmentStat>> {
-    let dir = open_dir(root, archive_dir)?;
+pub fn verify(root: &Path, archive: Option<&ArchiveStore>) -> AofResult<Vec<SegmentStat>> {
+    let dir = open_dir(root, archive)?;
     let stats = dir.verify()?;
     for s in &stats {
         let state = if s.sealed { "sealed" } else { "unsealed" };
         if s.location == Location::Archive {
-            let how = if archive_dir.is_some() {
+            let how = if archive.is_some() {
                 "object fetched and checked"
             } else {
-                "stub only: pass --archive-dir to check its object"
+                "stub only: pass --archive-dir or --s3-bucket to check its object"
             };
             println!(
                 "segment {:>6}  {state:<8}  {:>9} records  {:>12} bytes of frames  (archived: {how})",
@@ -458,8 +458,8 @@ pub fn stat_json(root: &Path) -> AofResult<()> {
 
 /// `aof2 verify --json`: `{"dir", "ok": true, "segments": [...], "records"}`, or on
 /// damage `{"dir", "ok": false, "error": "..."}` (and the exit status is 1).
-pub fn verify_json(root: &Path, archive_dir: Option<&Path>) -> AofResult<()> {
-    let r = open_dir(root, archive_dir).and_then(|d| d.verify());
+pub fn verify_json(root: &Path, archive: Option<&ArchiveStore>) -> AofResult<()> {
+    let r = open_dir(root, archive).and_then(|d| d.verify());
     let v = match &r {
         Ok(stats) => serde_json::json!({
             "dir": root.display().to_string(),

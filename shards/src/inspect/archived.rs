@@ -102,7 +102,7 @@ impl LogDir {
         let Some(store) = &self.archive else {
             return Err(bad(format!(
                 "segment {id} is held only by the archive (object {}); give the store \
-                 (--archive-dir) to read it",
+                 (--archive-dir or --s3-bucket) to read it",
                 st.key
             )));
         };
