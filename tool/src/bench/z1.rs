@@ -2,6 +2,8 @@
 //! binary records): size against the raw segment, compression and whole-segment
 //! decode speed against a plain copy of the same bytes, and the cost of reading one
 //! record (inflate its chunk, check its frame) against a raw segment's mapped read.
+//! Every figure is the median of five rounds (two in `--quick`), each round timing
+//! every operation back to back; ratios are medians of the per-round ratios.
 //! This measures the format alone (the level and chunk size the worker uses were
 //! chosen on it); `z1_reads.rs` measures reads through a log the worker compressed.
 
@@ -95,38 +97,36 @@ fn binary_record(i: u64) -> Vec<u8> {
     p
 }
 
-fn rows_for(name: &'static str, raw: &[u8], rounds: usize) -> BenchResult<Vec<Row>> {
+/// One round's timings (seconds): compress, decode every chunk, copy the segment, and
+/// one record from the compressed and from the raw segment.
+struct Round {
+    compress: f64,
+    decode: f64,
+    copy: f64,
+    one_z: f64,
+    one_raw: f64,
+}
+
+/// One round of every measurement, back to back, so a slow spell of the machine hits
+/// the figure and its baseline alike.
+fn round(raw: &[u8], offsets: &[u64], copy: &mut [u8]) -> BenchResult<(Round, Vec<u8>)> {
     let t = Instant::now();
-    let mut z = Vec::new();
-    for _ in 0..rounds {
-        z = compress_segment(raw, LEVEL, CHUNK)?;
-    }
-    let compress_s = t.elapsed().as_secs_f64() / rounds as f64;
+    let z = compress_segment(raw, LEVEL, CHUNK)?;
+    let compress = t.elapsed().as_secs_f64();
     let c = CompressedSegment::parse(&z)?;
-    let data = c.raw_data_bytes() as f64;
-    // Whole-segment decode against copying the same bytes.
     let t = Instant::now();
     let mut total = 0usize;
-    for _ in 0..rounds {
-        for i in 0..c.chunks.len() {
-            total += c.inflate(i)?.len();
-        }
+    for i in 0..c.chunks.len() {
+        total += c.inflate(i)?.len();
     }
-    let decode_s = t.elapsed().as_secs_f64() / rounds as f64;
-    let mut copy = vec![0u8; raw.len()];
+    let decode = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    for _ in 0..rounds {
-        copy.copy_from_slice(std::hint::black_box(raw));
-    }
-    let copy_s = t.elapsed().as_secs_f64() / rounds as f64;
+    copy.copy_from_slice(std::hint::black_box(raw));
+    let copy_s = t.elapsed().as_secs_f64();
     std::hint::black_box((&copy, total));
     // One record: inflate its chunk and check its frame, against checking it in place.
-    let offsets: Vec<u64> = format::frames(c.seed, raw, c.footer.data_end)
-        .step_by(97)
-        .map(|f| f.map(|f| f.offset).map_err(|(o, w)| format!("{o}: {w}")))
-        .collect::<Result<_, _>>()?;
     let t = Instant::now();
-    for &off in &offsets {
+    for &off in offsets {
         let i = c.chunk_for(off).ok_or("offset outside the chunks")?;
         let chunk = c.inflate(i)?;
         let at = (off - c.chunks[i].raw_start) as usize;
@@ -137,13 +137,53 @@ fn rows_for(name: &'static str, raw: &[u8], rounds: usize) -> BenchResult<Vec<Ro
     }
     let one_z = t.elapsed().as_secs_f64() / offsets.len() as f64;
     let t = Instant::now();
-    for &off in &offsets {
+    for &off in offsets {
         match format::decode_frame(c.seed, &raw[off as usize..]) {
             format::FrameDecode::Frame(_) => {}
             _ => return Err("a raw record did not validate".into()),
         }
     }
     let one_raw = t.elapsed().as_secs_f64() / offsets.len() as f64;
+    let r = Round {
+        compress,
+        decode,
+        copy: copy_s,
+        one_z,
+        one_raw,
+    };
+    Ok((r, z))
+}
+
+/// Z1's rows for one payload shape: medians over `rounds` rounds, each ratio the
+/// median of the per-round ratios.
+fn rows_for(name: &'static str, raw: &[u8], rounds: usize) -> BenchResult<Vec<Row>> {
+    let header = SegmentHeader::decode(raw)?;
+    let seed = match header {
+        format::HeaderState::Valid(_, seed) => seed,
+        format::HeaderState::Blank => return Err("a blank segment image".into()),
+    };
+    let footer = SegmentFooter::decode(
+        &raw[format::data_capacity(SEGMENT) as usize..],
+        seed,
+        SEGMENT,
+    )?
+    .ok_or("a segment image without its footer")?;
+    let offsets: Vec<u64> = format::frames(seed, raw, footer.data_end)
+        .step_by(97)
+        .map(|f| f.map(|f| f.offset).map_err(|(o, w)| format!("{o}: {w}")))
+        .collect::<Result<_, _>>()?;
+    let data = (footer.data_end - format::HEADER_LEN as u64) as f64;
+    let mut copy = vec![0u8; raw.len()];
+    let (mut runs, mut z) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (r, zb) = round(raw, &offsets, &mut copy)?;
+        runs.push(r);
+        z = zb;
+    }
+    let gbps =
+        |f: fn(&Round) -> f64| -> Vec<f64> { runs.iter().map(|r| data / f(r) / 1e9).collect() };
+    let us = |f: fn(&Round) -> f64| -> Vec<f64> { runs.iter().map(|r| f(r) * 1e6).collect() };
+    let copy_gbps = gbps(|r| r.copy);
     let row = rows_of(name);
     Ok(vec![
         row(
@@ -154,27 +194,27 @@ fn rows_for(name: &'static str, raw: &[u8], rounds: usize) -> BenchResult<Vec<Ro
             false,
             "the raw segment's frames",
         ),
-        row(
+        rounds_row(
+            name,
             "compress (zstd 3, 128 KiB chunks)",
             "GB/s",
-            data / compress_s / 1e9,
-            data / copy_s / 1e9,
+            (&gbps(|r| r.compress), &copy_gbps),
             true,
             "memcpy of the segment",
         ),
-        row(
+        rounds_row(
+            name,
             "decode every chunk",
             "GB/s",
-            data / decode_s / 1e9,
-            data / copy_s / 1e9,
+            (&gbps(|r| r.decode), &copy_gbps),
             true,
             "memcpy of the segment",
         ),
-        row(
+        rounds_row(
+            name,
             "one record: inflate its chunk, check its frame",
             "us",
-            one_z * 1e6,
-            one_raw * 1e6,
+            (&us(|r| r.one_z), &us(|r| r.one_raw)),
             false,
             "checking the frame in a mapped raw segment",
         ),
@@ -183,7 +223,7 @@ fn rows_for(name: &'static str, raw: &[u8], rounds: usize) -> BenchResult<Vec<Ro
 
 /// Z1: the compressed segment format, JSON-like lines and binary records.
 pub fn z1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
-    let rounds = if ctx.quick { 1 } else { 3 };
+    let rounds = if ctx.quick { 2 } else { 5 };
     let mut rows = rows_for(
         "Z1 compressed format, JSON-like log lines",
         &sealed_segment(json_line),
