@@ -1,6 +1,7 @@
 //! The `aof2` command-line tool.
 
 mod bench;
+mod closed_stdout;
 mod tools;
 
 use bench::BenchOptions;
@@ -188,7 +189,26 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     });
-    let result = match cli.command {
+    closed_stdout::install_panic_hook();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) if closed_stdout::is_closed_stdout_error(&*e) => {
+            ExitCode::from(closed_stdout::STATUS)
+        }
+        Ok(Err(e)) => {
+            eprintln!("aof2: {e}");
+            ExitCode::FAILURE
+        }
+        Err(p) if closed_stdout::is_closed_stdout_panic(&*p) => {
+            ExitCode::from(closed_stdout::STATUS)
+        }
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// Runs one command.
+fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
         Command::Bench {
             dir,
             quick,
@@ -249,13 +269,6 @@ fn main() -> ExitCode {
             std::time::Duration::from_millis(interval_ms.max(1)),
         )
         .map_err(Into::into),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aof2: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

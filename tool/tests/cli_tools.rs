@@ -602,3 +602,25 @@ fn stat_verify_and_dump_see_segments_only_the_archive_holds() {
         "{e}"
     );
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_dump_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("log");
+    write_log(&root, 3000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aof2"))
+        .args(["dump", root.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe, as `aof2 dump | head -1` does.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("record-0."), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "no message, no panic");
+}
