@@ -128,6 +128,69 @@ pub fn rounds_row(
     }
 }
 
+/// Latencies of ours and of the baseline, one histogram each per round: rows of the
+/// medians over rounds of each quantile, and of the per-round ratios.
+pub struct LatencyRounds {
+    pub ours: Vec<Histogram<u64>>,
+    pub base: Vec<Histogram<u64>>,
+}
+
+impl LatencyRounds {
+    pub fn new() -> LatencyRounds {
+        LatencyRounds {
+            ours: Vec::new(),
+            base: Vec::new(),
+        }
+    }
+
+    /// Adds one round's pair of histograms.
+    pub fn push(&mut self, ours: Histogram<u64>, base: Histogram<u64>) {
+        self.ours.push(ours);
+        self.base.push(base);
+    }
+
+    /// One row per `(metric, quantile)`, in microseconds.
+    pub fn rows(
+        &self,
+        workload: &'static str,
+        quantiles: &[(&'static str, f64)],
+        baseline_desc: &'static str,
+    ) -> Vec<Row> {
+        let at = |hs: &[Histogram<u64>], q| -> Vec<f64> {
+            hs.iter().map(|h| percentile_us(h, q)).collect()
+        };
+        quantiles
+            .iter()
+            .map(|&(metric, q)| {
+                rounds_row(
+                    workload,
+                    metric,
+                    "us",
+                    (&at(&self.ours, q), &at(&self.base, q)),
+                    false,
+                    baseline_desc,
+                )
+            })
+            .collect()
+    }
+
+    /// Every round's samples together (for the latency plots).
+    pub fn pooled(&self) -> (Histogram<u64>, Histogram<u64>) {
+        let mut o = hist();
+        let mut b = hist();
+        for h in &self.ours {
+            o.add(h).expect("the same bounds");
+        }
+        for h in &self.base {
+            b.add(h).expect("the same bounds");
+        }
+        (o, b)
+    }
+}
+
+/// p50, p99 and p99.9, the quantiles of the latency rows.
+pub const P50_P99_P999: [(&str, f64); 3] = [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)];
+
 pub fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }

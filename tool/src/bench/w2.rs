@@ -32,9 +32,10 @@ pub fn w2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
 }
 
 fn w2_on(ctx: &Ctx, pinned: Option<usize>) -> BenchResult<Vec<Row>> {
-    // Slices of 250 appends (fewer in a quick run): the disk's slow spells (tens of
-    // ms) hit both sides alike.
-    let (per_round, rounds) = if ctx.quick { (250, 4) } else { (250, 40) };
+    // Five rounds (two in a quick run) of eight slices of 250 appends a side: the disk's
+    // slow spells (tens of ms) hit both sides alike, and the rows take medians over the
+    // rounds.
+    let (rounds, slices_per_round) = if ctx.quick { (2, 2) } else { (5, 8) };
     let aof = ctx.open()?;
     if pinned.is_some() && aof.shard_cpu() != pinned {
         return Err("the W2 log landed on another shard than expected".into());
@@ -44,9 +45,15 @@ fn w2_on(ctx: &Ctx, pinned: Option<usize>) -> BenchResult<Vec<Row>> {
     // first 1 MiB files, prepared while it shows it is busy), so what is measured is a
     // busy log's steady state.
     warm_up(&aof, &f, 1000)?;
-    let (ours, base) = slices(&aof, &f, rounds, per_round, 0)?;
+    let mut lr = LatencyRounds::new();
+    let mut off = 0;
+    for _ in 0..rounds {
+        let (ours, base) = slices(&aof, &f, slices_per_round, 250, &mut off)?;
+        lr.push(ours, base);
+    }
     if pinned.is_none() {
         let t = "W2: one writer, 4 KiB append + flush_until (after 4 MiB)";
+        let (ours, base) = lr.pooled();
         super::plots::record_curve("latency_w2", t, "aof2", &ours);
         super::plots::record_curve("latency_w2", t, "pwrite 4 KiB + fdatasync", &base);
     }
@@ -55,59 +62,58 @@ fn w2_on(ctx: &Ctx, pinned: Option<usize>) -> BenchResult<Vec<Row>> {
     } else {
         "W2 durable latency (4 KiB + flush_until)"
     };
-    let row = |metric, q| {
-        latency_row(
-            workload,
-            metric,
-            q,
-            (&ours, &base),
-            "pwrite 4 KiB + fdatasync, pre-written file",
-        )
-    };
-    Ok(vec![row("p50", 0.5), row("p99", 0.99), row("p99.9", 0.999)])
+    Ok(lr.rows(
+        workload,
+        &P50_P99_P999,
+        "pwrite 4 KiB + fdatasync, pre-written file (medians over rounds)",
+    ))
 }
 
 /// W2 on a new log: 200 warm-up records, then its first 64 MiB (16,384 durable 4 KiB
 /// appends), alternating in slices with the raw loop. What a service sees in its first
 /// minutes: the log's first files are still being created (zero-written) meanwhile.
+/// Five new logs (two in a quick run), each a round: each quantile is taken over a
+/// log's first 64 MiB, and the rows are the medians over the logs.
 fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
-    let total: usize = if ctx.quick { 1024 } else { 16_384 };
+    let (logs, total): (usize, usize) = if ctx.quick { (2, 1024) } else { (5, 16_384) };
     // Slices of 256 appends: the disk's slow spells (tens of ms) hit both sides alike.
-    let per_round = 256;
-    let rounds = total / per_round;
-    let aof = ctx.open()?;
-    let f = ctx.baseline_file("w2-new-baseline", 64 << 20)?;
-    warm_up(&aof, &f, 200)?;
-    let (ours, base) = slices(&aof, &f, rounds, per_round, 200 * 4096)?;
-    let row = |metric, q| {
-        latency_row(
-            "W2 a new log's first 64 MiB (after 200 records)",
-            metric,
-            q,
-            (&ours, &base),
-            "pwrite 4 KiB + fdatasync, pre-written file",
-        )
-    };
-    Ok(vec![row("p50", 0.5), row("p99", 0.99), row("p99.9", 0.999)])
+    let per_slice = 256;
+    let mut lr = LatencyRounds::new();
+    for _ in 0..logs {
+        let aof = ctx.open()?;
+        let f = ctx.baseline_file("w2-new-baseline", 64 << 20)?;
+        warm_up(&aof, &f, 200)?;
+        let mut off = 200 * 4096;
+        let (ours, base) = slices(&aof, &f, total / per_slice, per_slice, &mut off)?;
+        lr.push(ours, base);
+        aof.close()?;
+        drop((aof, f));
+        ctx.tidy()?;
+    }
+    Ok(lr.rows(
+        "W2 a new log's first 64 MiB (after 200 records)",
+        &P50_P99_P999,
+        "pwrite 4 KiB + fdatasync, pre-written file (medians over new logs)",
+    ))
 }
 
-/// Alternates `rounds` slices of `per_round` durable 4 KiB appends to `aof` with as
-/// many raw `pwrite` + `fdatasync` of 4 KiB into `f` (from offset `off`); returns the
-/// latency histograms of both.
+/// Alternates `slices` slices of `per_slice` durable 4 KiB appends to `aof` with as
+/// many raw `pwrite` + `fdatasync` of 4 KiB into `f` (from offset `off`, advanced);
+/// returns the latency histograms of both.
 fn slices(
     aof: &bop_rs::aof2::Aof,
     f: &PrewrittenFile,
-    rounds: usize,
-    per_round: usize,
-    mut off: u64,
+    slices: usize,
+    per_slice: usize,
+    off: &mut u64,
 ) -> BenchResult<(Histogram<u64>, Histogram<u64>)> {
     let payload = vec![0x42u8; 4096];
     let block = AlignedBlock::new(4096);
     let (mut ours, mut base) = (hist(), hist());
     alternate(
-        rounds,
+        slices,
         || {
-            for _ in 0..per_round {
+            for _ in 0..per_slice {
                 let t = Instant::now();
                 let r = aof.append_record(&payload)?;
                 aof.flush_until(r)?;
@@ -116,12 +122,12 @@ fn slices(
             Ok(())
         },
         || {
-            for _ in 0..per_round {
+            for _ in 0..per_slice {
                 let t = Instant::now();
-                f.file.write_all_at(block.bytes(), off % f.size)?;
+                f.file.write_all_at(block.bytes(), *off % f.size)?;
                 fdatasync(&f.file)?;
                 base.record(t.elapsed().as_nanos() as u64)?;
-                off += 4096;
+                *off += 4096;
             }
             Ok(())
         },
