@@ -172,40 +172,42 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         }
     }
     let per_round = if ctx.quick { 300 } else { 2000 };
-    let mut hists: Vec<Histogram<u64>> = all.iter().map(|_| hist()).collect();
+    // Per contender, one histogram per round: every row is the median over rounds.
+    let mut hists: Vec<Vec<Histogram<u64>>> = all.iter().map(|_| Vec::new()).collect();
     rotate_indexed(ctx.rounds(), all.len(), |i| {
+        let mut h = hist();
         for _ in 0..per_round {
             let t = Instant::now();
             all[i]()?;
-            hists[i].record(t.elapsed().as_nanos() as u64)?;
+            h.record(t.elapsed().as_nanos() as u64)?;
         }
+        hists[i].push(h);
         Ok(())
     })?;
+    let pooled = |i: usize| {
+        let mut h = hist();
+        for r in &hists[i] {
+            h.add(r).expect("the same bounds");
+        }
+        h
+    };
+    let pair = |a: usize, b: usize| LatencyRounds {
+        ours: hists[a].clone(),
+        base: hists[b].clone(),
+    };
     let t = "P1: one writer, 4 KiB append + durable wait, against the peers";
-    super::plots::record_curve("latency_p1", t, "aof2", &hists[0]);
+    super::plots::record_curve("latency_p1", t, "aof2", &pooled(0));
     let mut rows = Vec::new();
     for (i, p) in peers.iter().enumerate() {
-        super::plots::record_curve("latency_p1", t, p.name, &hists[i + 1]);
-        for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-            rows.push(latency_row(
-                p.one_writer,
-                metric,
-                q,
-                (&hists[0], &hists[i + 1]),
-                p.desc,
-            ));
-        }
+        super::plots::record_curve("latency_p1", t, p.name, &pooled(i + 1));
+        rows.extend(pair(0, i + 1).rows(p.one_writer, &P50_P99_P999, p.desc));
     }
-    super::plots::record_curve("latency_p1", t, "aof2, polling 300 us", &hists[polled_at]);
-    for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-        rows.push(latency_row(
-            "P1 one writer, polling on (300 us) vs okaywal 0.3",
-            metric,
-            q,
-            (&hists[polled_at], &hists[1]),
-            "okaywal 0.3: 4 KiB entry + commit",
-        ));
-    }
+    super::plots::record_curve("latency_p1", t, "aof2, polling 300 us", &pooled(polled_at));
+    rows.extend(pair(polled_at, 1).rows(
+        "P1 one writer, polling on (300 us) vs okaywal 0.3",
+        &P50_P99_P999,
+        "okaywal 0.3: 4 KiB entry + commit",
+    ));
     let slice = ctx.duration() / ctx.rounds() as u32;
     // The polling log takes no part in the many-writer rows.
     let all = &all[..polled_at];
@@ -229,25 +231,23 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             ],
         ),
     ] {
-        let mut done = vec![(0u64, Duration::ZERO); all.len()];
+        // Per contender, records/s in each round.
+        let mut rates: Vec<Vec<f64>> = all.iter().map(|_| Vec::new()).collect();
         rotate_indexed(ctx.rounds(), all.len(), |i| {
             let t = Instant::now();
-            done[i].0 += threads_for(threads, slice, all[i].clone())?;
-            done[i].1 += t.elapsed();
+            let n = threads_for(threads, slice, all[i].clone())?;
+            rates[i].push(n as f64 / t.elapsed().as_secs_f64());
             Ok(())
         })?;
-        let rate = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
         for (i, p) in peers.iter().enumerate() {
-            rows.push(Row {
-                workload: names[i],
-                metric: "durable records/s",
-                unit: "rec/s",
-                ours: rate(done[0]),
-                baseline: rate(done[i + 1]),
-                higher_is_better: true,
-                baseline_desc: p.desc,
-                median_ratio: None,
-            });
+            rows.push(rounds_row(
+                names[i],
+                "durable records/s",
+                "rec/s",
+                (&rates[0], &rates[i + 1]),
+                true,
+                p.desc,
+            ));
         }
     }
     rows.extend(super::peers_more::buffered_row(ctx)?);

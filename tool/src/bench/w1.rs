@@ -4,6 +4,7 @@ use super::report::*;
 use super::{rotate, BenchResult, Ctx};
 use bop_rs::aof2::config::RetentionPolicy;
 use bop_rs::aof2::Aof;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// Appends 100-byte records for `slice`; returns how many.
@@ -42,24 +43,30 @@ pub fn w1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     );
     let frame: [u8; W1_FRAME] = frame.try_into().expect("frame size");
     let mut buf = vec![0u8; aof2_shards::log::BUF_SIZE]; // the size of a log buffer
-    let (mut n, mut t_ours, mut m, mut t_base) = (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let (mut r, mut t_ret) = (0u64, Duration::ZERO);
+                                                         // The disk's write bandwidth: 1 MiB O_DIRECT writes (no sync: the appends do not
+                                                         // wait for durability either) over a pre-written file, wrapping.
+    let raw = ctx.baseline_file("w1-raw", 256 << 20)?;
+    let mib = super::baseline::AlignedBlock::new(1 << 20);
+    let mut raw_off = 0u64;
+    // Per round, each contender's records/s (bytes/s for the raw writes).
+    let (mut r_ours, mut r_ret, mut r_copy, mut r_raw) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ours = || {
         let start = Instant::now();
-        n += append_for(&aof, &payload, slice)?;
-        t_ours += start.elapsed();
+        let n = append_for(&aof, &payload, slice)?;
+        r_ours.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     let mut with_retention = || {
         let start = Instant::now();
-        r += append_for(&retained, &payload, slice)?;
-        t_ret += start.elapsed();
+        let n = append_for(&retained, &payload, slice)?;
+        r_ret.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     let mut base = || {
         // The same frames copied into a buffer: no checksum, no lock, no I/O.
         let start = Instant::now();
-        let mut off = 0usize;
+        let (mut off, mut m) = (0usize, 0u64);
         while start.elapsed() < slice {
             for _ in 0..1024 {
                 if off + W1_FRAME > buf.len() {
@@ -71,35 +78,57 @@ pub fn w1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             m += 1024;
         }
         std::hint::black_box(&buf);
-        t_base += start.elapsed();
+        r_copy.push(m as f64 / start.elapsed().as_secs_f64());
+        Ok(())
+    };
+    let mut disk = || -> BenchResult<()> {
+        let start = Instant::now();
+        let mut bytes = 0u64;
+        while start.elapsed() < slice {
+            raw.file.write_all_at(mib.bytes(), raw_off % raw.size)?;
+            raw_off += 1 << 20;
+            bytes += 1 << 20;
+        }
+        r_raw.push(bytes as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     rotate(
         ctx.rounds(),
-        &mut [&mut ours, &mut with_retention, &mut base],
+        &mut [&mut ours, &mut with_retention, &mut base, &mut disk],
     )?;
     let released = retained.flush_metrics().segments_released;
+    let mb_ours: Vec<f64> = r_ours.iter().map(|r| r * W1_FRAME as f64 / 1e6).collect();
+    let mb_raw: Vec<f64> = r_raw.iter().map(|b| b / 1e6).collect();
+    let raw_desc = if raw.direct {
+        "1 MiB O_DIRECT pwrite (no sync), pre-written file"
+    } else {
+        "1 MiB pwrite (buffered: no O_DIRECT here, no sync), pre-written file"
+    };
     Ok(vec![
-        Row {
-            workload: "W1 buffered appends (100 B, 1 thread)",
-            metric: "records/s",
-            unit: "rec/s",
-            ours: n as f64 / t_ours.as_secs_f64(),
-            baseline: m as f64 / t_base.as_secs_f64(),
-            higher_is_better: true,
-            baseline_desc: "memcpy of the same frames into a buffer",
-            median_ratio: None,
-        },
-        Row {
-            workload: "W1 while Size retention (64 MiB) releases segments",
-            metric: "records/s vs W1",
-            unit: "rec/s",
-            ours: r as f64 / t_ret.as_secs_f64(),
-            baseline: n as f64 / t_ours.as_secs_f64(),
-            higher_is_better: true,
-            baseline_desc: "W1 above, same run (the segments released are counted below)",
-            median_ratio: None,
-        },
+        rounds_row(
+            "W1 buffered appends (100 B, 1 thread)",
+            "records/s",
+            "rec/s",
+            (&r_ours, &r_copy),
+            true,
+            "memcpy of the same frames into a buffer",
+        ),
+        rounds_row(
+            "W1 buffered appends (100 B, 1 thread)",
+            "MB/s of frames",
+            "MB/s",
+            (&mb_ours, &mb_raw),
+            true,
+            raw_desc,
+        ),
+        rounds_row(
+            "W1 while Size retention (64 MiB) releases segments",
+            "records/s vs W1",
+            "rec/s",
+            (&r_ret, &r_ours),
+            true,
+            "W1 above, same run (the segments released are counted below)",
+        ),
         Row {
             workload: "W1 while Size retention (64 MiB) releases segments",
             metric: "segments released",

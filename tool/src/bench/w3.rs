@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// W3: 64 concurrent writers each appending 4 KiB and waiting for durability.
 pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
@@ -18,10 +18,10 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let g = ctx.baseline_file("w3-buffered", 64 << 20)?;
     let g = g.buffered(&ctx.root.join("w3-buffered"))?;
     let block = AlignedBlock::new(4096);
-    let (mut ours, mut base) = (hist(), hist());
-    let (mut n_ours, mut t_ours, mut n_base, mut t_base) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let (mut n_buf, mut t_buf) = (0u64, Duration::ZERO);
+    // Per round: each side's latencies and records/s (the rows are medians over rounds).
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let (mut r_ours, mut r_base, mut r_buf) = (Vec::new(), Vec::new(), Vec::new());
+    let mut n_ours = 0u64;
     let (mut off, mut goff) = (0u64, 0u64);
     let before = aof.flush_metrics();
     let mut run_ours = || {
@@ -48,16 +48,20 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         let start = Instant::now();
         std::thread::sleep(slice);
         stop.store(true, Ordering::Relaxed);
+        let (mut round, mut n_round) = (hist(), 0);
         for t in threads {
             let (n, h) = t.join().map_err(|_| "writer thread panicked")??;
-            n_ours += n;
-            ours.add(h)?;
+            n_round += n;
+            round.add(h)?;
         }
-        t_ours += start.elapsed();
+        r_ours.push(n_round as f64 / start.elapsed().as_secs_f64());
+        ours.push(round);
+        n_ours += n_round;
         Ok(())
     };
-    let mut run_base = || {
+    let mut run_base = || -> BenchResult<()> {
         // 64 separate 4 KiB pwrites, then one fdatasync.
+        let (mut round, mut n_base) = (hist(), 0u64);
         let start = Instant::now();
         while start.elapsed() < slice {
             let t = Instant::now();
@@ -66,18 +70,19 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                 off += 4096;
             }
             fdatasync(&f.file)?;
-            base.record_n(t.elapsed().as_nanos() as u64, WRITERS as u64)?;
+            round.record_n(t.elapsed().as_nanos() as u64, WRITERS as u64)?;
             n_base += WRITERS as u64;
         }
-        t_base += start.elapsed();
+        r_base.push(n_base as f64 / start.elapsed().as_secs_f64());
+        base.push(round);
         Ok(())
     };
     // One thread writing 64 buffered 4 KiB records, then one fdatasync: the bound of
     // group commit, with no waiting threads at all.
     let mut run_buffered = || {
         let start = Instant::now();
-        n_buf += buffered_per_sync(&g, &block, WRITERS, &mut goff, slice)?;
-        t_buf += start.elapsed();
+        let n = buffered_per_sync(&g, &block, WRITERS, &mut goff, slice)?;
+        r_buf.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     rotate(
@@ -88,30 +93,26 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let syncs = (after.syncs - before.syncs).max(1) as f64;
     let desc = "64 separate 4 KiB pwrites + 1 fdatasync";
     let w = "W3 group commit (64 writers x 4 KiB)";
-    let per_second = n_ours as f64 / t_ours.as_secs_f64();
     let info = |metric, v: f64, what| info_row(w, metric, v, false, what);
+    let lr = LatencyRounds { ours, base };
     Ok(vec![
-        Row {
-            workload: w,
-            metric: "durable records/s",
-            unit: "rec/s",
-            ours: per_second,
-            baseline: n_base as f64 / t_base.as_secs_f64(),
-            higher_is_better: true,
-            baseline_desc: desc,
-            median_ratio: None,
-        },
-        Row {
-            workload: w,
-            metric: "durable records/s",
-            unit: "rec/s",
-            ours: per_second,
-            baseline: n_buf as f64 / t_buf.as_secs_f64(),
-            higher_is_better: true,
-            baseline_desc: "one thread: 64 buffered 4 KiB pwrites + 1 fdatasync",
-            median_ratio: None,
-        },
-        latency_row(w, "p99", 0.99, (&ours, &base), desc),
+        rounds_row(
+            w,
+            "durable records/s",
+            "rec/s",
+            (&r_ours, &r_base),
+            true,
+            desc,
+        ),
+        rounds_row(
+            w,
+            "durable records/s",
+            "rec/s",
+            (&r_ours, &r_buf),
+            true,
+            "one thread: 64 buffered 4 KiB pwrites + 1 fdatasync",
+        ),
+        lr.rows(w, &[("p99", 0.99)], desc).remove(0),
         info(
             "records per sync",
             n_ours as f64 / syncs,

@@ -23,8 +23,8 @@ pub fn w5(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                 .map(Arc::new)
         })
         .collect::<BenchResult<_>>()?;
-    let (mut n_ours, mut t_ours, mut n_base, mut t_base) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    // Records/s per round, each side: the row is the medians over rounds.
+    let (mut r_ours, mut r_base) = (Vec::new(), Vec::new());
     // Runs `op` on one thread per index until `slice` is over; returns the operations.
     fn run_threads(
         slice: Duration,
@@ -57,18 +57,18 @@ pub fn w5(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         || {
             let logs = logs.clone();
             let start = Instant::now();
-            n_ours += run_threads(slice, move |i, _| {
+            let n = run_threads(slice, move |i, _| {
                 let payload = [0x55u8; 4096];
                 let r = logs[i].append_record(&payload).map_err(|e| e.to_string())?;
                 logs[i].flush_until(r).map_err(|e| e.to_string())
             })?;
-            t_ours += start.elapsed();
+            r_ours.push(n as f64 / start.elapsed().as_secs_f64());
             Ok(())
         },
         || {
             let files = files.clone();
             let start = Instant::now();
-            n_base += run_threads(slice, move |i, n| {
+            let n = run_threads(slice, move |i, n| {
                 let f = &files[i];
                 let block = AlignedBlock::new(4096);
                 f.file
@@ -76,18 +76,16 @@ pub fn w5(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                     .map_err(|e| e.to_string())?;
                 fdatasync(&f.file).map_err(|e| e.to_string())
             })?;
-            t_base += start.elapsed();
+            r_base.push(n as f64 / start.elapsed().as_secs_f64());
             Ok(())
         },
     )?;
-    Ok(vec![Row {
-        workload: "W5 16 logs, a writer each (4 KiB + flush)",
-        metric: "durable records/s",
-        unit: "rec/s",
-        ours: n_ours as f64 / t_ours.as_secs_f64(),
-        baseline: n_base as f64 / t_base.as_secs_f64(),
-        higher_is_better: true,
-        baseline_desc: "16 threads: pwrite 4 KiB + fdatasync, a pre-written file each",
-        median_ratio: None,
-    }])
+    Ok(vec![rounds_row(
+        "W5 16 logs, a writer each (4 KiB + flush)",
+        "durable records/s",
+        "rec/s",
+        (&r_ours, &r_base),
+        true,
+        "16 threads: pwrite 4 KiB + fdatasync, a pre-written file each",
+    )])
 }
