@@ -134,7 +134,9 @@ pub fn a1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
 
 fn uploads_and_hydration(ctx: &Ctx, am: &AofManager, st: &Store) -> BenchResult<Vec<Row>> {
     let seg: u64 = if ctx.quick { 8 << 20 } else { 64 << 20 };
-    let n = if ctx.quick { 3 } else { 4 };
+    // Six segments (three in --quick): five archived-only ones to hydrate, each a
+    // round of the hydration rows.
+    let n = if ctx.quick { 3 } else { 6 };
     // The segments are written on the plain manager, then the log is opened with the
     // archive: the upload of all of them is timed alone.
     let plain = ctx.open_with(|c| {
@@ -149,28 +151,40 @@ fn uploads_and_hydration(ctx: &Ctx, am: &AofManager, st: &Store) -> BenchResult<
     cfg.root_dir = root.clone();
     cfg.segment_min_bytes = seg;
     cfg.segment_target_bytes = seg;
-    let t = Instant::now();
+    // Each upload's MiB/s: from the previous one's end (the open, for the first) to
+    // its own, as the log's counters show them (a log uploads one segment at a time).
+    let mbps = |b: u64, t: Duration| b as f64 / (1 << 20) as f64 / t.as_secs_f64();
+    let mut up = Vec::new();
+    let mut t = Instant::now();
     let aof = Aof::new(am.handle(), cfg.clone())?;
-    wait("uploads", Duration::from_secs(300), || {
-        aof.flush_metrics().archive_backlog_segments == 0
-    })?;
-    let upload = t.elapsed();
-    let bytes = aof.flush_metrics().archive_uploaded_bytes;
+    let (mut done, mut bytes) = (0, 0);
+    let limit = Instant::now() + Duration::from_secs(300);
+    while aof.flush_metrics().archive_backlog_segments > 0 || done == 0 {
+        let m = aof.flush_metrics();
+        if m.archive_uploads > done {
+            // (Two done between looks: both at their mean rate.)
+            let rate = mbps(m.archive_uploaded_bytes - bytes, t.elapsed());
+            up.extend((done..m.archive_uploads).map(|_| rate));
+            (done, bytes, t) = (m.archive_uploads, m.archive_uploaded_bytes, Instant::now());
+        }
+        if Instant::now() > limit {
+            return Err("uploads: not done within 300 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Baseline: the store's own put of the same files' bytes (read included), fresh keys.
-    let t = Instant::now();
-    let mut base_bytes = 0;
+    let mut put = Vec::new();
     for s in aof.catalog_snapshot().iter().filter(|s| s.sealed) {
+        let t = Instant::now();
         let path = root
             .join("segments")
             .join(format!("{:020}.seg", s.segment_id));
         let data = std::fs::read(&path)?;
-        base_bytes += data.len() as u64;
         st.backend
             .put_new(&format!("baseline/{}", s.segment_id), &data, "-")
             .map_err(|e| e.to_string())?;
+        put.push(mbps(data.len() as u64, t.elapsed()));
     }
-    let base_upload = t.elapsed();
-    let mbps = |b: u64, t: Duration| b as f64 / (1 << 20) as f64 / t.as_secs_f64();
     // Local copies go (retention keeps one segment's worth), then each archived-only
     // segment is opened cold (downloaded) and again (cached), against the store's get
     // and a local segment's reader.
@@ -213,39 +227,35 @@ fn uploads_and_hydration(ctx: &Ctx, am: &AofManager, st: &Store) -> BenchResult<
             local_open.push(t.elapsed());
         }
     }
-    let ms = |v: &[Duration]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v.get(v.len() / 2)
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-    };
-    let row = rows_of(if ctx.quick {
+    let ms = |v: &[Duration]| -> Vec<f64> { v.iter().map(|d| d.as_secs_f64() * 1e3).collect() };
+    let w = if ctx.quick {
         "A1 archive (8 MiB segments)"
     } else {
         "A1 archive (64 MiB segments)"
-    });
+    };
+    // Medians over the segments, each ratio of segment i's figures.
     Ok(vec![
-        row(
+        rounds_row(
+            w,
             "upload MiB/s",
             "MiB/s",
-            mbps(bytes, upload),
-            mbps(base_bytes, base_upload),
+            (&up, &put),
             true,
             "read + the store's put of the same bytes (no check, no hash, no stub)",
         ),
-        row(
+        rounds_row(
+            w,
             "hydrate cold p50",
             "ms",
-            ms(&cold),
-            ms(&get),
+            (&ms(&cold), &ms(&get)),
             false,
             "the store's get of the same object",
         ),
-        row(
+        rounds_row(
+            w,
             "hydrate cached p50",
             "ms",
-            ms(&cached),
-            ms(&local_open),
+            (&ms(&cached), &ms(&local_open)),
             false,
             "open_reader of a local sealed segment",
         ),
@@ -266,23 +276,23 @@ fn while_uploading(ctx: &Ctx, am: &AofManager) -> BenchResult<Vec<Row>> {
     let base = ctx.open_with(small)?;
     let slice = ctx.duration() / ctx.rounds() as u32;
     let rec = vec![0x42u8; 100];
-    let (mut n_ours, mut t_ours, mut n_base, mut t_base) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let w1 = |aof: &Aof, n: &mut u64, t: &mut Duration| -> BenchResult<()> {
-        let start = Instant::now();
+    // Records/s per round, each side (the row: medians over rounds).
+    let (mut r_ours, mut r_base) = (Vec::new(), Vec::new());
+    let w1 = |aof: &Aof, rates: &mut Vec<f64>| -> BenchResult<()> {
+        let (start, mut n) = (Instant::now(), 0u64);
         while start.elapsed() < slice {
             for _ in 0..1024 {
                 aof.append_record(&rec)?;
             }
-            *n += 1024;
+            n += 1024;
         }
-        *t += start.elapsed();
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     alternate(
         ctx.rounds(),
-        || w1(&ours, &mut n_ours, &mut t_ours),
-        || w1(&base, &mut n_base, &mut t_base),
+        || w1(&ours, &mut r_ours),
+        || w1(&base, &mut r_base),
     )?;
     let uploads_w1 = ours.flush_metrics().archive_uploads;
     let rec = vec![0x24u8; 4096];
@@ -315,12 +325,11 @@ fn while_uploading(ctx: &Ctx, am: &AofManager) -> BenchResult<Vec<Row>> {
             uploads - uploads_w1
         );
     }
-    let row = rows_of("A1 W1 while segments upload");
-    let mut rows = vec![row(
+    let mut rows = vec![rounds_row(
+        "A1 W1 while segments upload",
         "records/s",
         "rec/s",
-        n_ours as f64 / t_ours.as_secs_f64(),
-        n_base as f64 / t_base.as_secs_f64(),
+        (&r_ours, &r_base),
         true,
         "the same appends, manager without an archive",
     )];

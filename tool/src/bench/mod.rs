@@ -247,8 +247,8 @@ pub fn run(opts: &BenchOptions) -> BenchResult<Vec<Row>> {
         }
         println!(
             "threads: W1/W2/W4/R2 one writer (R2 plus one follower), W3 64 writers, W5 16 writers on 16 logs, R1/R3 one reader; each baseline runs in this process on the same \
-             directory, alternating with aof2 in {} slices\n",
-            ctx.rounds() * 2
+             directory, alternating with aof2 in rounds; each figure is the median over the rounds \
+             (5 or more; 2 in a quick run) and each ratio the median of per-round ratios\n"
         );
     }
     let wanted =

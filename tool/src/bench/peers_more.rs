@@ -5,7 +5,7 @@
 use super::report::*;
 use super::{alternate, BenchResult, Ctx};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// walrus-rust with `FsyncSchedule::SyncEach`: its files are opened `O_SYNC`, so an
 /// append is durable when it returns.
@@ -109,43 +109,41 @@ pub fn buffered_row(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         commitlog::CommitLog::new(commitlog::LogOptions::new(ctx.root.join("commitlog")))?;
     let payload = [0x5au8; 100];
     let slice = ctx.duration() / ctx.rounds() as u32;
-    let (mut n_ours, mut t_ours, mut n_theirs, mut t_theirs) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    // Records/s per round, each side: the row is the medians over rounds.
+    let (mut r_ours, mut r_theirs) = (Vec::new(), Vec::new());
     alternate(
         ctx.rounds(),
         || {
-            let start = Instant::now();
+            let (start, mut n) = (Instant::now(), 0u64);
             while start.elapsed() < slice {
                 for _ in 0..1024 {
                     aof.append_record(&payload)?;
                 }
-                n_ours += 1024;
+                n += 1024;
             }
-            t_ours += start.elapsed();
+            r_ours.push(n as f64 / start.elapsed().as_secs_f64());
             Ok(())
         },
         || {
-            let start = Instant::now();
+            let (start, mut n) = (Instant::now(), 0u64);
             while start.elapsed() < slice {
                 for _ in 0..1024 {
                     log.append_msg(payload)
                         .map_err(|e| format!("commitlog: {e:?}"))?;
                 }
-                n_theirs += 1024;
+                n += 1024;
             }
-            t_theirs += start.elapsed();
+            r_theirs.push(n as f64 / start.elapsed().as_secs_f64());
             Ok(())
         },
     )?;
     aof.flush()?;
-    Ok(vec![Row {
-        workload: "P1 buffered appends, 100 B, 1 thread",
-        metric: "records/s (not durable)",
-        unit: "rec/s",
-        ours: n_ours as f64 / t_ours.as_secs_f64(),
-        baseline: n_theirs as f64 / t_theirs.as_secs_f64(),
-        higher_is_better: true,
-        baseline_desc: "commitlog 0.2: append_msg (NOT durable: it never syncs)",
-        median_ratio: None,
-    }])
+    Ok(vec![rounds_row(
+        "P1 buffered appends, 100 B, 1 thread",
+        "records/s (not durable)",
+        "rec/s",
+        (&r_ours, &r_theirs),
+        true,
+        "commitlog 0.2: append_msg (NOT durable: it never syncs)",
+    )])
 }

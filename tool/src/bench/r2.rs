@@ -18,7 +18,9 @@ pub fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let payload = vec![0x11u8; 4096];
     let f = ctx.baseline_file("r2-baseline", 64 << 20)?;
     let block = AlignedBlock::new(4096);
-    let (mut ours, mut base) = (hist(), hist());
+    // One histogram per round, each side (the rows: medians over rounds).
+    let mut lr = LatencyRounds::new();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
     let per_round = n / ctx.rounds();
     // The follower: reports each durable position it wakes to, with the time.
     let seen = Arc::new((Mutex::new((0u64, Instant::now())), Condvar::new()));
@@ -79,16 +81,19 @@ pub fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     alternate(
         ctx.rounds(),
         || {
+            let mut h = hist();
             for _ in 0..per_round {
                 let t0 = Instant::now();
                 let rid = aof.append_record(&payload)?;
                 aof.flush_until(rid)?;
                 let t1 = wait_seen(rid.as_u64() + 1);
-                ours.record(t1.duration_since(t0).as_nanos().max(1) as u64)?;
+                h.record(t1.duration_since(t0).as_nanos().max(1) as u64)?;
             }
+            ours.push(h);
             Ok(())
         },
         || {
+            let mut h = hist();
             for _ in 0..per_round {
                 k += 1;
                 let t0 = Instant::now();
@@ -100,8 +105,9 @@ pub fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                     cv.notify_all();
                 }
                 let t1 = wait_seen(u64::MAX / 2 + k);
-                base.record(t1.duration_since(t0).as_nanos().max(1) as u64)?;
+                h.record(t1.duration_since(t0).as_nanos().max(1) as u64)?;
             }
+            base.push(h);
             Ok(())
         },
     )?;
@@ -112,8 +118,8 @@ pub fn r2(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     follower.join().map_err(|_| "follower panicked")?;
     let desc = "4 KiB pwrite + fdatasync, then a condvar hand-off to a waiting thread";
     let w = "R2 append -> follower wake-up (4 KiB + flush)";
-    Ok(vec![
-        latency_row(w, "p50", 0.5, (&ours, &base), desc),
-        latency_row(w, "p99", 0.99, (&ours, &base), desc),
-    ])
+    for (o, b) in ours.into_iter().zip(base) {
+        lr.push(o, b);
+    }
+    Ok(lr.rows(w, &[("p50", 0.5), ("p99", 0.99)], desc))
 }

@@ -64,7 +64,8 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
 
     // R3: open (recovery: headers and footers of sealed segments, a full scan of the
     // unsealed last one, which it then seals) with a cold cache, against a cold raw read
-    // of the whole log. Once only: the open seals the segment it scans.
+    // of the whole log. Once only, the one row without rounds: the open seals the
+    // segment it scans, so a second open would measure another thing.
     for (p, _) in &files {
         drop_cache(p)?;
     }
@@ -82,16 +83,18 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
 
     // R3b: `aof2 verify`'s full check of every byte, cold, against the same raw read.
     let files = segment_extents(&root)?;
-    let (mut t_verify, mut t_raw, mut n_raw) = (Duration::ZERO, Duration::ZERO, 0u64);
+    // GB/s per round, each side (the rows: medians over rounds).
+    let gb = |b: u64, t: Duration| b as f64 / t.as_secs_f64() / 1e9;
+    let (mut g_verify, mut g_raw) = (Vec::new(), Vec::new());
     alternate(
-        ctx.rounds().min(2),
+        if ctx.quick { 2 } else { 5 },
         || {
             for (p, _) in &files {
                 drop_cache(p)?;
             }
             let start = Instant::now();
             aof2_shards::inspect::LogDir::open(&root)?.verify()?;
-            t_verify += start.elapsed();
+            g_verify.push(gb(log_bytes, start.elapsed()));
             Ok(())
         },
         || {
@@ -99,12 +102,11 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                 drop_cache(p)?;
             }
             let start = Instant::now();
-            n_raw += raw_read(&files, &mut buf)?;
-            t_raw += start.elapsed();
+            let n = raw_read(&files, &mut buf)?;
+            g_raw.push(gb(n, start.elapsed()));
             Ok(())
         },
     )?;
-    let verify_rounds = ctx.rounds().min(2) as f64;
 
     // R1: every record of every sealed segment through a cursor (checksums and chain
     // checked, payloads borrowed from the mapping), page cache warm, against `read`s
@@ -117,12 +119,12 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         .map(|s| s.segment_id)
         .collect();
     raw_read(&files, &mut buf)?; // warm the cache
-    let (mut b_ours, mut t_ours, mut b_base, mut t_base) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    let (mut g_ours, mut g_base) = (Vec::new(), Vec::new());
     alternate(
         ctx.rounds(),
         || {
             let start = Instant::now();
+            let mut b_ours = 0u64;
             for &id in &segments {
                 let mut c = SegmentCursor::new(aof.open_reader(SegmentId::new(id))?);
                 while let Some(r) = c.next()? {
@@ -130,28 +132,25 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
                     std::hint::black_box(r.payload());
                 }
             }
-            t_ours += start.elapsed();
+            g_ours.push(gb(b_ours, start.elapsed()));
             Ok(())
         },
         || {
             let start = Instant::now();
-            b_base += raw_read(&files, &mut buf)?;
-            t_base += start.elapsed();
+            let n = raw_read(&files, &mut buf)?;
+            g_base.push(gb(n, start.elapsed()));
             Ok(())
         },
     )?;
-    let gb = |b: u64, t: Duration| b as f64 / t.as_secs_f64() / 1e9;
     Ok(vec![
-        Row {
-            workload: "R1 sealed-segment cursor reads (4 KiB)",
-            metric: "GB/s (warm cache)",
-            unit: "GB/s",
-            ours: gb(b_ours, t_ours),
-            baseline: gb(b_base, t_base),
-            higher_is_better: true,
-            baseline_desc: "1 MiB pread of the same frames, warm cache",
-            median_ratio: None,
-        },
+        rounds_row(
+            "R1 sealed-segment cursor reads (4 KiB)",
+            "GB/s (warm cache)",
+            "GB/s",
+            (&g_ours, &g_base),
+            true,
+            "1 MiB pread of the same frames, warm cache",
+        ),
         Row {
             workload: if ctx.quick {
                 "R3 recovery: open a 64 MiB log (cold)"
@@ -166,15 +165,13 @@ pub fn reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             baseline_desc: "1 MiB pread of the whole log, cold cache",
             median_ratio: None,
         },
-        Row {
-            workload: "R3 aof2 verify (every byte checked)",
-            metric: "GB/s (cold)",
-            unit: "GB/s",
-            ours: log_bytes as f64 * verify_rounds / t_verify.as_secs_f64() / 1e9,
-            baseline: gb(n_raw, t_raw),
-            higher_is_better: true,
-            baseline_desc: "1 MiB pread of every segment's frames, cold cache",
-            median_ratio: None,
-        },
+        rounds_row(
+            "R3 aof2 verify (every byte checked)",
+            "GB/s (cold)",
+            "GB/s",
+            (&g_verify, &g_raw),
+            true,
+            "1 MiB pread of every segment's frames, cold cache",
+        ),
     ])
 }

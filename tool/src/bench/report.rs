@@ -93,11 +93,11 @@ pub fn latency_row(
     }
 }
 
-/// The median of `v` (the upper one of an even count).
+/// The median of `v` (the upper one of an even count; NaN when empty).
 pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The median of `ours[i] / base[i]`: rounds compared one by one.
@@ -156,8 +156,12 @@ impl LatencyRounds {
         quantiles: &[(&'static str, f64)],
         baseline_desc: &'static str,
     ) -> Vec<Row> {
+        // Rounds where either side recorded nothing have no quantile to compare.
+        let kept: Vec<usize> = (0..self.ours.len().min(self.base.len()))
+            .filter(|&i| !self.ours[i].is_empty() && !self.base[i].is_empty())
+            .collect();
         let at = |hs: &[Histogram<u64>], q| -> Vec<f64> {
-            hs.iter().map(|h| percentile_us(h, q)).collect()
+            kept.iter().map(|&i| percentile_us(&hs[i], q)).collect()
         };
         quantiles
             .iter()
@@ -174,6 +178,19 @@ impl LatencyRounds {
             .collect()
     }
 
+    /// Rounds made of consecutive slices: `ours[i]` and `base[i]` alternated, merged
+    /// into (at most) `rounds` rounds of equal numbers of slices.
+    pub fn of_slices(
+        ours: &[Histogram<u64>],
+        base: &[Histogram<u64>],
+        rounds: usize,
+    ) -> LatencyRounds {
+        LatencyRounds {
+            ours: merge_slices(ours, rounds),
+            base: merge_slices(base, rounds),
+        }
+    }
+
     /// Every round's samples together (for the latency plots).
     pub fn pooled(&self) -> (Histogram<u64>, Histogram<u64>) {
         let mut o = hist();
@@ -186,6 +203,21 @@ impl LatencyRounds {
         }
         (o, b)
     }
+}
+
+/// Consecutive slices merged into (at most) `rounds` histograms.
+pub fn merge_slices(slices: &[Histogram<u64>], rounds: usize) -> Vec<Histogram<u64>> {
+    let per = slices.len().div_ceil(rounds.max(1)).max(1);
+    slices
+        .chunks(per)
+        .map(|c| {
+            let mut h = hist();
+            for s in c {
+                h.add(s).expect("the same bounds");
+            }
+            h
+        })
+        .collect()
 }
 
 /// p50, p99 and p99.9, the quantiles of the latency rows.

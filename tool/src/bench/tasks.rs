@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub fn t1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let mut rows = Vec::new();
@@ -103,38 +103,43 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
         let r = task_log.append_record(&payload)?;
         task_log.flush_until(r)?;
     }
-    let (mut task_h, mut thread_h, mut raw_h) = (hist(), hist(), hist());
+    // One histogram per slice, each contender; the rows merge them into five rounds.
+    let (mut task_h, mut thread_h, mut raw_h) = (Vec::new(), Vec::new(), Vec::new());
     let mut off = 0u64;
     let (s0, m0) = (stats(&ctx.manager, shard), task_log.flush_metrics());
     let mut run_task = || -> BenchResult<()> {
-        task_h.add(task_w2_slice(ctx, shard, &task_log, per_round)?)?;
+        task_h.push(task_w2_slice(ctx, shard, &task_log, per_round)?);
         Ok(())
     };
     let mut run_thread = || -> BenchResult<()> {
+        let mut h = hist();
         for _ in 0..per_round {
             let t = Instant::now();
             let r = thread_log.append_record(&payload)?;
             thread_log.flush_until(r)?;
-            thread_h.record(t.elapsed().as_nanos() as u64)?;
+            h.record(t.elapsed().as_nanos() as u64)?;
         }
+        thread_h.push(h);
         Ok(())
     };
     let mut run_raw = || -> BenchResult<()> {
+        let mut h = hist();
         on_cpu(cpu, || {
-            raw_4k_syncs(&f, &block, per_round, &mut off, &mut raw_h).map_err(|e| e.to_string())
+            raw_4k_syncs(&f, &block, per_round, &mut off, &mut h).map_err(|e| e.to_string())
         })?;
+        raw_h.push(h);
         Ok(())
     };
     // glommio's own durable write, where the feature is built: `DmaFile` write of 4 KiB
     // + `fdatasync` from a glommio executor pinned to the shard's CPU.
     #[cfg(feature = "glommio")]
-    let dma_h = std::cell::RefCell::new(hist());
+    let dma_h = std::cell::RefCell::new(Vec::new());
     #[cfg(feature = "glommio")]
     let dma_path = ctx.root.join(format!("t1-w2-dma-{shard}"));
     #[cfg(feature = "glommio")]
     let mut run_dma = || -> BenchResult<()> {
         let h = dma_slice(&dma_path, cpu, per_round)?;
-        dma_h.borrow_mut().add(h)?;
+        dma_h.borrow_mut().push(h);
         Ok(())
     };
     #[cfg(feature = "glommio")]
@@ -159,9 +164,7 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
     let desc = "pwrite 4 KiB + fdatasync, thread pinned to the shard's CPU";
     let mut rows = Vec::new();
     for (w, h) in [(wt, &task_h), (wf, &thread_h)] {
-        for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-            rows.push(latency_row(w, metric, q, (h, &raw_h), desc));
-        }
+        rows.extend(LatencyRounds::of_slices(h, &raw_h, 5).rows(w, &P50_P99_P999, desc));
     }
     #[cfg(feature = "glommio")]
     {
@@ -171,9 +174,7 @@ fn w2_on_shard(ctx: &Ctx, shard: usize, cpu: Option<usize>) -> BenchResult<Vec<R
             "T1 W2 glommio DmaFile on shard 1's CPU"
         };
         let dma_h = dma_h.borrow();
-        for (metric, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-            rows.push(latency_row(wd, metric, q, (&dma_h, &raw_h), desc));
-        }
+        rows.extend(LatencyRounds::of_slices(&dma_h, &raw_h, 5).rows(wd, &P50_P99_P999, desc));
     }
     let info = |metric, v: f64, what| info_row(wt, metric, v, false, what);
     rows.push(info(
@@ -251,8 +252,9 @@ fn w1_on_shard(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
         c.shard = Some(shard);
         c.commit = CommitMode::Caller;
     })?;
-    let (mut n_task, mut t_task, mut cpu_task) = (0u64, Duration::ZERO, 0u64);
-    let (mut n_thread, mut t_thread, mut cpu_thread) = (0u64, Duration::ZERO, 0u64);
+    // Per round, each side: records/s and CPU ns per record (the rows: medians).
+    let (mut r_task, mut c_task, mut r_thread, mut c_thread) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut run_task = || -> BenchResult<()> {
         let l = task_log.clone();
         let (n, t, cpu) = ctx
@@ -272,9 +274,8 @@ fn w1_on_shard(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
                 Ok::<_, bop_rs::aof2::AofError>((n, start.elapsed(), thread_cpu_ns() - c0))
             })?
             .join()??;
-        n_task += n;
-        t_task += t;
-        cpu_task += cpu;
+        r_task.push(n as f64 / t.as_secs_f64());
+        c_task.push(cpu as f64 / n.max(1) as f64);
         Ok(())
     };
     let mut run_thread = || -> BenchResult<()> {
@@ -287,34 +288,29 @@ fn w1_on_shard(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
             }
             n += 1024;
         }
-        n_thread += n;
-        t_thread += start.elapsed();
-        cpu_thread += thread_cpu_ns() - c0;
+        r_thread.push(n as f64 / start.elapsed().as_secs_f64());
+        c_thread.push((thread_cpu_ns() - c0) as f64 / n.max(1) as f64);
         Ok(())
     };
     rotate(ctx.rounds(), &mut [&mut run_task, &mut run_thread])?;
     let w = "T1 W1 100 B appends, task on the log's shard";
     Ok(vec![
-        Row {
-            workload: w,
-            metric: "records/s",
-            unit: "rec/s",
-            ours: n_task as f64 / t_task.as_secs_f64(),
-            baseline: n_thread as f64 / t_thread.as_secs_f64(),
-            higher_is_better: true,
-            baseline_desc: "a foreign thread appending to a log on the same shard",
-            median_ratio: None,
-        },
-        Row {
-            workload: w,
-            metric: "CPU ns/record",
-            unit: "x",
-            ours: cpu_task as f64 / n_task.max(1) as f64,
-            baseline: cpu_thread as f64 / n_thread.max(1) as f64,
-            higher_is_better: false,
-            baseline_desc: "the foreign thread's CPU ns per record",
-            median_ratio: None,
-        },
+        rounds_row(
+            w,
+            "records/s",
+            "rec/s",
+            (&r_task, &r_thread),
+            true,
+            "a foreign thread appending to a log on the same shard",
+        ),
+        rounds_row(
+            w,
+            "CPU ns/record",
+            "x",
+            (&c_task, &c_thread),
+            false,
+            "the foreign thread's CPU ns per record",
+        ),
     ])
 }
 
@@ -330,25 +326,25 @@ fn w2_across(ctx: &Ctx, cpu: Option<usize>) -> BenchResult<Vec<Row>> {
         let r = log.append_record(&[0x42u8; 4096])?;
         log.flush_until(r)?;
     }
-    let (mut ours, mut raw) = (hist(), hist());
+    // One histogram per slice; the rows merge them into five rounds.
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
     let mut off = 0u64;
     let mut run_task = || -> BenchResult<()> {
-        ours.add(task_w2_slice(ctx, 1, &log, per_round)?)?;
+        ours.push(task_w2_slice(ctx, 1, &log, per_round)?);
         Ok(())
     };
     let mut run_raw = || -> BenchResult<()> {
+        let mut h = hist();
         on_cpu(cpu, || {
-            raw_4k_syncs(&f, &block, per_round, &mut off, &mut raw).map_err(|e| e.to_string())
+            raw_4k_syncs(&f, &block, per_round, &mut off, &mut h).map_err(|e| e.to_string())
         })?;
+        raw.push(h);
         Ok(())
     };
     rotate(rounds, &mut [&mut run_task, &mut run_raw])?;
     let w = "T1 W2 task on shard 1, log on shard 0";
     let desc = "pwrite 4 KiB + fdatasync, thread pinned to the task's CPU";
-    Ok([("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)]
-        .into_iter()
-        .map(|(m, q)| latency_row(w, m, q, (&ours, &raw), desc))
-        .collect())
+    Ok(LatencyRounds::of_slices(&ours, &raw, 5).rows(w, &P50_P99_P999, desc))
 }
 
 /// Ready on its second poll: lets the shard run its turn (and other tasks) once.
@@ -369,7 +365,9 @@ impl Future for YieldNow {
 /// What a read that page-faults costs a shard: a task on shard 0 reads records of
 /// sealed segments through `read_record` (memory-mapped) whose pages are not in the
 /// page cache; the shard's thread is stalled for the whole fault, and every log and
-/// task of the shard with it. Against the same reads once the pages are cached.
+/// task of the shard with it. Against the same reads once the pages are cached. One
+/// pass each, without rounds: once read, the pages stay mapped and cannot be made cold
+/// again while the log is open.
 fn cold_reads(ctx: &Ctx, shard: usize) -> BenchResult<Vec<Row>> {
     let n_records: usize = if ctx.quick { 2048 } else { 8192 };
     let log = Arc::new(ctx.open_with(|c| c.shard = Some(shard))?);

@@ -87,8 +87,10 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
     let mut goff = 0u64;
     let (mut n_tasks, mut t_tasks, mut n_joined, mut t_joined) =
         (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let (mut n_threads, mut t_threads, mut n_buf, mut t_buf) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    let (mut n_threads, mut t_threads) = (0u64, Duration::ZERO);
+    // Records/s per round, each contender: the rows are medians over rounds.
+    let (mut r_tasks, mut r_joined, mut r_threads, mut r_buf, mut r_direct) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let m0 = log.flush_metrics();
     let mut run_tasks = || -> BenchResult<()> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -101,10 +103,13 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
             .collect::<Result<Vec<_>, _>>()?;
         std::thread::sleep(slice);
         stop.store(true, Ordering::Relaxed);
+        let mut n = 0;
         for t in tasks {
-            n_tasks += t.join()?;
+            n += t.join()?;
         }
+        n_tasks += n;
         t_tasks += start.elapsed();
+        r_tasks.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     let mut run_joined = || -> BenchResult<()> {
@@ -128,8 +133,10 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
         })?;
         std::thread::sleep(slice);
         stop.store(true, Ordering::Relaxed);
-        n_joined += task.join()?;
+        let n = task.join()?;
+        n_joined += n;
         t_joined += start.elapsed();
+        r_joined.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     let mut run_threads = || -> BenchResult<()> {
@@ -152,32 +159,36 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
             .collect();
         std::thread::sleep(slice);
         stop.store(true, Ordering::Relaxed);
+        let mut n = 0;
         for t in threads {
-            n_threads += t.join().map_err(|_| "writer thread panicked")??;
+            n += t.join().map_err(|_| "writer thread panicked")??;
         }
+        n_threads += n;
         t_threads += start.elapsed();
+        r_threads.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     // One 256 KiB O_DIRECT write + fdatasync per 64 records: what one commit of 64
     // records costs the disk at best.
     let d = ctx.baseline_file("t1-w3-direct", 64 << 20)?;
     let big = AlignedBlock::new(WRITERS * 4096);
-    let (mut doff, mut n_direct, mut t_direct) = (0u64, 0u64, Duration::ZERO);
+    let mut doff = 0u64;
     let mut run_direct = || -> BenchResult<()> {
         let start = Instant::now();
+        let mut n = 0u64;
         while start.elapsed() < slice {
             d.file.write_all_at(big.bytes(), doff % d.size)?;
             doff += big.bytes().len() as u64;
             fdatasync(&d.file)?;
-            n_direct += WRITERS as u64;
+            n += WRITERS as u64;
         }
-        t_direct += start.elapsed();
+        r_direct.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     let mut run_buffered = || -> BenchResult<()> {
         let start = Instant::now();
-        n_buf += buffered_per_sync(&g, &block, WRITERS, &mut goff, slice)?;
-        t_buf += start.elapsed();
+        let n = buffered_per_sync(&g, &block, WRITERS, &mut goff, slice)?;
+        r_buf.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     rotate(
@@ -192,17 +203,16 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
     )?;
     let m1 = log.flush_metrics();
     let zeroed_mib = (m1.bytes_zeroed - m0.bytes_zeroed) as f64 / (1 << 20) as f64;
-    let buf = n_buf as f64 / t_buf.as_secs_f64();
     let desc = "one thread: 64 buffered 4 KiB pwrites + 1 fdatasync";
-    let row = |workload, n: u64, t: Duration| Row {
-        workload,
-        metric: "durable records/s",
-        unit: "rec/s",
-        ours: n as f64 / t.as_secs_f64(),
-        baseline: buf,
-        higher_is_better: true,
-        baseline_desc: desc,
-        median_ratio: None,
+    let row = |workload, rates: &[f64]| {
+        rounds_row(
+            workload,
+            "durable records/s",
+            "rec/s",
+            (rates, &r_buf),
+            true,
+            desc,
+        )
     };
     let per_sync = (n_tasks + n_joined) as f64 / (m1.syncs - m0.syncs).max(1) as f64;
     let names: [&'static str; 3] = if recycled {
@@ -220,9 +230,9 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
     };
     let info = |metric, v: f64, what| info_row(names[0], metric, v, true, what);
     Ok(vec![
-        row(names[0], n_tasks, t_tasks),
-        row(names[1], n_joined, t_joined),
-        row(names[2], n_threads, t_threads),
+        row(names[0], &r_tasks),
+        row(names[1], &r_joined),
+        row(names[2], &r_threads),
         info(
             "records per sync",
             per_sync,
@@ -235,13 +245,13 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
         ),
         info(
             "vs 64 threads",
-            (n_tasks as f64 / t_tasks.as_secs_f64()) / (n_threads as f64 / t_threads.as_secs_f64()),
-            "(64 tasks' records/s over 64 threads')",
+            median_ratio(&r_tasks, &r_threads),
+            "(64 tasks' records/s over 64 threads', median of per-round ratios)",
         ),
         info(
             "vs 256 KiB O_DIRECT",
-            (n_tasks as f64 / t_tasks.as_secs_f64()) / (n_direct as f64 / t_direct.as_secs_f64()),
-            "(64 tasks' records/s over one 256 KiB O_DIRECT pwrite + fdatasync per 64 records)",
+            median_ratio(&r_tasks, &r_direct),
+            "(64 tasks' records/s over one 256 KiB O_DIRECT pwrite + fdatasync per 64 records, median of per-round ratios)",
         ),
         info(
             "MiB zero-filled",

@@ -56,17 +56,18 @@ pub fn w1z(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let slice = ctx.duration() / ctx.rounds() as u32;
     let plain = ctx.open()?;
     let zstd = ctx.open_with(|c| c.compression = Compression::Zstd)?;
-    let (mut n, mut t_plain, mut z, mut t_zstd) = (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    // Records/s per round, each side (the row: medians over rounds).
+    let (mut r_plain, mut r_zstd) = (Vec::new(), Vec::new());
     let mut ours = || {
         let start = Instant::now();
-        z += append_for(&zstd, &payloads, slice)?;
-        t_zstd += start.elapsed();
+        let z = append_for(&zstd, &payloads, slice)?;
+        r_zstd.push(z as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     let mut base = || {
         let start = Instant::now();
-        n += append_for(&plain, &payloads, slice)?;
-        t_plain += start.elapsed();
+        let n = append_for(&plain, &payloads, slice)?;
+        r_plain.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
     rotate(ctx.rounds(), &mut [&mut ours, &mut base])?;
@@ -83,13 +84,14 @@ pub fn w1z(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let m = zstd.flush_metrics();
     let raw: u64 = zstd.catalog_snapshot().iter().map(|s| s.file_size).sum();
     let disk = dir_bytes(&zstd)?;
-    let row = rows_of("W1Z W1 while zstd compresses in background");
+    let w = "W1Z W1 while zstd compresses in background";
+    let row = rows_of(w);
     Ok(vec![
-        row(
+        rounds_row(
+            w,
             "records/s",
             "rec/s",
-            z as f64 / t_zstd.as_secs_f64(),
-            n as f64 / t_plain.as_secs_f64(),
+            (&r_zstd, &r_plain),
             true,
             "the same appends, Compression::None, same run",
         ),

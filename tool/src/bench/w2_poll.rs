@@ -24,42 +24,42 @@ fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// One contender's rounds: a latency histogram and the CPU per commit (us) of each.
 struct Side {
-    hist: Histogram<u64>,
-    cpu: Duration,
-    n: u64,
+    hists: Vec<Histogram<u64>>,
+    cpu_us: Vec<f64>,
 }
 
 impl Side {
     fn new() -> Side {
         Side {
-            hist: hist(),
-            cpu: Duration::ZERO,
-            n: 0,
+            hists: Vec::new(),
+            cpu_us: Vec::new(),
         }
-    }
-    fn cpu_us(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / self.n.max(1) as f64
     }
 }
 
+/// `n` durable 4 KiB appends to `aof`, as one round of `side`.
 fn commits(aof: &Aof, n: usize, side: &mut Side) -> BenchResult<()> {
     let payload = vec![0x42u8; 4096];
+    let mut h = hist();
     let c0 = process_cpu();
     for _ in 0..n {
         let t = Instant::now();
         let r = aof.append_record(&payload)?;
         aof.flush_until(r)?;
-        side.hist.record(t.elapsed().as_nanos() as u64)?;
+        h.record(t.elapsed().as_nanos() as u64)?;
     }
-    side.cpu += process_cpu() - c0;
-    side.n += n as u64;
+    side.cpu_us
+        .push((process_cpu() - c0).as_secs_f64() * 1e6 / n.max(1) as f64);
+    side.hists.push(h);
     Ok(())
 }
 
 /// Off, on and raw alternating on this thread; returns (off, on, raw).
 fn measure(ctx: &Ctx, polling: &bop_rs::aof2::AofManager) -> BenchResult<[Side; 3]> {
-    let (per_round, rounds) = if ctx.quick { (100, 2) } else { (250, 10) };
+    // The rows are medians over the rounds.
+    let (per_round, rounds) = if ctx.quick { (100, 2) } else { (500, 5) };
     let off_log = ctx.open()?;
     let on_log = ctx.open_on(polling, |_| {})?;
     let f = ctx.baseline_file("w2p-baseline", 64 << 20)?;
@@ -75,16 +75,18 @@ fn measure(ctx: &Ctx, polling: &bop_rs::aof2::AofManager) -> BenchResult<[Side; 
             &mut || commits(&off_log, per_round, &mut off),
             &mut || commits(&on_log, per_round, &mut on),
             &mut || {
+                let mut h = hist();
                 let c0 = process_cpu();
                 for _ in 0..per_round {
                     let t = Instant::now();
                     f.file.write_all_at(block.bytes(), at % f.size)?;
                     fdatasync(&f.file)?;
-                    raw.hist.record(t.elapsed().as_nanos() as u64)?;
+                    h.record(t.elapsed().as_nanos() as u64)?;
                     at += 4096;
                 }
-                raw.cpu += process_cpu() - c0;
-                raw.n += per_round as u64;
+                raw.cpu_us
+                    .push((process_cpu() - c0).as_secs_f64() * 1e6 / per_round as f64);
+                raw.hists.push(h);
                 Ok(())
             },
         ],
@@ -92,52 +94,31 @@ fn measure(ctx: &Ctx, polling: &bop_rs::aof2::AofManager) -> BenchResult<[Side; 
     Ok([off, on, raw])
 }
 
-/// W2P: one placement's rows.
+/// W2P: one placement's rows, medians over the rounds.
 fn rows(workload: &'static str, [off, on, raw]: &[Side; 3]) -> Vec<Row> {
     let base = "pwrite 4 KiB + fdatasync, same thread";
-    vec![
-        latency_row(
+    let vs_raw = |side: &Side| LatencyRounds {
+        ours: side.hists.clone(),
+        base: raw.hists.clone(),
+    };
+    let mut rows = vs_raw(off).rows(workload, &[("p50, polling off", 0.5)], base);
+    rows.extend(vs_raw(on).rows(
+        workload,
+        &[("p50, polling on", 0.5), ("p99, polling on", 0.99)],
+        base,
+    ));
+    let cpu_desc = "the raw loop's CPU per commit (process user + system)";
+    for (metric, side) in [("CPU/commit, off", off), ("CPU/commit, on", on)] {
+        rows.push(rounds_row(
             workload,
-            "p50, polling off",
-            0.5,
-            (&off.hist, &raw.hist),
-            base,
-        ),
-        latency_row(
-            workload,
-            "p50, polling on",
-            0.5,
-            (&on.hist, &raw.hist),
-            base,
-        ),
-        latency_row(
-            workload,
-            "p99, polling on",
-            0.99,
-            (&on.hist, &raw.hist),
-            base,
-        ),
-        Row {
-            workload,
-            metric: "CPU/commit, off",
-            unit: "us",
-            ours: off.cpu_us(),
-            baseline: raw.cpu_us(),
-            higher_is_better: false,
-            baseline_desc: "the raw loop's CPU per commit (process user + system)",
-            median_ratio: None,
-        },
-        Row {
-            workload,
-            metric: "CPU/commit, on",
-            unit: "us",
-            ours: on.cpu_us(),
-            baseline: raw.cpu_us(),
-            higher_is_better: false,
-            baseline_desc: "the raw loop's CPU per commit (process user + system)",
-            median_ratio: None,
-        },
-    ]
+            metric,
+            "us",
+            (&side.cpu_us, &raw.cpu_us),
+            false,
+            cpu_desc,
+        ));
+    }
+    rows
 }
 
 /// W2P: polling off and on, writer on CPU 0, CPU 1 and unpinned.

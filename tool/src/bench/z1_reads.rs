@@ -121,43 +121,44 @@ pub fn z1_reads(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let workload = "Z1 random read_record, zstd vs raw segments";
     let desc = "the same records in raw sealed segments (mapped)";
     for held in [true, false] {
+        // One `Timed` per part, each side: the parts alternate, and the rows are
+        // medians over them.
         let timed = || Timed {
             miss: hist(),
             hit: hist(),
             all: hist(),
         };
-        let (mut z, mut r) = (timed(), timed());
+        let (mut z, mut r) = (Vec::new(), Vec::new());
         for part in picks.chunks(picks.len().div_ceil(8)) {
-            time_reads(ctx, &zstd, part, held, &mut z)?;
-            time_reads(ctx, &raw, part, held, &mut r)?;
+            let (mut zt, mut rt) = (timed(), timed());
+            time_reads(ctx, &zstd, part, held, &mut zt)?;
+            time_reads(ctx, &raw, part, held, &mut rt)?;
+            z.push(zt);
+            r.push(rt);
         }
+        let parts = |v: &[Timed], f: fn(&Timed) -> &hdrhistogram::Histogram<u64>| -> Vec<_> {
+            v.iter().map(|t| f(t).clone()).collect()
+        };
+        let vs_raw = |zf: fn(&Timed) -> &hdrhistogram::Histogram<u64>| LatencyRounds {
+            ours: parts(&z, zf),
+            base: parts(&r, |t| &t.all),
+        };
         let (p50, p99): (&'static str, &'static str) = if held {
             ("p50 (reader held)", "p99 (reader held)")
         } else {
             ("p50 (open + read)", "p99 (open + read)")
         };
-        rows.push(latency_row(workload, p50, 0.5, (&z.all, &r.all), desc));
-        rows.push(latency_row(workload, p99, 0.99, (&z.all, &r.all), desc));
+        rows.extend(vs_raw(|t| &t.all).rows(workload, &[(p50, 0.5), (p99, 0.99)], desc));
         if held {
-            rows.push(latency_row(
-                workload,
-                "p50, chunk inflated",
-                0.5,
-                (&z.miss, &r.all),
-                desc,
-            ));
-            rows.push(latency_row(
-                workload,
-                "p50, chunk in Tier 0",
-                0.5,
-                (&z.hit, &r.all),
-                desc,
-            ));
+            rows.extend(vs_raw(|t| &t.miss).rows(workload, &[("p50, chunk inflated", 0.5)], desc));
+            rows.extend(vs_raw(|t| &t.hit).rows(workload, &[("p50, chunk in Tier 0", 0.5)], desc));
+            let hits: u64 = z.iter().map(|t| t.hit.len()).sum();
+            let all: u64 = z.iter().map(|t| t.all.len()).sum();
             rows.push(rows_of(workload)(
                 "Tier 0 hits",
                 "",
-                z.hit.len() as f64,
-                z.all.len() as f64,
+                hits as f64,
+                all as f64,
                 true,
                 "reads (Tier 0: 64 MiB of inflated chunks by default)",
             ));
