@@ -93,11 +93,15 @@ pub fn latency_row(
     }
 }
 
-/// The median of `v` (the upper one of an even count; NaN when empty).
+/// The median of `v` (the mean of the middle two of an even count; NaN when empty).
 pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The median of `ours[i] / base[i]`: rounds compared one by one.
