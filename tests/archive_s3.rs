@@ -26,20 +26,6 @@ use std::time::{Duration, Instant};
 mod s3s;
 use s3s::{Server, ACCESS, BUCKET, SECRET};
 
-/// The test's server, or `None` (and a note) where there is no binary, unless
-/// `AOF2_REQUIRE_S3=1` makes that a failure.
-fn start_server(root: &Path) -> Option<Server> {
-    let Some(bin) = s3s::binary() else {
-        assert!(
-            std::env::var("AOF2_REQUIRE_S3").as_deref() != Ok("1"),
-            "AOF2_REQUIRE_S3=1 but no s3s-fs binary (AOF2_S3S_FS or PATH)"
-        );
-        eprintln!("no s3s-fs binary (AOF2_S3S_FS or PATH): nothing to check");
-        return None;
-    };
-    Some(Server::start_with(bin, root).expect("s3s-fs starts"))
-}
-
 fn s3_config(server: &Server) -> S3Config {
     let mut c = S3Config::default();
     c.bucket = BUCKET.into();
@@ -89,7 +75,7 @@ fn scratch() -> tempfile::TempDir {
 fn a_log_round_trips_through_a_real_s3_server() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(server) = start_server(&s3dir.path().join("s3")) else {
+    let Some(server) = s3s::start_for_test(&s3dir.path().join("s3")) else {
         return;
     };
     let m = s3_manager(&server);
@@ -120,7 +106,7 @@ fn a_log_round_trips_through_a_real_s3_server() {
 fn a_stopped_server_stops_no_append_and_uploads_resume_when_it_returns() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(mut server) = start_server(&s3dir.path().join("s3")) else {
+    let Some(mut server) = s3s::start_for_test(&s3dir.path().join("s3")) else {
         return;
     };
     let m = s3_manager(&server);
@@ -165,7 +151,7 @@ fn a_stopped_server_stops_no_append_and_uploads_resume_when_it_returns() {
 fn a_tampered_object_on_the_server_is_an_error_never_data() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(server) = start_server(&s3dir.path().join("s3")) else {
+    let Some(server) = s3s::start_for_test(&s3dir.path().join("s3")) else {
         return;
     };
     let m = s3_manager(&server);
@@ -211,7 +197,7 @@ impl log::Log for Collect {
 fn the_secret_key_appears_in_no_log_error_debug_output_or_metric() {
     let tmp = tempfile::tempdir().unwrap();
     let s3dir = scratch();
-    let Some(mut server) = start_server(&s3dir.path().join("s3")) else {
+    let Some(mut server) = s3s::start_for_test(&s3dir.path().join("s3")) else {
         return;
     };
     static LOGS: std::sync::OnceLock<Arc<Collect>> = std::sync::OnceLock::new();

@@ -25,6 +25,20 @@ pub fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A test's server over `root`, or `None` (and a note) where there is no binary,
+/// unless `AOF2_REQUIRE_S3=1` (CI) makes that a failure.
+pub fn start_for_test(root: &Path) -> Option<Server> {
+    let Some(bin) = binary() else {
+        assert!(
+            std::env::var("AOF2_REQUIRE_S3").as_deref() != Ok("1"),
+            "AOF2_REQUIRE_S3=1 but no s3s-fs binary (AOF2_S3S_FS or PATH)"
+        );
+        eprintln!("no s3s-fs binary (AOF2_S3S_FS or PATH): nothing to check");
+        return None;
+    };
+    Some(Server::start_with(bin, root).expect("s3s-fs starts"))
+}
+
 /// A running `s3s-fs` over a scratch directory (killed when dropped).
 pub struct Server {
     bin: PathBuf,

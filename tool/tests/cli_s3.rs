@@ -20,7 +20,6 @@ use archived::*;
 use bop_rs::aof2::config::{ArchiveStore, S3Config, S3Credentials, Secret};
 use common::*;
 use s3s::{Server, ACCESS, BUCKET, SECRET};
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -42,22 +41,10 @@ fn aof2_s3(server: &Server, secret: &str, args: &[&str]) -> Output {
         .expect("aof2 runs")
 }
 
-fn start_server(root: &Path) -> Option<Server> {
-    let Some(bin) = s3s::binary() else {
-        assert!(
-            std::env::var("AOF2_REQUIRE_S3").as_deref() != Ok("1"),
-            "AOF2_REQUIRE_S3=1 but no s3s-fs binary (AOF2_S3S_FS or PATH)"
-        );
-        eprintln!("no s3s-fs binary (AOF2_S3S_FS or PATH): nothing to check");
-        return None;
-    };
-    Some(Server::start_with(bin, root).expect("s3s-fs starts"))
-}
-
 #[test]
 fn verify_and_dump_read_segments_only_an_s3_bucket_holds() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = start_server(&tmp.path().join("s3")) else {
+    let Some(server) = s3s::start_for_test(&tmp.path().join("s3")) else {
         return;
     };
     let mut s3 = S3Config::default();
