@@ -4,8 +4,10 @@
 //! recognised here, kept silent, and caught in `main` after the unwinding removed the
 //! benchmark's temporary directory.
 
+use bop_rs::aof2::error::AofError;
 use std::any::Any;
 use std::io;
+use std::path::Path;
 
 /// The exit status of a process that `SIGPIPE` ended (128 + 13), as shells report it.
 pub const STATUS: u8 = 141;
@@ -20,19 +22,20 @@ pub fn is_closed_stdout_panic(payload: &(dyn Any + Send)) -> bool {
     msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
 }
 
-/// True for an error that is a write to a closed pipe.
+/// True for the error a tool returns when its write to stdout found the pipe closed
+/// (`AofError::Io` on `<stdout>`, `EPIPE`): not for a broken pipe anywhere else, such
+/// as a store's connection, which is an error to report.
 pub fn is_closed_stdout_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::BrokenPipe {
-                return true;
-            }
+    match e.downcast_ref::<AofError>() {
+        Some(AofError::Io { path, source, .. }) => {
+            path == Path::new(STDOUT) && source.kind() == io::ErrorKind::BrokenPipe
         }
-        cur = e.source();
+        _ => false,
     }
-    false
 }
+
+/// The path the tools name in an error writing their output.
+pub const STDOUT: &str = "<stdout>";
 
 /// Keeps the default panic message for every panic but the closed-stdout one.
 pub fn install_panic_hook() {

@@ -29,7 +29,7 @@ pub fn parse_record_id(s: &str) -> Result<RecordId, String> {
 }
 
 fn out_err(e: std::io::Error) -> AofError {
-    AofError::io("write", Path::new("<stdout>"), e)
+    AofError::io("write", Path::new(crate::closed_stdout::STDOUT), e)
 }
 
 /// Writes one record as `ID<TAB>TIMESTAMP_NS<TAB>LEN<TAB>PAYLOAD`, the payload with
