@@ -279,13 +279,8 @@ fn while_uploading(ctx: &Ctx, am: &AofManager) -> BenchResult<Vec<Row>> {
     // Records/s per round, each side (the row: medians over rounds).
     let (mut r_ours, mut r_base) = (Vec::new(), Vec::new());
     let w1 = |aof: &Aof, rates: &mut Vec<f64>| -> BenchResult<()> {
-        let (start, mut n) = (Instant::now(), 0u64);
-        while start.elapsed() < slice {
-            for _ in 0..1024 {
-                aof.append_record(&rec)?;
-            }
-            n += 1024;
-        }
+        let start = Instant::now();
+        let n = super::w1::append_for(aof, &rec, slice)?;
         rates.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };

@@ -184,13 +184,7 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         hists[i].push(h);
         Ok(())
     })?;
-    let pooled = |i: usize| {
-        let mut h = hist();
-        for r in &hists[i] {
-            h.add(r).expect("the same bounds");
-        }
-        h
-    };
+    let pooled = |i: usize| pool(&hists[i]);
     let pair = |a: usize, b: usize| LatencyRounds {
         ours: hists[a].clone(),
         base: hists[b].clone(),

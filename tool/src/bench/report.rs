@@ -197,31 +197,23 @@ impl LatencyRounds {
 
     /// Every round's samples together (for the latency plots).
     pub fn pooled(&self) -> (Histogram<u64>, Histogram<u64>) {
-        let mut o = hist();
-        let mut b = hist();
-        for h in &self.ours {
-            o.add(h).expect("the same bounds");
-        }
-        for h in &self.base {
-            b.add(h).expect("the same bounds");
-        }
-        (o, b)
+        (pool(&self.ours), pool(&self.base))
     }
+}
+
+/// Every sample of `hs` in one histogram.
+pub fn pool(hs: &[Histogram<u64>]) -> Histogram<u64> {
+    let mut h = hist();
+    for s in hs {
+        h.add(s).expect("the same bounds");
+    }
+    h
 }
 
 /// Consecutive slices merged into (at most) `rounds` histograms.
 pub fn merge_slices(slices: &[Histogram<u64>], rounds: usize) -> Vec<Histogram<u64>> {
     let per = slices.len().div_ceil(rounds.max(1)).max(1);
-    slices
-        .chunks(per)
-        .map(|c| {
-            let mut h = hist();
-            for s in c {
-                h.add(s).expect("the same bounds");
-            }
-            h
-        })
-        .collect()
+    slices.chunks(per).map(pool).collect()
 }
 
 /// p50, p99 and p99.9, the quantiles of the latency rows.

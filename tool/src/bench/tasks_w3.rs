@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Polls every future of a set until all are done (64 writers in one task).
 struct JoinAll<F> {
@@ -85,9 +85,8 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
     let g = g.buffered(&ctx.root.join("t1-w3-buffered"))?;
     let block = AlignedBlock::new(4096);
     let mut goff = 0u64;
-    let (mut n_tasks, mut t_tasks, mut n_joined, mut t_joined) =
-        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
-    let (mut n_threads, mut t_threads) = (0u64, Duration::ZERO);
+    // Records of the tasks and the joined futures in all, for records per sync.
+    let (mut n_tasks, mut n_joined) = (0u64, 0u64);
     // Records/s per round, each contender: the rows are medians over rounds.
     let (mut r_tasks, mut r_joined, mut r_threads, mut r_buf, mut r_direct) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -108,7 +107,6 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
             n += t.join()?;
         }
         n_tasks += n;
-        t_tasks += start.elapsed();
         r_tasks.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
@@ -135,7 +133,6 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
         stop.store(true, Ordering::Relaxed);
         let n = task.join()?;
         n_joined += n;
-        t_joined += start.elapsed();
         r_joined.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
@@ -163,8 +160,6 @@ pub fn w3_on_shard(ctx: &Ctx, shard: usize, recycled: bool) -> BenchResult<Vec<R
         for t in threads {
             n += t.join().map_err(|_| "writer thread panicked")??;
         }
-        n_threads += n;
-        t_threads += start.elapsed();
         r_threads.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// Appends 100-byte records for `slice`; returns how many.
-fn append_for(aof: &Aof, payload: &[u8], slice: Duration) -> BenchResult<u64> {
+pub(super) fn append_for(aof: &Aof, payload: &[u8], slice: Duration) -> BenchResult<u64> {
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < slice {
