@@ -88,8 +88,17 @@ impl AlignedBlock {
         AlignedBlock { buf }
     }
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: nobody writes the buffer after `new`.
+        // SAFETY: the buffer is written only through `&mut self` (`new`, `copy_in`).
         unsafe { self.buf.slice(0, self.buf.len()) }
+    }
+    /// Copies `data` to the front of the buffer and returns that part, to be written.
+    pub fn copy_in(&mut self, data: &[u8]) -> &[u8] {
+        assert!(data.len() <= self.buf.len(), "data fits the block");
+        // SAFETY: `&mut self`: nothing else reads or writes the buffer meanwhile.
+        unsafe {
+            self.buf.write(0, data);
+            self.buf.slice(0, data.len())
+        }
     }
 }
 

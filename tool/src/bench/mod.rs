@@ -6,6 +6,7 @@
 
 mod a1_archive;
 mod baseline;
+mod group_commit;
 mod paths;
 #[cfg(feature = "peers")]
 mod peers;

@@ -2,7 +2,7 @@
 
 use super::baseline::*;
 use super::report::*;
-use super::{rotate, BenchResult, Ctx};
+use super::{group_commit, rotate, BenchResult, Ctx};
 use hdrhistogram::Histogram;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +17,12 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let f = ctx.baseline_file("w3-baseline", 64 << 20)?;
     let g = ctx.baseline_file("w3-buffered", 64 << 20)?;
     let g = g.buffered(&ctx.root.join("w3-buffered"))?;
+    let h = ctx.baseline_file("w3-threads", 64 << 20)?;
     let block = AlignedBlock::new(4096);
     // Per round: each side's latencies and records/s (the rows are medians over rounds).
     let (mut ours, mut base) = (Vec::new(), Vec::new());
-    let (mut r_ours, mut r_base, mut r_buf) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut r_ours, mut r_base, mut r_buf, mut r_threads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut n_ours = 0u64;
     let (mut off, mut goff) = (0u64, 0u64);
     let before = aof.flush_metrics();
@@ -85,9 +87,20 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         r_buf.push(n as f64 / start.elapsed().as_secs_f64());
         Ok(())
     };
+    // 64 threads through a textbook group commit (group_commit.rs): what threads
+    // taking turns cost here, with no engine at all.
+    let mut run_threads = || {
+        r_threads.push(group_commit::run(&h, WRITERS, slice)?);
+        Ok(())
+    };
     rotate(
         ctx.rounds(),
-        &mut [&mut run_ours, &mut run_base, &mut run_buffered],
+        &mut [
+            &mut run_ours,
+            &mut run_base,
+            &mut run_buffered,
+            &mut run_threads,
+        ],
     )?;
     let after = aof.flush_metrics();
     let syncs = (after.syncs - before.syncs).max(1) as f64;
@@ -111,6 +124,14 @@ pub fn w3(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             (&r_ours, &r_buf),
             true,
             "one thread: 64 buffered 4 KiB pwrites + 1 fdatasync",
+        ),
+        rounds_row(
+            w,
+            "durable records/s",
+            "rec/s",
+            (&r_ours, &r_threads),
+            true,
+            "64 threads, textbook group commit: a leader pwrites + fdatasyncs the queue",
         ),
         lr.rows(w, &[("p99", 0.99)], desc).remove(0),
         info(
