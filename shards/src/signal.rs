@@ -20,7 +20,6 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 struct Waiters {
-    version: u64,
     wakers: Vec<(u64, Waker)>,
     next_key: u64,
     /// Threads blocked on the condition variable (a notify is a system call even when
@@ -91,6 +90,9 @@ pub struct DurableSignal {
     durable: AtomicU64,
     /// The log failed or was closed: waiters stop waiting.
     ended: AtomicBool,
+    /// Bumped by every publication, only while `inner` is locked: waiters compare it
+    /// under that lock, so none sleeps through a change.
+    version: AtomicU64,
     inner: Mutex<Waiters>,
     cv: Condvar,
     /// Threads woken by a publication that the threads it woke wake in turn.
@@ -103,8 +105,8 @@ impl DurableSignal {
         DurableSignal {
             durable: AtomicU64::new(durable),
             ended: AtomicBool::new(false),
+            version: AtomicU64::new(0),
             inner: Mutex::new(Waiters {
-                version: 0,
                 wakers: Vec::new(),
                 next_key: 0,
                 sleepers: 0,
@@ -130,8 +132,11 @@ impl DurableSignal {
     }
 
     /// The current version; pass it to `wait_change` after checking a condition.
+    /// Read without the lock (every append reads it): it only moves under the lock,
+    /// after the state it announces changed, so a condition checked after this read
+    /// sees that state, and a waiter that compares under the lock misses no change.
     pub fn version(&self) -> u64 {
-        self.lock().version
+        self.version.load(Ordering::Acquire)
     }
 
     /// Publishes a new durable position (and whether the log ended) and wakes whoever
@@ -160,7 +165,7 @@ impl DurableSignal {
             if ended {
                 self.ended.store(true, Ordering::Release);
             }
-            g.version += 1;
+            self.version.fetch_add(1, Ordering::Release);
             let (covered, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut g.targets)
                 .into_iter()
                 .partition(|w| ended || w.target <= durable);
@@ -193,7 +198,7 @@ impl DurableSignal {
         let woken = Arc::new(AtomicBool::new(false));
         {
             let mut g = self.lock();
-            if g.version != seen {
+            if self.version.load(Ordering::Acquire) != seen {
                 return;
             }
             g.targets.push(TargetWaiter {
@@ -224,7 +229,7 @@ impl DurableSignal {
     pub fn wait_change(&self, seen: u64, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut g = self.lock();
-        while g.version == seen {
+        while self.version.load(Ordering::Acquire) == seen {
             g.sleepers += 1;
             g = match deadline {
                 None => self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
@@ -268,7 +273,7 @@ impl Future for Changed {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let mut g = this.signal.lock();
-        if g.version != this.seen {
+        if this.signal.version.load(Ordering::Acquire) != this.seen {
             if let Some(k) = this.key.take() {
                 g.wakers.retain(|(key, _)| *key != k);
             }
