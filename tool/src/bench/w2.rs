@@ -79,8 +79,26 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     // Slices of 256 appends: the disk's slow spells (tens of ms) hit both sides alike.
     let per_slice = 256;
     let mut lr = LatencyRounds::new();
-    for _ in 0..logs {
-        let aof = ctx.open()?;
+    let (mut first_ours, mut first_base) = (Vec::new(), Vec::new());
+    for i in 0..logs {
+        // Its first record: open, append, flush_until, against the raw minimum for a
+        // durable first record in a new place (alternating who goes first).
+        let mut log_first = || -> BenchResult<bop_rs::aof2::Aof> {
+            let t = Instant::now();
+            let aof = ctx.open()?;
+            let r = aof.append_record(&[0x42u8; 4096])?;
+            aof.flush_until(r)?;
+            first_ours.push(t.elapsed().as_secs_f64() * 1e6);
+            Ok(aof)
+        };
+        let aof = if i % 2 == 0 {
+            let aof = log_first()?;
+            first_base.push(raw_first_record(&ctx.root.join(format!("w2-first-{i}")))?);
+            aof
+        } else {
+            first_base.push(raw_first_record(&ctx.root.join(format!("w2-first-{i}")))?);
+            log_first()?
+        };
         let f = ctx.baseline_file("w2-new-baseline", 64 << 20)?;
         warm_up(&aof, &f, 200)?;
         let mut off = 200 * 4096;
@@ -90,11 +108,43 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         drop((aof, f));
         ctx.tidy()?;
     }
-    Ok(lr.rows(
+    let mut rows = vec![rounds_row(
+        "W2 a new log's first record: open + append + flush_until",
+        "time",
+        "us",
+        (&first_ours, &first_base),
+        false,
+        "mkdir, create, 4 KiB O_DIRECT pwrite + fdatasync, fsync both directories",
+    )];
+    rows.extend(lr.rows(
         "W2 a new log's first 64 MiB (after 200 records)",
         &P50_P99_P999,
         "pwrite 4 KiB + fdatasync, pre-written file (medians over new logs)",
-    ))
+    ));
+    Ok(rows)
+}
+
+/// The raw minimum for a durable first record in a new place: a new directory `dir`,
+/// a new file in it, one 4 KiB O_DIRECT write and `fdatasync`, and the directory and
+/// its parent fsynced (so both entries survive a crash). Microseconds.
+fn raw_first_record(dir: &std::path::Path) -> BenchResult<f64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let block = AlignedBlock::new(4096);
+    let t = Instant::now();
+    std::fs::create_dir(dir)?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    let path = dir.join("first");
+    let file = match o.clone().custom_flags(libc::O_DIRECT).open(&path) {
+        Ok(f) => f,
+        Err(_) => o.open(&path)?,
+    };
+    file.write_all_at(block.bytes(), 0)?;
+    fdatasync(&file)?;
+    for d in [dir, dir.parent().ok_or("the directory has a parent")?] {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6)
 }
 
 /// Alternates `slices` slices of `per_slice` durable 4 KiB appends to `aof` with as
