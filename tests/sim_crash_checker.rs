@@ -486,7 +486,10 @@ impl World {
     /// An executor of this world's model (the shard's, or a committing caller's).
     fn executor(&mut self) -> Box<dyn Executor> {
         match self.model {
-            Model::Blocking => Box::new(BlockingExecutor),
+            Model::Blocking if self.fuse_into_dirty => {
+                Box::new(BlockingExecutor::fusing_into_dirty_files())
+            }
+            Model::Blocking => Box::new(BlockingExecutor::default()),
             Model::Ring => {
                 let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
                 // Slow syncs: held back ten times as often as they stall the clock.
@@ -1513,19 +1516,23 @@ fn a_data_write_hitting_a_full_disk_poisons_the_log_and_a_reopen_recovers() {
 /// acknowledged on its strength. The checker must catch that within a few hundred seeds.
 #[test]
 fn fusing_a_sync_into_a_file_with_unsynced_writes_is_caught() {
-    let caught = (0..600u64).find(|&seed| {
-        std::panic::catch_unwind(|| {
-            let mut w = World::new(seed, Model::Ring, false);
-            w.fuse_into_dirty = true;
-            w.run(400);
-        })
-        .is_err()
-    });
-    println!("the unsafe fusion was caught at seed {caught:?}");
-    assert!(
-        caught.is_some(),
-        "the crash checker did not notice syncs that leave earlier writes undurable"
-    );
+    // Both executors fuse: the ring into one RWF_DSYNC submission, the blocking one
+    // into one pwritev2(RWF_DSYNC) call.
+    for model in [Model::Ring, Model::Blocking] {
+        let caught = (0..600u64).find(|&seed| {
+            std::panic::catch_unwind(|| {
+                let mut w = World::new(seed, model, false);
+                w.fuse_into_dirty = true;
+                w.run(400);
+            })
+            .is_err()
+        });
+        println!("the unsafe fusion ({model:?}) was caught at seed {caught:?}");
+        assert!(
+            caught.is_some(),
+            "the crash checker did not notice {model:?} syncs that leave earlier writes undurable"
+        );
+    }
 }
 
 /// Negative control for the simulated disk's rule that a mapped file is never opened

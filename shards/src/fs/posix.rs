@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Where O_DIRECT alignment is learnt from, newest way first. Tests pick an older way
@@ -224,40 +225,24 @@ impl FsFile for SyncFile {
     }
 
     fn pwritev(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize> {
-        if bufs.len() == 1 {
-            return loop {
-                match self.file.write_at(bufs[0], off) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r,
+        self.pwritev_flags(off, bufs, 0)
+    }
+
+    fn pwritev_dsync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<usize> {
+        if !NO_RWF_DSYNC.load(Ordering::Relaxed) {
+            match self.pwritev_flags(off, bufs, libc::RWF_DSYNC) {
+                // A kernel without pwritev2 (before 4.6) or RWF_DSYNC (before 4.7), or a
+                // file system refusing it: write, then sync, from now on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP)) => {
+                    log::info!("aof2: pwritev2(RWF_DSYNC) unavailable ({e}): writes are followed by fdatasync");
+                    NO_RWF_DSYNC.store(true, Ordering::Relaxed);
                 }
-            };
-        }
-        let iov: Vec<libc::iovec> = bufs
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
-        loop {
-            // SAFETY: every iovec points into a slice borrowed for the whole call, and the
-            // kernel only reads from them; the fd is open.
-            let n = unsafe {
-                libc::pwritev(
-                    self.file.as_raw_fd(),
-                    iov.as_ptr(),
-                    iov.len() as libc::c_int,
-                    off as libc::off_t,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+                r => return r,
             }
         }
+        let n = self.pwritev(off, bufs)?;
+        self.fdatasync()?;
+        Ok(n)
     }
 
     fn fdatasync(&self) -> io::Result<()> {
@@ -285,6 +270,51 @@ impl FsFile for SyncFile {
 
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.file.as_raw_fd())
+    }
+}
+
+/// Set once `pwritev2(RWF_DSYNC)` failed as unsupported: later durable writes are a
+/// write and an `fdatasync`.
+static NO_RWF_DSYNC: AtomicBool = AtomicBool::new(false);
+
+impl SyncFile {
+    /// `pwritev2` of `bufs` at `off` with `flags` (plain `pwritev` without flags),
+    /// retried on EINTR; returns the bytes written (possibly short).
+    fn pwritev_flags(&self, off: u64, bufs: &[&[u8]], flags: libc::c_int) -> io::Result<usize> {
+        if bufs.len() == 1 && flags == 0 {
+            return loop {
+                match self.file.write_at(bufs[0], off) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+        }
+        let iov: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        loop {
+            let (fd, n_iov) = (self.file.as_raw_fd(), iov.len() as libc::c_int);
+            // SAFETY: every iovec points into a slice borrowed for the whole call, and the
+            // kernel only reads from them; the fd is open.
+            let n = unsafe {
+                if flags == 0 {
+                    libc::pwritev(fd, iov.as_ptr(), n_iov, off as libc::off_t)
+                } else {
+                    libc::pwritev2(fd, iov.as_ptr(), n_iov, off as libc::off_t, flags)
+                }
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 }
 
@@ -418,6 +448,32 @@ mod tests {
         assert_eq!(r.size().unwrap(), (BLOCK * 3) as u64);
     }
 
+    #[test]
+    fn a_dsync_write_writes_every_slice_in_one_call_direct_or_buffered() {
+        for direct in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("f");
+            let fs = PosixFs::new();
+            let f = fs.open(&p, OpenMode::create_new(direct)).unwrap();
+            assert_eq!(f.is_direct(), direct);
+            let a = crate::buffer::AlignedBuf::zeroed(BLOCK);
+            let b = crate::buffer::AlignedBuf::zeroed(BLOCK);
+            // SAFETY: fresh buffers, no other user.
+            unsafe {
+                a.write(0, &[7u8; 16]);
+                b.write(BLOCK - 16, &[9u8; 16]);
+            }
+            // SAFETY: nothing writes the buffers while these slices live.
+            let (sa, sb) = unsafe { (a.slice(0, BLOCK), b.slice(0, BLOCK)) };
+            assert_eq!(f.pwritev_dsync(BLOCK as u64, &[sa, sb]).unwrap(), BLOCK * 2);
+            let r = fs.open(&p, OpenMode::Read).unwrap();
+            let mut got = vec![0u8; BLOCK * 3];
+            r.pread(0, &mut got).unwrap();
+            assert_eq!(&got[BLOCK..BLOCK + 16], &[7u8; 16]);
+            assert_eq!(&got[BLOCK * 3 - 16..], &[9u8; 16]);
+            assert_eq!(r.size().unwrap(), (BLOCK * 3) as u64);
+        }
+    }
     #[test]
     fn direct_io_is_learnt_without_statx_dioalign_from_the_block_size_or_a_probe() {
         let d = tempfile::tempdir().unwrap();

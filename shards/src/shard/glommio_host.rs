@@ -423,6 +423,6 @@ impl Drop for ShardHost {
 /// Fails a shard whose loop never ran: its logs are poisoned, closes answered, later
 /// requests answered on the spot.
 fn fail_unstarted(ctl: &Arc<ShardCtl>, clock: Clock, cause: String) {
-    let exec = Box::new(crate::exec::blocking::BlockingExecutor);
+    let exec = Box::new(crate::exec::blocking::BlockingExecutor::default());
     super::turn::ShardLoop::new(ctl.clone(), exec, clock).fail(cause);
 }

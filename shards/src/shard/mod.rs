@@ -406,9 +406,10 @@ impl Shard {
                 let _ = executor;
                 // The ring is created here, and lives and dies on this thread.
                 let (exec, running): (Box<dyn Executor>, Running) = match backend {
-                    IoBackend::Sync => {
-                        (Box::new(BlockingExecutor), Running::Sync { fallback: None })
-                    }
+                    IoBackend::Sync => (
+                        Box::new(BlockingExecutor::default()),
+                        Running::Sync { fallback: None },
+                    ),
                     _ => match UringRing::new(efd, arena_buffers, &disable) {
                         Ok(mut ring) => {
                             ring.count_ops(c.ring_ops.clone());
@@ -426,7 +427,10 @@ impl Shard {
                         Err(e) => {
                             c.uring_fallback.store(true, Ordering::Release);
                             let fallback = Some(format!("io_uring_setup failed: {e}"));
-                            (Box::new(BlockingExecutor), Running::Sync { fallback })
+                            (
+                                Box::new(BlockingExecutor::default()),
+                                Running::Sync { fallback },
+                            )
                         }
                     },
                 };

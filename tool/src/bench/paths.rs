@@ -5,8 +5,8 @@
 //! the medians of those per-round ratios.
 //!
 //! Paths: this engine with the caller committing on its own ring (`RWF_DSYNC`, the
-//! default), on its own ring with a write then an `fsync`, with blocking `pwritev` +
-//! `fdatasync` calls (the portable executor), and with the shard committing; raw
+//! default), on its own ring with a write then an `fsync`, with blocking calls (one
+//! `pwritev2(RWF_DSYNC)`: the portable executor), and with the shard committing; raw
 //! O_DIRECT `pwrite` + `fdatasync`, raw buffered `pwrite` + `fdatasync` and raw
 //! `pwritev2(RWF_DSYNC)` on a pre-written file; okaywal with `--features peers`.
 
@@ -77,7 +77,7 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             op: engine(&ring_fsync, &payload),
         },
         Path {
-            name: "blocking pwritev + fdatasync",
+            name: "blocking pwritev2(RWF_DSYNC) (portable backend)",
             raw: false,
             op: engine(&blocking, &payload),
         },
