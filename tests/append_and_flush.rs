@@ -420,3 +420,49 @@ fn with_completion_polling_on_shard_and_caller_commits_are_durable_and_counted()
         assert_eq!(polls, 0, "only io_uring rings on threads poll");
     }
 }
+
+/// `preallocate_segments`: the first file is prepared from the open, so an append
+/// made once it is ready does not wait (a `try_` append gets no `Rollover`). A session
+/// closed before any append keeps that file for the next session, which uses its id.
+#[test]
+fn a_preallocated_first_file_takes_the_first_append_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager();
+    let mut cfg = bop_rs::aof2::config::AofConfig::default();
+    cfg.root_dir = dir.path().join("log");
+    cfg.preallocate_segments = true;
+    let first = cfg.root_dir.join("segments").join(format!("{:020}.seg", 0));
+    let wait_for = |what: &str, ready: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what} never happened"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    {
+        let aof = open(&m, cfg.clone());
+        wait_for("the first file prepared at open", &|| first.exists());
+        aof.close().unwrap();
+    }
+    let aof = open(&m, cfg.clone());
+    let rid = std::cell::Cell::new(None);
+    wait_for("the kept file adopted", &|| {
+        match aof.try_append_record(b"first") {
+            Ok(r) => rid.set(Some(r)),
+            Err(AofError::WouldBlock(WouldBlockKind::Rollover)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        rid.get().is_some()
+    });
+    let rid = rid.get().unwrap();
+    assert_eq!(rid.segment_index(), 0, "the first session's file is used");
+    aof.flush_until(rid).unwrap();
+    assert_eq!(read_back(&aof, rid), b"first");
+    let files = std::fs::read_dir(cfg.root_dir.join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 1, "one segment file");
+}

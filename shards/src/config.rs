@@ -191,6 +191,14 @@ pub struct AofConfig {
     /// about ten seconds at the rate the last one filled, up to this. The log rolls to a
     /// new segment when the next record does not fit.
     pub segment_target_bytes: u64,
+    /// Prepare the log's first segment file as soon as it opens, when it has none a
+    /// first append would continue, instead of at its first append (default `false`).
+    /// On: an append made a few milliseconds after the open does not wait for the
+    /// file (zero-writing `segment_min_bytes`, syncing it and its directories: about
+    /// 2 ms on the machine measured), at the cost of that file for a log opened and
+    /// never written (kept `.ready` for the next session), and of the zero-writes of
+    /// every log opened at once landing together.
+    pub preallocate_segments: bool,
     /// Largest segment file: a record too large for a target-sized segment gets a
     /// segment of its own up to this size; larger records are refused (default 256 MiB).
     pub segment_max_bytes: u64,
@@ -249,6 +257,7 @@ impl Default for AofConfig {
             segment_min_bytes: MIB,
             segment_target_bytes: 16 * MIB,
             segment_max_bytes: 256 * MIB,
+            preallocate_segments: false,
             flush: FlushConfig::default(),
             compression: Compression::None,
             compression_level: DEFAULT_COMPRESSION_LEVEL,

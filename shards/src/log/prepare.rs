@@ -119,6 +119,10 @@ impl LogCore {
         } else if self.prepared.is_empty() && !self.closing && self.active_is_filling() {
             // Keep one file ready beyond those in use, once the active one fills.
             next = Some((self.next_segment, self.seg_size));
+        } else if self.cfg.preallocate_segments && self.awaits_first_file() {
+            // No segment to append to and no file for one (a new log): prepared from
+            // the open, the first append does not wait the ~2 ms it takes.
+            next = Some((self.next_segment, self.seg_size));
         }
         if self.prep.is_none() && !self.removal_lags() {
             if let Some((id, size)) = next {
@@ -151,6 +155,17 @@ impl LogCore {
             self.prep = Some(p);
         }
         Some(self.prep_step(p))
+    }
+
+    /// True while the log has no segment to append to, no file prepared or being
+    /// adopted for one, and no sealed segment a first append would continue: its
+    /// first append would wait for a file.
+    fn awaits_first_file(&self) -> bool {
+        self.segs.is_empty()
+            && self.prepared.is_empty()
+            && self.adopt.is_empty()
+            && self.cont.is_none()
+            && !self.closing
     }
 
     /// Where preparation `p`'s file is until it is renamed into place.

@@ -43,6 +43,29 @@ fn nothing_is_prepared_at_open_and_the_first_append_gets_a_min_size_file() {
     assert!(!fake.ops.iter().any(|o| o.starts_with("Create(1)")));
 }
 
+#[test]
+fn with_preallocate_segments_the_first_file_is_prepared_at_open() {
+    let (mut c, _) = timed_core(cfg(|c| {
+        c.segment_min_bytes = 64 * KIB;
+        c.segment_target_bytes = 512 * KIB;
+        c.preallocate_segments = true;
+    }));
+    let mut fake = Fake::default();
+    fake.drain(&mut c, 0);
+    assert!(c.has_prepared_segment(), "nothing prepared: {:?}", fake.ops);
+    assert_eq!(fake.files[&0].len() as u64, 64 * KIB);
+    // The first append enters it at once: no WouldBlock, no I/O before it.
+    let ops_before = fake.ops.len();
+    let a = c.append(&[1u8; 100]).expect("the file is ready");
+    assert_eq!(a.rid.segment_index(), 0);
+    assert_eq!(fake.ops.len(), ops_before);
+    c.request_flush_all();
+    fake.drain(&mut c, 0);
+    assert!(tests::is_durable(&c, a.rid));
+    // Only the first file: nothing further is prepared ahead for one small record.
+    assert!(c.prepared.is_empty(), "{:?}", c.prepared);
+}
+
 /// Sizes of the first `n` segments of a log of 64 KiB..512 KiB segments appending 8 KiB
 /// records, the clock moving `step` ns per record.
 fn sizes(n: usize, step: u64) -> Vec<u64> {

@@ -80,6 +80,7 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let per_slice = 256;
     let mut lr = LatencyRounds::new();
     let (mut first_ours, mut first_base) = (Vec::new(), Vec::new());
+    let (mut pre_ours, mut pre_base) = (Vec::new(), Vec::new());
     for i in 0..logs {
         // Its first record: open, append, flush_until, against the raw minimum for a
         // durable first record in a new place (alternating who goes first).
@@ -99,6 +100,23 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             first_base.push(raw_first_record(&ctx.root.join(format!("w2-first-{i}")))?);
             log_first()?
         };
+        // With `preallocate_segments`, appended 10 ms after the open (a service opens its
+        // log at start-up and writes later): against one raw pwrite + fdatasync.
+        {
+            let pre = ctx.open_with(|c| c.preallocate_segments = true)?;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let t = Instant::now();
+            let r = pre.append_record(&[0x42u8; 4096])?;
+            pre.flush_until(r)?;
+            pre_ours.push(t.elapsed().as_secs_f64() * 1e6);
+            pre.close()?;
+            let f = ctx.baseline_file("w2-pre-baseline", 1 << 20)?;
+            let block = AlignedBlock::new(4096);
+            let t = Instant::now();
+            f.file.write_all_at(block.bytes(), 0)?;
+            fdatasync(&f.file)?;
+            pre_base.push(t.elapsed().as_secs_f64() * 1e6);
+        }
         let f = ctx.baseline_file("w2-new-baseline", 64 << 20)?;
         warm_up(&aof, &f, 200)?;
         let mut off = 200 * 4096;
@@ -116,6 +134,14 @@ fn w2_new(ctx: &Ctx) -> BenchResult<Vec<Row>> {
         false,
         "mkdir, create, 4 KiB O_DIRECT pwrite + fdatasync, fsync both directories",
     )];
+    rows.push(rounds_row(
+        "W2 the same, preallocate_segments, 10 ms after open: append + flush_until",
+        "time",
+        "us",
+        (&pre_ours, &pre_base),
+        false,
+        "4 KiB O_DIRECT pwrite + fdatasync, pre-written file",
+    ));
     rows.extend(lr.rows(
         "W2 a new log's first 64 MiB (after 200 records)",
         &P50_P99_P999,
