@@ -466,3 +466,38 @@ fn a_preallocated_first_file_takes_the_first_append_without_waiting() {
         .count();
     assert_eq!(files, 1, "one segment file");
 }
+
+/// `preallocate_segments`, a log closed at once after each open (its first file's
+/// preparation cut short at any step): no file piles up, the ids stay dense and the
+/// log takes records after.
+#[test]
+fn opening_and_closing_at_once_with_preallocate_segments_piles_up_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager();
+    let mut cfg = bop_rs::aof2::config::AofConfig::default();
+    cfg.root_dir = dir.path().join("log");
+    cfg.segment_min_bytes = 64 * 1024;
+    cfg.preallocate_segments = true;
+    for i in 0..30 {
+        let aof = open(&m, cfg.clone());
+        if i % 3 == 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        aof.close().unwrap();
+    }
+    let aof = open(&m, cfg.clone());
+    let rid = aof.append_record(b"after").unwrap();
+    aof.flush_until(rid).unwrap();
+    assert_eq!(read_back(&aof, rid), b"after");
+    assert_eq!(
+        rid.segment_index(),
+        0,
+        "ids stay dense across sessions that appended nothing: {rid}"
+    );
+    aof.close().unwrap();
+    let files: Vec<_> = std::fs::read_dir(cfg.root_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["00000000000000000000.seg"], "files piled up");
+}
