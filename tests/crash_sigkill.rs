@@ -11,7 +11,8 @@
 //! is killed: whatever a durable release let go never comes back, everything
 //! acknowledged after it does. Two rounds in three compress sealed segments in the
 //! background (`Compression::Zstd`), so kills land in swaps too; the walk of the files
-//! inflates compressed segments and checks them as raw ones.
+//! inflates compressed segments and checks them as raw ones. Every fifth round opens
+//! with `preallocate_segments` (each session's first file prepared from the open).
 //!
 //! `AOF2_CRASH_ROUNDS=N` sets the number of kills (default 12).
 
@@ -84,6 +85,8 @@ fn child_writer() {
     if in_task(round) {
         cfg.shard = Some(0);
     }
+    // Every fifth round prepares each session's first file from the open.
+    cfg.preallocate_segments = round % 5 == 4;
     let aof = std::sync::Arc::new(open(&m, cfg));
     if in_task(round) {
         // Appends and waits from a task on the log's own shard (the zero-hop path);
