@@ -160,10 +160,13 @@ impl Upload {
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(format!("create {}: {e}", dir.display())),
                     }
-                    let root = dir.parent().expect("the log's directory");
-                    fs.fsync_dir(root)
-                        .map_err(|e| format!("fsync directory {}: {e}", root.display()))?;
                 }
+                // Even when the directory exists: an earlier attempt may have made it and
+                // then failed to sync its entry, and a stub in a directory a power loss
+                // takes away proves nothing (the local copy would go on its word).
+                let root = dir.parent().expect("the log's directory");
+                fs.fsync_dir(root)
+                    .map_err(|e| format!("fsync directory {}: {e}", root.display()))?;
                 self.next = Step::Create;
             }
             Step::Create => {
