@@ -7,7 +7,7 @@
 use super::files::LogFiles;
 use super::{Completed, Executor, Host};
 use crate::error::copy_io_error;
-use crate::fs::write_all_at;
+use crate::fs::{write_all_at, write_all_dsync_at};
 use crate::log::ops::{Chain, IoData, OpKind};
 use std::io;
 use std::sync::Arc;
@@ -97,15 +97,7 @@ fn run_chain_fusing(
 fn write_dsync(files: &LogFiles, seg: u64, offset: u64, data: &[IoData]) -> io::Result<()> {
     let file = files.file(seg)?;
     let slices: Vec<&[u8]> = data.iter().map(|d| d.bytes()).collect();
-    let want: usize = slices.iter().map(|s| s.len()).sum();
-    let n = file.pwritev_dsync(offset, &slices)?;
-    if n != want {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("short write: {n} of {want} bytes at offset {offset}"),
-        ));
-    }
-    Ok(())
+    write_all_dsync_at(&*file, offset, &slices)
 }
 
 /// The blocking executor.

@@ -157,8 +157,18 @@ pub fn read_exact_at(f: &dyn FsFile, mut off: u64, mut buf: &mut [u8]) -> io::Re
 /// Writes all of `bufs` at `off`. A short write is an error: on a log's write path it
 /// poisons the log rather than being retried as if the first part were safe.
 pub fn write_all_at(f: &dyn FsFile, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+    all_written(f.pwritev(off, bufs)?, bufs, off)
+}
+
+/// [`write_all_at`] as one `RWF_DSYNC` write ([`FsFile::pwritev_dsync`]): when it
+/// returns, these bytes are durable.
+pub fn write_all_dsync_at(f: &dyn FsFile, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+    all_written(f.pwritev_dsync(off, bufs)?, bufs, off)
+}
+
+/// `Ok` if a write of `bufs` at `off` wrote all `n` bytes of them.
+fn all_written(n: usize, bufs: &[&[u8]], off: u64) -> io::Result<()> {
     let want: usize = bufs.iter().map(|b| b.len()).sum();
-    let n = f.pwritev(off, bufs)?;
     if n != want {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
