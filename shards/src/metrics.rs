@@ -65,6 +65,10 @@ pub struct FlushMetricsSnapshot {
     pub spare_bytes: u64,
     /// Times the log went idle and gave its buffers back.
     pub idle_buffer_releases: u64,
+    /// Log buffers allocated from the heap, neither reused from the log's own spares
+    /// nor taken from the shard's (each costs page faults as it first fills); a busy
+    /// log in steady state allocates none.
+    pub buffers_allocated: u64,
     /// 1 when the log's segment files are written with O_DIRECT; 0 when through the
     /// page cache (a file system that refuses O_DIRECT or our 4 KiB alignment, such as
     /// tmpfs), which `fdatasync` makes just as durable.

@@ -56,6 +56,7 @@ impl FlushMetricsExporter {
             ("aof_segments_continued_total", s.segments_continued),
             ("aof_spare_bytes", s.spare_bytes),
             ("aof_idle_buffer_releases_total", s.idle_buffer_releases),
+            ("aof_buffers_allocated_total", s.buffers_allocated),
             ("aof_segments_compressed_total", s.segments_compressed),
             ("aof_compression_raw_bytes_total", s.compression_raw_bytes),
             ("aof_compression_disk_bytes_total", s.compression_disk_bytes),

@@ -76,6 +76,7 @@ fn help(name: &str) -> &'static str {
         }
         "aof_spare_bytes" => "Bytes of released files kept for reuse.",
         "aof_idle_buffer_releases_total" => "Times an idle log gave its buffers back.",
+        "aof_buffers_allocated_total" => "Log buffers allocated from the heap.",
         "aof_segments_compressed_total" => "Segments swapped for a zstd file.",
         "aof_compression_raw_bytes_total" => "Raw bytes of the segments compressed.",
         "aof_compression_disk_bytes_total" => "Bytes of the compressed files written.",

@@ -303,7 +303,12 @@ impl LogCore {
         );
         let first_new_buffer = s.bufs_end;
         while s.bufs_end < end {
-            let buf = take_buffer(&mut self.pool, self.arena.as_ref(), s.buf_size);
+            let buf = take_buffer(
+                &mut self.pool,
+                self.arena.as_ref(),
+                s.buf_size,
+                &mut self.metrics.buffers_allocated,
+            );
             s.bufs.push_back((s.bufs_end, Arc::new(buf)));
             s.bufs_end += s.buf_size as u64;
         }

@@ -335,7 +335,12 @@ impl LogCore {
             written_end: 0,
             durable_end: HEADER_LEN as u64,
         };
-        let buf = take_buffer(&mut self.pool, self.arena.as_ref(), s.buf_size);
+        let buf = take_buffer(
+            &mut self.pool,
+            self.arena.as_ref(),
+            s.buf_size,
+            &mut self.metrics.buffers_allocated,
+        );
         self.segs.push_back(s);
         let s = self.segs.back_mut().expect("just pushed");
         s.bufs.push_back((0, Arc::new(buf)));

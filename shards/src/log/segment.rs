@@ -20,19 +20,22 @@ pub const BUF_SIZE: usize = 1 << 20;
 /// Spare buffers a log keeps for reuse (fresh ones cost page faults).
 pub(super) const POOL_BUFFERS: usize = 2;
 
-/// A buffer of `size` bytes from the pool, or a new one. Contents are stale: every byte
-/// written to disk from a buffer is written by an appender first.
+/// A buffer of `size` bytes from the pool, or the arena, or a new one (counted in
+/// `allocated`). Contents are stale: every byte written to disk from a buffer is
+/// written by an appender first.
 pub(super) fn take_buffer(
     pool: &mut Vec<AlignedBuf>,
     arena: Option<&Arc<BufferArena>>,
     size: usize,
+    allocated: &mut u64,
 ) -> AlignedBuf {
-    match pool.iter().position(|b| b.len() == size) {
-        Some(i) => pool.swap_remove(i),
-        None => arena
-            .and_then(|a| a.take(size))
-            .unwrap_or_else(|| AlignedBuf::zeroed(size)),
+    if let Some(i) = pool.iter().position(|b| b.len() == size) {
+        return pool.swap_remove(i);
     }
+    arena.and_then(|a| a.take(size)).unwrap_or_else(|| {
+        *allocated += 1;
+        AlignedBuf::zeroed(size)
+    })
 }
 
 pub(super) const fn block_floor(x: u64) -> u64 {

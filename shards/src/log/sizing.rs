@@ -6,6 +6,7 @@
 
 use super::segment::block_floor;
 use super::{LogCore, BUF_SIZE};
+use crate::buffer::AlignedBuf;
 use crate::format::{BLOCK, FOOTER_REGION, HEADER_LEN};
 
 /// Segments are sized to fill in about this long at the rate the last one filled.
@@ -137,13 +138,31 @@ impl LogCore {
         }
     }
 
-    /// Keeps at most `keep` spare buffers; the rest go to the shard's spares.
+    /// Keeps at most `keep` spare buffers, all of the size the active segment takes;
+    /// the rest go to the shard's spares. Buffer sizes only grow within a session, so a
+    /// spare of another size would sit here for good while every new buffer of the
+    /// grown segments is allocated (and page-faulted) afresh.
     pub(super) fn trim_pool(&mut self, keep: usize) {
+        if let Some(size) = self.segs.back().map(|s| s.buf_size) {
+            let mut i = 0;
+            while i < self.pool.len() {
+                if self.pool[i].len() == size {
+                    i += 1;
+                } else {
+                    let b = self.pool.swap_remove(i);
+                    self.spare_out(b);
+                }
+            }
+        }
         while self.pool.len() > keep {
             let b = self.pool.pop().expect("longer than keep");
-            if let Some(a) = &self.arena {
-                a.keep(b);
-            }
+            self.spare_out(b);
+        }
+    }
+
+    fn spare_out(&self, b: AlignedBuf) {
+        if let Some(a) = &self.arena {
+            a.keep(b);
         }
     }
 

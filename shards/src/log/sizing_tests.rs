@@ -139,3 +139,32 @@ fn an_idle_log_gives_its_buffers_back_and_the_next_append_writes_the_same_bytes(
 fn is_durable_rid(c: &LogCore, rid: RecordId) -> bool {
     rid.as_u64() < c.durable_pos()
 }
+
+#[test]
+fn a_grown_log_reuses_its_buffers_instead_of_allocating_new_ones() {
+    // 64 KiB segments (64 KiB buffers) grow to 512 KiB ones (512 KiB buffers): the
+    // small segments' spare buffers must not keep the grown ones out of the pool.
+    let (mut c, _) = timed_core(small_then_growing());
+    let mut fake = Fake::default();
+    let mut allocated_at = Vec::new();
+    let mut seg = 0;
+    while seg < 10 {
+        let rid = append(&mut c, &mut fake, &[3u8; 8 * KIB as usize]);
+        c.request_flush_all();
+        fake.drain(&mut c, 0);
+        assert!(is_durable_rid(&c, rid));
+        if rid.segment_index() != seg {
+            seg = rid.segment_index();
+            allocated_at.push(c.metrics().buffers_allocated);
+        }
+    }
+    let grown = c.segs.back().unwrap().buf_size;
+    assert_eq!(grown as u64, 512 * KIB);
+    assert!(c.pool.iter().all(|b| b.len() == grown), "stale spares kept");
+    // From the third 512 KiB segment on, every buffer is a reused one.
+    let steady = &allocated_at[4..];
+    assert!(
+        steady.windows(2).all(|w| w[0] == w[1]),
+        "buffers allocated per segment start: {allocated_at:?}"
+    );
+}
