@@ -118,7 +118,7 @@ impl LogCore {
             }
         } else if self.prepared.is_empty() && !self.closing && self.active_is_filling() {
             // Keep one file ready beyond those in use, once the active one fills.
-            next = Some((self.next_segment, self.seg_size));
+            next = Some((self.next_segment, self.ahead_size()));
         } else if self.cfg.preallocate_segments && self.awaits_first_file() {
             // No segment to append to and no file for one (a new log): prepared from
             // the open, the first append does not wait the ~2 ms it takes.

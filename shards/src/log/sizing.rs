@@ -31,6 +31,20 @@ impl LogCore {
         }
     }
 
+    /// Size of the file prepared ahead of the active segment: the grown size, but at
+    /// most twice the active segment's, so its zeros fit in the active segment's
+    /// runway at the paced rate (`zero_pace.rs`: two bytes of zeros per byte made
+    /// durable). A busy new log then ramps 1, 1, 2, 4, 8, 16 MiB, rather than zeroing
+    /// a 16 MiB file in 1 MiB steps while its 1 MiB segment fills, which put a 1 MiB
+    /// cache flush on a dozen commits in a row.
+    pub(super) fn ahead_size(&self) -> u64 {
+        match self.segs.back() {
+            Some(s) => floor_pow2(s.header.file_size.saturating_mul(2))
+                .clamp(self.cfg.segment_min_bytes, self.seg_size),
+            None => self.seg_size,
+        }
+    }
+
     /// A prepared file of `size` bytes takes a record of `frame` bytes.
     pub(super) fn fits(size: u64, frame: u64) -> bool {
         Self::file_bytes_for(frame) <= size

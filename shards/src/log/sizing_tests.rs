@@ -168,3 +168,65 @@ fn a_grown_log_reuses_its_buffers_instead_of_allocating_new_ones() {
         "buffers allocated per segment start: {allocated_at:?}"
     );
 }
+
+#[test]
+fn a_busy_new_log_ramps_by_doubling_with_its_zeros_paced() {
+    // 64 KiB to 1 MiB segments, 4 KiB records committed one by one, 100 us apart: the
+    // rate asks for the target at once, but each file prepared ahead is at most twice
+    // the active segment, so its zeros go in paced pieces (never the 1 MiB steps of a
+    // file falling behind) and no append waits for a file after the first.
+    let (mut c, time) = timed_core(cfg(|c| {
+        c.segment_min_bytes = 64 * KIB;
+        c.segment_target_bytes = 1024 * KIB;
+    }));
+    let mut fake = Fake::default();
+    let mut sizes = Vec::new();
+    let mut waits = 0;
+    while sizes.len() < 8 {
+        let now = time.load(Ordering::Relaxed);
+        let rid = loop {
+            match c.append(&[4u8; 4000]) {
+                Ok(a) => break a.rid,
+                Err(AofError::WouldBlock(crate::error::WouldBlockKind::Rollover)) => {
+                    waits += 1;
+                    fake.drain(&mut c, now);
+                }
+                Err(e) => panic!("append failed: {e}"),
+            }
+        };
+        if sizes.len() as u64 <= u64::from(rid.segment_index()) {
+            sizes.push(c.segs.back().unwrap().header.file_size / KIB);
+        }
+        c.request_flush_all();
+        fake.drain(&mut c, now);
+        time.fetch_add(100_000, Ordering::Relaxed);
+    }
+    assert_eq!(sizes, [64, 64, 128, 256, 512, 1024, 1024, 1024], "KiB");
+    assert_eq!(waits, 1, "only the first append waits for its file");
+    // Zero pieces: writes into a file between its Create and its Rename into place.
+    let mut preparing = std::collections::BTreeSet::new();
+    let mut largest = 0;
+    for op in &fake.ops {
+        if let Some(id) = op.strip_prefix("Create(") {
+            preparing.insert(id.trim_end_matches(')').to_string());
+        } else if let Some(rest) = op.strip_prefix("Write(") {
+            let (id, n) = rest.split_once(' ').unwrap();
+            if preparing.contains(id) {
+                let n: u64 = n
+                    .rsplit_once('+')
+                    .unwrap()
+                    .1
+                    .trim_end_matches(')')
+                    .parse()
+                    .unwrap();
+                largest = largest.max(n);
+            }
+        } else if op.starts_with("Rename(") {
+            preparing.retain(|id| !op.contains(&format!("{:020}.seg", id.parse::<u64>().unwrap())));
+        }
+    }
+    assert!(
+        largest > 0 && largest < 256 * KIB,
+        "largest zero piece {largest} bytes"
+    );
+}

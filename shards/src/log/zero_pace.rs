@@ -13,8 +13,8 @@
 //! bite. When the log has not synced for 20 ms, the zeros trickle in (64 KiB a
 //! millisecond), so an idle log's preparation never floods the disk under other logs
 //! and processes; when an append waits for the file, or zeroing falls behind (more
-//! left to zero than twice the room left in the active segment), they go in 1 MiB
-//! steps.
+//! left to zero than the commits filling the room left in the active segment would
+//! earn), they go in 1 MiB steps.
 
 use super::LogCore;
 use crate::buffer::PREP_CHUNK;
@@ -50,6 +50,8 @@ pub(super) struct ZeroPace {
     wake_at: u64,
     /// When the next trickled piece may go (monotonic ns).
     trickle_at: u64,
+    /// Bytes the last data sync made durable (0 before the first).
+    last_gained: u64,
 }
 
 impl LogCore {
@@ -62,6 +64,7 @@ impl LogCore {
         let earned = (ZERO_PIECE + 2 * gained).min(PREP_CHUNK as u64);
         z.credit = (z.credit + earned).min(earned * 2);
         z.last_sync = Some(now);
+        z.last_gained = gained;
     }
 
     /// How many bytes of zeros to write now into a file with `left` bytes still to
@@ -95,15 +98,22 @@ impl LogCore {
         Some(step.min(full).min(left))
     }
 
-    /// More is left to zero than twice the room left in the active segment: the file
-    /// may not be ready when the segment fills at the rate credit is earned.
+    /// More is left to zero than the commits filling the room left in the active
+    /// segment would earn, at the size of the last one (twice the room before the
+    /// first): the file may not be ready when the segment fills.
     fn zeroing_behind(&self, left: u64) -> bool {
         let runway = self
             .segs
             .back()
             .filter(|s| !s.rolled)
             .map_or(0, |s| s.capacity.saturating_sub(s.appended_end));
-        left > 2 * runway
+        let g = self.zero_pace.last_gained;
+        let earns = if g == 0 {
+            2 * runway
+        } else {
+            runway / g * (ZERO_PIECE + 2 * g).min(PREP_CHUNK as u64)
+        };
+        left > earns
     }
 
     /// A zero piece waits for credit, and a commit has just earned it: the host that
