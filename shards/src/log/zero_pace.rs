@@ -108,11 +108,9 @@ impl LogCore {
             .filter(|s| !s.rolled)
             .map_or(0, |s| s.capacity.saturating_sub(s.appended_end));
         let g = self.zero_pace.last_gained;
-        let earns = if g == 0 {
-            2 * runway
-        } else {
-            runway / g * (ZERO_PIECE + 2 * g).min(PREP_CHUNK as u64)
-        };
+        let earns = runway.checked_div(g).map_or(2 * runway, |commits| {
+            commits * (ZERO_PIECE + 2 * g).min(PREP_CHUNK as u64)
+        });
         left > earns
     }
 
