@@ -70,6 +70,38 @@ fn a_committing_log_zero_writes_its_next_file_in_small_pieces_and_never_waits() 
     assert!(c.metrics().segments_prepared >= 4);
 }
 
+/// A busy log's next file is zeroed spread over the whole active segment (with a
+/// margin), not crowded into its first commits: it is ready only past 40% of the
+/// segment, yet before it fills.
+#[test]
+fn a_busy_logs_zeros_spread_over_the_segment_filling_up() {
+    let (mut c, time) = timed_core(cfg(|c| {
+        c.segment_min_bytes = 1 << 20;
+        c.segment_target_bytes = 1 << 20;
+    }));
+    let mut fake = Fake::default();
+    let mut ready_at = std::collections::BTreeMap::new();
+    for _ in 0..1500u64 {
+        let rid = super::tests::append(&mut c, &mut fake, &[9u8; 4096]);
+        c.request_flush(rid.as_u64() + 1);
+        fake.drain(&mut c, time.load(Ordering::Relaxed));
+        time.fetch_add(100_000, Ordering::Relaxed);
+        let s = c.segs.back().unwrap();
+        if rid.segment_index() >= 2 && c.has_prepared_segment() {
+            ready_at
+                .entry(rid.segment_index())
+                .or_insert(s.appended_end as f64 / s.capacity as f64);
+        }
+    }
+    assert!(ready_at.len() >= 3, "{ready_at:?}");
+    for (seg, at) in &ready_at {
+        assert!(
+            (0.4..0.95).contains(at),
+            "segment {seg}: its next file was ready at {at:.2} of it"
+        );
+    }
+}
+
 /// A log that stops committing: the zeros trickle in, 64 KiB a millisecond (the shard
 /// is given a deadline for each), never a burst.
 #[test]
