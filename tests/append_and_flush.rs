@@ -501,3 +501,37 @@ fn opening_and_closing_at_once_with_preallocate_segments_piles_up_nothing() {
         .collect();
     assert_eq!(files, ["00000000000000000000.seg"], "files piled up");
 }
+
+/// A busy log with the default sizes, on a manager with no registered arena (memory
+/// the portable backend and a shard whose arena other logs hold run without): its
+/// buffers grow with its segments (64 KiB to 1 MiB) and then come back from its own
+/// spares, so appending 20 MiB more allocates none.
+#[test]
+fn a_grown_log_reuses_its_buffers_without_an_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mc = bop_rs::aof2::AofManagerConfig::default();
+    mc.registered_buffer_bytes = 0;
+    let m = bop_rs::aof2::AofManager::with_config(mc).unwrap();
+    let mut cfg = bop_rs::aof2::config::AofConfig::default();
+    cfg.root_dir = dir.path().join("log");
+    let aof = open(&m, cfg);
+    let rec = vec![7u8; 4096];
+    let append_mib = |mib: u64| {
+        for i in 0..mib * 256 {
+            let rid = aof.append_record(&rec).unwrap();
+            if i % 16 == 15 {
+                aof.flush_until(rid).unwrap();
+            }
+        }
+        aof.flush().unwrap();
+    };
+    // 1 + 1 + 2 + 4 + 8 MiB segments, then into the first 16 MiB one.
+    append_mib(24);
+    let grown = aof.flush_metrics().buffers_allocated;
+    append_mib(20);
+    assert_eq!(
+        aof.flush_metrics().buffers_allocated,
+        grown,
+        "a grown log allocated buffers again"
+    );
+}
