@@ -210,13 +210,19 @@ fn blocking_calls_in_a_task_are_refused_not_deadlocked() {
 
 /// A task on the log's own shard appends and waits for each record: no eventfd write
 /// (but the spawn's), no wake-up from another thread, and (on io_uring) at most 1.2
-/// `io_uring_enter` per commit once the log's next segment is prepared (while a new
-/// log zero-fills its next file in pieces, each piece's completion is a wake-up too).
+/// `io_uring_enter` per commit while no file is being zero-filled (a busy log
+/// zero-fills its next file in pieces spread over most of each segment, and each
+/// piece's completion is a wake-up too). So the log starts with a 16 MiB segment: its
+/// next file is prepared only once that is a quarter full, after the window measured.
 #[test]
 fn a_task_on_its_logs_shard_commits_with_no_hop() {
     let m = two_shards();
     let dir = tempfile::tempdir().unwrap();
-    let log = placed(&m, dir.path(), 0);
+    let mut c = AofConfig::default();
+    c.root_dir = dir.path().to_path_buf();
+    c.shard = Some(0);
+    c.segment_min_bytes = 16 << 20;
+    let log = Arc::new(open(&m, c));
     // Appends and awaits `n` records of 4 KiB in one task; their ids.
     let run = |n: u32| {
         let l = log.clone();
