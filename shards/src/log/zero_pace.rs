@@ -126,23 +126,23 @@ impl LogCore {
         let super::prepare::PrepStep::Zero(off) = p.step else {
             return None;
         };
-        let runway = self
-            .segs
+        Some((p.size - off, self.runway()))
+    }
+
+    /// Room left in the active segment (0 once it rolled): what the next file's zeros
+    /// are paced over.
+    fn runway(&self) -> u64 {
+        self.segs
             .back()
             .filter(|s| !s.rolled)
-            .map_or(0, |s| s.capacity.saturating_sub(s.appended_end));
-        Some((p.size - off, runway))
+            .map_or(0, |s| s.capacity.saturating_sub(s.appended_end))
     }
 
     /// More is left to zero than the commits filling the room left in the active
     /// segment would earn, at the size of the last one (twice the room before the
     /// first): the file may not be ready when the segment fills.
     fn zeroing_behind(&self, left: u64) -> bool {
-        let runway = self
-            .segs
-            .back()
-            .filter(|s| !s.rolled)
-            .map_or(0, |s| s.capacity.saturating_sub(s.appended_end));
+        let runway = self.runway();
         let g = self.zero_pace.last_gained;
         let earns = runway.checked_div(g).map_or(2 * runway, |commits| {
             commits * (ZERO_PIECE + 2 * g).min(PREP_CHUNK as u64)
