@@ -357,7 +357,11 @@ fn child_durable_writes() {
     let Ok(dir) = std::env::var("AOF2_CHILD_STRACE_DIR") else {
         return;
     };
-    let m = manager();
+    let mut mcfg = AofManagerConfig::default();
+    if let Ok(us) = std::env::var("AOF2_CHILD_POLL_US") {
+        mcfg.completion_poll_us = us.parse().unwrap();
+    }
+    let m = AofManager::with_config(mcfg).unwrap();
     let aof = Arc::new(open(&m, small_cfg(Path::new(&dir))));
     let go = Path::new(&dir).with_extension("go");
     println!("READY");
@@ -366,8 +370,8 @@ fn child_durable_writes() {
     while !go.exists() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Callers committing on their own rings (several threads), and the shard's work:
-    // batches, rolls, seals, preparation.
+    // Callers committing (several threads: on their own rings with polling, else with
+    // system calls), and the shard's work: batches, rolls, seals, preparation.
     let writers: Vec<_> = (0..3u64)
         .map(|t| {
             let aof = aof.clone();
@@ -399,11 +403,49 @@ fn strace_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// With polling on, callers commit on rings of their own: every write and sync of the
+/// process goes through io_uring.
 #[test]
 fn the_io_uring_write_path_makes_no_pwrite_fdatasync_or_fsync_calls() {
     let test = "the_io_uring_write_path_makes_no_pwrite_fdatasync_or_fsync_calls";
-    if !uring_available(test) {
+    let Some(calls) = strace_durable_writes(test, Some(20)) else {
         return;
+    };
+    for banned in [
+        "pwrite64",
+        "pwritev",
+        "pwritev2",
+        "fdatasync",
+        "fsync",
+        "sync_file_range",
+    ] {
+        assert_eq!(calls(banned), 0, "{banned} called on the io_uring path");
+    }
+    assert!(calls("io_uring_enter") > 0, "the rings did the I/O");
+}
+
+/// By default a committing caller makes its own `pwritev2(RWF_DSYNC)` calls (no ring
+/// of its own), while the shards' I/O (preparation, seals, rolls) stays on io_uring.
+#[test]
+fn by_default_callers_commit_with_pwritev2_and_the_shards_with_io_uring() {
+    let test = "by_default_callers_commit_with_pwritev2_and_the_shards_with_io_uring";
+    let Some(calls) = strace_durable_writes(test, None) else {
+        return;
+    };
+    assert!(calls("pwritev2") > 0, "callers made their own write calls");
+    assert_eq!(calls("pwrite64"), 0, "no plain pwrite");
+    assert!(
+        calls("io_uring_enter") > 0,
+        "the shards' rings did their I/O"
+    );
+}
+
+/// Runs `child_durable_writes` on io_uring (callers polling for `poll_us` if given)
+/// under `strace -f -c`; returns a lookup of system call counts, or `None` where
+/// io_uring or strace is missing (and not required).
+fn strace_durable_writes(test: &str, poll_us: Option<u32>) -> Option<impl Fn(&str) -> u64> {
+    if !uring_available(test) {
+        return None;
     }
     if !strace_available() {
         assert!(
@@ -411,18 +453,20 @@ fn the_io_uring_write_path_makes_no_pwrite_fdatasync_or_fsync_calls() {
             "{test}: strace is required here (apt-get install strace)"
         );
         eprintln!("{test}: strace not installed; nothing to check");
-        return;
+        return None;
     }
     use std::io::{BufRead, BufReader};
     let d = tempfile::tempdir().unwrap();
     let summary = d.path().join("strace.txt");
     let log_dir = d.path().join("log");
-    let mut writer = child("child_durable_writes")
-        .env("AOF2_CHILD_STRACE_DIR", &log_dir)
+    let mut cmd = child("child_durable_writes");
+    cmd.env("AOF2_CHILD_STRACE_DIR", &log_dir)
         .env("AOF2_BACKEND", "uring")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::piped());
+    if let Some(us) = poll_us {
+        cmd.env("AOF2_CHILD_POLL_US", us.to_string());
+    }
+    let mut writer = cmd.spawn().unwrap();
     let mut out = BufReader::new(writer.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("READY") {
@@ -460,7 +504,8 @@ fn the_io_uring_write_path_makes_no_pwrite_fdatasync_or_fsync_calls() {
     );
     assert!(strace.wait().unwrap().success());
     let table = std::fs::read_to_string(&summary).unwrap();
-    let calls = |name: &str| -> u64 {
+    println!("{test}:\n{table}");
+    Some(move |name: &str| -> u64 {
         table
             .lines()
             .find(|l| l.split_whitespace().last() == Some(name))
@@ -470,25 +515,7 @@ fn the_io_uring_write_path_makes_no_pwrite_fdatasync_or_fsync_calls() {
                 f.get(3).and_then(|c| c.parse().ok())
             })
             .unwrap_or(0)
-    };
-    for banned in [
-        "pwrite64",
-        "pwritev",
-        "pwritev2",
-        "fdatasync",
-        "fsync",
-        "sync_file_range",
-    ] {
-        assert_eq!(
-            calls(banned),
-            0,
-            "{banned} called on the io_uring path:\n{table}"
-        );
-    }
-    assert!(
-        calls("io_uring_enter") > 0,
-        "the rings did the I/O:\n{table}"
-    );
+    })
 }
 
 /// CPU time (ns) and voluntary context switches of this process's shard threads.

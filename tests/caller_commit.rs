@@ -5,7 +5,9 @@
 //! - A caller's failed sync poisons the log for every waiter, not only the caller.
 //! - Many waiters share each sync: with 64 threads appending and waiting, syncs are
 //!   far fewer than records.
-//! - Threads past the bound on caller rings commit through the shard, never an error.
+//! - By default a caller commits with system calls of its own and gets no ring; with
+//!   polling on, it commits on a ring of its own, and threads past the bound on caller
+//!   rings commit through the shard, never an error.
 
 mod common;
 
@@ -97,12 +99,23 @@ fn a_callers_failed_sync_poisons_the_log_for_every_waiter() {
 }
 
 /// 64 threads appending and waiting share each sync; a sync wakes the waiters it
-/// releases and one more (the next leader), not all of them; a committer's ring makes
-/// one `io_uring_enter` per commit (submit and wait in one call).
+/// releases and one more (the next leader), not all of them; with polling on, the
+/// committers' own rings run the commits.
 #[test]
 fn many_waiters_share_each_sync_and_wake_only_whom_it_concerns() {
+    many_waiters_share_each_sync(AofManagerConfig::default());
+}
+
+#[test]
+fn many_waiters_committing_on_polled_rings_share_each_sync() {
+    let mut mcfg = AofManagerConfig::default();
+    mcfg.completion_poll_us = 20;
+    many_waiters_share_each_sync(mcfg);
+}
+
+fn many_waiters_share_each_sync(mcfg: AofManagerConfig) {
     init_log();
-    let set = Arc::new(ShardSet::start(&AofManagerConfig::default()).unwrap());
+    let set = Arc::new(ShardSet::start(&mcfg).unwrap());
     let d = tempfile::tempdir().unwrap();
     let mut c = caller_cfg(d.path());
     c.segment_target_bytes = 16 << 20;
@@ -158,13 +171,40 @@ fn many_waiters_share_each_sync_and_wake_only_whom_it_concerns() {
         m.spurious_wakeups,
         m.syncs
     );
+    // With polling, callers commit on their own rings (and enter them more than once
+    // per commit while they poll).
     if let Some(enters) = enters {
         assert!(
-            enters <= 2 * m.caller_commits,
+            enters >= m.caller_commits && m.caller_commits > 0,
             "{enters} io_uring_enter calls for {} caller commits",
             m.caller_commits
         );
     }
+}
+
+/// The default: a committing caller makes its own system calls and no thread gets a
+/// ring (an `RWF_DSYNC` write on a ring of its own would wait for a kernel worker).
+#[test]
+fn a_caller_commits_with_its_own_system_calls_by_default() {
+    init_log();
+    let set = Arc::new(ShardSet::start(&AofManagerConfig::default()).unwrap());
+    let d = tempfile::tempdir().unwrap();
+    let log = LogHandle::open(&set, caller_cfg(d.path())).unwrap();
+    for i in 0..20 {
+        let rid = log.append(&payload(1, i)).unwrap();
+        log.flush_until(rid).unwrap();
+    }
+    let m = log.metrics();
+    assert!(
+        m.caller_commits >= 10,
+        "{} of 20 commits ran on the caller",
+        m.caller_commits
+    );
+    assert!(
+        set.caller_rings().is_none(),
+        "no caller ring without polling"
+    );
+    assert_eq!(m.backlog_bytes, 0, "everything is durable");
 }
 
 #[test]
@@ -172,6 +212,8 @@ fn threads_past_the_bound_on_caller_rings_commit_through_the_shard() {
     init_log();
     let mut mcfg = AofManagerConfig::default();
     mcfg.caller_rings = 2;
+    // Callers take rings only to poll them.
+    mcfg.completion_poll_us = 20;
     let set = match ShardSet::start(&mcfg) {
         Ok(s) => Arc::new(s),
         Err(e) => panic!("{e}"),

@@ -168,8 +168,8 @@ struct Open {
     turns: ShardLoop,
     shared: Arc<LogShared>,
     lock: Option<Box<dyn FsLock>>,
-    /// A caller committing its own appends, on its own executor (its own simulated
-    /// ring on the ring model), interleaved with the shard's turns.
+    /// A caller committing its own appends, on its own executor (`caller_executor`),
+    /// interleaved with the shard's turns.
     caller: Box<dyn Executor>,
     /// The caller's commit in flight: the log's data-chain slot it holds, and what
     /// completed so far.
@@ -467,7 +467,7 @@ impl World {
                 shared: shared.clone(),
             })
             .expect("a new shard takes logs");
-        let caller = self.executor();
+        let caller = self.caller_executor();
         let mut turns = ShardLoop::new(shard.clone(), exec, self.clock());
         // Every other seed turns as a glommio host does: never blocking in the executor.
         turns.set_never_block(self.seed % 2 == 1);
@@ -504,6 +504,20 @@ impl World {
                 Box::new(exec)
             }
         }
+    }
+
+    /// A committing caller's executor: in the ring model, blocking system calls on half
+    /// of the seeds (a caller without polling, the default) and a ring of its own on
+    /// the others (a caller that polls); the blocking model's otherwise.
+    fn caller_executor(&mut self) -> Box<dyn Executor> {
+        if matches!(self.model, Model::Ring) && (self.seed / 2).is_multiple_of(2) {
+            return if self.fuse_into_dirty {
+                Box::new(BlockingExecutor::fusing_into_dirty_files())
+            } else {
+                Box::new(BlockingExecutor::default())
+            };
+        }
+        self.executor()
     }
 
     /// Everything in the recovered segments, checked against what each session appended.

@@ -431,10 +431,12 @@ pub struct AofManagerConfig {
     /// `ShardStats::arena_bytes`), and is charged to `RLIMIT_MEMLOCK` unless the process has
     /// `CAP_IPC_LOCK`; where that refuses it, the ring runs with unregistered buffers.
     pub registered_buffer_bytes: u64,
-    /// At most this many threads get an io_uring ring of their own for committing
-    /// their appends ([`CommitMode::Caller`]); threads past the bound commit through
-    /// the shard (default 64). Each ring is small (8 entries) and goes when its thread
-    /// exits.
+    /// With polling on (`completion_poll_us` above 0) and the shards on io_uring, at
+    /// most this many threads get an io_uring ring of their own for committing their
+    /// appends ([`CommitMode::Caller`]), which they poll; threads past the bound commit
+    /// through the shard (default 64). Each ring is small (8 entries) and goes when its
+    /// thread exits. Without polling a committing caller needs no ring: it makes the
+    /// system calls itself.
     pub caller_rings: usize,
     /// io_uring features the shards must not use even where the kernel has them
     /// (default: none). Each has a plain path (see [`UringFeature`]), so this makes a

@@ -177,7 +177,11 @@ impl ShardSet {
             }
             None => None,
         };
-        let callers = matches!(running.first(), Some(Running::Uring(_)))
+        // A committing caller makes blocking system calls unless it polls: its own ring
+        // hands an `RWF_DSYNC` write to a kernel worker, one wake-up more per commit
+        // (W2 p50 1.13x of the raw loop blocking against 1.20x on the ring, here), so
+        // only a caller that polls gains from one (docs/benchmarks.md).
+        let callers = (matches!(running.first(), Some(Running::Uring(_))) && !poll.is_zero())
             .then(|| CallerRings::new(cfg.caller_rings, &cfg.io_uring_disable, poll));
         let set = ShardSet {
             shards: Mutex::new(shards),
@@ -214,8 +218,8 @@ impl ShardSet {
             .collect()
     }
 
-    /// The caller rings of committing threads (`None` where the shards run the
-    /// portable executor: callers then commit with blocking calls).
+    /// The caller rings of committing threads (`None` without polling or where the
+    /// shards run the portable executor: callers then commit with blocking calls).
     pub fn caller_rings(&self) -> Option<Arc<CallerRings>> {
         self.callers.clone()
     }

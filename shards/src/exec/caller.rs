@@ -2,14 +2,17 @@
 //! for durability and holds its log's data-chain slot runs the commit chain itself,
 //! with no hand-off to the shard and back.
 //!
-//! - Where the shards run io_uring, the caller submits through a small ring of its own
-//!   (8 entries, single issuer, no registered buffers, no wake-up eventfd), created the
-//!   first time the thread commits and dropped when the thread exits. At most
+//! - By default the caller makes the system calls itself (one `pwritev2(RWF_DSYNC)`, or
+//!   `pwritev` and `fdatasync`), on either backend: a blocked thread is woken by the
+//!   disk's completion directly, where an `RWF_DSYNC` write on io_uring runs on a
+//!   kernel worker that must be woken first.
+//! - With polling on (`completion_poll_us`) and the shards on io_uring, the caller
+//!   submits through a small ring of its own instead (8 entries, single issuer, no
+//!   registered buffers, no wake-up eventfd) and polls its completion queue: created
+//!   the first time the thread commits and dropped when the thread exits. At most
 //!   `caller_rings` threads of a manager get one; a thread past the bound, or whose
 //!   ring cannot be set up (memlock before Linux 5.12, a descriptor limit), commits
 //!   through the shard instead: never an error.
-//! - Where the shards run the portable executor, the caller makes the `pwritev` and
-//!   `fdatasync` calls itself.
 
 use super::blocking::run_chain;
 use super::files::LogFiles;

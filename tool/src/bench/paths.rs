@@ -4,17 +4,17 @@
 //! p50 and p99 are divided by the fastest raw path's in that round; the table shows
 //! the medians of those per-round ratios.
 //!
-//! Paths: this engine with the caller committing on its own ring (`RWF_DSYNC`, the
-//! default), on its own ring with a write then an `fsync`, with blocking calls (one
-//! `pwritev2(RWF_DSYNC)`: the portable executor), and with the shard committing; raw
-//! O_DIRECT `pwrite` + `fdatasync`, raw buffered `pwrite` + `fdatasync` and raw
-//! `pwritev2(RWF_DSYNC)` on a pre-written file; okaywal with `--features peers`.
+//! Paths: this engine with the caller committing with blocking calls (one
+//! `pwritev2(RWF_DSYNC)`, the default), on its own ring polling its completion queue
+//! (`completion_poll_us`), and with the shard committing; raw O_DIRECT `pwrite` +
+//! `fdatasync`, raw buffered `pwrite` + `fdatasync` and raw `pwritev2(RWF_DSYNC)` on a
+//! pre-written file; okaywal with `--features peers`.
 
 use super::baseline::*;
 use super::report::*;
 use super::{BenchResult, Ctx};
-use bop_rs::aof2::config::{CommitMode, UringFeature};
-use bop_rs::aof2::{Aof, AofConfig, AofManager, AofManagerConfig, IoBackend};
+use bop_rs::aof2::config::CommitMode;
+use bop_rs::aof2::{Aof, AofConfig, AofManager, AofManagerConfig};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
@@ -48,15 +48,12 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let payload = vec![0x44u8; 4096];
     #[cfg(feature = "peers")]
     let wal = super::peers::Okaywal::open(&ctx.root.join("c1-okaywal"))?;
-    let mut fsync_cfg = AofManagerConfig::default();
-    fsync_cfg.io_uring_disable = vec![UringFeature::DsyncWrite];
-    let fsync_m = AofManager::with_config(fsync_cfg)?;
-    let mut blocking_cfg = AofManagerConfig::default();
-    blocking_cfg.backend = IoBackend::Sync;
-    let blocking_m = AofManager::with_config(blocking_cfg)?;
-    let ring = open(ctx, &ctx.manager, "c1-ring", CommitMode::Caller)?;
-    let ring_fsync = open(ctx, &fsync_m, "c1-ring-fsync", CommitMode::Caller)?;
-    let blocking = open(ctx, &blocking_m, "c1-blocking", CommitMode::Caller)?;
+    // On io_uring a committing caller gets a ring of its own only to poll it.
+    let mut poll_cfg = AofManagerConfig::default();
+    poll_cfg.completion_poll_us = 300;
+    let poll_m = AofManager::with_config(poll_cfg)?;
+    let blocking = open(ctx, &ctx.manager, "c1-blocking", CommitMode::Caller)?;
+    let ring = open(ctx, &poll_m, "c1-ring-poll", CommitMode::Caller)?;
     let shard = open(ctx, &ctx.manager, "c1-shard", CommitMode::Shard)?;
     let f = ctx.baseline_file("c1-baseline", 64 << 20)?;
     let g = ctx.baseline_file("c1-baseline-buffered", 64 << 20)?;
@@ -67,19 +64,14 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     #[cfg_attr(not(feature = "peers"), allow(unused_mut))]
     let mut paths = vec![
         Path {
-            name: "own ring, RWF_DSYNC (default)",
-            raw: false,
-            op: engine(&ring, &payload),
-        },
-        Path {
-            name: "own ring, write then fsync",
-            raw: false,
-            op: engine(&ring_fsync, &payload),
-        },
-        Path {
-            name: "blocking pwritev2(RWF_DSYNC) (portable backend)",
+            name: "caller, blocking pwritev2(RWF_DSYNC) (default)",
             raw: false,
             op: engine(&blocking, &payload),
+        },
+        Path {
+            name: "caller, own ring polling 300 us",
+            raw: false,
+            op: engine(&ring, &payload),
         },
         Path {
             name: "shard commits (CommitMode::Shard)",
