@@ -489,10 +489,7 @@ impl World {
     /// An executor of this world's model (the shard's, or a committing caller's).
     fn executor(&mut self) -> Box<dyn Executor> {
         match self.model {
-            Model::Blocking if self.fuse_into_dirty => {
-                Box::new(BlockingExecutor::fusing_into_dirty_files())
-            }
-            Model::Blocking => Box::new(BlockingExecutor::default()),
+            Model::Blocking => self.blocking_executor(),
             Model::Ring => {
                 let mut ring = SimRing::new(self.fs.clone(), self.rng.next_u64());
                 // Slow syncs: held back ten times as often as they stall the clock.
@@ -511,13 +508,18 @@ impl World {
     /// the others (a caller that polls); the blocking model's otherwise.
     fn caller_executor(&mut self) -> Box<dyn Executor> {
         if matches!(self.model, Model::Ring) && (self.seed / 2).is_multiple_of(2) {
-            return if self.fuse_into_dirty {
-                Box::new(BlockingExecutor::fusing_into_dirty_files())
-            } else {
-                Box::new(BlockingExecutor::default())
-            };
+            return self.blocking_executor();
         }
         self.executor()
+    }
+
+    /// The blocking executor (fusing into dirty files for the negative control).
+    fn blocking_executor(&self) -> Box<dyn Executor> {
+        if self.fuse_into_dirty {
+            Box::new(BlockingExecutor::fusing_into_dirty_files())
+        } else {
+            Box::new(BlockingExecutor::default())
+        }
     }
 
     /// Everything in the recovered segments, checked against what each session appended.
