@@ -4,6 +4,7 @@
 //! committing caller later) reaches the same files; its lock is held only to look a
 //! handle up or change the table, never across I/O.
 
+use super::create_apart::create_apart;
 use crate::fs::{Fs, FsFile, OpenMode};
 use crate::log::ops::OpKind;
 use std::collections::{HashMap, HashSet};
@@ -96,16 +97,11 @@ impl LogFiles {
     /// (write, sync, directory sync), which are the executor's.
     pub fn run_metadata(&self, kind: &OpKind) -> Option<io::Result<()>> {
         Some(match kind {
-            OpKind::Create { seg, path, mode } => self
-                .fs
-                .open(
-                    path,
-                    OpenMode::CreateNew {
-                        direct: self.direct,
-                        mode: *mode,
-                    },
-                )
-                .map(|f| self.opened(*seg, f)),
+            OpKind::Create { seg, path, mode } => {
+                let open: Vec<_> = self.table().files.values().cloned().collect();
+                create_apart(self.fs.as_ref(), path, self.direct, *mode, &open)
+                    .map(|f| self.opened(*seg, f))
+            }
             OpKind::Open { seg, path } => self
                 .fs
                 .open(

@@ -25,6 +25,7 @@
 pub mod blocking;
 pub mod caller;
 pub mod chains;
+pub mod create_apart;
 pub mod files;
 pub mod sim_ring;
 pub mod uring;

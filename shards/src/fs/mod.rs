@@ -104,6 +104,10 @@ pub trait FsFile: Send + Sync {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// The file's inode number, where the file system has one.
+    fn inode(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An exclusive lock on a directory's lock file; dropping it releases the lock.

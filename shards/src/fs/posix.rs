@@ -271,6 +271,11 @@ impl FsFile for SyncFile {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.file.as_raw_fd())
     }
+
+    fn inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.ino())
+    }
 }
 
 /// Set once `pwritev2(RWF_DSYNC)` failed as unsupported: later durable writes are a

@@ -446,6 +446,10 @@ impl FsFile for SimFile {
             Ok(Mapping::Owned(s.inodes[&self.inode].current.clone(), live))
         })
     }
+
+    fn inode(&self) -> Option<u64> {
+        Some(self.inode)
+    }
 }
 
 impl SimFile {

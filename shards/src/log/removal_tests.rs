@@ -165,15 +165,16 @@ fn a_mapped_file_whose_unlink_failed_is_unlinked_on_retry_never_recycled() {
     let firsts = t.seal(2);
     let paths = LogPaths::new(Path::new("/l"));
     let reader = t.c.pin(0);
-    // The next unlink of an existing file (segment 0's) fails.
+    // Segment 0's unlink fails (until the fault is cleared).
     t.set_faults(Faults {
-        fail_unlink_after: Some(0),
+        fail_unlink_of: Some(paths.segment(0)),
         ..Faults::default()
     });
     t.c.request_release(firsts[2]).unwrap();
     t.drain();
     assert!(t.exists(&paths.segment(0)), "its unlink failed");
     assert_eq!(t.c.metrics().removals_failing, 1);
+    t.set_faults(Faults::default());
     t.advance(RELEASE_RETRY_NS);
     t.drain();
     assert!(!t.exists(&paths.segment(0)) && !t.exists(&paths.spare(0)));
