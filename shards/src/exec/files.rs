@@ -25,6 +25,9 @@ pub mod io_mode {
 #[derive(Default)]
 struct Table {
     files: HashMap<u64, Arc<dyn FsFile>>,
+    /// Inode numbers of the open files that have one, read once at open (a `stat` of
+    /// the active file would give its next write a fine-grained timestamp to store).
+    inodes: HashMap<u64, u64>,
     /// Segments with completed writes no sync has covered yet (ring executors fuse a
     /// write and its sync into one `RWF_DSYNC` write only into clean files).
     dirty: HashSet<u64>,
@@ -89,7 +92,12 @@ impl LogFiles {
             io_mode::BUFFERED
         };
         self.mode.store(m, Ordering::Relaxed);
-        self.table().files.insert(seg, f);
+        let ino = f.inode();
+        let mut t = self.table();
+        t.files.insert(seg, f);
+        if let Some(ino) = ino {
+            t.inodes.insert(seg, ino);
+        }
     }
 
     /// Runs a metadata operation (create, open, close, rename, unlink): cheap calls that
@@ -98,7 +106,7 @@ impl LogFiles {
     pub fn run_metadata(&self, kind: &OpKind) -> Option<io::Result<()>> {
         Some(match kind {
             OpKind::Create { seg, path, mode } => {
-                let open: Vec<_> = self.table().files.values().cloned().collect();
+                let open: Vec<u64> = self.table().inodes.values().copied().collect();
                 create_apart(self.fs.as_ref(), path, self.direct, *mode, &open)
                     .map(|f| self.opened(*seg, f))
             }
@@ -114,6 +122,7 @@ impl LogFiles {
             OpKind::Close { seg } => {
                 let mut t = self.table();
                 t.files.remove(seg);
+                t.inodes.remove(seg);
                 t.dirty.remove(seg);
                 Ok(())
             }
@@ -144,6 +153,7 @@ impl LogFiles {
     pub fn close_all(&self) {
         let mut t = self.table();
         t.files.clear();
+        t.inodes.clear();
         t.dirty.clear();
     }
 }
