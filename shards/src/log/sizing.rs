@@ -33,9 +33,9 @@ impl LogCore {
 
     /// Size of the file prepared ahead of the active segment: the grown size, but at
     /// most twice the active segment's, so its zeros fit in the active segment's
-    /// runway in paced pieces (`zero_pace.rs`). A busy new log then ramps 1, 1, 2, 4, 8, 16 MiB, rather than zeroing
-    /// a 16 MiB file in 1 MiB steps while its 1 MiB segment fills, which put a 1 MiB
-    /// cache flush on a dozen commits in a row.
+    /// runway in paced pieces (`zero_pace.rs`). A busy new log then ramps 1, 1, 2, 4,
+    /// 8, 16 MiB, rather than zeroing a 16 MiB file in 1 MiB steps while its 1 MiB
+    /// segment fills, which put a 1 MiB cache flush on a dozen commits in a row.
     pub(super) fn ahead_size(&self) -> u64 {
         match self.segs.back() {
             Some(s) => floor_pow2(s.header.file_size.saturating_mul(2))
