@@ -104,18 +104,28 @@ mod tests {
         assert!(!recreate(None, None, &taken, 0));
     }
 
-    #[test]
-    fn the_new_file_lands_outside_the_open_files_blocks_and_leaves_nothing_behind() {
+    /// A simulated disk with `/d/a` created: the disk and `a`'s inode.
+    fn disk_with_active_file() -> (SimFs, u64) {
         let fs = SimFs::new(7);
         fs.mkdir(Path::new("/d"), 0o700).unwrap();
         let active = create_apart(&fs, Path::new("/d/a"), false, 0o600, &[]).unwrap();
         let a = active.inode().unwrap();
+        (fs, a)
+    }
+
+    fn names_in_d(fs: &SimFs) -> Vec<std::ffi::OsString> {
+        let mut names = fs.list_dir(Path::new("/d")).unwrap();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_new_file_lands_outside_the_open_files_blocks_and_leaves_nothing_behind() {
+        let (fs, a) = disk_with_active_file();
         let next = create_apart(&fs, Path::new("/d/b"), false, 0o600, &[a]).unwrap();
         let b = next.inode().unwrap();
         assert_ne!(table_block(a), table_block(b), "inodes {a} and {b}");
-        let mut names = fs.list_dir(Path::new("/d")).unwrap();
-        names.sort();
-        assert_eq!(names, ["a", "b"]);
+        assert_eq!(names_in_d(&fs), ["a", "b"]);
         // Written, synced and read back like any file.
         next.pwritev(0, &[b"zeros"]).unwrap();
         next.fdatasync().unwrap();
@@ -126,18 +136,13 @@ mod tests {
 
     #[test]
     fn a_file_that_cannot_be_unlinked_is_kept_where_it_landed() {
-        let fs = SimFs::new(7);
-        fs.mkdir(Path::new("/d"), 0o700).unwrap();
-        let active = create_apart(&fs, Path::new("/d/a"), false, 0o600, &[]).unwrap();
-        let a = active.inode().unwrap();
+        let (fs, a) = disk_with_active_file();
         fs.set_faults(crate::fs::sim::Faults {
             unlink_error_ppm: 1_000_000,
             ..Default::default()
         });
         let next = create_apart(&fs, Path::new("/d/b"), false, 0o600, &[a]).unwrap();
         assert_eq!(table_block(next.inode().unwrap()), table_block(a));
-        let mut names = fs.list_dir(Path::new("/d")).unwrap();
-        names.sort();
-        assert_eq!(names, ["a", "b"]);
+        assert_eq!(names_in_d(&fs), ["a", "b"]);
     }
 }
