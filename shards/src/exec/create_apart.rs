@@ -17,7 +17,7 @@
 //! elsewhere, the unlinked ones are closed and their inodes freed. A crash in between
 //! leaves at most empty orphan inodes (reclaimed by the journal's orphan list, or by
 //! `fsck` without one), never a file the log sees. Where the allocator hands the same
-//! number back anyway, or an unlink fails, it keeps the file it has.
+//! (or a lower) number back anyway, or an unlink fails, it keeps the file it has.
 
 use crate::fs::{Fs, FsFile, OpenMode};
 use std::io;
