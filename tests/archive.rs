@@ -27,7 +27,9 @@ fn segments_go_to_the_archive_and_read_back_after_their_local_copies_went() {
     let aof = open(&m, cfg(&root));
     let want = write(&aof, 1, 600);
     wait_for("uploads and local drops", Duration::from_secs(30), || {
-        settled(&aof) && aof.flush_metrics().archive_local_drops > 0
+        settled(&aof)
+            && aof.flush_metrics().archive_local_drops > 0
+            && local_drops_done(&aof, LOCAL_BOUND)
     });
     let gone = only_archived(&aof);
     assert!(gone.len() >= 3, "local copies dropped: {gone:?}");

@@ -17,11 +17,14 @@ pub fn archive_manager(store: ArchiveStore) -> AofManager {
     AofManager::with_config(c).expect("manager starts")
 }
 
-/// Small segments, and local copies kept within 128 KiB.
+/// The local copies' bound of [`cfg`].
+pub const LOCAL_BOUND: u64 = 128 << 10;
+
+/// Small segments, and local copies kept within [`LOCAL_BOUND`].
 pub fn cfg(root: &Path) -> AofConfig {
     let mut c = small_cfg(root);
     c.retention = RetentionPolicy::Size {
-        max_total_bytes: 128 << 10,
+        max_total_bytes: LOCAL_BOUND,
     };
     c
 }
@@ -69,6 +72,35 @@ pub fn settled(aof: &Aof) -> bool {
             .filter(|s| s.sealed)
             .all(|s| s.archived)
         && m.removals_failing == 0
+}
+
+/// No local copy is still due to be dropped: oldest first, while the sealed local
+/// copies exceed `bound` bytes, each one left is one the log keeps (not archived yet,
+/// or the last sealed segment when no segment is active, which a reopen continues).
+/// `settled` holds as soon as the last upload lands, before the drop it allows.
+pub fn local_drops_done(aof: &Aof, bound: u64) -> bool {
+    let cat = aof.catalog_snapshot();
+    let sealed: Vec<_> = cat.iter().filter(|s| s.sealed).collect();
+    let continuable = if cat.iter().any(|s| !s.sealed) {
+        None
+    } else {
+        sealed.last().map(|s| s.segment_id)
+    };
+    let mut total: u64 = sealed
+        .iter()
+        .filter(|s| s.local)
+        .map(|s| s.disk_bytes)
+        .sum();
+    for s in sealed.iter().filter(|s| s.local) {
+        if total <= bound {
+            return true;
+        }
+        if s.archived && continuable != Some(s.segment_id) {
+            return false;
+        }
+        total -= s.disk_bytes;
+    }
+    true
 }
 
 pub fn only_archived(aof: &Aof) -> Vec<u64> {
