@@ -6,6 +6,7 @@
 
 mod a1_archive;
 mod baseline;
+mod block_on;
 mod group_commit;
 mod paths;
 #[cfg(feature = "peers")]

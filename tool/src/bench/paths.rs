@@ -6,11 +6,14 @@
 //!
 //! Paths: this engine with the caller committing with blocking calls (one
 //! `pwritev2(RWF_DSYNC)`, the default), on its own ring polling its completion queue
-//! (`completion_poll_us`), and with the shard committing; raw O_DIRECT `pwrite` +
+//! (`completion_poll_us`), with the shard committing, and an async caller outside the
+//! shards (`append_record_async` + `flush_until_async` under a minimal executor: the
+//! shard commits, and its completion wakes the caller's thread); raw O_DIRECT `pwrite` +
 //! `fdatasync`, raw buffered `pwrite` + `fdatasync` and raw `pwritev2(RWF_DSYNC)` on a
 //! pre-written file; okaywal with `--features peers`.
 
 use super::baseline::*;
+use super::block_on::block_on;
 use super::report::*;
 use super::{BenchResult, Ctx};
 use bop_rs::aof2::config::CommitMode;
@@ -34,10 +37,17 @@ fn engine<'a>(aof: &'a Aof, payload: &'a [u8]) -> Box<dyn Fn() -> BenchResult<()
     })
 }
 
-fn open(ctx: &Ctx, m: &AofManager, name: &str, commit: CommitMode) -> BenchResult<Aof> {
+fn open(
+    ctx: &Ctx,
+    m: &AofManager,
+    name: &str,
+    commit: CommitMode,
+    shard: Option<usize>,
+) -> BenchResult<Aof> {
     let mut cfg = AofConfig::default();
     cfg.root_dir = ctx.root.join(name);
     cfg.commit = commit;
+    cfg.shard = shard;
     Ok(Aof::new(m.handle(), cfg)?)
 }
 
@@ -52,9 +62,20 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let mut poll_cfg = AofManagerConfig::default();
     poll_cfg.completion_poll_us = 300;
     let poll_m = AofManager::with_config(poll_cfg)?;
-    let blocking = open(ctx, &ctx.manager, "c1-blocking", CommitMode::Caller)?;
-    let ring = open(ctx, &poll_m, "c1-ring-poll", CommitMode::Caller)?;
-    let shard = open(ctx, &ctx.manager, "c1-shard", CommitMode::Shard)?;
+    let blocking = open(ctx, &ctx.manager, "c1-blocking", CommitMode::Caller, None)?;
+    let ring = open(ctx, &poll_m, "c1-ring-poll", CommitMode::Caller, None)?;
+    let shard = open(ctx, &ctx.manager, "c1-shard", CommitMode::Shard, None)?;
+    // On the same shard as the one above: the two differ only in how the caller waits.
+    let on = Some(shard.shard());
+    let asynchronous = open(ctx, &ctx.manager, "c1-async", CommitMode::Caller, on)?;
+    let shard_name = leak(format!(
+        "shard {} commits (CommitMode::Shard)",
+        shard.shard()
+    ));
+    let async_name = leak(format!(
+        "async caller, flush_until_async (shard {} commits)",
+        shard.shard()
+    ));
     let f = ctx.baseline_file("c1-baseline", 64 << 20)?;
     let g = ctx.baseline_file("c1-baseline-buffered", 64 << 20)?;
     let g = g.buffered(&ctx.root.join("c1-baseline-buffered"))?;
@@ -74,9 +95,20 @@ pub fn c1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             op: engine(&ring, &payload),
         },
         Path {
-            name: "shard commits (CommitMode::Shard)",
+            name: shard_name,
             raw: false,
             op: engine(&shard, &payload),
+        },
+        Path {
+            name: async_name,
+            raw: false,
+            op: Box::new(|| {
+                block_on(async {
+                    let r = asynchronous.append_record_async(&payload).await?;
+                    asynchronous.flush_until_async(r).await?;
+                    Ok(())
+                })
+            }),
         },
         Path {
             name: "raw pwrite + fdatasync",
