@@ -11,6 +11,7 @@
 use super::report::*;
 use super::{rotate_indexed, BenchResult, Ctx};
 use bop_rs::aof2::config::RetentionPolicy;
+use bop_rs::aof2::Aof;
 use hdrhistogram::Histogram;
 use okaywal::{Entry, EntryId, LogManager, SegmentReader, WriteAheadLog};
 use std::path::Path;
@@ -101,6 +102,15 @@ struct Peer {
 
 type One = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// One durable append of `payload` to `aof`: `append_record` + `flush_until`.
+fn durable_append(aof: Arc<Aof>, payload: &Arc<Vec<u8>>) -> One {
+    let payload = payload.clone();
+    Arc::new(move || {
+        let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
+        aof.flush_until(r).map_err(|e| e.to_string())
+    })
+}
+
 /// The durable peers that build here (`--features peers`), opened in `root`.
 fn peers(root: &Path, payload: &Arc<Vec<u8>>) -> BenchResult<Vec<Peer>> {
     let mut out = Vec::new();
@@ -149,23 +159,10 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
     let aof = Arc::new(ctx.open()?);
     let payload = Arc::new(vec![0x6bu8; 4096]);
     let peers = peers(&ctx.root, &payload)?;
-    let ours: One = {
-        let (aof, payload) = (aof.clone(), payload.clone());
-        Arc::new(move || {
-            let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
-            aof.flush_until(r).map_err(|e| e.to_string())
-        })
-    };
+    let ours = durable_append(aof.clone(), &payload);
     // The same writer on a log of a manager that polls for completions (300 us).
     let polling = ctx.polling_manager(super::w2_poll::POLL_US)?;
-    let polled: One = {
-        let aof = Arc::new(ctx.open_on(&polling, |_| {})?);
-        let payload = payload.clone();
-        Arc::new(move || {
-            let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
-            aof.flush_until(r).map_err(|e| e.to_string())
-        })
-    };
+    let polled = durable_append(Arc::new(ctx.open_on(&polling, |_| {})?), &payload);
     // The same writer on a log that keeps little, as okaywal's checkpointed log does:
     // its files are recycled rather than zero-written (warmed until two have been).
     let rec = Arc::new(ctx.open_on(&ctx.manager, |c| {
@@ -174,13 +171,7 @@ pub fn p1(ctx: &Ctx) -> BenchResult<Vec<Row>> {
             max_total_bytes: 2 * RECYCLED_SEGMENT,
         };
     })?);
-    let recycled: One = {
-        let (aof, payload) = (rec.clone(), payload.clone());
-        Arc::new(move || {
-            let r = aof.append_record(&payload).map_err(|e| e.to_string())?;
-            aof.flush_until(r).map_err(|e| e.to_string())
-        })
-    };
+    let recycled = durable_append(rec.clone(), &payload);
     let warm = Instant::now();
     while rec.flush_metrics().segments_recycled < 2 && warm.elapsed() < Duration::from_secs(60) {
         for _ in 0..256 {
